@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from smartscope.errors import ConfigError, SimulatedDeviceError, SimulatorError, SmartscopeError
+from smartscope.errors import (
+    ConfigError,
+    SimulatedDeviceError,
+    SimulatorError,
+    SmartscopeError,
+)
 
 __version__ = "0.1.0"
 

@@ -25,7 +25,13 @@ if TYPE_CHECKING:
 
     from smartscope.sim.clock import TimeMode
 
-__all__ = ["default_config", "load_core", "open_core", "release_core", "validate_config"]
+__all__ = [
+    "default_config",
+    "load_core",
+    "open_core",
+    "release_core",
+    "validate_config",
+]
 
 _PY_PREFIX = "#py "
 
@@ -89,16 +95,20 @@ def validate_config(path: str | Path) -> list[tuple[int, list[str]]]:
     if not path.exists():
         raise ConfigError("configuration file not found", path=path)
     if not path.is_file():
-        raise ConfigError("expected a Micro-Manager .cfg file, got a directory", path=path)
+        raise ConfigError(
+            "expected a Micro-Manager .cfg file, got a directory", path=path
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"not a text file ({e.reason} at byte {e.start})", path=path) from e
+        raise ConfigError(
+            f"not a text file ({e.reason} at byte {e.start})", path=path
+        ) from e
     commands: list[tuple[int, list[str]]] = []
     for n, raw in enumerate(text.splitlines(), start=1):
         line = raw.rstrip("\r").strip()
         if line.startswith(_PY_PREFIX):
-            line = line[len(_PY_PREFIX):].strip()
+            line = line[len(_PY_PREFIX) :].strip()
         if not line or line.startswith("#"):
             continue
         fields = line.split(",")
@@ -107,12 +117,15 @@ def validate_config(path: str | Path) -> list[tuple[int, list[str]]]:
             raise ConfigError(
                 f"unknown command {cmd!r} in {raw.strip()!r}; expected one of "
                 f"{', '.join(sorted(c for c, a in _ARITY.items() if a))}",
-                path=path, line=n,
+                path=path,
+                line=n,
             )
         arity = _ARITY[cmd]
         if not arity:
             raise ConfigError(
-                f"command {cmd!r} is obsolete and no longer supported", path=path, line=n
+                f"command {cmd!r} is obsolete and no longer supported",
+                path=path,
+                line=n,
             )
         nargs = len(fields) - 1
         if nargs not in arity:
@@ -120,15 +133,18 @@ def validate_config(path: str | Path) -> list[tuple[int, list[str]]]:
             raise ConfigError(
                 f"{cmd!r} takes {want} comma-separated values after the command, "
                 f"got {nargs}: {raw.strip()!r}",
-                path=path, line=n,
+                path=path,
+                line=n,
             )
         if any(not f.strip() for f in fields[1:3]):
-            raise ConfigError(f"empty device or property name in {raw.strip()!r}",
-                              path=path, line=n)
+            raise ConfigError(
+                f"empty device or property name in {raw.strip()!r}", path=path, line=n
+            )
         if cmd == "pyDevice" and not re.fullmatch(r"[A-Za-z_][\w.]*", fields[2]):
             raise ConfigError(
                 f"pyDevice module must be an importable dotted name, got {fields[2]!r}",
-                path=path, line=n,
+                path=path,
+                line=n,
             )
         commands.append((n, fields))
     if not commands:
@@ -183,7 +199,8 @@ def load_core(
                     f"{fields[2]!r}, which is not installed (adapters found: "
                     f"{len(known)}); install Micro-Manager (`mmcore install`) or use "
                     "the simulator (load_core() with no config)",
-                    path=path, line=n,
+                    path=path,
+                    line=n,
                 )
     try:
         core.loadSystemConfiguration(str(path))
@@ -197,8 +214,9 @@ def load_core(
             detail += f" ({cause})"
         with contextlib.suppress(Exception):
             release_core(core)
-        raise ConfigError(f"could not load configuration: {detail}", path=path,
-                          line=line) from e
+        raise ConfigError(
+            f"could not load configuration: {detail}", path=path, line=line
+        ) from e
     from smartscope.sim.simulator import _REGISTRY, get_simulator
 
     if _REGISTRY.get(core.events) is not None:

@@ -43,7 +43,9 @@ def check_choice(name: str, value: Any, choices: tuple, cast: type = int) -> Any
     try:
         v = cast(float(value)) if cast is int else cast(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}") from None
+        raise ValueError(
+            f"{name}: expected one of {list(choices)}, got {value!r}"
+        ) from None
     if v not in choices:
         raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
     return v

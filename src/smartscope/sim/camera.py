@@ -152,8 +152,12 @@ class SimCamera(SimLinked, CameraDevice):
         """(x, y, width, height) in binned pixels."""
         if self._roi is not None:
             return self._roi
-        return (0, 0, self.sensor_width_px // self.binning,
-                self.sensor_height_px // self.binning)
+        return (
+            0,
+            0,
+            self.sensor_width_px // self.binning,
+            self.sensor_height_px // self.binning,
+        )
 
     def shape(self) -> tuple[int, int]:
         _, _, w, h = self.roi
@@ -166,8 +170,18 @@ class SimCamera(SimLinked, CameraDevice):
         return self.roi
 
     def set_roi(self, x: int, y: int, width: int, height: int) -> None:
-        fw, fh = self.sensor_width_px // self.binning, self.sensor_height_px // self.binning
-        if x < 0 or y < 0 or width <= 0 or height <= 0 or x + width > fw or y + height > fh:
+        fw, fh = (
+            self.sensor_width_px // self.binning,
+            self.sensor_height_px // self.binning,
+        )
+        if (
+            x < 0
+            or y < 0
+            or width <= 0
+            or height <= 0
+            or x + width > fw
+            or y + height > fh
+        ):
             raise ValueError(
                 f"ROI ({x}, {y}, {width}, {height}) does not fit the {fw}x{fh} "
                 "(binned) sensor"
@@ -189,4 +203,3 @@ class SimCamera(SimLinked, CameraDevice):
             buf = get_buffer(shape, dtype)
             yield self.sim._acquire(self, buf)
             count += 1
-

@@ -8,7 +8,11 @@ exactly: power (mW) × open time (s) = mJ.
 
 from __future__ import annotations
 
-from pymmcore_plus.experimental.unicore import GenericDevice, ShutterDevice, pymm_property
+from pymmcore_plus.experimental.unicore import (
+    GenericDevice,
+    ShutterDevice,
+    pymm_property,
+)
 
 from smartscope.sim._link import SimLinked, check_choice
 
@@ -55,7 +59,9 @@ class SimLaser(SimLinked, GenericDevice):
     def power_prop(self, value: float) -> None:
         value = float(value)
         if not 0.0 <= value <= self.max_power_mw:
-            raise ValueError(f"Power_mW: expected 0 to {self.max_power_mw} mW, got {value}")
+            raise ValueError(
+                f"Power_mW: expected 0 to {self.max_power_mw} mW, got {value}"
+            )
         sim = self.sim
         with sim._lock:
             sim._sync()

@@ -64,7 +64,11 @@ class View:
 
 
 def blur_sigma_px(
-    *, emission_nm: float, na: float, defocus_um: float, pixel_um: float,
+    *,
+    emission_nm: float,
+    na: float,
+    defocus_um: float,
+    pixel_um: float,
     immersion_n: float = 1.0,
 ) -> float:
     """Gaussian sigma (pixels) of in-focus PSF plus defocus blur."""

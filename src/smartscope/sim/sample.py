@@ -35,7 +35,9 @@ class SimSample(SimLinked, GenericDevice):
     def scene_prop(self, value: str) -> None:
         self.sim.reset(preset=str(value))
 
-    @pymm_property(allowed_values=("realtime", "virtual"), name="TimeMode", property_type=str)
+    @pymm_property(
+        allowed_values=("realtime", "virtual"), name="TimeMode", property_type=str
+    )
     def time_mode_prop(self) -> str:
         return self.sim.time_mode
 

@@ -33,9 +33,15 @@ class DyeSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    excitation_nm: float = Field(gt=200, lt=1200, description="laser line that excites the dye")
-    emission_nm: float = Field(gt=200, lt=1200, description="emission peak, sets the PSF width")
-    nucleus_brightness: float = Field(ge=0, description="relative brightness of a nucleus")
+    excitation_nm: float = Field(
+        gt=200, lt=1200, description="laser line that excites the dye"
+    )
+    emission_nm: float = Field(
+        gt=200, lt=1200, description="emission peak, sets the PSF width"
+    )
+    nucleus_brightness: float = Field(
+        ge=0, description="relative brightness of a nucleus"
+    )
     background: float = Field(ge=0, description="relative brightness of the medium")
     bleach_scale: float = Field(
         ge=0, description="multiplies the preset's bleach rate for this dye"
@@ -44,12 +50,27 @@ class DyeSpec(BaseModel):
 
 def _default_channels() -> dict[str, DyeSpec]:
     return {
-        "DAPI": DyeSpec(excitation_nm=405, emission_nm=460, nucleus_brightness=1.0,
-                        background=0.04, bleach_scale=1.0),
-        "GFP": DyeSpec(excitation_nm=488, emission_nm=520, nucleus_brightness=0.7,
-                       background=0.02, bleach_scale=1.5),
-        "mCherry": DyeSpec(excitation_nm=561, emission_nm=610, nucleus_brightness=0.05,
-                           background=0.015, bleach_scale=0.5),
+        "DAPI": DyeSpec(
+            excitation_nm=405,
+            emission_nm=460,
+            nucleus_brightness=1.0,
+            background=0.04,
+            bleach_scale=1.0,
+        ),
+        "GFP": DyeSpec(
+            excitation_nm=488,
+            emission_nm=520,
+            nucleus_brightness=0.7,
+            background=0.02,
+            bleach_scale=1.5,
+        ),
+        "mCherry": DyeSpec(
+            excitation_nm=561,
+            emission_nm=610,
+            nucleus_brightness=0.05,
+            background=0.015,
+            bleach_scale=0.5,
+        ),
     }
 
 
@@ -63,29 +84,52 @@ class ScenePreset(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     version: Literal[1] = 1
-    extent_um: float = Field(3000.0, gt=0, description="side of the square sample, centred on (0, 0)")
+    extent_um: float = Field(
+        3000.0, gt=0, description="side of the square sample, centred on (0, 0)"
+    )
     density_per_mm2: float = Field(300.0, ge=0, le=5000)
     radius_um_mean: float = Field(6.0, gt=0.5, le=50)
     radius_um_sd: float = Field(0.8, ge=0)
-    elongation_sd: float = Field(0.12, ge=0, le=1, description="spread of the axis ratio - 1")
-    brightness_sd: float = Field(0.2, ge=0, le=2, description="log-normal cell-to-cell spread")
-    texture: float = Field(0.15, ge=0, le=0.9, description="chromatin texture amplitude")
-    speed_um_per_min: float = Field(0.6, ge=0, description="RMS speed of the random walk")
+    elongation_sd: float = Field(
+        0.12, ge=0, le=1, description="spread of the axis ratio - 1"
+    )
+    brightness_sd: float = Field(
+        0.2, ge=0, le=2, description="log-normal cell-to-cell spread"
+    )
+    texture: float = Field(
+        0.15, ge=0, le=0.9, description="chromatin texture amplitude"
+    )
+    speed_um_per_min: float = Field(
+        0.6, ge=0, description="RMS speed of the random walk"
+    )
     persistence_min: float = Field(20.0, gt=0, description="velocity correlation time")
     drift_x_um_per_min: float = Field(0.05)
     drift_y_um_per_min: float = Field(0.02)
     cycle_h_mean: float = Field(18.0, gt=0)
     cycle_h_sd: float = Field(3.0, ge=0)
-    mitosis_min: float = Field(40.0, gt=0, description="duration of the visible mitotic phase")
-    mitosis_brightness: float = Field(2.2, gt=0, description="condensed chromatin brightness factor")
-    bleach_per_j_cm2: float = Field(0.003, ge=0, description="e-fold bleach rate per fluence")
-    tox_onset_j_cm2: float = Field(300.0, gt=0, description="fluence where cells start to suffer")
-    tox_death_j_cm2: float = Field(1000.0, gt=0, description="fluence that kills a cell")
+    mitosis_min: float = Field(
+        40.0, gt=0, description="duration of the visible mitotic phase"
+    )
+    mitosis_brightness: float = Field(
+        2.2, gt=0, description="condensed chromatin brightness factor"
+    )
+    bleach_per_j_cm2: float = Field(
+        0.003, ge=0, description="e-fold bleach rate per fluence"
+    )
+    tox_onset_j_cm2: float = Field(
+        300.0, gt=0, description="fluence where cells start to suffer"
+    )
+    tox_death_j_cm2: float = Field(
+        1000.0, gt=0, description="fluence that kills a cell"
+    )
     photon_yield: float = Field(
-        5000.0, gt=0,
+        5000.0,
+        gt=0,
         description="photons per µm² of sample per (W/cm² · s) for brightness 1 at NA 0.3",
     )
-    focus_z0_um: float = Field(0.0, description="Z position of the focal plane at (0, 0), t = 0")
+    focus_z0_um: float = Field(
+        0.0, description="Z position of the focal plane at (0, 0), t = 0"
+    )
     tilt_x_um_per_mm: float = Field(0.5)
     tilt_y_um_per_mm: float = Field(-0.3)
     focus_drift_um_per_min: float = Field(0.02)
@@ -121,8 +165,23 @@ def load_scene_preset(path: str | Path) -> ScenePreset:
 
 
 _ARRAYS = (
-    "id", "parent", "x", "y", "vx", "vy", "r0", "aspect", "theta", "bright",
-    "dose", "state", "age", "cycle", "t_state", "phase1", "phase2",
+    "id",
+    "parent",
+    "x",
+    "y",
+    "vx",
+    "vy",
+    "r0",
+    "aspect",
+    "theta",
+    "bright",
+    "dose",
+    "state",
+    "age",
+    "cycle",
+    "t_state",
+    "phase1",
+    "phase2",
 )
 
 
@@ -176,9 +235,14 @@ class Scene:
 
     def _draw_cycles(self, n: int) -> np.ndarray:
         p = self.preset
-        return np.clip(
-            self._rng.normal(p.cycle_h_mean, p.cycle_h_sd, n), p.cycle_h_mean * 0.3, None
-        ) * 3600.0
+        return (
+            np.clip(
+                self._rng.normal(p.cycle_h_mean, p.cycle_h_sd, n),
+                p.cycle_h_mean * 0.3,
+                None,
+            )
+            * 3600.0
+        )
 
     @property
     def n(self) -> int:
@@ -191,7 +255,9 @@ class Scene:
         """(N,) float in [0, 1]: 0 healthy, 1 at the lethal fluence."""
         p = self.preset
         return np.clip(
-            (self.dose - p.tox_onset_j_cm2) / (p.tox_death_j_cm2 - p.tox_onset_j_cm2), 0, 1
+            (self.dose - p.tox_onset_j_cm2) / (p.tox_death_j_cm2 - p.tox_onset_j_cm2),
+            0,
+            1,
         )
 
     def advance_to(self, t_s: float, *, max_step_s: float = 60.0) -> None:
@@ -216,8 +282,15 @@ class Scene:
         self.vx = self.vx * decay + kick * rng.standard_normal(n)
         self.vy = self.vy * decay + kick * rng.standard_normal(n)
         moving = alive & (self.state != MITOSIS)
-        self.x += np.where(moving, self.vx * vigour, 0.0) * dt + p.drift_x_um_per_min / 60 * dt
-        self.y += np.where(moving, self.vy * vigour, 0.0) * dt + p.drift_y_um_per_min / 60 * dt
+        self.x += (
+            np.where(moving, self.vx * vigour, 0.0) * dt
+            + p.drift_x_um_per_min / 60 * dt
+        )
+        self.y += (
+            np.where(moving, self.vy * vigour, 0.0) * dt
+            + p.drift_y_um_per_min / 60 * dt
+        )
+        self._exclude()
         # cell cycle
         self.age += np.where(alive, vigour, 0.0) * dt
         self.t_state += dt
@@ -234,6 +307,33 @@ class Scene:
             done &= ~die
         if done.any():
             self._divide(np.flatnonzero(done), self.t_s + dt)
+
+    def _exclude(self) -> None:
+        """Nuclei take up space: push overlapping pairs apart (cells may touch,
+        and squeeze a little, but do not pass through each other)."""
+        if self.n < 2:
+            return
+        from scipy.spatial import cKDTree
+
+        r = self.r0 * 0.9
+        pts = np.column_stack([self.x, self.y])
+        pairs = cKDTree(pts).query_pairs(float(2 * r.max()), output_type="ndarray")
+        if pairs.size == 0:
+            return
+        i, j = pairs[:, 0], pairs[:, 1]
+        d = pts[j] - pts[i]
+        dist = np.hypot(d[:, 0], d[:, 1])
+        overlap = (r[i] + r[j]) - dist
+        hit = overlap > 0
+        if not hit.any():
+            return
+        i, j, d, dist, overlap = i[hit], j[hit], d[hit], dist[hit], overlap[hit]
+        u = d / np.maximum(dist, 1e-6)[:, None]
+        push = 0.5 * overlap[:, None] * u
+        np.subtract.at(self.x, i, push[:, 0])
+        np.subtract.at(self.y, i, push[:, 1])
+        np.add.at(self.x, j, push[:, 0])
+        np.add.at(self.y, j, push[:, 1])
 
     def _divide(self, idx: np.ndarray, t_s: float) -> None:
         rng, m = self._rng, idx.size
@@ -263,7 +363,9 @@ class Scene:
         new["phase1"] = rng.uniform(0, 2 * np.pi, 2 * m)
         new["phase2"] = rng.uniform(0, 2 * np.pi, 2 * m)
         for k in range(m):
-            self.divisions.append((t_s, int(self.id[idx[k]]), int(ids[k]), int(ids[m + k])))
+            self.divisions.append(
+                (t_s, int(self.id[idx[k]]), int(ids[k]), int(ids[m + k]))
+            )
         keep = np.ones(self.n, bool)
         keep[idx] = False
         for name in _ARRAYS:
@@ -300,9 +402,13 @@ class Scene:
 
     def in_box(self, x0: float, x1: float, y0: float, y1: float) -> np.ndarray:
         """Indices of nuclei whose centre lies in the box (stage µm)."""
-        return np.flatnonzero((self.x >= x0) & (self.x < x1) & (self.y >= y0) & (self.y < y1))
+        return np.flatnonzero(
+            (self.x >= x0) & (self.x < x1) & (self.y >= y0) & (self.y < y1)
+        )
 
-    def add_fluence(self, x0: float, x1: float, y0: float, y1: float, j_cm2: float) -> None:
+    def add_fluence(
+        self, x0: float, x1: float, y0: float, y1: float, j_cm2: float
+    ) -> None:
         """Add fluence (J/cm²) to the nuclei inside the illuminated box."""
         if j_cm2 > 0:
             self.dose[self.in_box(x0, x1, y0, y1)] += j_cm2

@@ -11,8 +11,17 @@ import numpy as np
 
 __all__ = ["CellTruth", "FrameTruth", "TruthRecorder"]
 
-CELLS_CSV_HEADER = ("frame", "t_s", "cell_id", "parent_id", "x_um", "y_um",
-                    "radius_um", "state", "dose")
+CELLS_CSV_HEADER = (
+    "frame",
+    "t_s",
+    "cell_id",
+    "parent_id",
+    "x_um",
+    "y_um",
+    "radius_um",
+    "state",
+    "dose",
+)
 
 
 @dataclass(frozen=True)
@@ -99,9 +108,17 @@ class TruthRecorder:
             return
         for c in truth.cells:
             self._writer.writerow(
-                (truth.frame_index, f"{truth.t_s:.3f}", c.id, c.parent_id,
-                 f"{c.x_um:.3f}", f"{c.y_um:.3f}", f"{c.radius_um:.3f}",
-                 c.state, f"{c.dose:.4f}")
+                (
+                    truth.frame_index,
+                    f"{truth.t_s:.3f}",
+                    c.id,
+                    c.parent_id,
+                    f"{c.x_um:.3f}",
+                    f"{c.y_um:.3f}",
+                    f"{c.radius_um:.3f}",
+                    c.state,
+                    f"{c.dose:.4f}",
+                )
             )
         self._fh.flush()
         self.frames += 1

@@ -1,0 +1,326 @@
+"""The ``smartscope`` command line (typer, with rich output).
+
+Every command imports what it needs when it runs: ``import smartscope.cli``
+and ``smartscope --help`` load neither torch, zarr nor pymmcore-plus.
+Errors smartscope raises on purpose (:class:`~smartscope.errors.SmartscopeError`)
+end a command with one red line on stderr and exit status 2; anything else is a
+bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
+import typer
+
+from smartscope.errors import SmartscopeError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["LAZY_SUBCOMMANDS", "add_lazy_subcommand", "app", "main"]
+
+#: Exit status of a refused input or a failed run (a SmartscopeError).
+EXIT_ERROR = 2
+
+app = typer.Typer(
+    name="smartscope",
+    help="Reactive microscopy on Micro-Manager: acquire, analyse every frame, react.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_show_locals=False,
+)
+
+# Sub-commands whose code lives in heavy modules (torch, the controller): they
+# are registered from this table as thin commands that import their module
+# only when invoked, so that `smartscope --help` stays fast. A row is
+# (command name, module, attribute holding a typer.Typer or click command, help);
+# a row whose module is not installed is skipped. Add `run` here once the
+# controller's command line exists.
+LAZY_SUBCOMMANDS: tuple[tuple[str, str, str, str], ...] = (
+    (
+        "train",
+        "smartscope.nn.cli",
+        "train_app",
+        "Train, evaluate and export the denoising and segmentation models.",
+    ),
+)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _console(*, stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _print_error(message: str) -> None:
+    """Print ``message`` as one red line on stderr."""
+    from rich.markup import escape
+
+    one_line = " ".join(message.split())
+    _console(stderr=True).print(f"[bold red]error:[/] [red]{escape(one_line)}[/]")
+
+
+def _fail(message: str, *, code: int = EXIT_ERROR) -> NoReturn:
+    """Print ``message`` as one red line on stderr and exit with ``code``."""
+    _print_error(message)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _reported_errors() -> Iterator[None]:
+    """Turn a SmartscopeError into one red line and exit status 2."""
+    try:
+        yield
+    except SmartscopeError as e:
+        _fail(str(e))
+
+
+def _human_size(n_bytes: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n_bytes < 1000 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    raise AssertionError("unreachable")
+
+
+def _size_on_disk(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from smartscope import __version__
+
+        typer.echo(f"smartscope {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version_callback,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Reactive microscopy on Micro-Manager: acquire, analyse every frame, react."""
+
+
+# ----------------------------------------------------------------- commands
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            show_default=False,
+            help="Run folder to write. \\[default: ./runs/demo-YYYYmmdd-HHMMSS]",
+        ),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(help="Sample seed: same seed, same cells and noise.")
+    ] = 1,
+    time_points: Annotated[
+        int,
+        typer.Option(
+            "--time-points", "--frames", min=1, help="Time points per position."
+        ),
+    ] = 6,
+    interval_s: Annotated[
+        float,
+        typer.Option(
+            "--interval-s",
+            min=0.0,
+            help="Time-lapse interval, seconds of (virtual) sample time.",
+        ),
+    ] = 300.0,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            show_default=False,
+            help="Micro-Manager .cfg with the simulator's devices. "
+            "\\[default: simulators/demo.cfg]",
+        ),
+    ] = None,
+) -> None:
+    """Image the simulated sample: OME-Zarr, a contact sheet and the truth.
+
+    A short time-lapse on the simulator in virtual time (seconds of wall time):
+    3 stage positions, DAPI + GFP, a plain pymmcore-plus MDA. Writes the
+    frames as OME-Zarr, a PNG contact sheet (DAPI) with the ground-truth
+    nucleus outlines, and the simulator's truth as CSV.
+    """
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from smartscope.demo import run_demo
+
+    err = _console(stderr=True)
+    with (
+        _reported_errors(),
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,
+        ) as progress,
+    ):
+        task = progress.add_task("acquiring", total=None)
+
+        def on_frame(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        result = run_demo(
+            out,
+            seed=seed,
+            time_points=time_points,
+            interval_s=interval_s,
+            config=config,
+            progress=on_frame,
+        )
+
+    out_dir = result.out_dir.resolve()
+    console = _console()
+    console.print(
+        f"[bold green]smartscope demo[/]: {result.n_frames} frames "
+        f"({result.n_positions} positions × {result.n_time_points} time points × "
+        f"{result.n_channels} channels) in {result.wall_s:.1f} s, "
+        f"{result.sim_time_s / 60:.1f} min of sample time, "
+        f"{result.n_cells_seen} nuclei seen"
+    )
+    console.print(f"  run folder     [bold]{escape(str(out_dir))}[/]")
+    zarr_size = _human_size(_size_on_disk(result.zarr_path))
+    rows = (
+        (
+            "images",
+            result.zarr_path,
+            f"OME-Zarr, {result.pixel_size_um:g} µm/px, {zarr_size}",
+        ),
+        ("contact sheet", result.contact_sheet_path, "DAPI, ground-truth outlines"),
+        ("truth", result.cells_csv_path, "every nucleus in every frame"),
+        (
+            "frame index",
+            result.frames_csv_path,
+            "position, time point, channel per frame",
+        ),
+    )
+    for label, path, note in rows:
+        console.print(
+            f"  {label:<14} {escape(str(path.resolve()))}  [dim]({escape(note)})[/]"
+        )
+
+
+@app.command()
+def bench(
+    json_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--json",
+            dir_okay=False,
+            show_default=False,
+            help="Also write the figures to this JSON file.",
+        ),
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Fewer, shorter runs.")
+    ] = False,
+) -> None:
+    """Measure speed (simulator, acquisition, analysis) and print a table."""
+    try:
+        bench_module = importlib.import_module("smartscope.bench")
+    except ModuleNotFoundError as e:
+        if e.name != "smartscope.bench":
+            raise
+        _fail(
+            "the benchmarks (smartscope.bench) are not part of this installation; "
+            "reinstall smartscope",
+            code=1,
+        )
+    with _reported_errors():
+        bench_module.run(json_path=json_path, quick=quick)  # prints its own table
+
+
+def _module_installed(module: str) -> bool:
+    """Whether smartscope sub-module ``module`` exists, without importing it (or
+    its parent package, which may import torch)."""
+    import smartscope
+
+    parts = module.split(".")[1:]
+    for root in smartscope.__path__:
+        base = Path(root).joinpath(*parts)
+        if base.with_suffix(".py").is_file() or (base / "__init__.py").is_file():
+            return True
+    return False
+
+
+def add_lazy_subcommand(
+    app: typer.Typer, name: str, module: str, attribute: str, help_text: str
+) -> None:
+    """Add command ``name`` to ``app``; it imports ``module`` only when run and
+    hands its arguments (``--help`` included) to ``module.attribute``, a
+    ``typer.Typer`` or click command."""
+
+    @app.command(
+        name=name,
+        help=help_text,
+        add_help_option=False,  # `smartscope NAME --help` goes to the real command
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )
+    def _forward(ctx: typer.Context) -> None:
+        with _reported_errors():
+            target: Any = getattr(importlib.import_module(module), attribute, None)
+            if target is None:
+                _fail(
+                    f"{module} has no {attribute!r}; cannot run `smartscope {name}`",
+                    code=1,
+                )
+            command = (
+                typer.main.get_command(target)
+                if isinstance(target, typer.Typer)
+                else target
+            )
+            command.main(
+                args=list(ctx.args),
+                prog_name=f"smartscope {name}",
+                standalone_mode=True,
+            )
+
+
+for _row in LAZY_SUBCOMMANDS:
+    if _module_installed(_row[1]):
+        add_lazy_subcommand(app, *_row)
+
+
+def main() -> None:
+    """Entry point of the ``smartscope`` console script."""
+    try:
+        app(prog_name="smartscope")
+    except SmartscopeError as e:  # raised outside a command's own handler
+        _print_error(str(e))
+        sys.exit(EXIT_ERROR)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,458 @@
+"""``smartscope demo``: a short multi-position time-lapse on the simulator.
+
+The first thing a new user runs, and the smallest end-to-end path through the
+stack: the simulated microscope (``simulators/demo.cfg``) in virtual time, a
+plain pymmcore-plus MDA (no controller, no analysis), raw frames written to
+OME-Zarr by pymmcore-plus's own ome-writers sink, and the simulator's ground
+truth captured on every ``frameReady`` and drawn on a PNG contact sheet.
+
+Run folder::
+
+    data.ome.zarr/        raw frames, one series per position, (t, c, y, x) uint16
+    contact_sheet.png     rows = positions, columns = time points, DAPI,
+                          ground-truth nucleus outlines in colour
+    truth/cells.csv       every nucleus in every frame (Simulator.write_truth)
+    truth/frames.csv      which simulator frame is which (position, t, channel)
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from smartscope.errors import SmartscopeError
+
+if TYPE_CHECKING:
+    from useq import MDAEvent
+
+__all__ = [
+    "DEMO_CHANNELS",
+    "DEMO_POSITIONS_UM",
+    "DemoResult",
+    "contact_sheet",
+    "run_demo",
+]
+
+#: Stage positions (x_um, y_um) of the demo, spread over the 3 mm sample.
+DEMO_POSITIONS_UM: tuple[tuple[float, float], ...] = (
+    (-900.0, -700.0),
+    (100.0, 400.0),
+    (1000.0, -300.0),
+)
+#: Channels (config in the ``Channel`` group, exposure_ms) of the demo.
+DEMO_CHANNELS: tuple[tuple[str, float], ...] = (("DAPI", 50.0), ("GFP", 50.0))
+
+ZARR_NAME = "data.ome.zarr"
+SHEET_NAME = "contact_sheet.png"
+CELLS_CSV = "truth/cells.csv"
+FRAMES_CSV = "truth/frames.csv"
+
+FRAMES_CSV_HEADER = (
+    "frame",
+    "position",
+    "t_index",
+    "channel",
+    "t_s",
+    "stage_x_um",
+    "stage_y_um",
+    "z_um",
+    "focus_z_um",
+    "exposure_ms",
+)
+
+# Outline colours (RGB) by the nucleus' true state.
+_OUTLINE_RGB = {
+    "interphase": (255, 200, 0),
+    "mitosis": (255, 0, 220),
+    "dead": (0, 170, 255),
+}
+_BACKGROUND_RGB = (24, 24, 24)
+_TEXT_RGB = (235, 235, 235)
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """What :func:`run_demo` wrote, and how long it took."""
+
+    out_dir: Path
+    zarr_path: Path
+    contact_sheet_path: Path
+    cells_csv_path: Path
+    frames_csv_path: Path
+    n_positions: int
+    n_time_points: int
+    n_channels: int
+    pixel_size_um: float
+    #: distinct nuclei seen in the DAPI frames
+    n_cells_seen: int
+    #: wall-clock time of the whole demo (load, acquire, write), s
+    wall_s: float
+    #: sample clock at the end of the acquisition (virtual time), s
+    sim_time_s: float
+    #: illumination energy delivered to the sample, mJ
+    light_dose_mj: float
+
+    @property
+    def n_frames(self) -> int:
+        """Images acquired: positions × time points × channels."""
+        return self.n_positions * self.n_time_points * self.n_channels
+
+
+class _TruthCapture:
+    """Keeps what the contact sheet needs from each frame, on ``frameReady``.
+
+    It must run synchronously on the runner thread (connected straight to
+    ``core.mda.events.frameReady``, not passed as an ``output=`` handler, which
+    pymmcore-plus relays on another thread): ``Simulator.truth()`` describes
+    the most recent image only.
+    """
+
+    def __init__(
+        self,
+        sim: Any,
+        *,
+        sheet_channel: str,
+        n_frames: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        self._sim = sim
+        self._sheet_channel = sheet_channel
+        self._n_frames = n_frames
+        self._progress = progress
+        self.frames = 0
+        #: (p, t) -> DAPI image (Y, X) uint16, its labels (Y, X) int32 and the
+        #: ids of nuclei in mitosis
+        self.images: dict[tuple[int, int], np.ndarray] = {}
+        self.labels: dict[tuple[int, int], np.ndarray] = {}
+        self.mitotic: dict[tuple[int, int], np.ndarray] = {}
+        self.dead: dict[tuple[int, int], np.ndarray] = {}
+        self.rows: list[tuple[Any, ...]] = []
+
+    def frameReady(self, img: np.ndarray, event: MDAEvent, meta: Any) -> None:
+        truth = self._sim.truth()
+        p = int(event.index.get("p", 0))
+        t = int(event.index.get("t", 0))
+        self.rows.append(
+            (
+                truth.frame_index,
+                p,
+                t,
+                truth.channel,
+                f"{truth.t_s:.3f}",
+                f"{truth.stage_x_um:.3f}",
+                f"{truth.stage_y_um:.3f}",
+                f"{truth.z_um:.3f}",
+                f"{truth.focus_z_um:.3f}",
+                f"{truth.exposure_ms:.3f}",
+            )
+        )
+        if truth.channel == self._sheet_channel:
+            self.images[p, t] = np.array(img, dtype=np.uint16, copy=True)
+            self.labels[p, t] = truth.labels  # the simulator hands out a copy
+            self.mitotic[p, t] = np.array(
+                [c.id for c in truth.cells if c.state == "mitosis"], dtype=np.int64
+            )
+            self.dead[p, t] = np.array(
+                [c.id for c in truth.cells if c.state == "dead"], dtype=np.int64
+            )
+        self.frames += 1
+        if self._progress is not None:
+            self._progress(self.frames, self._n_frames)
+
+
+def _default_out_dir() -> Path:
+    return Path("runs") / f"demo-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SmartscopeError(
+            f"output folder {out_dir} is a file; choose another --out"
+        )
+    taken = [n for n in (ZARR_NAME, SHEET_NAME, "truth") if (out_dir / n).exists()]
+    if taken:
+        raise SmartscopeError(
+            f"output folder {out_dir} already holds a run ({', '.join(taken)}); "
+            "choose another --out or remove it"
+        )
+
+
+def run_demo(
+    out_dir: str | Path | None = None,
+    *,
+    seed: int = 1,
+    time_points: int = 6,
+    interval_s: float = 300.0,
+    config: str | Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> DemoResult:
+    """Acquire a short multi-position time-lapse on the simulator and write it.
+
+    Parameters
+    ----------
+    out_dir : str | Path | None
+        Run folder; ``None``: ``./runs/demo-YYYYmmdd-HHMMSS``. Refused if it
+        already holds a run.
+    seed : int
+        Sample seed (same seed, same cells, same noise).
+    time_points : int
+        Time points per position (≥ 1).
+    interval_s : float
+        Time-lapse interval in (virtual) sample seconds (≥ 0).
+    config : str | Path | None
+        Micro-Manager configuration with the simulator's devices; ``None``:
+        ``simulators/demo.cfg``.
+    progress : callable(frames_done, frames_total) | None
+        Called after every frame, on the acquisition thread.
+
+    Raises
+    ------
+    SmartscopeError
+        Bad arguments, an occupied output folder, a configuration without the
+        simulator (:class:`~smartscope.errors.SimulatorError`), a refused
+        configuration (:class:`~smartscope.errors.ConfigError`).
+    """
+    if time_points < 1:
+        raise SmartscopeError(f"time_points must be at least 1, got {time_points}")
+    if not interval_s >= 0:
+        raise SmartscopeError(f"interval_s must be 0 or more seconds, got {interval_s}")
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir) if out_dir is not None else _default_out_dir()
+    _check_out_dir(out_dir)
+
+    import useq
+    from ome_writers import AcquisitionSettings
+
+    from smartscope.hardware import open_core
+    from smartscope.sim import get_simulator
+
+    n_pos, n_ch = len(DEMO_POSITIONS_UM), len(DEMO_CHANNELS)
+    n_frames = n_pos * n_ch * time_points
+    sequence = useq.MDASequence(
+        stage_positions=[
+            useq.Position(x=x, y=y, name=f"p{i}")
+            for i, (x, y) in enumerate(DEMO_POSITIONS_UM)
+        ],
+        channels=[
+            useq.Channel(config=name, group="Channel", exposure=ms)
+            for name, ms in DEMO_CHANNELS
+        ],
+        time_plan=useq.TIntervalLoops(
+            interval=timedelta(seconds=interval_s), loops=time_points
+        ),
+        axis_order="tpcz",
+    )
+    zarr_path = out_dir / ZARR_NAME
+    output = AcquisitionSettings(
+        root_path=str(zarr_path), format="ome-zarr", compression="blosc-zstd"
+    )
+
+    with open_core(config, seed=seed, time_mode="virtual") as core:
+        sim = get_simulator(core)
+        pixel_size_um = float(core.getPixelSizeUm())
+        capture = _TruthCapture(
+            sim,
+            sheet_channel=DEMO_CHANNELS[0][0],
+            n_frames=n_frames,
+            progress=progress,
+        )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        core.mda.events.frameReady.connect(capture.frameReady)
+        try:
+            core.mda.run(sequence, output=output)
+        finally:
+            core.mda.events.frameReady.disconnect(capture.frameReady)
+        if capture.frames != n_frames:
+            raise SmartscopeError(
+                f"the demo acquired {capture.frames} of {n_frames} frames; "
+                f"see the log, and {zarr_path} for what was written"
+            )
+        cells_csv = sim.write_truth(out_dir / CELLS_CSV)
+        sim_time_s = sim.clock_s
+        light_dose_mj = sim.light_dose_mj
+    # open_core has released the core; hold no reference to it past this point
+    del sim, core
+
+    frames_csv = out_dir / FRAMES_CSV
+    with frames_csv.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(FRAMES_CSV_HEADER)
+        writer.writerows(capture.rows)
+
+    keys = [[(p, t) for t in range(time_points)] for p in range(n_pos)]
+    sheet = contact_sheet(
+        np.stack([[capture.images[k] for k in row] for row in keys]),
+        np.stack([[capture.labels[k] for k in row] for row in keys]),
+        mitotic_ids=[[capture.mitotic[k] for k in row] for row in keys],
+        dead_ids=[[capture.dead[k] for k in row] for row in keys],
+        row_titles=[
+            f"p{i}  x {x:.0f} um, y {y:.0f} um"
+            for i, (x, y) in enumerate(DEMO_POSITIONS_UM)
+        ],
+        col_titles=[f"t = {t * interval_s / 60:g} min" for t in range(time_points)],
+        title=(
+            f"smartscope demo: DAPI, seed {seed}, {pixel_size_um:g} um/px. "
+            "Ground-truth outlines: yellow interphase, magenta mitosis, blue dead"
+        ),
+    )
+    sheet_path = out_dir / SHEET_NAME
+    _write_png(sheet, sheet_path)
+
+    seen = {int(i) for lab in capture.labels.values() for i in np.unique(lab) if i}
+    return DemoResult(
+        out_dir=out_dir,
+        zarr_path=zarr_path,
+        contact_sheet_path=sheet_path,
+        cells_csv_path=Path(cells_csv),
+        frames_csv_path=frames_csv,
+        n_positions=n_pos,
+        n_time_points=time_points,
+        n_channels=n_ch,
+        pixel_size_um=pixel_size_um,
+        n_cells_seen=len(seen),
+        wall_s=time.perf_counter() - t_start,
+        sim_time_s=sim_time_s,
+        light_dose_mj=light_dose_mj,
+    )
+
+
+# ---------------------------------------------------------------- contact sheet
+
+
+def contact_sheet(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    mitotic_ids: Sequence[Sequence[np.ndarray]] | None = None,
+    dead_ids: Sequence[Sequence[np.ndarray]] | None = None,
+    tile_px: int = 256,
+    gap_px: int = 4,
+    percentiles: tuple[float, float] = (0.5, 99.95),
+    row_titles: Sequence[str] | None = None,
+    col_titles: Sequence[str] | None = None,
+    title: str | None = None,
+) -> np.ndarray:
+    """Tile images into a grid with their label outlines drawn in colour.
+
+    Parameters
+    ----------
+    images : (R, C, Y, X) ndarray
+        One image per tile (rows, columns), any real dtype.
+    labels : (R, C, Y, X) int ndarray
+        Instance labels on the same grid; 0 is background.
+    mitotic_ids, dead_ids : (R, C) nested sequences of 1-D int arrays
+        Label values to outline in the mitosis / dead colour instead of the
+        interphase colour.
+    tile_px : int
+        Approximate tile side: images are averaged down by the integer factor
+        ``round(X / tile_px)`` (labels take every factor-th pixel).
+    percentiles : (low, high)
+        Contrast stretch, computed over all tiles together so that intensity
+        changes over time (bleaching) stay visible.
+    row_titles, col_titles, title : text drawn in the margins (optional).
+
+    Returns
+    -------
+    (H, W, 3) uint8 ndarray
+        RGB image; grey where no outline is drawn (R == G == B there).
+    """
+    from skimage.segmentation import find_boundaries
+    from skimage.transform import downscale_local_mean
+
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if images.ndim != 4 or labels.shape != images.shape:
+        raise ValueError(
+            f"images and labels must both be (rows, cols, Y, X); got {images.shape} "
+            f"and {labels.shape}"
+        )
+    n_rows, n_cols, _, w = images.shape
+    f = max(1, round(w / tile_px))
+    small = downscale_local_mean(images.astype(np.float32), (1, 1, f, f))
+    lab = labels[:, :, ::f, ::f]
+    th, tw = small.shape[2:]
+    lo, hi = np.percentile(small, percentiles)
+    grey = np.clip((small - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+    grey = (grey * 255.0 + 0.5).astype(np.uint8)
+
+    left = 0 if row_titles is None else 190
+    top = (0 if title is None else 22) + (0 if col_titles is None else 20)
+    height = top + n_rows * th + (n_rows + 1) * gap_px
+    width = left + n_cols * tw + (n_cols + 1) * gap_px
+    sheet = np.empty((height, width, 3), np.uint8)
+    sheet[...] = _BACKGROUND_RGB
+    for r in range(n_rows):
+        for c in range(n_cols):
+            tile = np.repeat(grey[r, c][:, :, None], 3, axis=2)
+            edge = find_boundaries(lab[r, c], mode="inner")
+            tile[edge] = _OUTLINE_RGB["interphase"]
+            for ids, state in ((mitotic_ids, "mitosis"), (dead_ids, "dead")):
+                if ids is not None and len(ids[r][c]):
+                    tile[edge & np.isin(lab[r, c], ids[r][c])] = _OUTLINE_RGB[state]
+            y0 = top + gap_px + r * (th + gap_px)
+            x0 = left + gap_px + c * (tw + gap_px)
+            sheet[y0 : y0 + th, x0 : x0 + tw] = tile
+    if title is None and row_titles is None and col_titles is None:
+        return sheet
+    return _draw_titles(
+        sheet,
+        title=title,
+        row_titles=row_titles,
+        col_titles=col_titles,
+        top=top,
+        left=left,
+        tile=(th, tw),
+        gap_px=gap_px,
+    )
+
+
+def _draw_titles(
+    sheet: np.ndarray,
+    *,
+    title: str | None,
+    row_titles: Sequence[str] | None,
+    col_titles: Sequence[str] | None,
+    top: int,
+    left: int,
+    tile: tuple[int, int],
+    gap_px: int,
+) -> np.ndarray:
+    # Pillow comes with scikit-image; text is the only thing numpy can't draw.
+    # Its built-in font has no "µ": titles spell "um".
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.fromarray(sheet)
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=13)
+    th, tw = tile
+    y = 4
+    if title is not None:
+        draw.text((gap_px, y), title, fill=_TEXT_RGB, font=font)
+        y += 22
+    if col_titles is not None:
+        for c, text in enumerate(col_titles):
+            draw.text(
+                (left + gap_px + c * (tw + gap_px) + 2, y),
+                text,
+                fill=_TEXT_RGB,
+                font=font,
+            )
+    if row_titles is not None:
+        for r, text in enumerate(row_titles):
+            y0 = top + gap_px + r * (th + gap_px) + th // 2 - 8
+            draw.text((gap_px + 2, y0), text, fill=_TEXT_RGB, font=font)
+    return np.asarray(img)
+
+
+def _write_png(rgb: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path, format="PNG", optimize=True)
