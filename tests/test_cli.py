@@ -1,6 +1,6 @@
-"""The ``smartscope`` command line, run for real: help, ``demo``, ``bench``, errors.
+"""The ``smartscope`` command line, run for real: help, ``sim-demo``, ``bench``, errors.
 
-``smartscope demo`` runs once per module in a child process (the real exit code
+``smartscope sim-demo`` runs once per module in a child process (the real exit code
 matters: a config-loaded UniMMCore can abort the interpreter at exit), and the
 files it writes are opened with the standard readers (zarr, imageio, csv).
 """
@@ -68,7 +68,7 @@ def test_help_lists_commands():
 
 
 def test_demo_help_shows_options():
-    result = runner.invoke(cli.app, ["demo", "--help"])
+    result = runner.invoke(cli.app, ["sim-demo", "--help"])
     assert result.exit_code == 0, result.output
     for option in ("--out", "--seed", "--time-points", "--frames", "--interval-s"):
         assert option in result.output
@@ -119,11 +119,11 @@ def test_import_loads_no_heavy_modules(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
-    """``smartscope demo`` once, in a child process: (process, run folder)."""
+    """``smartscope sim-demo`` once, in a child process: (process, run folder)."""
     work = tmp_path_factory.mktemp("demo")
     out = work / "run"
     proc = _smartscope(
-        "demo",
+        "sim-demo",
         "--out",
         str(out),
         "--seed",
@@ -257,7 +257,7 @@ def test_demo_contact_sheet(demo_run):
 def test_demo_exits_cleanly_again_and_again(tmp_path):
     for i in range(3):
         proc = _smartscope(
-            "demo", "--out", str(tmp_path / f"r{i}"), "--frames", "2", cwd=tmp_path
+            "sim-demo", "--out", str(tmp_path / f"r{i}"), "--frames", "2", cwd=tmp_path
         )
         assert proc.returncode == 0, f"run {i}: {proc.stderr}"
         assert "FATAL" not in proc.stderr
@@ -269,7 +269,7 @@ def test_demo_exits_cleanly_again_and_again(tmp_path):
 def test_missing_config_is_one_red_line_and_exit_2(tmp_path):
     out = tmp_path / "run"
     proc = _smartscope(
-        "demo",
+        "sim-demo",
         "--config",
         str(tmp_path / "nope.cfg"),
         "--out",
@@ -290,7 +290,7 @@ def test_malformed_config_names_the_line(tmp_path):
     bad = tmp_path / "bad.cfg"
     bad.write_text("# a comment\nProperty,Core,Initialize\nNotACommand,1,2\n")
     result = runner.invoke(
-        cli.app, ["demo", "--config", str(bad), "--out", str(tmp_path)]
+        cli.app, ["sim-demo", "--config", str(bad), "--out", str(tmp_path)]
     )
     assert result.exit_code == 2, result.output
     assert "bad.cfg, line 3" in result.output
@@ -300,13 +300,13 @@ def test_malformed_config_names_the_line(tmp_path):
 
 def test_occupied_out_dir_is_refused(tmp_path):
     (tmp_path / "data.ome.zarr").mkdir()
-    result = runner.invoke(cli.app, ["demo", "--out", str(tmp_path)])
+    result = runner.invoke(cli.app, ["sim-demo", "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "already holds a run" in result.output
 
 
 def test_time_points_must_be_positive():
-    result = runner.invoke(cli.app, ["demo", "--time-points", "0"])
+    result = runner.invoke(cli.app, ["sim-demo", "--time-points", "0"])
     assert result.exit_code == 2
     assert "--time-points" in result.output
 

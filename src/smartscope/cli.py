@@ -125,8 +125,8 @@ def _root(
 # ----------------------------------------------------------------- commands
 
 
-@app.command()
-def demo(
+@app.command("sim-demo")
+def sim_demo(
     out: Annotated[
         Path | None,
         typer.Option(
@@ -230,6 +230,128 @@ def demo(
         console.print(
             f"  {label:<14} {escape(str(path.resolve()))}  [dim]({escape(note)})[/]"
         )
+
+
+def _print_summary(out_dir: Path, summary: dict[str, Any]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = _console()
+    table = Table(title=f"{summary.get('protocol', '')}: {summary.get('status', '')}")
+    table.add_column("", style="bold")
+    table.add_column("")
+    lat_r = summary.get("latency_frame_to_result_ms", {})
+    lat_a = summary.get("latency_frame_to_action_ms", {})
+
+    def _lat(d: dict) -> str:
+        if not d or d.get("n", 0) == 0:
+            return "-"
+        return f"p50 {d['p50']:.1f} / p95 {d['p95']:.1f} / p99 {d['p99']:.1f} ms"
+
+    actions = ", ".join(
+        f"{k} " + "/".join(f"{n} {st}" for st, n in v.items())
+        for k, v in summary.get("actions", {}).items()
+    )
+    rows = [
+        ("finished", str(summary.get("finish_reason", ""))),
+        ("frames acquired", str(summary.get("frames_acquired"))),
+        ("frames analysed", str(summary.get("frames_analysed"))),
+        ("skipped for analysis", str(summary.get("frames_skipped_analysis"))),
+        ("frame → result", _lat(lat_r)),
+        ("frame → action", _lat(lat_a)),
+        ("actions", actions or "none"),
+        (
+            "light dose",
+            f"{summary.get('light_dose_mj', summary.get('light_dose_mj_estimated', 0)):.1f} mJ",
+        ),
+        ("wall time", f"{summary.get('wall_time_s', 0):.1f} s"),
+        ("sample time", f"{summary.get('sample_time_s', 0):.0f} s"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+    console.print(f"run folder [bold]{escape(str(out_dir.resolve()))}[/]")
+
+
+@app.command()
+def run(
+    protocol: Annotated[Path, typer.Argument(help="Protocol YAML file.")],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            show_default=False,
+            help="Micro-Manager .cfg. \\[default: the protocol's, else the simulator]",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            show_default=False,
+            help="Run folder to create. \\[default: ./runs/NAME-YYYYmmdd-HHMMSS]",
+        ),
+    ] = None,
+    device: Annotated[
+        str, typer.Option("--device", help="Where models run: auto, cpu or cuda.")
+    ] = "auto",
+    time: Annotated[
+        str | None,
+        typer.Option(
+            "--time",
+            show_default=False,
+            help="Simulator time: virtual or realtime. \\[default: the protocol's]",
+        ),
+    ] = None,
+) -> None:
+    """Run a protocol: acquire, analyse every frame, react, record everything."""
+    if device not in ("auto", "cpu", "cuda"):
+        _fail(f"--device must be auto, cpu or cuda, got {device!r}")
+    if time not in (None, "virtual", "realtime"):
+        _fail(f"--time must be virtual or realtime, got {time!r}")
+    from smartscope.run import run_protocol
+
+    with _reported_errors():
+        out_dir, summary = run_protocol(
+            protocol,
+            config=config,
+            out_dir=out,
+            device=device,  # type: ignore[arg-type]
+            time_mode=time,  # type: ignore[arg-type]
+        )
+    _print_summary(out_dir, summary)
+    if summary.get("interrupted"):
+        raise typer.Exit(130)
+
+
+@app.command()
+def demo(
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            show_default=False,
+            help="Run folder to create. \\[default: ./runs/NAME-YYYYmmdd-HHMMSS]",
+        ),
+    ] = None,
+) -> None:
+    """The reactive demo: follow a migrating nucleus with adaptive exposure.
+
+    Runs protocols/demo.yaml on the simulated microscope in virtual time (under
+    a minute), then prints the run folder.
+    """
+    from smartscope._data import data_dir
+    from smartscope.run import run_protocol
+
+    with _reported_errors():
+        out_dir, summary = run_protocol(
+            data_dir("protocols") / "demo.yaml", out_dir=out
+        )
+    _print_summary(out_dir, summary)
+    if summary.get("interrupted"):
+        raise typer.Exit(130)
 
 
 @app.command()

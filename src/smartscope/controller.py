@@ -99,7 +99,11 @@ class _ControllerEngine(MDAEngine):
     """pymmcore-plus's engine plus the protocol's device-error policy."""
 
     def __init__(self, core: CMMCorePlus, controller: Controller) -> None:
-        super().__init__(core, use_hardware_sequencing=False)
+        # no hardware sequencing: every event passes the generator, so actions
+        # land between frames; no restore: the stage stays with the sample
+        super().__init__(
+            core, use_hardware_sequencing=False, restore_initial_state=False
+        )
         self._ctl = controller
 
     def _retry(
@@ -313,6 +317,8 @@ class Controller:
         thread = None
         failures: list[BaseException] = []
 
+        done = threading.Event()
+
         def _acquire() -> None:
             try:
                 self.core.mda.run(
@@ -320,21 +326,27 @@ class Controller:
                 )
             except BaseException as e:  # re-raised on the caller's thread
                 failures.append(e)
+            finally:
+                done.set()
 
+        # Wait by polling an Event with sleeps: a KeyboardInterrupt that lands
+        # inside Thread.join() can leave the thread looking finished while it
+        # still runs, and the core would be released under the acquisition.
         try:
             thread = threading.Thread(
                 target=_acquire, name="smartscope-mda", daemon=True
             )
             thread.start()
-            while thread.is_alive():
+            while not done.is_set():
                 try:
-                    thread.join(timeout=0.1)
+                    time.sleep(0.05)
                 except KeyboardInterrupt:
                     self.stop("interrupted (Ctrl-C)", interrupted=True)
         except KeyboardInterrupt:
             self.stop("interrupted (Ctrl-C)", interrupted=True)
-            if thread is not None:
-                thread.join()
+            while not done.is_set():
+                with contextlib.suppress(KeyboardInterrupt):
+                    time.sleep(0.05)
         except BaseException as e:
             error = e
             self.stop(f"error: {e}")
@@ -974,4 +986,5 @@ class Controller:
                     reason=action.reason,
                     requested=action.to_dict(),
                     limit="the run had ended",
+                    t_action=round(time.perf_counter() - self._t_start_wall, 6),
                 )

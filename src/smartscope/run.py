@@ -7,6 +7,7 @@ live progress display, and releases the core cleanly afterwards.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -71,11 +72,15 @@ def _run_with_progress(ctl: Any, proto: Any) -> dict[str, Any]:
     result: dict[str, Any] = {}
     error: list[BaseException] = []
 
+    done = threading.Event()
+
     def _target() -> None:
         try:
             result.update(ctl.run())
         except BaseException as e:  # reported below, in the main thread
             error.append(e)
+        finally:
+            done.set()
 
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -85,32 +90,28 @@ def _run_with_progress(ctl: Any, proto: Any) -> dict[str, Any]:
         TextColumn("actions {task.fields[actions]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(proto.name, total=total, lag=0, actions=0)
-        th = threading.Thread(target=_target, name="smartscope-run", daemon=True)
-        th.start()
-        try:
-            while th.is_alive():
-                th.join(timeout=0.1)
-                bar.update(
-                    task,
-                    completed=ctl.frames_acquired,
-                    lag=ctl.analysis_lag,
-                    actions=sum(ctl.stats.actions.values()),
-                )
-        except KeyboardInterrupt:
-            ctl.stop("interrupted (Ctrl-C)", interrupted=True)
-            while th.is_alive():
-                try:
-                    th.join(timeout=0.2)
-                except KeyboardInterrupt:
-                    continue
+
+    def _update() -> None:
         bar.update(
             task,
             completed=ctl.frames_acquired,
             lag=ctl.analysis_lag,
             actions=sum(ctl.stats.actions.values()),
         )
+
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(proto.name, total=total, lag=0, actions=0)
+        th = threading.Thread(target=_target, name="smartscope-run", daemon=True)
+        th.start()
+        # poll with sleeps, never an interruptible Thread.join (see Controller.run)
+        while not done.is_set():
+            try:
+                time.sleep(0.1)
+                _update()
+            except KeyboardInterrupt:
+                ctl.stop("interrupted (Ctrl-C)", interrupted=True)
+        _update()
+    th.join()
     if error:
         raise error[0]
     return result

@@ -1,0 +1,326 @@
+"""The controller on the real simulator, the real writer and real files.
+
+Everything is checked from the run folder and against the simulator's truth
+(truth/cells.csv), never against the controller's own estimates.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+from smartscope._data import data_dir
+from smartscope.actions import Action, MoveStage, SetLaserPower
+from smartscope.analysis.result import FrameResult
+from smartscope.controller import Controller
+from smartscope.hardware import load_core, release_core
+from smartscope.protocol import Protocol, ProtocolError, load_protocol
+from smartscope.reactions.base import Reaction, RunView
+from smartscope.run import run_protocol
+from smartscope.sim import get_simulator
+
+
+def _events(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+
+
+def _truth(run: Path) -> dict[int, list[dict[str, str]]]:
+    by: dict[int, list[dict[str, str]]] = {}
+    with (run / "truth" / "cells.csv").open() as fh:
+        for r in csv.DictReader(fh):
+            by.setdefault(int(r["frame"]), []).append(r)
+    return by
+
+
+def _small_protocol(**overrides: Any) -> Protocol:
+    data: dict[str, Any] = {
+        "name": "small",
+        "seed": 2,
+        "time_mode": "virtual",
+        "objective": "20x",
+        "laser_power_mw": 5,
+        "sequence": {
+            "channels": [{"config": "DAPI", "exposure": 30}],
+            "stage_positions": [{"name": "a", "x": 0, "y": 0}],
+            "time_plan": {"interval": 30, "loops": 8},
+        },
+        "limits": {"xy_box_um": [-300, 300, -300, 300], "max_xy_step_um": 50,
+                   "max_laser_mw": 8},
+    }
+    data.update(overrides)
+    return Protocol.model_validate(data)
+
+
+# ------------------------------------------------------------------ the demo
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("demo") / "run"
+    return run_protocol(data_dir("protocols") / "demo.yaml", out_dir=out, progress=False)
+
+
+def test_demo_writes_a_complete_run_folder(demo_run: tuple[Path, dict[str, Any]]) -> None:
+    run, summary = demo_run
+    for name in ("data.ome.zarr", "events.jsonl", "measurements.csv", "summary.json",
+                 "truth/cells.csv", "protocol.yaml"):
+        assert (run / name).exists(), name
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk["frames_acquired"] == summary["frames_acquired"] == 150
+    assert on_disk["status"] == "completed"
+    root = zarr.open_group(str(run / "data.ome.zarr"), mode="r")
+    raw = root["0"]
+    assert raw.shape[0] == summary["frames_acquired"]
+    assert raw.dtype == np.uint16
+    axes = root.attrs["ome"]["multiscales"][0]["axes"]
+    assert [a["name"] for a in axes] == ["t", "y", "x"]
+    scale = root.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]
+    assert scale["scale"][1] == pytest.approx(0.325)  # 20x
+    labels = root["labels/nuclei/0"]
+    assert labels.shape == raw.shape
+    assert labels[10].max() > 0
+
+
+def test_demo_log_agrees_with_the_zarr(demo_run: tuple[Path, dict[str, Any]]) -> None:
+    run, summary = demo_run
+    events = _events(run)
+    kinds = {e["kind"] for e in events}
+    assert {"run_started", "frame", "analysis", "action", "run_finished"} <= kinds
+    frames = [e for e in events if e["kind"] == "frame"]
+    assert [f["index"] for f in frames] == list(range(summary["frames_acquired"]))
+    raw = zarr.open_group(str(run / "data.ome.zarr"), mode="r")["0"]
+    assert len(frames) == raw.shape[0]
+    for f in frames:
+        assert {"x_um", "y_um", "z_um", "exposure_ms", "laser_mw", "t_s", "t_frame"} <= f.keys()
+    actions = [e for e in events if e["kind"] == "action"]
+    assert actions
+    for a in actions:
+        assert a["status"] in ("applied", "clamped", "refused", "not_applied")
+        assert "reason" in a
+        assert "t_action" in a
+    with (run / "measurements.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows
+    assert set(rows[0]) >= {"frame", "position", "label", "track_id", "x_um", "y_um",
+                            "area_um2", "mean_intensity"}
+    assert summary["latency_frame_to_result_ms"]["n"] == summary["frames_analysed"]
+
+
+def test_center_on_keeps_the_nucleus_centred_by_the_truth(
+    demo_run: tuple[Path, dict[str, Any]],
+) -> None:
+    run, _ = demo_run
+    frames = [e for e in _events(run) if e["kind"] == "frame"]
+    truth = _truth(run)
+    f0 = frames[0]
+    target = min(truth[0], key=lambda r: np.hypot(float(r["x_um"]) - f0["x_um"],
+                                                   float(r["y_um"]) - f0["y_um"]))
+    tid = target["cell_id"]
+    half_fov = 512 * 0.325 / 2
+    dist = []
+    for f in frames:
+        cell = [r for r in truth.get(f["index"], []) if r["cell_id"] == tid]
+        dist.append(np.hypot(float(cell[0]["x_um"]) - f["x_um"],
+                             float(cell[0]["y_um"]) - f["y_um"]) if cell else np.inf)
+    dist = np.asarray(dist)
+    assert np.mean(dist <= 0.25 * half_fov) >= 0.9
+    xy = np.array([(f["x_um"], f["y_um"]) for f in frames])
+    travel = np.max(np.hypot(*(xy - xy[0]).T))
+    assert travel > 2 * (2 * half_fov)  # more than two fields of view
+
+
+def test_adaptive_exposure_holds_the_signal_while_it_bleaches(
+    demo_run: tuple[Path, dict[str, Any]],
+) -> None:
+    run, _ = demo_run
+    events = _events(run)
+    frames = {e["index"]: e for e in events if e["kind"] == "frame"}
+    target = 1500.0
+    signal = []
+    for e in events:
+        if e["kind"] == "analysis" and e["objects"]:
+            signal.append(np.median([o[5] for o in e["objects"]]) - e["background"])
+    signal = np.asarray(signal)
+    settled = signal[10:]
+    assert np.mean(np.abs(settled / target - 1) <= 0.2) >= 0.9
+    # it had to work for it: the dye bleached, so the exposure went up
+    truth = _truth(run)
+    doses = [max(float(r["dose"]) for r in truth[i]) for i in (0, len(frames) - 1)]
+    assert doses[1] > doses[0]
+    exposures = [frames[i]["exposure_ms"] for i in sorted(frames)]
+    assert exposures[-1] > min(exposures[2:20])
+
+
+# ------------------------------------------------------------------ limits
+
+
+class _Reckless(Reaction):
+    """Asks for a move far outside the box and more power than allowed."""
+
+    name = "reckless"
+
+    def react(self, result: FrameResult, run: RunView) -> Sequence[Action]:
+        f = result.frame
+        return (
+            MoveStage(x_um=f.stage_x_um + 2000, y_um=f.stage_y_um, source=self.name,
+                      frame_index=f.frame_index, t_frame=f.t_frame),
+            SetLaserPower(power_mw=90, source=self.name, frame_index=f.frame_index,
+                          t_frame=f.t_frame),
+        )
+
+
+def test_actions_beyond_limits_never_reach_the_hardware(run_dir: Path) -> None:
+    core = load_core()
+    try:
+        seen: list[tuple[float, float, float]] = []
+        ctl = Controller(core, _small_protocol(), out_dir=run_dir, reactions=[_Reckless()])
+        ctl.frame_acquired.connect(
+            lambda f: seen.append((*core.getXYPosition(),
+                                   float(core.getProperty("Laser", "Power_mW"))))
+        )
+        summary = ctl.run()
+    finally:
+        release_core(core)
+    assert summary["frames_acquired"] == 8
+    arr = np.array(seen)
+    assert np.all(np.abs(arr[:, 0]) <= 300)
+    assert np.all(arr[:, 2] <= 8)
+    acts = [e for e in _events(run_dir) if e["kind"] == "action" and e["source"] == "reckless"]
+    moves = [a for a in acts if a["type"] == "MoveStage"]
+    power = [a for a in acts if a["type"] == "SetLaserPower"]
+    assert moves
+    assert all(a["status"] in ("clamped", "refused") for a in moves)
+    assert all(a["limit"] for a in moves)
+    assert all(a["status"] == "clamped" and a["after"] == 8 for a in power)
+
+
+# ------------------------------------------------------------------ failures
+
+
+class _Broken(Reaction):
+    name = "broken"
+
+    def react(self, result: FrameResult, run: RunView) -> Sequence[Action]:
+        raise ZeroDivisionError("bad reaction")
+
+
+def test_reaction_and_analysis_exceptions_are_logged_and_acquisition_goes_on(
+    run_dir: Path,
+) -> None:
+    core = load_core()
+    try:
+        ctl = Controller(core, _small_protocol(), out_dir=run_dir, reactions=[_Broken()])
+        ctl._prepare_hook = None
+        orig_prepare = ctl._prepare
+
+        def prepare() -> None:
+            orig_prepare()
+            pipe = ctl._pipeline
+            real = pipe._segment
+
+            def flaky(image: np.ndarray, frame: Any) -> np.ndarray:
+                if frame.frame_index == 3:
+                    raise RuntimeError("segmentation blew up")
+                return real(image, frame)
+
+            pipe._segment = flaky
+
+        ctl._prepare = prepare  # type: ignore[method-assign]
+        summary = ctl.run()
+    finally:
+        release_core(core)
+    assert summary["frames_acquired"] == 8
+    events = _events(run_dir)
+    assert [e for e in events if e["kind"] == "reaction_error" and "bad reaction" in e["error"]]
+    assert [e for e in events if e["kind"] == "analysis_error" and e["index"] == 3]
+    assert summary["frames_failed_analysis"] == 1
+    raw = zarr.open_group(str(run_dir / "data.ome.zarr"), mode="r")["0"]
+    assert raw.shape[0] == 8
+
+
+@pytest.mark.parametrize(("retries", "then", "frames"), [(2, "skip", 8), (0, "skip", 7)])
+def test_camera_fault_is_retried_or_skipped(run_dir: Path, retries: int, then: str,
+                                            frames: int) -> None:
+    core = load_core()
+    try:
+        proto = _small_protocol(on_error={"camera": {"retries": retries, "then": then}})
+        ctl = Controller(core, proto, out_dir=run_dir)
+        sim = get_simulator(core)
+        ctl.frame_acquired.connect(
+            lambda f: sim.inject("camera_timeout", count=1) if f.frame_index == 2 else None
+        )
+        summary = ctl.run()
+    finally:
+        release_core(core)
+    errors = [e for e in _events(run_dir) if e["kind"] == "device_error"]
+    assert errors
+    assert errors[0]["device"] == "camera"
+    assert "timed out" in errors[0]["error"]
+    assert summary["frames_acquired"] == frames
+    raw = zarr.open_group(str(run_dir / "data.ome.zarr"), mode="r")["0"]
+    assert raw.shape[0] == frames
+
+
+def test_stage_fault_stops_the_run_when_the_protocol_says_so(run_dir: Path) -> None:
+    core = load_core()
+    try:
+        proto = _small_protocol(
+            on_error={"stage": {"retries": 0, "then": "stop"}},
+            sequence={
+                "channels": [{"config": "DAPI", "exposure": 30}],
+                "stage_positions": [{"name": "a", "x": 0, "y": 0},
+                                    {"name": "b", "x": 200, "y": 0}],
+                "time_plan": {"interval": 30, "loops": 5},
+            },
+        )
+        ctl = Controller(core, proto, out_dir=run_dir)
+        sim = get_simulator(core)
+        ctl.frame_acquired.connect(
+            lambda f: sim.inject("stage_error", device="XY", count=1)
+            if f.frame_index == 3 else None
+        )
+        summary = ctl.run()
+    finally:
+        release_core(core)
+    assert "stage error" in summary["finish_reason"]
+    assert summary["frames_acquired"] == 4
+    raw = zarr.open_group(str(run_dir / "data.ome.zarr"), mode="r")["0"]
+    assert raw.shape[0] == 4
+    assert np.asarray(raw[3]).max() > 0
+
+
+def test_bad_protocol_is_refused_before_hardware_moves(tmp_path: Path) -> None:
+    core = load_core()
+    try:
+        sim = get_simulator(core)
+        x0 = core.getXYPosition()
+        bad = _small_protocol(
+            sequence={"channels": [{"config": "Cy7"}],
+                      "stage_positions": [{"x": 100, "y": 100}]},
+        )
+        with pytest.raises(ProtocolError, match="Cy7"):
+            Controller(core, bad, out_dir=tmp_path / "r")
+        assert core.getXYPosition() == x0
+        assert sim.light_dose_mj == 0
+        assert not (tmp_path / "r").exists()
+    finally:
+        release_core(core)
+
+
+def test_unknown_reaction_in_a_file_names_file_line_field(tmp_path: Path) -> None:
+    text = (data_dir("protocols") / "demo.yaml").read_text()
+    p = tmp_path / "bad.yaml"
+    p.write_text(text.replace("type: adaptive_exposure", "type: adaptive_exposur"))
+    with pytest.raises(ProtocolError) as exc:
+        load_protocol(p)
+    msg = str(exc.value)
+    assert str(p) in msg
+    assert "line " in msg
+    assert "reactions.1" in msg
