@@ -34,6 +34,12 @@ __all__ = ["FAULTS", "PIXEL_SIZE_CONFIG", "Simulator", "get_simulator"]
 PIXEL_SIZE_CONFIG = "SimObjective"
 #: Faults that :meth:`Simulator.inject` understands.
 FAULTS = ("camera_timeout", "stage_error", "hot_pixels", "focus_jump")
+_FAULT_PARAMS: dict[str, frozenset[str]] = {
+    "camera_timeout": frozenset({"count", "timeout_s"}),
+    "stage_error": frozenset({"count", "device"}),
+    "hot_pixels": frozenset({"n", "value_adu", "seed"}),
+    "focus_jump": frozenset({"dz_um"}),
+}
 
 Role = Literal["camera", "xy", "z", "shutter", "laser", "objective", "filter", "sample"]
 
@@ -172,7 +178,11 @@ class Simulator:
 
     def _update_core_pixel_size(self) -> None:
         core = self.core
-        if core is None or "objective" not in self._devices or "camera" not in self._devices:
+        if (
+            core is None
+            or "objective" not in self._devices
+            or "camera" not in self._devices
+        ):
             return
         obj = self._devices["objective"]
         cam = self._devices["camera"]
@@ -233,7 +243,7 @@ class Simulator:
 
     @property
     def time_mode(self) -> TimeMode:
-        """"realtime" (waits take real time) or "virtual" (the sample clock
+        """ "realtime" (waits take real time) or "virtual" (the sample clock
         advances by exposures, stage moves and time-plan waits without sleeping)."""
         return self.clock.mode
 
@@ -260,7 +270,11 @@ class Simulator:
 
     def _field_um(self) -> tuple[float, float, float, float]:
         """Illuminated box (x0, x1, y0, y1) in stage µm: the full sensor's field."""
-        cam, obj, xy = self._devices["camera"], self._devices["objective"], self._devices["xy"]
+        cam, obj, xy = (
+            self._devices["camera"],
+            self._devices["objective"],
+            self._devices["xy"],
+        )
         w_um = cam.sensor_width_px * cam.pixel_pitch_um / obj.magnification
         h_um = cam.sensor_height_px * cam.pixel_pitch_um / obj.magnification
         x, y = xy.physical_position_um()
@@ -303,17 +317,26 @@ class Simulator:
         """Irradiance at the sample when the light is on at the current power."""
         with self._lock:
             x0, x1, y0, y1 = self._field_um()
-            return self._devices["laser"].power_mw * 1e-3 / ((x1 - x0) * (y1 - y0) * 1e-8)
+            return (
+                self._devices["laser"].power_mw * 1e-3 / ((x1 - x0) * (y1 - y0) * 1e-8)
+            )
 
     # -------------------------------------------------------------- focus
 
     def focus_z_um(self, x_um: float | None = None, y_um: float | None = None) -> float:
-        """Z stage position that is in focus at stage (x, y) (default: here), now."""
+        """Z stage position that is in focus at stage (x, y) (default: here), now.
+
+        Stage coordinates, as the core reads and sets them (origins included).
+        """
         with self._lock:
+            xy, zdev = self._devices["xy"], self._devices["z"]
             if x_um is None or y_um is None:
-                x_um, y_um = self._devices["xy"].physical_position_um()
+                x_um, y_um = xy.physical_position_um()
+            else:
+                x_um, y_um = x_um + xy.origin_um[0], y_um + xy.origin_um[1]
             z = self.scene.focus_z_um(x_um, y_um, self.clock.now())
-            return z + self._focus_offset_um
+            z_origin = zdev.position_um - zdev.get_position_um()
+            return z + self._focus_offset_um - z_origin
 
     # -------------------------------------------------------------- faults
 
@@ -331,6 +354,15 @@ class Simulator:
           ``expected_adu`` stays clean.
         - ``focus_jump(dz_um=5.0)``: the focal plane jumps by ``dz_um`` now.
         """
+        # refuse bad input before any of it takes effect
+        if fault not in _FAULT_PARAMS:
+            raise SimulatorError(f"unknown fault {fault!r}; expected one of {FAULTS}")
+        unknown = set(params) - _FAULT_PARAMS[fault]
+        if unknown:
+            raise SimulatorError(
+                f"unknown parameters for fault {fault!r}: {sorted(unknown)}; expected "
+                f"some of {sorted(_FAULT_PARAMS[fault])}"
+            )
         with self._lock:
             if fault == "camera_timeout":
                 self._faults[fault] = {
@@ -340,8 +372,12 @@ class Simulator:
             elif fault == "stage_error":
                 device = str(params.pop("device", "XY"))
                 if device not in ("XY", "Z"):
-                    raise SimulatorError(f"stage_error device must be 'XY' or 'Z', got {device!r}")
-                self._faults[f"stage_error:{device}"] = {"count": int(params.pop("count", 1))}
+                    raise SimulatorError(
+                        f"stage_error device must be 'XY' or 'Z', got {device!r}"
+                    )
+                self._faults[f"stage_error:{device}"] = {
+                    "count": int(params.pop("count", 1))
+                }
             elif fault == "hot_pixels":
                 n = int(params.pop("n", 25))
                 value = params.pop("value_adu", None)
@@ -352,10 +388,6 @@ class Simulator:
                 self._hot_pixels = (rows, cols, None if value is None else float(value))
             elif fault == "focus_jump":
                 self._focus_offset_um += float(params.pop("dz_um", 5.0))
-            else:
-                raise SimulatorError(f"unknown fault {fault!r}; expected one of {FAULTS}")
-            if params:
-                raise SimulatorError(f"unknown parameters for fault {fault!r}: {sorted(params)}")
 
     def clear_faults(self) -> None:
         """Remove pending faults and hot pixels (a focus jump stays where it went)."""
@@ -391,6 +423,7 @@ class Simulator:
     def cells(self) -> tuple[CellTruth, ...]:
         """All nuclei of the sample now (not only those in view)."""
         with self._lock:
+            self._sync()  # light delivered up to now counts in each cell's dose
             scene = self.scene
             scene.advance_to(self.clock.now())
             return self._cell_truths(np.arange(scene.n))
@@ -401,9 +434,13 @@ class Simulator:
         ox, oy = self._devices["xy"].origin_um if "xy" in self._devices else (0.0, 0.0)
         return tuple(
             CellTruth(
-                id=int(s.id[i]), x_um=float(s.x[i] - ox), y_um=float(s.y[i] - oy),
-                radius_um=float(r[i]), state=STATE_NAMES[s.state[i]],
-                dose=float(s.dose[i]), parent_id=int(s.parent[i]),
+                id=int(s.id[i]),
+                x_um=float(s.x[i] - ox),
+                y_um=float(s.y[i] - oy),
+                radius_um=float(r[i]),
+                state=STATE_NAMES[s.state[i]],
+                dose=float(s.dose[i]),
+                parent_id=int(s.parent[i]),
             )
             for i in idx
         )
@@ -430,9 +467,17 @@ class Simulator:
             for block in self._history:
                 for row in block:
                     w.writerow(
-                        (int(row[0]), f"{row[1]:.3f}", int(row[2]), int(row[3]),
-                         f"{row[4]:.3f}", f"{row[5]:.3f}", f"{row[6]:.3f}",
-                         STATE_NAMES[int(row[7])], f"{row[8]:.4f}")
+                        (
+                            int(row[0]),
+                            f"{row[1]:.3f}",
+                            int(row[2]),
+                            int(row[3]),
+                            f"{row[4]:.3f}",
+                            f"{row[5]:.3f}",
+                            f"{row[6]:.3f}",
+                            STATE_NAMES[int(row[7])],
+                            f"{row[8]:.4f}",
+                        )
                     )
         return path
 
@@ -474,8 +519,14 @@ class Simulator:
         binning = cam.binning
         pixel_um = cam.pixel_pitch_um * binning / obj.magnification
         sx, sy = xy.physical_position_um()
-        view = View(sx, sy, pixel_um, cam.sensor_width_px // binning,
-                    cam.sensor_height_px // binning, cam.roi)
+        view = View(
+            sx,
+            sy,
+            pixel_um,
+            cam.sensor_width_px // binning,
+            cam.sensor_height_px // binning,
+            cam.roi,
+        )
         dye_name = filt.dye
         dye = self._preset.channels.get(dye_name)
         if dye is None:
@@ -485,37 +536,79 @@ class Simulator:
             )
         focus = scene.focus_z_um(sx, sy, t_start) + self._focus_offset_um
         z_um = z.position_um
-        sigma = blur_sigma_px(emission_nm=dye.emission_nm, na=obj.na,
-                              defocus_um=z_um - focus, pixel_um=pixel_um,
-                              immersion_n=obj.immersion_n)
+        sigma = blur_sigma_px(
+            emission_nm=dye.emission_nm,
+            na=obj.na,
+            defocus_um=z_um - focus,
+            pixel_um=pixel_um,
+            immersion_n=obj.immersion_n,
+        )
         a, b = scene.axes_um()
         margin = float(a.max(initial=0.0)) + 3.0 * sigma * pixel_um + pixel_um
         idx = scene.in_box(*view.bounds_um(margin))
         h, w = buf.shape
-        if self._density is None or self._density.shape != (h, w):
-            self._density = np.empty((h, w), np.float32)
-            self._labels = np.empty((h, w), np.int32)
-        density, labels, drawn = render_nuclei(
-            view, x_um=scene.x[idx], y_um=scene.y[idx], a_um=a[idx], b_um=b[idx],
-            theta=scene.theta[idx], brightness=scene.brightness(dye_name)[idx],
-            ids=scene.id[idx], phase1=scene.phase1[idx], phase2=scene.phase2[idx],
-            texture=self._preset.texture, out=self._density, labels=self._labels,
+        # Render a margin beyond the ROI and crop after the blur, so that pixels
+        # near the edge get the light of nuclei just outside it: an ROI reads the
+        # same values the full frame has there.
+        pad = int(np.ceil(3.0 * sigma)) + 1
+        rx, ry, rw, rh = view.roi
+        padded = View(
+            sx,
+            sy,
+            pixel_um,
+            view.full_w,
+            view.full_h,
+            (rx - pad, ry - pad, rw + 2 * pad, rh + 2 * pad),
         )
-        density = blur(density, sigma)
-        lit = self._lit() or (self._autoshutter and laser.power_mw > 0
-                              and "shutter" in self._devices)
+        if self._density is None or self._density.shape != (h + 2 * pad, w + 2 * pad):
+            self._density = np.empty((h + 2 * pad, w + 2 * pad), np.float32)
+            self._labels = np.empty((h + 2 * pad, w + 2 * pad), np.int32)
+        density, labels, _ = render_nuclei(
+            padded,
+            x_um=scene.x[idx],
+            y_um=scene.y[idx],
+            a_um=a[idx],
+            b_um=b[idx],
+            theta=scene.theta[idx],
+            brightness=scene.brightness(dye_name)[idx],
+            ids=scene.id[idx],
+            phase1=scene.phase1[idx],
+            phase2=scene.phase2[idx],
+            texture=self._preset.texture,
+            out=self._density,
+            labels=self._labels,
+        )
+        density = blur(density, sigma)[pad : pad + h, pad : pad + w]
+        labels = labels[pad : pad + h, pad : pad + w]
+        # the nuclei with at least one labelled pixel in the ROI
+        ids_in_view = scene.id[idx]
+        n_px = np.bincount(
+            labels.ravel(), minlength=int(ids_in_view.max(initial=0)) + 1
+        )
+        drawn = n_px[ids_in_view] > 0
+        lit = self._lit() or (
+            self._autoshutter and laser.power_mw > 0 and "shutter" in self._devices
+        )
         if lit:
             x0, x1, y0, y1 = self._field_um()
             irr = laser.power_mw * 1e-3 / ((x1 - x0) * (y1 - y0) * 1e-8)
             exc = 1.0 if abs(laser.wavelength_nm - dye.excitation_nm) < 20 else 0.02
-            photons_per_unit = (self._preset.photon_yield * irr * exposure_s
-                                * pixel_um**2 * (obj.na / 0.3) ** 2 * exc)
+            photons_per_unit = (
+                self._preset.photon_yield
+                * irr
+                * exposure_s
+                * pixel_um**2
+                * (obj.na / 0.3) ** 2
+                * exc
+            )
         else:
             photons_per_unit = 0.0
         gain, offset = cam.gain_e_per_adu, cam.offset_adu
         e_per_unit = photons_per_unit * cam.qe
         # expected electrons: signal + medium background
-        expected_e = density * np.float32(e_per_unit) + np.float32(e_per_unit * dye.background)
+        expected_e = density * np.float32(e_per_unit) + np.float32(
+            e_per_unit * dye.background
+        )
         np.minimum(expected_e, np.float32(cam.full_well_e), out=expected_e)
         expected_adu = expected_e / np.float32(gain) + np.float32(offset)
         # noise: Poisson shot noise on electrons, Gaussian read noise
@@ -535,7 +628,9 @@ class Simulator:
             rx, ry, rw, rh = cam.roi
             r, c = rows // binning - ry, cols // binning - rx
             ok = (r >= 0) & (r < rh) & (c >= 0) & (c < rw)
-            buf[r[ok], c[ok]] = int(cam.max_adu if value is None else min(value, cam.max_adu))
+            buf[r[ok], c[ok]] = int(
+                cam.max_adu if value is None else min(value, cam.max_adu)
+            )
             meta["hot_pixels"] = np.stack([r[ok], c[ok]], axis=1)
         self._frame_index += 1
         ox, oy = xy.origin_um
@@ -547,8 +642,8 @@ class Simulator:
             frame_index=self._frame_index,
             stage_x_um=sx - ox,
             stage_y_um=sy - oy,
-            z_um=z_um,
-            focus_z_um=focus,
+            z_um=z.get_position_um(),  # stage coordinates, as the core reads Z
+            focus_z_um=focus - (z_um - z.get_position_um()),
             pixel_size_um=pixel_um,
             exposure_ms=exposure_s * 1000.0,
             channel=dye_name,

@@ -1,0 +1,139 @@
+"""The trained-model slots of the analysis pipeline: a denoiser and a segmenter.
+
+Models come from :func:`smartscope.nn.load_model` (by name from ``models/``
+or by path), imported only when a model is actually configured so that the
+classical pipeline never imports torch. A model is anything with
+``predict(image, *, diameter_px=None) -> ndarray``: int32 labels for a
+segmenter, a float32 image in the raw intensity units for a denoiser.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from smartscope.errors import SmartscopeError
+
+__all__ = [
+    "AnalysisModel",
+    "ModelLoadError",
+    "load_analysis_model",
+    "predict_denoised",
+    "predict_labels",
+]
+
+Role = Literal["segmenter", "denoiser"]
+
+
+class ModelLoadError(SmartscopeError, RuntimeError):
+    """A denoising or segmentation model named in the analysis settings could
+    not be loaded or does not behave like a model. The message names it."""
+
+    def __init__(self, message: str, *, model: str, role: Role) -> None:
+        self.model = model
+        self.role = role
+        super().__init__(message)
+
+
+class AnalysisModel(Protocol):
+    """What the pipeline needs from a model returned by ``smartscope.nn.load_model``."""
+
+    def predict(
+        self, image: np.ndarray, *, diameter_px: float | None = None
+    ) -> np.ndarray:
+        """image: (Y, X) → (Y, X) int32 labels (segmenter) or float32 image (denoiser)."""
+        ...
+
+
+def load_analysis_model(name: str, *, role: Role) -> AnalysisModel:
+    """Load a model with ``smartscope.nn.load_model(name)``.
+
+    Raises
+    ------
+    ModelLoadError
+        If ``smartscope.nn`` cannot be imported, loading fails, or the object
+        returned has no ``predict`` method. The message names the model.
+    """
+    try:
+        nn = importlib.import_module("smartscope.nn")
+    except ImportError as e:
+        raise ModelLoadError(
+            f"cannot load the {role} model {name!r}: smartscope.nn is not available "
+            f"({e}); install smartscope with its torch dependency, or use "
+            "segmenter='classical' and no denoiser",
+            model=name,
+            role=role,
+        ) from e
+    try:
+        model: Any = nn.load_model(name)
+    except Exception as e:
+        raise ModelLoadError(
+            f"cannot load the {role} model {name!r}: {type(e).__name__}: {e}",
+            model=name,
+            role=role,
+        ) from e
+    if not callable(getattr(model, "predict", None)):
+        raise ModelLoadError(
+            f"the {role} model {name!r} loaded as {type(model).__name__}, which has "
+            "no predict(image, *, diameter_px=None) method",
+            model=name,
+            role=role,
+        )
+    return model  # type: ignore[no-any-return]
+
+
+def predict_labels(
+    model: AnalysisModel, image: np.ndarray, *, diameter_px: float, name: str = "?"
+) -> np.ndarray:
+    """Run a segmentation model and check its output.
+
+    Parameters
+    ----------
+    image : (Y, X) ndarray
+        Raw or denoised frame.
+    diameter_px : float
+        Expected nucleus diameter, pixels.
+
+    Returns
+    -------
+    (Y, X) int32 ndarray
+        Instance labels, 0 = background.
+    """
+    labels = np.asarray(model.predict(image, diameter_px=diameter_px))
+    if labels.shape != image.shape:
+        raise ValueError(
+            f"segmenter model {name!r} returned shape {labels.shape} for an image "
+            f"of shape {image.shape}"
+        )
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"segmenter model {name!r} returned {labels.dtype} values; expected "
+            "integer instance labels"
+        )
+    return labels.astype(np.int32, copy=False)
+
+
+def predict_denoised(
+    model: AnalysisModel, image: np.ndarray, *, name: str = "?"
+) -> np.ndarray:
+    """Run a denoising model and check its output.
+
+    Parameters
+    ----------
+    image : (Y, X) ndarray
+        Raw frame.
+
+    Returns
+    -------
+    (Y, X) float32 ndarray
+        Denoised image in the raw image's intensity units.
+    """
+    out = np.asarray(model.predict(image))
+    if out.shape != image.shape:
+        raise ValueError(
+            f"denoiser model {name!r} returned shape {out.shape} for an image of "
+            f"shape {image.shape}"
+        )
+    return out.astype(np.float32, copy=False)

@@ -1,0 +1,433 @@
+"""The real-time analysis pipeline: a worker thread behind a bounded queue.
+
+The controller hands every acquired frame to :meth:`AnalysisPipeline.submit`,
+which never blocks: when the queue is full the oldest waiting frame is dropped
+from analysis (never from disk; the writer has it) and counted. The worker
+takes frames in order and runs normalise → denoise → segment → measure →
+track, then announces a :class:`~smartscope.analysis.result.FrameResult`.
+Nothing that happens while analysing one frame, nor a broken subscriber,
+stops the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+from psygnal import Signal
+
+from smartscope.analysis.measure import measure_objects
+from smartscope.analysis.models import (
+    AnalysisModel,
+    load_analysis_model,
+    predict_denoised,
+    predict_labels,
+)
+from smartscope.analysis.normalize import estimate_background
+from smartscope.analysis.result import FrameInput, FrameResult, ObjectMeasurement
+from smartscope.analysis.segment import filter_by_area, segment_nuclei
+from smartscope.analysis.settings import AnalysisSettings
+from smartscope.analysis.track import Tracker, TrackIdCounter
+
+__all__ = ["AnalysisPipeline"]
+
+logger = logging.getLogger(__name__)
+
+
+class AnalysisPipeline:
+    """Analyses frames on a worker thread and announces the results.
+
+    Parameters
+    ----------
+    settings : AnalysisSettings, optional
+        Defaults to ``AnalysisSettings()`` (classical segmenter, no denoiser).
+    on_result : callable, optional
+        Called with each :class:`FrameResult` on the worker thread, before
+        :attr:`frame_analysed` is emitted and independently of its subscribers
+        (an exception in it is logged, and analysis goes on).
+
+    Usage::
+
+        pipeline = AnalysisPipeline(settings, on_result=react)
+        pipeline.start()          # loads models; raises ModelLoadError
+        pipeline.submit(frame)    # from the acquisition thread, never blocks
+        pipeline.stop(drain=True)
+
+    Counters: after :meth:`stop`, ``analysed + skipped == submitted``
+    (``failed`` counts the analysed frames whose result carries an error).
+    All signals are emitted on the worker thread, except for frames skipped
+    while the pipeline is not running.
+    """
+
+    frame_analysed = Signal(
+        FrameResult,
+        description="Emits ``(result: FrameResult)`` after a frame is analysed, "
+        "also when its analysis failed (then ``result.error`` is set).",
+    )
+    """Emits ``(result: FrameResult)`` after a frame is analysed, also when its
+    analysis failed (then ``result.error`` is set)."""
+
+    frame_skipped = Signal(
+        int,
+        description="Emits ``(frame_index: int)`` for a frame dropped from "
+        "analysis: the queue was full, or the pipeline stopped without draining.",
+    )
+    """Emits ``(frame_index: int)`` for a frame dropped from analysis: the queue
+    was full (the oldest waiting frame goes), the pipeline stopped without
+    draining, or it was not running. The worker emits it when it has finished
+    the frame it was analysing."""
+
+    analysis_failed = Signal(
+        int,
+        str,
+        description="Emits ``(frame_index: int, message: str)`` when analysing a "
+        "frame raised; the frame's result carries the same message.",
+    )
+    """Emits ``(frame_index: int, message: str)`` when analysing a frame raised;
+    the frame's result (``frame_analysed``) carries the same message."""
+
+    def __init__(
+        self,
+        settings: AnalysisSettings | None = None,
+        *,
+        on_result: Callable[[FrameResult], object] | None = None,
+    ) -> None:
+        self._settings = settings if settings is not None else AnalysisSettings()
+        self._on_result = on_result
+        self._queue: deque[FrameInput] = deque()
+        self._cond = threading.Condition()
+        self._skip_notices: deque[int] = deque()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._submitted = 0
+        self._analysed = 0
+        self._skipped = 0
+        self._failed = 0
+        self._models_loaded = False
+        self._denoiser: AnalysisModel | None = None
+        self._segmenter: AnalysisModel | None = None
+        self._track_ids = TrackIdCounter()
+        self._trackers: dict[str, Tracker] = {}
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def settings(self) -> AnalysisSettings:
+        return self._settings
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the worker thread is alive."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def submitted(self) -> int:
+        """Frames handed to :meth:`submit` (while analysis is enabled)."""
+        return self._submitted
+
+    @property
+    def analysed(self) -> int:
+        """Frames that got a :class:`FrameResult`, failed ones included."""
+        return self._analysed
+
+    @property
+    def skipped(self) -> int:
+        """Frames dropped from analysis (queue full, not running, or not drained)."""
+        return self._skipped
+
+    @property
+    def failed(self) -> int:
+        """Analysed frames whose analysis raised (their result has ``error`` set)."""
+        return self._failed
+
+    @property
+    def pending(self) -> int:
+        """Frames waiting in the queue."""
+        return len(self._queue)
+
+    # ------------------------------------------------------------- lifecycle
+
+    def load_models(self) -> None:
+        """Load the configured denoiser and segmentation model, once.
+
+        Called by :meth:`start`; call it earlier to refuse a bad model before
+        any hardware moves.
+
+        Raises
+        ------
+        ModelLoadError
+            Naming the model that could not be loaded.
+        """
+        if self._models_loaded:
+            return
+        s = self._settings
+        denoiser = (
+            load_analysis_model(s.denoise, role="denoiser") if s.denoise else None
+        )
+        segmenter = None
+        if s.segmenter == "model" and s.model is not None:
+            segmenter = load_analysis_model(s.model, role="segmenter")
+        self._denoiser, self._segmenter = denoiser, segmenter
+        self._models_loaded = True
+
+    def start(self) -> None:
+        """Load the models and start the worker thread (no-op when analysis is
+        disabled or the worker already runs).
+
+        Raises
+        ------
+        ModelLoadError
+            If a configured model cannot be loaded; no thread is started.
+        """
+        if not self._settings.enabled:
+            return
+        self.load_models()
+        with self._cond:
+            self._stopping = False  # also revives a worker still finishing a stop
+        if self.is_running:
+            return
+        self._thread = threading.Thread(
+            target=self._run, name="smartscope-analysis", daemon=True
+        )
+        self._thread.start()
+
+    def submit(self, frame: FrameInput) -> None:
+        """Queue a frame for analysis; returns at once.
+
+        When the queue already holds ``settings.queue_size`` frames, the oldest
+        of them is dropped from analysis (:attr:`frame_skipped`). A frame
+        submitted while the pipeline is not running is skipped. Does nothing
+        when analysis is disabled.
+        """
+        if not self._settings.enabled:
+            return
+        with self._cond:
+            self._submitted += 1
+            if self._thread is None or self._stopping:
+                self._skipped += 1
+                dropped: int | None = frame.frame_index
+            else:
+                if len(self._queue) >= self._settings.queue_size:
+                    self._skip_notices.append(self._queue.popleft().frame_index)
+                    self._skipped += 1
+                self._queue.append(frame)
+                self._cond.notify()
+                return
+        self._emit_skipped(dropped)
+
+    def stop(self, drain: bool = True, timeout_s: float = 30.0) -> bool:
+        """Stop the worker.
+
+        Parameters
+        ----------
+        drain : bool
+            Analyse the frames still queued first; otherwise they are skipped.
+        timeout_s : float
+            How long to wait for the worker, s.
+
+        Returns
+        -------
+        bool
+            True when the worker has ended (False: still busy after ``timeout_s``;
+            it ends after its current frame).
+        """
+        thread = self._thread
+        with self._cond:
+            self._stopping = True
+            if not drain:
+                while self._queue:
+                    self._skip_notices.append(self._queue.popleft().frame_index)
+                    self._skipped += 1
+            self._cond.notify_all()
+        if thread is None:
+            return True
+        thread.join(timeout_s)
+        if thread.is_alive():
+            logger.warning(
+                "analysis worker still busy %.1f s after stop(); it ends after "
+                "its current frame",
+                timeout_s,
+            )
+            return False
+        self._thread = None
+        return True
+
+    def __enter__(self) -> AnalysisPipeline:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop(drain=True)
+
+    def reset_tracks(self) -> None:
+        """End every track of every position (new objects get new ids)."""
+        self._trackers.clear()
+
+    # ---------------------------------------------------------------- worker
+
+    def _run(self) -> None:
+        queue, cond, notices = self._queue, self._cond, self._skip_notices
+        while True:
+            with cond:
+                while not queue and not self._stopping and not notices:
+                    cond.wait()
+                frame = queue.popleft() if queue else None
+                to_notify = list(notices) if notices else ()
+                notices.clear()
+                done = frame is None and self._stopping
+            for index in to_notify:
+                self._emit_skipped(index)
+            if frame is not None:
+                self._process(frame)
+            elif done:
+                return
+
+    def _process(self, frame: FrameInput) -> None:
+        result = self.analyse(frame)
+        with self._cond:
+            self._analysed += 1
+            if result.error is not None:
+                self._failed += 1
+        if result.error is not None:
+            try:
+                self.analysis_failed.emit(frame.frame_index, result.error)
+            except Exception:
+                logger.exception("a subscriber of analysis_failed raised")
+        if self._on_result is not None:
+            try:
+                self._on_result(result)
+            except Exception:
+                logger.exception("on_result raised for frame %d", frame.frame_index)
+        try:
+            self.frame_analysed.emit(result)
+        except Exception:
+            logger.exception("a subscriber of frame_analysed raised")
+
+    def _emit_skipped(self, frame_index: int | None) -> None:
+        if frame_index is None:
+            return
+        try:
+            self.frame_skipped.emit(frame_index)
+        except Exception:
+            logger.exception("a subscriber of frame_skipped raised")
+
+    # -------------------------------------------------------------- analysis
+
+    def analyse(self, frame: FrameInput) -> FrameResult:
+        """Analyse one frame now, on the calling thread.
+
+        normalise (background) → denoise (if configured) → segment → measure
+        (on the raw frame) → track (per position). Emits nothing and counts
+        nothing; the worker does that. Not to be called concurrently with a
+        running worker (trackers are not thread-safe).
+
+        Returns
+        -------
+        FrameResult
+            With ``error`` set, and no objects, if any step raised.
+        """
+        t0 = time.perf_counter()
+        background = math.nan
+        try:
+            self.load_models()
+            image = frame.image
+            if image.ndim != 2:
+                raise ValueError(f"expected a (Y, X) frame, got shape {image.shape}")
+            background, _ = estimate_background(image)
+            denoised = self._denoise(image, frame)
+            labels = self._segment(image if denoised is None else denoised, frame)
+            table = measure_objects(labels, image, frame)
+            tracker = self._trackers.get(frame.position)
+            if tracker is None:
+                tracker = self._new_tracker()
+                self._trackers[frame.position] = tracker
+            track_ids = tracker.update(table.x_um, table.y_um, t_s=frame.t_s)
+            objects = tuple(
+                map(
+                    ObjectMeasurement,
+                    table.label.tolist(),
+                    track_ids.tolist(),
+                    table.x_um.tolist(),
+                    table.y_um.tolist(),
+                    table.row.tolist(),
+                    table.col.tolist(),
+                    table.area_um2.tolist(),
+                    table.mean_intensity.tolist(),
+                    table.max_intensity.tolist(),
+                    table.eccentricity.tolist(),
+                )
+            )
+        except Exception as e:
+            message = f"{type(e).__name__}: {e}"
+            logger.warning(
+                "analysis of frame %d failed: %s",
+                frame.frame_index,
+                message,
+                exc_info=logger.isEnabledFor(logging.DEBUG),
+            )
+            return FrameResult(
+                frame=frame,
+                objects=(),
+                labels=None,
+                denoised=None,
+                background=background,
+                t_result=time.perf_counter(),
+                error=message,
+            )
+        t1 = time.perf_counter()
+        return FrameResult(
+            frame=frame,
+            objects=objects,
+            labels=labels,
+            denoised=denoised,
+            background=background,
+            t_result=t1,
+            extra={"analysis_ms": (t1 - t0) * 1000.0},
+        )
+
+    def _new_tracker(self) -> Tracker:
+        s = self._settings
+        return Tracker(
+            max_step_um=s.track_max_step_um,
+            max_gap_frames=s.track_max_gap_frames,
+            predict_velocity=s.track_predict_velocity,
+            ids=self._track_ids,
+        )
+
+    def _denoise(self, image: np.ndarray, frame: FrameInput) -> np.ndarray | None:
+        """(Y, X) float32 denoised image in raw units, or None without a denoiser."""
+        if self._denoiser is None:
+            return None
+        return predict_denoised(
+            self._denoiser, image, name=self._settings.denoise or "?"
+        )
+
+    def _segment(self, image: np.ndarray, frame: FrameInput) -> np.ndarray:
+        """(Y, X) int32 instance labels of ``image`` (raw or denoised)."""
+        s = self._settings
+        if self._segmenter is not None:
+            labels = predict_labels(
+                self._segmenter,
+                image,
+                diameter_px=s.diameter_um / frame.pixel_size_um,
+                name=s.model or "?",
+            )
+            return filter_by_area(
+                labels,
+                pixel_size_um=frame.pixel_size_um,
+                min_area_um2=s.min_area_um2,
+                max_area_um2=s.max_area_um2,
+            )
+        return segment_nuclei(
+            image,
+            pixel_size_um=frame.pixel_size_um,
+            diameter_um=s.diameter_um,
+            threshold=s.threshold,
+            min_area_um2=s.min_area_um2,
+            max_area_um2=s.max_area_um2,
+        )

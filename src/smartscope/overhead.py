@@ -1,0 +1,83 @@
+"""Controller overhead: time per frame of the controller (analysis off) against
+a plain pymmcore-plus MDA of the same sequence on the same core.
+
+Both sides acquire the same frames (a time-lapse at two positions in two
+channels) on the simulator in virtual time (so waits cost no wall time), the plain MDA once without storage and once writing the same
+OME-Zarr the controller writes; runs are interleaved and repeated, and the
+medians compared as ratios, because the machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["measure_controller_overhead"]
+
+
+def measure_controller_overhead(
+    *, n_frames: int = 200, repeats: int = 5, exposure_ms: float = 10.0
+) -> dict[str, Any]:
+    """Return per-frame times (ms) and ratios; see the module docstring."""
+    import useq
+
+    from smartscope.controller import Controller
+    from smartscope.hardware import load_core, release_core
+    from smartscope.protocol import Protocol
+
+    # two positions x two channels: consecutive events differ in stage and
+    # channel, so pymmcore-plus cannot merge them into one hardware sequence
+    # and both sides snap frame by frame, as in a real time-lapse
+    n_t = max(1, n_frames // 4)
+    n_frames = n_t * 4
+    seq_dict = {
+        "channels": [
+            {"config": "DAPI", "exposure": exposure_ms},
+            {"config": "GFP", "exposure": exposure_ms},
+        ],
+        "stage_positions": [{"x": 0, "y": 0, "name": "a"}, {"x": 300, "y": 0, "name": "b"}],
+        "axis_order": "tpc",
+        "time_plan": {"interval": 5, "loops": n_t},
+    }
+    seq = useq.MDASequence(**seq_dict)
+    proto = Protocol.model_validate(
+        {"name": "overhead", "sequence": seq_dict, "analysis": {"enabled": False},
+         "save": {"truth": False}}
+    )
+    core = load_core(time_mode="virtual")
+    times: dict[str, list[float]] = {"plain": [], "plain_zarr": [], "controller": []}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            core.mda.run(seq)  # warm up
+            for r in range(repeats):
+                t = time.perf_counter()
+                core.mda.run(seq)
+                times["plain"].append((time.perf_counter() - t) / n_frames * 1000)
+
+                t = time.perf_counter()
+                core.mda.run(seq, output=str(Path(tmp) / f"plain{r}.ome.zarr"))
+                times["plain_zarr"].append((time.perf_counter() - t) / n_frames * 1000)
+
+                ctl = Controller(core, proto, out_dir=Path(tmp) / f"ctl{r}")
+                t = time.perf_counter()
+                summary = ctl.run()
+                times["controller"].append((time.perf_counter() - t) / n_frames * 1000)
+                if summary["frames_acquired"] != n_frames:
+                    raise RuntimeError(
+                        f"controller acquired {summary['frames_acquired']} of {n_frames}"
+                    )
+    finally:
+        release_core(core)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "n_frames": n_frames,
+        "repeats": repeats,
+        "exposure_ms": exposure_ms,
+        "ms_per_frame": {k: round(v, 3) for k, v in med.items()},
+        "all_ms_per_frame": {k: [round(x, 3) for x in v] for k, v in times.items()},
+        "ratio_controller_to_plain_zarr": round(med["controller"] / med["plain_zarr"], 4),
+        "ratio_controller_to_plain": round(med["controller"] / med["plain"], 4),
+    }

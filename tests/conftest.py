@@ -1,0 +1,52 @@
+"""Shared fixtures: a fresh simulated microscope per test, its simulator, a run folder.
+
+Every test gets its own core loaded from ``simulators/demo.cfg`` (seed 1,
+virtual time, 512 x 512 camera at 10x), so no state leaks between tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pymmcore_plus.experimental.unicore import UniMMCore
+
+from smartscope.hardware import load_core, release_core
+from smartscope.sim import Simulator, get_simulator
+
+
+@pytest.fixture
+def core() -> Iterator[UniMMCore]:
+    """A freshly loaded demo microscope (the simulator), released afterwards."""
+    c = load_core()
+    try:
+        yield c
+    finally:
+        release_core(c)
+
+
+@pytest.fixture
+def sim(core: UniMMCore) -> Simulator:
+    """The simulator behind ``core``: ground truth, clock, dose, faults."""
+    return get_simulator(core)
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """An empty folder for files a test writes."""
+    d = tmp_path / "run"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def snap(core: UniMMCore):
+    """``snap() -> (Y, X) uint16``: snap one image on ``core`` and return it."""
+
+    def _snap() -> np.ndarray:
+        core.snapImage()
+        return np.asarray(core.getImage())
+
+    return _snap

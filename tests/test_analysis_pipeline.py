@@ -1,0 +1,293 @@
+"""AnalysisPipeline: the worker, its bounded queue, failures, and the model slot."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import threading
+import time
+import types
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from smartscope.analysis import (
+    AnalysisPipeline,
+    AnalysisSettings,
+    FrameInput,
+    FrameResult,
+    ModelLoadError,
+    segment_nuclei,
+)
+from smartscope.errors import SmartscopeError
+from smartscope.hardware import open_core
+from smartscope.sim import get_simulator
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[FrameInput]:
+    """Three simulator frames at three stage positions."""
+    out = []
+    with open_core(seed=2) as core:
+        sim = get_simulator(core)
+        for i, (x, y) in enumerate([(0.0, 0.0), (30.0, -20.0), (60.0, -40.0)]):
+            core.setXYPosition(x, y)
+            core.waitForSystem()
+            core.snapImage()
+            out.append(
+                FrameInput(
+                    image=core.getImage(),
+                    frame_index=i,
+                    position="p0",
+                    stage_x_um=x,
+                    stage_y_um=y,
+                    z_um=core.getPosition(),
+                    pixel_size_um=core.getPixelSizeUm(),
+                    exposure_ms=core.getExposure(),
+                    t_frame=time.perf_counter(),
+                    t_s=sim.truth().t_s,
+                )
+            )
+    return out
+
+
+def series(frames: list[FrameInput], n: int) -> Iterator[FrameInput]:
+    """``n`` frames with running indices, cycling through the snapped images."""
+    for i in range(n):
+        yield dataclasses.replace(
+            frames[i % len(frames)], frame_index=i, t_frame=time.perf_counter()
+        )
+
+
+class Recorder:
+    """Collects what a pipeline announces (append is thread-safe)."""
+
+    def __init__(self, pipeline: AnalysisPipeline) -> None:
+        self.results: list[FrameResult] = []
+        self.skipped: list[int] = []
+        self.failed: list[tuple[int, str]] = []
+        pipeline.frame_analysed.connect(self.results.append)
+        pipeline.frame_skipped.connect(self.skipped.append)
+        pipeline.analysis_failed.connect(lambda i, msg: self.failed.append((i, msg)))
+
+
+def test_analyse_gives_objects_with_tracks(frames) -> None:
+    pipeline = AnalysisPipeline()
+    first, second = (pipeline.analyse(f) for f in frames[:2])
+    assert first.error is None
+    assert second.error is None
+    assert len(first.objects) > 10
+    assert first.labels is not None
+    assert first.labels.dtype == np.int32
+    assert first.denoised is None  # no denoiser configured
+    assert 100 < first.background < 200  # the camera offset region, ADU
+    assert first.extra["analysis_ms"] > 0
+    assert all(o.track_id > 0 for o in first.objects)
+    # the stage moved 30 µm between the frames, the cells did not: most tracks go on
+    kept = {o.track_id for o in first.objects} & {o.track_id for o in second.objects}
+    assert len(kept) >= 0.5 * len(second.objects)
+    for o in second.objects:
+        before = first.track(o.track_id)
+        if before is not None and abs(o.area_um2 / before.area_um2 - 1) < 0.2:
+            # the same nucleus (not one the frame edge cuts differently)
+            assert abs(o.x_um - before.x_um) < 2
+            assert abs(o.y_um - before.y_um) < 2
+
+
+def test_worker_analyses_every_frame_in_order(frames) -> None:
+    results: list[FrameResult] = []
+    with AnalysisPipeline(
+        AnalysisSettings(queue_size=16), on_result=results.append
+    ) as p:
+        for frame in series(frames, 6):
+            p.submit(frame)
+    assert [r.frame_index for r in results] == list(range(6))
+    assert (p.submitted, p.analysed, p.skipped, p.failed) == (6, 6, 0, 0)
+    assert not p.is_running
+    assert all(r.t_result >= r.frame.t_frame for r in results)
+
+
+class SlowPipeline(AnalysisPipeline):
+    """The real pipeline with a segmenter slower than the frame rate."""
+
+    def _segment(self, image: np.ndarray, frame: FrameInput) -> np.ndarray:
+        time.sleep(0.05)
+        return super()._segment(image, frame)
+
+
+def test_a_full_queue_drops_the_oldest_frames(frames) -> None:
+    pipeline = SlowPipeline(AnalysisSettings(queue_size=4))
+    seen = Recorder(pipeline)
+    pipeline.start()
+    for frame in series(frames, 50):
+        pipeline.submit(frame)  # never waits for the analysis
+        assert pipeline.pending <= 4
+    analysed_while_submitting = pipeline.analysed
+    assert pipeline.stop(drain=True, timeout_s=30)
+    assert analysed_while_submitting < 10
+    assert pipeline.submitted == 50
+    assert pipeline.skipped > 0
+    assert pipeline.analysed + pipeline.skipped == pipeline.submitted
+    analysed = [r.frame_index for r in seen.results]
+    assert analysed == sorted(analysed)
+    assert seen.skipped == sorted(seen.skipped)  # dropped oldest first
+    assert sorted(analysed + seen.skipped) == list(range(50))
+    assert len(seen.skipped) == pipeline.skipped
+    # the newest frames are the ones still analysed at the end
+    assert analysed[-4:] == [46, 47, 48, 49]
+
+
+def test_stop_without_drain_skips_what_is_queued(frames) -> None:
+    pipeline = SlowPipeline(AnalysisSettings(queue_size=8))
+    seen = Recorder(pipeline)
+    pipeline.start()
+    for frame in series(frames, 8):
+        pipeline.submit(frame)
+    assert pipeline.stop(drain=False)
+    assert pipeline.analysed + pipeline.skipped == 8
+    assert pipeline.skipped >= 5
+    assert sorted([r.frame_index for r in seen.results] + seen.skipped) == list(
+        range(8)
+    )
+    pipeline.submit(next(series(frames, 1)))  # after stop: skipped, not lost
+    assert (pipeline.submitted, pipeline.skipped) == (9, len(seen.skipped))
+
+
+class FlakyPipeline(AnalysisPipeline):
+    """The real pipeline whose segmentation raises on frame 2."""
+
+    def _segment(self, image: np.ndarray, frame: FrameInput) -> np.ndarray:
+        if frame.frame_index == 2:
+            raise RuntimeError("segmenter exploded")
+        return super()._segment(image, frame)
+
+
+def test_an_analysis_error_yields_an_error_result_and_the_worker_goes_on(
+    frames,
+) -> None:
+    pipeline = FlakyPipeline(AnalysisSettings(queue_size=16))
+    seen = Recorder(pipeline)
+    pipeline.start()
+    for frame in series(frames, 5):
+        pipeline.submit(frame)
+    assert pipeline.stop(drain=True)
+    assert [r.frame_index for r in seen.results] == [0, 1, 2, 3, 4]
+    bad = seen.results[2]
+    assert bad.error == "RuntimeError: segmenter exploded"
+    assert bad.objects == ()
+    assert bad.labels is None
+    assert seen.failed == [(2, "RuntimeError: segmenter exploded")]
+    assert all(
+        r.error is None and r.objects for i, r in enumerate(seen.results) if i != 2
+    )
+    assert (pipeline.analysed, pipeline.failed) == (5, 1)
+
+
+def test_a_broken_subscriber_does_not_stop_the_pipeline(frames) -> None:
+    def broken(*args: object) -> None:
+        raise ValueError("subscriber bug")
+
+    got: list[int] = []
+    pipeline = AnalysisPipeline(AnalysisSettings(queue_size=16), on_result=broken)
+    pipeline.frame_analysed.connect(lambda r: got.append(r.frame_index))
+    pipeline.frame_analysed.connect(broken)
+    pipeline.start()
+    for frame in series(frames, 4):
+        pipeline.submit(frame)
+        assert pipeline.is_running
+    assert pipeline.stop(drain=True)
+    assert got == [0, 1, 2, 3]
+    assert (pipeline.analysed, pipeline.failed) == (4, 0)
+
+
+def test_disabled_analysis_does_nothing(frames) -> None:
+    pipeline = AnalysisPipeline(AnalysisSettings(enabled=False))
+    pipeline.start()
+    pipeline.submit(frames[0])
+    assert not pipeline.is_running
+    assert (pipeline.submitted, pipeline.analysed, pipeline.skipped) == (0, 0, 0)
+    assert pipeline.stop()
+
+
+def test_a_missing_model_is_refused_at_start_naming_it(frames) -> None:
+    settings = AnalysisSettings(segmenter="model", model="no-such-nuclei-model")
+    pipeline = AnalysisPipeline(settings)
+    with pytest.raises(ModelLoadError, match="no-such-nuclei-model") as info:
+        pipeline.start()
+    assert isinstance(info.value, SmartscopeError)
+    assert info.value.role == "segmenter"
+    assert not pipeline.is_running
+    # used synchronously, the frame's result says the same
+    result = pipeline.analyse(frames[0])
+    assert result.error is not None
+    assert "no-such-nuclei-model" in result.error
+
+
+@pytest.fixture
+def fake_nn(monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Stand-in for ``smartscope.nn`` (written elsewhere): load_model() gives a
+    Gaussian denoiser and a segmenter that wraps the classical one."""
+    calls: dict = {"loaded": [], "diameter_px": []}
+
+    class Denoiser:
+        def predict(self, image, *, diameter_px=None):
+            return ndi.gaussian_filter(image.astype(np.float32), 1.0)
+
+    class Segmenter:
+        def predict(self, image, *, diameter_px=None):
+            calls["diameter_px"].append(diameter_px)
+            calls["input_dtype"] = image.dtype
+            return segment_nuclei(image, pixel_size_um=0.65).astype(np.uint16)
+
+    def load_model(name):
+        calls["loaded"].append(name)
+        if name == "broken":
+            raise OSError("file is not a model")
+        return {"denoise-small": Denoiser, "nuclei-small": Segmenter}[name]()
+
+    module = types.ModuleType("smartscope.nn")
+    module.load_model = load_model  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "smartscope.nn", module)
+    return calls
+
+
+def test_model_slot_runs_denoiser_then_segmenter(frames, fake_nn) -> None:
+    settings = AnalysisSettings(
+        segmenter="model",
+        model="nuclei-small",
+        denoise="denoise-small",
+        save_denoised=True,
+    )
+    pipeline = AnalysisPipeline(settings)
+    result = pipeline.analyse(frames[0])
+    result2 = pipeline.analyse(frames[1])
+    assert result.error is None
+    assert result2.error is None
+    assert fake_nn["loaded"] == ["denoise-small", "nuclei-small"]  # once each
+    assert fake_nn["diameter_px"][0] == pytest.approx(12.0 / 0.65)
+    assert fake_nn["input_dtype"] == np.float32  # segmented the denoised image
+    assert result.denoised is not None
+    assert result.denoised.dtype == np.float32
+    np.testing.assert_array_equal(
+        result.denoised, ndi.gaussian_filter(frames[0].image.astype(np.float32), 1.0)
+    )
+    assert result.labels is not None
+    assert result.labels.dtype == np.int32
+    assert len(result.objects) > 10
+    # intensities are measured on the raw frame, not on the denoised one
+    o = result.objects[0]
+    assert o.max_intensity == frames[0].image[result.labels == o.label].max()
+
+
+def test_a_model_that_fails_to_load_is_named(fake_nn) -> None:
+    pipeline = AnalysisPipeline(AnalysisSettings(denoise="broken"))
+    with pytest.raises(ModelLoadError, match=r"denoiser model 'broken'.*not a model"):
+        pipeline.load_models()
+
+
+def test_signals_are_declared_with_docs() -> None:
+    for name in ("frame_analysed", "frame_skipped", "analysis_failed"):
+        assert "Emits" in getattr(AnalysisPipeline, name).description
+    assert threading.current_thread() is threading.main_thread()

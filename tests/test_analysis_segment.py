@@ -1,0 +1,207 @@
+"""Classical segmentation and measurement, scored against the simulator's truth."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from skimage.measure import regionprops_table
+
+from smartscope.analysis import (
+    FrameInput,
+    estimate_background,
+    filter_by_area,
+    measure_objects,
+    normalize_percentile,
+    segment_nuclei,
+)
+from smartscope.hardware import open_core
+from smartscope.sim import get_simulator
+
+MIN_AREA_UM2 = 20.0  # the AnalysisSettings default
+
+
+@pytest.fixture(scope="module")
+def core() -> Iterator:
+    with open_core(seed=1) as core:
+        yield core
+
+
+def snap(core, index: int = 0, position: str = "p0") -> FrameInput:
+    """Acquire one frame and describe it the way the controller does."""
+    core.snapImage()
+    image = core.getImage()
+    x, y = core.getXYPosition()
+    return FrameInput(
+        image=image,
+        frame_index=index,
+        position=position,
+        stage_x_um=x,
+        stage_y_um=y,
+        z_um=core.getPosition(),
+        pixel_size_um=core.getPixelSizeUm(),
+        exposure_ms=core.getExposure(),
+        t_frame=time.perf_counter(),
+        t_s=get_simulator(core).truth().t_s,
+    )
+
+
+def iou_matrix(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, ...]:
+    """IoU of every (predicted, true) label pair, and the pixel counts."""
+    n_p, n_t = int(pred.max()) + 1, int(true.max()) + 1
+    pairs = pred.astype(np.int64).ravel() * n_t + true.ravel()
+    cont = np.bincount(pairs, minlength=n_p * n_t).reshape(n_p, n_t)
+    area_p, area_t = cont.sum(1)[1:], cont.sum(0)[1:]
+    inter = cont[1:, 1:]
+    union = area_p[:, None] + area_t[None, :] - inter
+    return inter / np.maximum(union, 1), area_p, area_t
+
+
+def scored_frames(core, objective: str, positions) -> Iterator[tuple]:
+    core.setConfig("Objective", objective)
+    core.waitForSystem()
+    try:
+        for x, y in positions:
+            core.setXYPosition(x, y)
+            core.waitForSystem()
+            frame = snap(core)
+            yield frame, get_simulator(core).truth()
+    finally:
+        core.setConfig("Objective", "10x")
+        core.setXYPosition(0.0, 0.0)
+        core.waitForSystem()
+
+
+def test_segmentation_matches_truth_at_10x(core) -> None:
+    recall, precision, area_ratio = [], [], []
+    for frame, truth in scored_frames(core, "10x", [(0, 0), (400, -300), (-600, 500)]):
+        labels = segment_nuclei(
+            frame.image, pixel_size_um=frame.pixel_size_um, min_area_um2=MIN_AREA_UM2
+        )
+        assert labels.dtype == np.int32
+        assert labels.shape == frame.image.shape
+        assert set(np.unique(labels)) == set(range(int(labels.max()) + 1))  # 0..N
+        iou, area_p, area_t = iou_matrix(labels, truth.labels)
+        # truth nuclei cut by the frame edge to a sliver cannot be found
+        scorable = area_t * frame.pixel_size_um**2 >= MIN_AREA_UM2
+        hit = iou >= 0.5
+        recall += hit.any(0)[scorable].tolist()
+        precision += hit.any(1).tolist()
+        p, t = np.nonzero(hit)
+        area_ratio += (area_p[p] / area_t[t]).tolist()
+    assert len(recall) > 80
+    assert np.mean(recall) >= 0.9
+    assert np.mean(precision) >= 0.95
+    area_ratio = np.array(area_ratio)
+    assert abs(np.median(area_ratio) - 1) < 0.05
+    assert np.mean(np.abs(area_ratio - 1) <= 0.15) >= 0.9
+
+
+@pytest.mark.parametrize("objective", ["4x", "20x"])
+def test_segmentation_scales_with_the_objective(core, objective: str) -> None:
+    # the same settings (diameter in µm) work at 2.5x fewer and 2x more pixels/µm
+    for frame, truth in scored_frames(core, objective, [(200, 100)]):
+        labels = segment_nuclei(frame.image, pixel_size_um=frame.pixel_size_um)
+        iou, _, area_t = iou_matrix(labels, truth.labels)
+        scorable = area_t * frame.pixel_size_um**2 >= MIN_AREA_UM2
+        assert scorable.sum() >= 1
+        assert (iou >= 0.5).any(0)[scorable].mean() >= 0.85
+        assert (iou >= 0.5).any(1).mean() >= 0.9
+
+
+def test_centroids_and_areas_in_stage_units(core) -> None:
+    """Centroids in stage µm land on the truth cells (also after a stage move)."""
+    errors_um, area_ratio = [], []
+    for frame, truth in scored_frames(core, "10x", [(150, -80), (-1200, 900)]):
+        labels = segment_nuclei(frame.image, pixel_size_um=frame.pixel_size_um)
+        table = measure_objects(labels, frame.image, frame)
+        iou, _, area_t = iou_matrix(labels, truth.labels)
+        h, w = truth.labels.shape
+        cells = {c.id: c for c in truth.cells}
+        for i, label in enumerate(table.label):
+            t = int(np.argmax(iou[label - 1]))
+            if iou[label - 1, t] < 0.5:
+                continue
+            rows, cols = np.nonzero(truth.labels == t + 1)
+            if (
+                rows.min() == 0
+                or cols.min() == 0
+                or rows.max() == h - 1
+                or cols.max() == w - 1
+            ):
+                continue  # cut by the frame edge: its centroid is not the cell's
+            cell = cells[t + 1]
+            errors_um.append(
+                np.hypot(table.x_um[i] - cell.x_um, table.y_um[i] - cell.y_um)
+            )
+            area_ratio.append(table.area_um2[i] / (area_t[t] * frame.pixel_size_um**2))
+    errors_um = np.array(errors_um)
+    assert errors_um.size >= 40
+    assert np.median(errors_um) < 0.2
+    assert np.mean(errors_um <= 1.0) >= 0.95
+    assert np.mean(np.abs(np.array(area_ratio) - 1) <= 0.15) >= 0.9
+
+
+def test_measurements_equal_regionprops(core) -> None:
+    frame = snap(core)
+    labels = segment_nuclei(frame.image, pixel_size_um=frame.pixel_size_um)
+    table = measure_objects(labels, frame.image, frame)
+    ref = regionprops_table(
+        labels,
+        intensity_image=frame.image,
+        properties=(
+            "label",
+            "centroid",
+            "area",
+            "intensity_mean",
+            "intensity_max",
+            "eccentricity",
+        ),
+    )
+    np.testing.assert_array_equal(table.label, ref["label"])
+    np.testing.assert_allclose(table.row, ref["centroid-0"])
+    np.testing.assert_allclose(table.col, ref["centroid-1"])
+    np.testing.assert_allclose(table.area_um2, ref["area"] * frame.pixel_size_um**2)
+    np.testing.assert_allclose(table.mean_intensity, ref["intensity_mean"])
+    np.testing.assert_allclose(table.max_intensity, ref["intensity_max"])
+    np.testing.assert_allclose(table.eccentricity, ref["eccentricity"], atol=1e-9)
+    x, y = frame.pixel_to_stage(float(table.row[0]), float(table.col[0]))
+    assert (table.x_um[0], table.y_um[0]) == pytest.approx((x, y))
+
+
+def test_dark_frame_has_no_objects(core) -> None:
+    core.setProperty("Laser", "Power_mW", 0.0)
+    try:
+        frame = snap(core)
+    finally:
+        core.setProperty("Laser", "Power_mW", 10.0)
+    labels = segment_nuclei(frame.image, pixel_size_um=frame.pixel_size_um)
+    assert labels.max() == 0
+    assert len(measure_objects(labels, frame.image, frame)) == 0
+
+
+def test_background_estimate_matches_truth(core) -> None:
+    frame = snap(core)
+    truth = get_simulator(core).truth()
+    background, noise = estimate_background(frame.image)
+    expected = float(np.median(truth.expected_adu[truth.labels == 0]))
+    assert background == pytest.approx(expected, rel=0.05)
+    assert 0 < noise < 0.5 * (np.percentile(frame.image, 99) - background)
+
+
+def test_normalize_percentile_and_area_filter() -> None:
+    image = np.arange(10_000, dtype=np.uint16).reshape(100, 100)
+    out = normalize_percentile(image, 1, 99, clip=True)
+    assert out.dtype == np.float32
+    assert out.min() == 0.0
+    assert out.max() == 1.0
+    assert abs(float(np.median(out)) - 0.5) < 0.01
+    labels = np.zeros((20, 20), np.int32)
+    labels[0:2, 0:2] = 7  # 4 px
+    labels[5:15, 5:15] = 3  # 100 px
+    kept = filter_by_area(labels, pixel_size_um=0.5, min_area_um2=2.0)  # 8 px minimum
+    assert kept.dtype == np.int32
+    assert kept.max() == 1
+    assert (kept == 1).sum() == 100
