@@ -547,9 +547,13 @@ class Controller:
                         )
                         first = False
             t_index += 1
-        # let the analysis of the last frames finish so their actions are logged
+        # let the analysis of the last frames finish so that their results and
+        # the reactions' decisions are logged; actions decided now are not
+        # applied (the acquisition is over) and are logged as such
         if self._pipeline is not None:
-            self._wait_for_analysis(self._sample_time() + 5.0)
+            deadline = time.perf_counter() + 5.0
+            while self.analysis_lag > 0 and time.perf_counter() < deadline:
+                time.sleep(0.001)
 
     def _z_list(self, pos: _Position) -> list[float | None]:
         if self._z_offsets is None:

@@ -93,6 +93,13 @@ class ScenePreset(BaseModel):
     elongation_sd: float = Field(
         0.12, ge=0, le=1, description="spread of the axis ratio - 1"
     )
+    min_gap_um: float = Field(
+        1.5,
+        ge=-10,
+        le=20,
+        description="closest approach of two nuclear rims (the cytoplasm between "
+        "them); negative lets nuclei overlap",
+    )
     brightness_sd: float = Field(
         0.2, ge=0, le=2, description="log-normal cell-to-cell spread"
     )
@@ -333,7 +340,10 @@ class Scene:
             return 0.0
         from scipy.spatial import cKDTree
 
-        r = self.r0 * 0.9
+        # a nucleus sits in a cell: its exclusion radius is its longest
+        # semi-axis plus half the cytoplasm gap between neighbouring nuclei
+        a, b = self.axes_um()
+        r = np.maximum(a, b) + 0.5 * self.preset.min_gap_um
         pts = np.column_stack([self.x, self.y])
         pairs = cKDTree(pts).query_pairs(float(2 * r.max()), output_type="ndarray")
         if pairs.size == 0:
