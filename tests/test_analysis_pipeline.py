@@ -241,7 +241,7 @@ def fake_nn(monkeypatch: pytest.MonkeyPatch) -> dict:
             calls["input_dtype"] = image.dtype
             return segment_nuclei(image, pixel_size_um=0.65).astype(np.uint16)
 
-    def load_model(name):
+    def load_model(name, **kwargs):
         calls["loaded"].append(name)
         if name == "broken":
             raise OSError("file is not a model")

@@ -20,6 +20,7 @@ from smartscope._data import data_dir
 from smartscope.actions import Action, MoveStage, SetLaserPower
 from smartscope.analysis.result import FrameResult
 from smartscope.controller import Controller
+from smartscope.errors import SmartscopeError
 from smartscope.hardware import load_core, release_core
 from smartscope.protocol import Protocol, ProtocolError, load_protocol
 from smartscope.reactions.base import Reaction, RunView
@@ -403,3 +404,22 @@ def test_unknown_reaction_in_a_file_names_file_line_field(tmp_path: Path) -> Non
     assert str(p) in msg
     assert "line " in msg
     assert "reactions.1" in msg
+
+
+def test_corrupt_model_is_refused_before_hardware_moves(tmp_path: Path) -> None:
+    bad = tmp_path / "broken-model"
+    bad.mkdir()
+    (bad / "rdf.yaml").write_text("this: is not a model card\n")
+    core = load_core()
+    try:
+        sim = get_simulator(core)
+        proto = _small_protocol(analysis={"segmenter": "model", "model": str(bad)})
+        ctl = Controller(core, proto, out_dir=tmp_path / "r")
+        with pytest.raises(SmartscopeError) as exc:
+            ctl.run()
+        assert "broken-model" in str(exc.value)
+        assert core.getProperty("Objective", "Label") == "10x"  # not switched to 20x
+        assert sim.light_dose_mj == 0
+        assert not (tmp_path / "r").exists()
+    finally:
+        release_core(core)

@@ -381,6 +381,13 @@ class Controller:
             raise RunError(
                 f"run folder {out} exists and is not empty; choose another --out"
             )
+        if p.analysis.enabled:
+            # models are loaded (and a bad model file refused) before anything
+            # is written or any hardware moves
+            self._pipeline = AnalysisPipeline(
+                p.analysis, on_result=self._on_result, device=self.device
+            )
+            self._pipeline.load_models()
         out.mkdir(parents=True, exist_ok=True)
         (out / "protocol.yaml").write_text(
             yaml.safe_dump(
@@ -417,8 +424,7 @@ class Controller:
         self._fov_um = (core.getImageWidth() * px, core.getImageHeight() * px)
         for r in self.reactions:
             r.reset()
-        if p.analysis.enabled:
-            self._pipeline = AnalysisPipeline(p.analysis, on_result=self._on_result)
+        if self._pipeline is not None:
             self._pipeline.frame_skipped.connect(self._on_skipped)
             self._pipeline.analysis_failed.connect(self._on_failed)
             if p.save.labels or p.analysis.save_labels:

@@ -47,8 +47,11 @@ class AnalysisModel(Protocol):
         ...
 
 
-def load_analysis_model(name: str, *, role: Role) -> AnalysisModel:
-    """Load a model with ``smartscope.nn.load_model(name)``.
+def load_analysis_model(
+    name: str, *, role: Role, device: str = "auto"
+) -> AnalysisModel:
+    """Load a model with ``smartscope.nn.load_model(name, device=device)``,
+    warmed up so that the first frame does not pay for it.
 
     Raises
     ------
@@ -67,7 +70,7 @@ def load_analysis_model(name: str, *, role: Role) -> AnalysisModel:
             role=role,
         ) from e
     try:
-        model: Any = nn.load_model(name)
+        model: Any = nn.load_model(name, device=device, warm_up=True)
     except Exception as e:
         raise ModelLoadError(
             f"cannot load the {role} model {name!r}: {type(e).__name__}: {e}",

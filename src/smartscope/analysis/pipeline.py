@@ -96,9 +96,11 @@ class AnalysisPipeline:
         settings: AnalysisSettings | None = None,
         *,
         on_result: Callable[[FrameResult], object] | None = None,
+        device: str = "auto",
     ) -> None:
         self._settings = settings if settings is not None else AnalysisSettings()
         self._on_result = on_result
+        self._device = device
         self._queue: deque[FrameInput] = deque()
         self._cond = threading.Condition()
         self._skip_notices: deque[int] = deque()
@@ -167,11 +169,13 @@ class AnalysisPipeline:
             return
         s = self._settings
         denoiser = (
-            load_analysis_model(s.denoise, role="denoiser") if s.denoise else None
+            load_analysis_model(s.denoise, role="denoiser", device=self._device) if s.denoise else None
         )
         segmenter = None
         if s.segmenter == "model" and s.model is not None:
-            segmenter = load_analysis_model(s.model, role="segmenter")
+            segmenter = load_analysis_model(
+                s.model, role="segmenter", device=self._device
+            )
         self._denoiser, self._segmenter = denoiser, segmenter
         self._models_loaded = True
 
