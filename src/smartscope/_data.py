@@ -1,6 +1,6 @@
 """Locate the data folders (models/, protocols/, simulators/).
 
-In a wheel they are bundled under ``smartscope/_data``; in a source checkout
+In a wheel they are bundled under ``smartscope/_bundled``; in a source checkout
 (editable install) they are the top-level folders of the repository.
 """
 
@@ -13,7 +13,7 @@ _PKG = Path(__file__).resolve().parent
 
 def data_dir(name: str) -> Path:
     """Return the folder ``name`` ("models", "protocols" or "simulators")."""
-    bundled = _PKG / "_data" / name
+    bundled = _PKG / "_bundled" / name
     if bundled.is_dir():
         return bundled
     source = _PKG.parent.parent / name
