@@ -321,9 +321,7 @@ class Controller:
 
         def _acquire() -> None:
             try:
-                self.core.mda.run(
-                    self._events(), output=str(self.out_dir / "data.ome.zarr")
-                )
+                self.core.mda.run(self._events(), output=self._raw_output())
             except BaseException as e:  # re-raised on the caller's thread
                 failures.append(e)
             finally:
@@ -363,6 +361,17 @@ class Controller:
             ) from error
         assert self.summary is not None
         return self.summary
+
+    def _raw_output(self) -> Any:
+        """Where pymmcore-plus's sink writes the raw frames: OME-Zarr through
+        ome-writers' zarr-python backend, which writes each frame before the
+        runner announces it (the tensorstore backend writes asynchronously, so a
+        killed process could lose frames it had already logged)."""
+        from ome_writers import AcquisitionSettings
+
+        return AcquisitionSettings(
+            root_path=str(self.out_dir / "data.ome.zarr"), format="zarr-python"
+        )
 
     def _log_error(self, error: BaseException) -> None:
         if self._log is not None:
@@ -411,6 +420,10 @@ class Controller:
                 self._truth_recorder = self._sim.record_truth(
                     out / "truth" / "cells.csv"
                 )
+            # the truth streams to disk; keeping it in memory too would grow
+            # without bound over a long run
+            self._sim_kept_history = self._sim.keep_history
+            self._sim.keep_history = False
         # initial hardware state (validated: the protocol and limits agree)
         if p.objective is not None:
             core.setConfig("Objective", p.objective)
@@ -925,6 +938,8 @@ class Controller:
             self._denoised_store.finalize(self.stats.frames)
         if self._truth_recorder is not None:
             self._truth_recorder.close()
+        if self._sim is not None and hasattr(self, "_sim_kept_history"):
+            self._sim.keep_history = self._sim_kept_history
         st = self.stats
         wall = time.perf_counter() - self._t_start_wall
         by_kind: dict[str, dict[str, int]] = {}

@@ -15,7 +15,80 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["measure_controller_overhead"]
+__all__ = ["measure_controller_overhead", "measure_memory"]
+
+
+def _rss_mb() -> float:
+    """Resident set size of this process, MB (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+    except OSError:
+        return 0.0
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
+
+
+def measure_memory(*, n_frames: int = 10_000, sensor_px: int = 256) -> dict[str, Any]:
+    """Run ``n_frames`` through the controller with analysis and a reaction on
+    (virtual time, a small sensor to keep it quick) and sample the process
+    memory every 5% of the run."""
+    from smartscope.controller import Controller
+    from smartscope.hardware import load_core, release_core
+    from smartscope.protocol import Protocol
+
+    proto = Protocol.model_validate(
+        {
+            "name": "memory",
+            "scene": "migration",
+            "seed": 3,
+            "objective": "20x",
+            "sequence": {
+                "channels": [{"config": "DAPI", "exposure": 20}],
+                "stage_positions": [{"name": "cell", "x": 0, "y": 0}],
+                "time_plan": {"interval": 30, "loops": n_frames},
+            },
+            "reactions": [{"type": "center_on"}],
+            "limits": {"xy_box_um": [-1400, 1400, -1400, 1400]},
+            "save": {"labels": True},
+        }
+    )
+    core = load_core(time_mode="virtual")
+    core.setProperty("Camera", "SensorWidth_px", sensor_px)
+    core.setProperty("Camera", "SensorHeight_px", sensor_px)
+    samples: list[tuple[int, float]] = []
+    step = max(1, n_frames // 20)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            ctl = Controller(core, proto, out_dir=Path(tmp) / "run")
+            ctl.frame_acquired.connect(
+                lambda f: (
+                    samples.append((f.frame_index, _rss_mb()))
+                    if f.frame_index % step == 0
+                    else None
+                )
+            )
+            t = time.perf_counter()
+            summary = ctl.run()
+            wall = time.perf_counter() - t
+    finally:
+        release_core(core)
+    # growth after warm-up (the first 10% loads code and fills caches)
+    warm = [s for s in samples if s[0] >= n_frames // 10]
+    growth = (
+        (warm[-1][1] - warm[0][1]) / max(1, warm[-1][0] - warm[0][0]) * 1000
+        if len(warm) > 1
+        else 0.0
+    )
+    return {
+        "n_frames": summary["frames_acquired"],
+        "sensor_px": sensor_px,
+        "wall_s": round(wall, 1),
+        "rss_mb": [(i, round(m, 1)) for i, m in samples],
+        "rss_growth_mb_per_1000_frames_after_warmup": round(growth, 3),
+        "frames_analysed": summary["frames_analysed"],
+    }
 
 
 def measure_controller_overhead(
@@ -38,14 +111,21 @@ def measure_controller_overhead(
             {"config": "DAPI", "exposure": exposure_ms},
             {"config": "GFP", "exposure": exposure_ms},
         ],
-        "stage_positions": [{"x": 0, "y": 0, "name": "a"}, {"x": 300, "y": 0, "name": "b"}],
+        "stage_positions": [
+            {"x": 0, "y": 0, "name": "a"},
+            {"x": 300, "y": 0, "name": "b"},
+        ],
         "axis_order": "tpc",
         "time_plan": {"interval": 5, "loops": n_t},
     }
     seq = useq.MDASequence(**seq_dict)
     proto = Protocol.model_validate(
-        {"name": "overhead", "sequence": seq_dict, "analysis": {"enabled": False},
-         "save": {"truth": False}}
+        {
+            "name": "overhead",
+            "sequence": seq_dict,
+            "analysis": {"enabled": False},
+            "save": {"truth": False},
+        }
     )
     core = load_core(time_mode="virtual")
     times: dict[str, list[float]] = {"plain": [], "plain_zarr": [], "controller": []}
@@ -78,6 +158,8 @@ def measure_controller_overhead(
         "exposure_ms": exposure_ms,
         "ms_per_frame": {k: round(v, 3) for k, v in med.items()},
         "all_ms_per_frame": {k: [round(x, 3) for x in v] for k, v in times.items()},
-        "ratio_controller_to_plain_zarr": round(med["controller"] / med["plain_zarr"], 4),
+        "ratio_controller_to_plain_zarr": round(
+            med["controller"] / med["plain_zarr"], 4
+        ),
         "ratio_controller_to_plain": round(med["controller"] / med["plain"], 4),
     }
