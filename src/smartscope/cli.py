@@ -368,6 +368,12 @@ def bench(
     quick: Annotated[
         bool, typer.Option("--quick", help="Fewer, shorter runs.")
     ] = False,
+    long: Annotated[
+        bool,
+        typer.Option(
+            "--long", help="Also measure memory over 10,000 frames (minutes)."
+        ),
+    ] = False,
 ) -> None:
     """Measure speed (simulator, acquisition, analysis) and print a table."""
     try:
@@ -381,7 +387,7 @@ def bench(
             code=1,
         )
     with _reported_errors():
-        bench_module.run(json_path=json_path, quick=quick)  # prints its own table
+        bench_module.run(json_path=json_path, quick=quick, long=long)  # prints tables
 
 
 def _module_installed(module: str) -> bool:

@@ -212,7 +212,7 @@ class Scene:
         self._next_id = 1
         self.divisions: list[tuple[float, int, int, int]] = []
         self.deaths: list[tuple[float, int]] = []
-        n = int(round(preset.density_per_mm2 * (preset.extent_um / 1000.0) ** 2))
+        n = round(preset.density_per_mm2 * (preset.extent_um / 1000.0) ** 2)
         self._init_arrays(n)
         # Start from a relaxed dish. Nuclei are placed at random and may overlap;
         # left for the first steps, the overlaps would be pushed apart within

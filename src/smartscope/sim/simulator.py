@@ -121,8 +121,8 @@ class Simulator:
         self._hot_pixels: tuple[np.ndarray, np.ndarray, float | None] | None = None
         self._focus_offset_um = 0.0
         self._runner_hooked = False
-        #: keep per-frame truth rows in memory for :meth:`write_truth` (about
-        #: 3 kB per frame); long runs can turn this off and stream with
+        #: keep per-frame truth rows in memory for :meth:`write_truth` (72 bytes
+        #: per cell in view per frame); long runs can turn this off and stream with
         #: :meth:`record_truth` instead.
         self.keep_history = True
         # reusable buffers for the hot path
@@ -544,13 +544,14 @@ class Simulator:
             immersion_n=obj.immersion_n,
         )
         a, b = scene.axes_um()
-        margin = float(a.max(initial=0.0)) + 3.0 * sigma * pixel_um + pixel_um
-        idx = scene.in_box(*view.bounds_um(margin))
         h, w = buf.shape
         # Render a margin beyond the ROI and crop after the blur, so that pixels
         # near the edge get the light of nuclei just outside it: an ROI reads the
-        # same values the full frame has there.
-        pad = int(np.ceil(3.0 * sigma)) + 1
+        # same values the full frame has there. Far out of focus the margin is
+        # capped at one image size (light from further away is a faint haze).
+        pad = min(int(np.ceil(3.0 * sigma)) + 1, max(h, w))
+        margin = float(a.max(initial=0.0)) + (pad + 1) * pixel_um
+        idx = scene.in_box(*view.bounds_um(margin))
         rx, ry, rw, rh = view.roi
         padded = View(
             sx,

@@ -1,0 +1,618 @@
+"""Performance figures of the simulated microscope, for ``smartscope bench``.
+
+The machines we run on are shared and noisy, so every figure that matters is a
+ratio of two timings taken in the same process, interleaved pair by pair: the
+cost of snapping a frame from the simulator against the cost of the one numpy
+call no simulator of a photon-counting camera can avoid, a Poisson draw of the
+same size. Absolute times are reported too, with the machine they came from.
+
+Measured on the demo microscope (``load_core()``: 10x objective, DAPI, 50 ms
+exposure) in virtual time, so a snap costs its computation only, not its
+exposure. Imported only when the ``bench`` command runs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    from pymmcore_plus.experimental.unicore import UniMMCore
+    from rich.console import Console
+
+__all__ = ["SNAP_RATIO_TARGET", "machine_info", "run"]
+
+#: Issue requirement: a 512 x 512 snap costs at most this many Poisson draws.
+SNAP_RATIO_TARGET = 4.0
+#: Constant Poisson mean (electrons) of the reference draw that does not depend
+#: on what the simulated frame happens to show.
+CONST_LAM_E = 200.0
+
+# (warm-up snaps, snap repeats at 512, snap repeats at 2048, MDA timepoints, MDA runs)
+_FULL = (3, 31, 11, 100, 3)
+_QUICK = (1, 5, 1, 10, 1)
+_SEED = 1
+#: Defocus values (µm) of the optional defocus timing.
+_DEFOCUS_UM = (0.0, 5.0, 20.0)
+
+
+def machine_info() -> dict[str, Any]:
+    """Where and when the figures were measured: platform, CPUs, versions, date."""
+    import os
+    import platform
+    from datetime import datetime
+    from importlib.metadata import PackageNotFoundError, version
+
+    def _version(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    cpu_model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count() or 0
+    return {
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "python": platform.python_version(),
+        "numpy": _version("numpy"),
+        "scipy": _version("scipy"),
+        "pymmcore-plus": _version("pymmcore-plus"),
+        "useq-schema": _version("useq-schema"),
+        "smartscope": _version("smartscope"),
+    }
+
+
+def _source_state() -> dict[str, Any] | None:
+    """Commit of the source checkout and whether the simulator's files differ
+    from it; ``None`` for an installed wheel or without git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(root),
+                "status",
+                "--porcelain",
+                "--",
+                "src/smartscope/sim",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "sim_modified": bool(dirty)}
+
+
+def _quantiles(values: list[float]) -> tuple[float, float, float]:
+    """(p25, median, p75) of ``values``."""
+    import numpy as np
+
+    q25, q50, q75 = np.percentile(values, [25, 50, 75])
+    return float(q25), float(q50), float(q75)
+
+
+def _expected_electrons(core: UniMMCore) -> np.ndarray:
+    """(Y, X) float64 mean electrons per pixel of the last frame (its Poisson mean)."""
+    import numpy as np
+
+    from smartscope.sim import get_simulator
+
+    truth = get_simulator(core).truth()
+    cam = core.getCameraDevice()
+    gain = float(core.getProperty(cam, "Gain_e_per_ADU"))
+    offset = float(core.getProperty(cam, "Offset_ADU"))
+    lam = (truth.expected_adu.astype(np.float64) - offset) * gain
+    return np.maximum(lam, 0.0)
+
+
+def _time_snap_vs_poisson(
+    core: UniMMCore, *, repeats: int, warmup: int
+) -> dict[str, Any]:
+    """Snap + getImage against ``Generator.poisson`` of the same shape, interleaved.
+
+    Each repeat times one snap, one Poisson draw with the frame's own expected
+    electrons as mean, and one with a constant mean, in an order that rotates
+    from repeat to repeat so that neither side always runs first. The ratio is
+    the median of the per-repeat ratios (each pair measured back to back).
+    """
+    import numpy as np
+
+    for _ in range(max(warmup, 1)):
+        core.snapImage()
+        frame = core.getImage()
+    lam_frame = _expected_electrons(core)
+    lam_const = np.full(frame.shape, CONST_LAM_E)
+    rng = np.random.default_rng()
+    shapes: set[tuple[int, ...]] = set()
+
+    def snap() -> None:
+        core.snapImage()
+        shapes.add(core.getImage().shape)
+
+    tasks = {
+        "snap": snap,
+        "poisson_frame": lambda: rng.poisson(lam_frame),
+        "poisson_const": lambda: rng.poisson(lam_const),
+    }
+    names = list(tasks)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(repeats):
+        for k in range(len(names)):
+            name = names[(i + k) % len(names)]
+            t0 = time.perf_counter()
+            tasks[name]()
+            times[name].append(time.perf_counter() - t0)
+    snap_s = np.asarray(times["snap"])
+    ratio = _quantiles(list(snap_s / np.asarray(times["poisson_frame"])))
+    ratio_const = _quantiles(list(snap_s / np.asarray(times["poisson_const"])))
+    return {
+        "frame_shape": list(frame.shape),
+        "shapes_seen": sorted(list(s) for s in shapes),
+        "dtype": str(frame.dtype),
+        "repeats": repeats,
+        "snap_ms": _quantiles([t * 1e3 for t in times["snap"]])[1],
+        "poisson_frame_ms": _quantiles([t * 1e3 for t in times["poisson_frame"]])[1],
+        "poisson_const_ms": _quantiles([t * 1e3 for t in times["poisson_const"]])[1],
+        "frame_lam_mean_e": float(lam_frame.mean()),
+        "const_lam_e": CONST_LAM_E,
+        "ratio": ratio[1],
+        "ratio_p25": ratio[0],
+        "ratio_p75": ratio[2],
+        "ratio_const": ratio_const[1],
+        "ratio_const_p25": ratio_const[0],
+        "ratio_const_p75": ratio_const[2],
+        "target_ratio": SNAP_RATIO_TARGET,
+        "meets_target": bool(max(ratio[1], ratio_const[1]) <= SNAP_RATIO_TARGET),
+    }
+
+
+def _time_mda(core: UniMMCore, *, timepoints: int, runs: int) -> dict[str, Any]:
+    """Wall and sample time of a ``timepoints``-frame time-lapse, 60 s apart, in
+    virtual time; each run starts from the same freshly seeded sample."""
+    import numpy as np
+    import useq
+
+    from smartscope.sim import get_simulator
+
+    seq = useq.MDASequence(time_plan={"interval": 60, "loops": timepoints})
+    sim = get_simulator(core)
+    frames = [0]
+
+    def _count(*_: object) -> None:
+        frames[0] += 1
+
+    core.mda.events.frameReady.connect(_count)
+    walls, sims, counts, doses = [], [], [], []
+    try:
+        for _ in range(runs):
+            sim.reset(seed=_SEED)
+            _ = sim.scene  # build the new sample before the clock starts
+            frames[0] = 0
+            t0 = time.perf_counter()
+            core.mda.run(seq)
+            walls.append(time.perf_counter() - t0)
+            sims.append(sim.clock_s)
+            counts.append(frames[0])
+            doses.append(sim.light_dose_mj)
+    finally:
+        core.mda.events.frameReady.disconnect(_count)
+    k = int(np.argsort(walls)[len(walls) // 2])  # the median run
+    wall_s, sim_s, n = walls[k], sims[k], counts[k]
+    return {
+        "timepoints": timepoints,
+        "interval_s": 60.0,
+        "runs": runs,
+        "frames": n,
+        "frame_shape": [core.getImageHeight(), core.getImageWidth()],
+        "wall_s": wall_s,
+        "wall_ms_per_frame": wall_s / max(n, 1) * 1e3,
+        "frames_per_s": n / wall_s,
+        "sim_s": sim_s,
+        "speedup": sim_s / wall_s,
+        "light_dose_mj": doses[k],
+        "wall_s_all_runs": walls,
+    }
+
+
+def _time_defocus(
+    core: UniMMCore, *, objective: str, defocus_um: tuple[float, ...], repeats: int
+) -> dict[str, Any]:
+    """Snap cost against the focus: the defocus blur widens with ``|dz|`` and NA.
+
+    At each defocus, ``repeats`` snaps interleaved with Poisson draws of a
+    constant mean, as in :func:`_time_snap_vs_poisson`.
+    """
+    import numpy as np
+
+    from smartscope.sim import get_simulator
+    from smartscope.sim.optics import blur_sigma_px
+    from smartscope.sim.turrets import OBJECTIVES
+
+    sim = get_simulator(core)
+    spec = next(o for o in OBJECTIVES if o.label == objective)
+    previous = core.getCurrentConfig("Objective")
+    z0 = core.getPosition()
+    core.setConfig("Objective", objective)
+    rng = np.random.default_rng()
+    rows = []
+    try:
+        for dz in defocus_um:
+            core.setPosition(sim.focus_z_um() + dz)
+            core.snapImage()  # warm-up: buffers are sized for this blur
+            lam = np.full(core.getImage().shape, CONST_LAM_E)
+            snaps, draws = [], []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                core.snapImage()
+                core.getImage()
+                snaps.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                rng.poisson(lam)
+                draws.append(time.perf_counter() - t0)
+            truth = sim.truth()
+            dye = sim.preset.channels[truth.channel]
+            sigma = blur_sigma_px(
+                emission_nm=dye.emission_nm,
+                na=spec.na,
+                defocus_um=truth.defocus_um,
+                pixel_um=truth.pixel_size_um,
+                immersion_n=spec.immersion_n,
+            )
+            rows.append(
+                {
+                    "defocus_um": truth.defocus_um,
+                    "blur_sigma_px": sigma,
+                    "snap_ms": float(np.median(snaps)) * 1e3,
+                    "poisson_const_ms": float(np.median(draws)) * 1e3,
+                    "ratio_const": float(np.median(np.divide(snaps, draws))),
+                }
+            )
+    finally:
+        core.setPosition(z0)
+        core.setConfig("Objective", previous)
+    return {
+        "objective": objective,
+        "frame_shape": [core.getImageHeight(), core.getImageWidth()],
+        "repeats": repeats,
+        "rows": rows,
+    }
+
+
+def _measure(
+    *,
+    warmup: int,
+    repeats_512: int,
+    repeats_2048: int,
+    timepoints: int,
+    runs: int,
+    defocus: bool,
+    console: Console,
+) -> dict[str, Any]:
+    """All simulator figures, on one demo core loaded in virtual time."""
+    from smartscope.hardware import load_core, release_core
+    from smartscope.sim import get_simulator
+
+    core = load_core(time_mode="virtual", seed=_SEED)
+    try:
+        cam = core.getCameraDevice()
+        out: dict[str, Any] = {
+            "settings": {
+                "config": "simulators/demo.cfg",
+                "seed": _SEED,
+                "objective": core.getProperty("Objective", "Label"),
+                "channel": core.getCurrentConfig("Channel"),
+                "exposure_ms": core.getExposure(),
+                "laser_mw": float(core.getProperty("Laser", "Power_mW")),
+                "time_mode": get_simulator(core).time_mode,
+            }
+        }
+        with console.status("timing 512×512 snaps against Poisson draws…"):
+            out["snap_512"] = _time_snap_vs_poisson(
+                core, repeats=repeats_512, warmup=warmup
+            )
+        width = core.getProperty(cam, "SensorWidth_px")
+        height = core.getProperty(cam, "SensorHeight_px")
+        core.setProperty(cam, "SensorWidth_px", 2048)
+        core.setProperty(cam, "SensorHeight_px", 2048)
+        with console.status("timing 2048×2048 snaps against Poisson draws…"):
+            out["snap_2048"] = _time_snap_vs_poisson(
+                core, repeats=repeats_2048, warmup=warmup
+            )
+        out["snap_2048"]["shape_ok"] = out["snap_2048"]["frame_shape"] == [2048, 2048]
+        core.setProperty(cam, "SensorWidth_px", width)
+        core.setProperty(cam, "SensorHeight_px", height)
+        with console.status(f"running a {timepoints}-timepoint MDA in virtual time…"):
+            out["mda_virtual"] = _time_mda(core, timepoints=timepoints, runs=runs)
+        if defocus:
+            with console.status("timing defocused 512×512 snaps at 40x…"):
+                out["defocus_512"] = _time_defocus(
+                    core, objective="40x", defocus_um=_DEFOCUS_UM, repeats=2
+                )
+        return out
+    finally:
+        release_core(core)
+
+
+def _fmt_ratio(d: dict[str, Any], key: str) -> str:
+    return f"{d[key]:.2f}× ({d[key + '_p25']:.2f}–{d[key + '_p75']:.2f})"
+
+
+def _print_table(results: dict[str, Any], console: Console) -> None:
+    from rich.table import Table
+
+    sim = results["simulator"]
+    s512, s2048, mda = sim["snap_512"], sim["snap_2048"], sim["mda_virtual"]
+    st = sim["settings"]
+    ok = "[green]yes[/]" if s512["meets_target"] else "[red]NO[/]"
+    table = Table(
+        title=(
+            f"Simulator ({st['objective']}, {st['channel']}, {st['exposure_ms']:g} ms, "
+            f"{st['time_mode']} time)"
+        ),
+        caption="medians; ratios are medians of interleaved pairs (p25–p75)",
+    )
+    table.add_column("measure")
+    table.add_column("512×512", justify="right")
+    table.add_column("2048×2048", justify="right")
+    table.add_row("repeats", str(s512["repeats"]), str(s2048["repeats"]))
+    table.add_row(
+        "snapImage + getImage",
+        f"{s512['snap_ms']:.1f} ms",
+        f"{s2048['snap_ms']:.1f} ms",
+    )
+    table.add_row(
+        "Poisson draw, frame's mean",
+        f"{s512['poisson_frame_ms']:.1f} ms",
+        f"{s2048['poisson_frame_ms']:.1f} ms",
+    )
+    table.add_row(
+        f"Poisson draw, mean {CONST_LAM_E:g} e-",
+        f"{s512['poisson_const_ms']:.1f} ms",
+        f"{s2048['poisson_const_ms']:.1f} ms",
+    )
+    table.add_row(
+        "snap / Poisson (frame)", _fmt_ratio(s512, "ratio"), _fmt_ratio(s2048, "ratio")
+    )
+    table.add_row(
+        "snap / Poisson (constant)",
+        _fmt_ratio(s512, "ratio_const"),
+        _fmt_ratio(s2048, "ratio_const"),
+    )
+    table.add_row(f"512 ratio ≤ {SNAP_RATIO_TARGET:g}×", ok, "")
+    table.add_row(
+        "frame shape",
+        "×".join(map(str, s512["frame_shape"])),
+        "×".join(map(str, s2048["frame_shape"])),
+    )
+    console.print(table)
+
+    mt = Table(title=f"Virtual-time MDA ({mda['timepoints']} timepoints, 60 s apart)")
+    mt.add_column("measure")
+    mt.add_column("value", justify="right")
+    mt.add_row("frames", str(mda["frames"]))
+    mt.add_row("wall time", f"{mda['wall_s']:.2f} s (median of {mda['runs']})")
+    mt.add_row("wall time per frame", f"{mda['wall_ms_per_frame']:.1f} ms")
+    mt.add_row("simulated time", f"{mda['sim_s']:.1f} s")
+    mt.add_row("simulated / wall", f"{mda['speedup']:.0f}×")
+    console.print(mt)
+
+    if "defocus_512" in sim:
+        df = sim["defocus_512"]
+        dt = Table(
+            title=(
+                f"Defocused snaps ({'×'.join(map(str, df['frame_shape']))}, "
+                f"{df['objective']}, median of {df['repeats']})"
+            )
+        )
+        for col in (
+            "defocus",
+            "blur sigma",
+            "snap",
+            f"Poisson {CONST_LAM_E:g} e-",
+            "ratio",
+        ):
+            dt.add_column(col, justify="right")
+        for r in df["rows"]:
+            dt.add_row(
+                f"{r['defocus_um'] if abs(r['defocus_um']) >= 0.05 else 0.0:.1f} µm",
+                f"{r['blur_sigma_px']:.1f} px",
+                f"{r['snap_ms']:.0f} ms",
+                f"{r['poisson_const_ms']:.1f} ms",
+                f"{r['ratio_const']:.1f}×",
+            )
+        console.print(dt)
+
+    m = results["machine"]
+    console.print(
+        f"[dim]{m['cpu_model']}, {m['cpus_usable']} CPUs usable, Python {m['python']}, "
+        f"numpy {m['numpy']}, pymmcore-plus {m['pymmcore-plus']}, {m['date']}[/]"
+    )
+
+
+def _measure_controller(*, quick: bool, long: bool, console: Console) -> dict[str, Any]:
+    """Controller overhead, analysis throughput, demo latencies (and memory)."""
+    from smartscope import overhead
+
+    out: dict[str, Any] = {}
+    with console.status("controller overhead (analysis off) vs plain MDA ..."):
+        out["overhead"] = overhead.measure_controller_overhead(
+            n_frames=40 if quick else 200, repeats=1 if quick else 5
+        )
+    with console.status("analysis throughput (classical) ..."):
+        out["analysis_classical"] = overhead.measure_analysis_throughput(
+            n_frames=8 if quick else 30
+        )
+    from smartscope._data import data_dir
+
+    models = data_dir("models")
+    if (models / "nuclei-seg").is_dir():
+        with console.status("analysis throughput (models) ..."):
+            try:
+                out["analysis_models"] = overhead.measure_analysis_throughput(
+                    n_frames=8 if quick else 30,
+                    segmenter="model",
+                    model="nuclei-seg",
+                    denoise="denoise-care"
+                    if (models / "denoise-care").is_dir()
+                    else None,
+                )
+            except Exception as e:  # a broken model must not hide the rest
+                out["analysis_models"] = {"error": f"{type(e).__name__}: {e}"}
+    if not quick:
+        with console.status("demo protocol latencies ..."):
+            out["demo_latency"] = overhead.measure_demo_latency()
+    if long:
+        with console.status("memory over 10,000 frames (minutes) ..."):
+            out["memory"] = overhead.measure_memory(n_frames=10_000)
+    return out
+
+
+def _print_controller(ctl: dict[str, Any], console: Console) -> None:
+    from rich.table import Table
+
+    t = Table(title="Controller")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    o = ctl["overhead"]
+    ms = o["ms_per_frame"]
+    t.add_row("plain MDA, no storage", f"{ms['plain']:.1f} ms/frame")
+    t.add_row("plain MDA, OME-Zarr", f"{ms['plain_zarr']:.1f} ms/frame")
+    t.add_row("controller, analysis off", f"{ms['controller']:.1f} ms/frame")
+    t.add_row(
+        "controller / plain (OME-Zarr)", f"{o['ratio_controller_to_plain_zarr']:.3f}"
+    )
+    t.add_row(
+        "controller / plain (no storage)", f"{o['ratio_controller_to_plain']:.3f}"
+    )
+    for key, label in (
+        ("analysis_classical", "classical"),
+        ("analysis_models", "models"),
+    ):
+        a = ctl.get(key)
+        if a is None:
+            continue
+        if "error" in a:
+            t.add_row(f"analysis ({label})", a["error"])
+            continue
+        t.add_row(
+            f"analysis 512² ({label}, {a['device']})",
+            f"{a['ms_per_frame_median']:.1f} ms, {a['frames_per_s']:.1f} frames/s",
+        )
+    if "demo_latency" in ctl:
+        d = ctl["demo_latency"]
+        for key, label in (
+            ("latency_frame_to_result_ms", "demo frame → result"),
+            ("latency_frame_to_action_ms", "demo frame → action"),
+        ):
+            q = d[key]
+            if q.get("n"):
+                t.add_row(
+                    label,
+                    f"p50 {q['p50']:.1f} / p95 {q['p95']:.1f} / p99 {q['p99']:.1f} ms",
+                )
+    if "memory" in ctl:
+        m = ctl["memory"]
+        t.add_row(
+            f"memory over {m['n_frames']} frames",
+            f"{m['rss_mb'][0][1]:.0f} → {m['rss_mb'][-1][1]:.0f} MB "
+            f"({m['rss_growth_mb_per_1000_frames_after_warmup']:+.2f} MB/1000 frames)",
+        )
+    console.print(t)
+
+
+def run(
+    json_path: Path | str | None = None,
+    quick: bool = False,
+    *,
+    defocus: bool = False,
+    controller: bool = True,
+    long: bool = False,
+) -> dict[str, Any]:
+    """Measure the simulator, print a table, and optionally write the figures as JSON.
+
+    Parameters
+    ----------
+    json_path : Path | str | None
+        Where to write the results (parent folders are created).
+    quick : bool
+        Few repeats and a 10-timepoint MDA: seconds instead of about a minute,
+        for smoke tests; the figures are then only indicative.
+    defocus : bool
+        Also time 512 × 512 snaps at 40x, 0, 5 and 20 µm out of focus (slow:
+        tens of seconds while wide blurs are computed by direct convolution).
+
+    Returns
+    -------
+    dict
+        ``machine`` (see :func:`machine_info`), ``source`` (git commit and
+        whether ``src/smartscope/sim`` differs from it), ``quick``, and ``simulator``
+        with ``settings``, ``snap_512``, ``snap_2048`` (times in ms, ratios
+        snap / Poisson), ``mda_virtual`` (wall and simulated seconds) and, with
+        ``defocus``, ``defocus_512``; ``controller`` with ``overhead`` (controller
+        with analysis off against a plain MDA of the same sequence),
+        ``analysis_classical`` / ``analysis_models`` (ms and frames/s at
+        512 × 512), ``demo_latency`` and, with ``long``, ``memory`` over 10,000
+        frames.
+    """
+    from rich.console import Console
+
+    console = Console()
+    warmup, rep_512, rep_2048, timepoints, runs = _QUICK if quick else _FULL
+    results: dict[str, Any] = {
+        "machine": machine_info(),
+        "source": _source_state(),
+        "quick": quick,
+    }
+    results["simulator"] = _measure(
+        warmup=warmup,
+        repeats_512=rep_512,
+        repeats_2048=rep_2048,
+        timepoints=timepoints,
+        runs=runs,
+        defocus=defocus,
+        console=console,
+    )
+    _print_table(results, console)
+    if controller:
+        results["controller"] = _measure_controller(
+            quick=quick, long=long, console=console
+        )
+        _print_controller(results["controller"], console)
+    if json_path is not None:
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        console.print(f"results written to {path}")
+    return results

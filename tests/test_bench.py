@@ -1,0 +1,27 @@
+"""``smartscope bench --quick`` runs for real and reports every section.
+
+Figures are not asserted (performance is shown by benchmarks, not tests);
+this checks the benchmark itself works and says what it measured.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from smartscope.bench import run
+
+
+def test_quick_bench_reports_simulator_and_controller(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    results = run(json_path=out, quick=True)
+    on_disk = json.loads(out.read_text())
+    assert on_disk["machine"]["cpus_usable"] >= 1
+    sim = on_disk["simulator"]
+    assert sim["snap_512"]["frame_shape"] == [512, 512]
+    assert sim["snap_2048"]["frame_shape"] == [2048, 2048]
+    assert sim["snap_512"]["ratio"] > 0
+    ctl = results["controller"]
+    assert set(ctl["overhead"]["ms_per_frame"]) == {"plain", "plain_zarr", "controller"}
+    assert ctl["overhead"]["ratio_controller_to_plain_zarr"] > 0
+    assert ctl["analysis_classical"]["objects_per_frame"] > 5
