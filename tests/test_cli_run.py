@@ -21,8 +21,12 @@ ENV = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
 
 def _start(*args: str, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "smartscope.cli", *args], cwd=cwd, env=ENV,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "smartscope.cli", *args],
+        cwd=cwd,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -33,7 +37,9 @@ def _frames_logged(out: Path) -> int:
     return sum('"kind": "frame"' in line for line in log.read_text().splitlines())
 
 
-def _wait_for_frames(out: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+def _wait_for_frames(
+    out: Path, n: int, proc: subprocess.Popen, timeout: float = 120
+) -> None:
     t0 = time.monotonic()
     while _frames_logged(out) < n:
         assert proc.poll() is None, proc.communicate()
@@ -45,8 +51,10 @@ def _slow_protocol(tmp_path: Path) -> Path:
     """The demo protocol in realtime with short intervals: long enough to interrupt."""
     text = (data_dir("protocols") / "demo.yaml").read_text()
     text = text.replace("time_mode: virtual", "time_mode: realtime")
-    text = text.replace("time_plan: {interval: 60, loops: 150}",
-                        "time_plan: {interval: 0.2, loops: 400}")
+    text = text.replace(
+        "time_plan: {interval: 60, loops: 150}",
+        "time_plan: {interval: 0.2, loops: 400}",
+    )
     p = tmp_path / "slow.yaml"
     p.write_text(text)
     return p
@@ -54,9 +62,15 @@ def _slow_protocol(tmp_path: Path) -> Path:
 
 def test_demo_command_runs_and_prints_the_run_folder(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "smartscope.cli", "demo", "--out", str(out)],
-                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300,
-                          check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "smartscope.cli", "demo", "--out", str(out)],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "FATAL" not in proc.stderr
     assert str(out.resolve()) in proc.stdout.replace("\n", "")
@@ -100,11 +114,27 @@ def test_killed_process_leaves_its_frames_readable(tmp_path: Path) -> None:
 
 def test_bad_protocol_exits_2_with_file_line_and_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text((data_dir("protocols") / "demo.yaml").read_text()
-                   .replace("max_step_um: 60", "max_step_um: -60"))
+    bad.write_text(
+        (data_dir("protocols") / "demo.yaml")
+        .read_text()
+        .replace("max_step_um: 60", "max_step_um: -60")
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "smartscope.cli", "run", str(bad), "--out", str(tmp_path / "r")],
-        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "smartscope.cli",
+            "run",
+            str(bad),
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 2, proc.stderr
     assert "bad.yaml" in proc.stderr

@@ -169,7 +169,9 @@ class AnalysisPipeline:
             return
         s = self._settings
         denoiser = (
-            load_analysis_model(s.denoise, role="denoiser", device=self._device) if s.denoise else None
+            load_analysis_model(s.denoise, role="denoiser", device=self._device)
+            if s.denoise
+            else None
         )
         segmenter = None
         if s.segmenter == "model" and s.model is not None:
