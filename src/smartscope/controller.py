@@ -632,7 +632,10 @@ class Controller:
         if self._pipeline is not None:
             self._submitted += 1
             self._pipeline.submit(frame)
-        self.frame_acquired.emit(frame)
+        try:
+            self.frame_acquired.emit(frame)
+        except Exception:  # a broken subscriber never stops the acquisition
+            logger.exception("a frame_acquired subscriber raised")
 
     def _on_skipped(self, frame_index: int) -> None:
         self.stats.skipped += 1

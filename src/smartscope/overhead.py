@@ -96,6 +96,7 @@ def measure_controller_overhead(
 ) -> dict[str, Any]:
     """Return per-frame times (ms) and ratios; see the module docstring."""
     import useq
+    from ome_writers import AcquisitionSettings
 
     from smartscope.controller import Controller
     from smartscope.hardware import load_core, release_core
@@ -138,7 +139,14 @@ def measure_controller_overhead(
                 times["plain"].append((time.perf_counter() - t) / n_frames * 1000)
 
                 t = time.perf_counter()
-                core.mda.run(seq, output=str(Path(tmp) / f"plain{r}.ome.zarr"))
+                # the same writer the controller uses (ome-writers, zarr-python)
+                core.mda.run(
+                    seq,
+                    output=AcquisitionSettings(
+                        root_path=str(Path(tmp) / f"plain{r}.ome.zarr"),
+                        format="zarr-python",
+                    ),
+                )
                 times["plain_zarr"].append((time.perf_counter() - t) / n_frames * 1000)
 
                 ctl = Controller(core, proto, out_dir=Path(tmp) / f"ctl{r}")
