@@ -101,6 +101,7 @@ def measure_controller_overhead(
     from smartscope.controller import Controller
     from smartscope.hardware import load_core, release_core
     from smartscope.protocol import Protocol
+    from smartscope.sim import get_simulator
 
     # two positions x two channels: consecutive events differ in stage and
     # channel, so pymmcore-plus cannot merge them into one hardware sequence
@@ -133,12 +134,13 @@ def measure_controller_overhead(
     try:
         with tempfile.TemporaryDirectory() as tmp:
             core.mda.run(seq)  # warm up
-            for r in range(repeats):
-                t = time.perf_counter()
-                core.mda.run(seq)
-                times["plain"].append((time.perf_counter() - t) / n_frames * 1000)
+            sim = get_simulator(core)
+            sim.keep_history = False  # as in the controller's runs
 
-                t = time.perf_counter()
+            def plain(r: int) -> None:
+                core.mda.run(seq)
+
+            def plain_zarr(r: int) -> None:
                 # the same writer the controller uses (ome-writers, zarr-python)
                 core.mda.run(
                     seq,
@@ -147,16 +149,29 @@ def measure_controller_overhead(
                         format="zarr-python",
                     ),
                 )
-                times["plain_zarr"].append((time.perf_counter() - t) / n_frames * 1000)
 
+            def controller(r: int) -> None:
                 ctl = Controller(core, proto, out_dir=Path(tmp) / f"ctl{r}")
-                t = time.perf_counter()
                 summary = ctl.run()
-                times["controller"].append((time.perf_counter() - t) / n_frames * 1000)
                 if summary["frames_acquired"] != n_frames:
                     raise RuntimeError(
                         f"controller acquired {summary['frames_acquired']} of {n_frames}"
                     )
+
+            runs = [
+                ("plain", plain),
+                ("plain_zarr", plain_zarr),
+                ("controller", controller),
+            ]
+            for r in range(repeats):
+                # rotate the order so that no side always runs first or last,
+                # and start each run from the same sample
+                for name, fn in runs[r % 3 :] + runs[: r % 3]:
+                    sim.reset(seed=1)
+                    core.setXYPosition(0.0, 0.0)
+                    t = time.perf_counter()
+                    fn(r)
+                    times[name].append((time.perf_counter() - t) / n_frames * 1000)
     finally:
         release_core(core)
     med = {k: statistics.median(v) for k, v in times.items()}
