@@ -423,3 +423,53 @@ def test_corrupt_model_is_refused_before_hardware_moves(tmp_path: Path) -> None:
         assert not (tmp_path / "r").exists()
     finally:
         release_core(core)
+
+
+def test_demo_zarr_opens_with_ome_zarr(demo_run: tuple[Path, dict[str, Any]]) -> None:
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    run, summary = demo_run
+    nodes = list(Reader(parse_url(str(run / "data.ome.zarr")))())
+    image = nodes[0]
+    assert image.data[0].shape[0] == summary["frames_acquired"]
+    assert [a["name"] for a in image.metadata["axes"]] == ["t", "y", "x"]
+    labels = [n for n in nodes if "labels/nuclei" in str(n)]
+    assert labels
+    assert labels[0].data[0].shape == image.data[0].shape
+
+
+def test_pause_holds_acquisition_and_resume_continues(run_dir: Path) -> None:
+    import threading
+    import time
+
+    core = load_core()
+    try:
+        ctl = Controller(core, _small_protocol(), out_dir=run_dir)
+        sim = get_simulator(core)
+        state: dict[str, float] = {}
+
+        def on_frame(f: Any) -> None:
+            if f.frame_index == 2:
+                ctl.pause()
+                state["clock_at_pause"] = sim.clock_s
+                threading.Timer(0.5, resume).start()
+
+        def resume() -> None:
+            state["clock_before_resume"] = sim.clock_s
+            state["frames_while_paused"] = ctl.frames_acquired
+            ctl.resume()
+
+        ctl.frame_acquired.connect(on_frame)
+        t = time.perf_counter()
+        summary = ctl.run()
+        wall = time.perf_counter() - t
+    finally:
+        release_core(core)
+    assert summary["frames_acquired"] == 8
+    assert state["frames_while_paused"] == 3  # nothing was acquired while paused
+    # in virtual time the sample does not age while the run is held
+    assert state["clock_before_resume"] == pytest.approx(
+        state["clock_at_pause"], abs=1.0
+    )
+    assert wall >= 0.5
