@@ -17,7 +17,7 @@ import pytest
 import zarr
 
 from smartscope._data import data_dir
-from smartscope.actions import Action, MoveStage, SetLaserPower
+from smartscope.actions import Action, Autofocus, MoveStage, SetLaserPower
 from smartscope.analysis.result import FrameResult
 from smartscope.controller import Controller
 from smartscope.errors import SmartscopeError
@@ -473,3 +473,59 @@ def test_pause_holds_acquisition_and_resume_continues(run_dir: Path) -> None:
         state["clock_at_pause"], abs=1.0
     )
     assert wall >= 0.5
+
+
+class _RefocusOnce(Reaction):
+    """Asks for a software autofocus once, on frame 4."""
+
+    name = "refocus_once"
+
+    def react(self, result: FrameResult, run: RunView) -> Sequence[Action]:
+        f = result.frame
+        if f.frame_index != 4:
+            return ()
+        return (
+            Autofocus(
+                range_um=30,
+                step_um=2,
+                source=self.name,
+                frame_index=f.frame_index,
+                t_frame=f.t_frame,
+            ),
+        )
+
+
+def test_autofocus_action_recovers_from_a_focus_jump(run_dir: Path) -> None:
+    core = load_core()
+    try:
+        sim = get_simulator(core)
+        defocus: list[float] = []
+        proto = _small_protocol(
+            objective="10x",
+            limits={"z_range_um": [-100, 100], "max_z_step_um": 50},
+            sequence={
+                "channels": [{"config": "DAPI", "exposure": 30}],
+                "time_plan": {"interval": 30, "loops": 10},
+            },
+        )
+        ctl = Controller(core, proto, out_dir=run_dir, reactions=[_RefocusOnce()])
+
+        def on_frame(f: Any) -> None:
+            defocus.append(sim.truth().defocus_um)
+            if f.frame_index == 1:
+                sim.inject("focus_jump", dz_um=8.0)
+
+        ctl.frame_acquired.connect(on_frame)
+        ctl.run()
+    finally:
+        release_core(core)
+    assert abs(defocus[0]) < 1.0
+    assert all(abs(d) > 6 for d in defocus[2:5])  # out of focus after the jump
+    assert all(abs(d) < 1.5 for d in defocus[6:])  # refocused by the action
+    af = [
+        e
+        for e in _events(run_dir)
+        if e["kind"] == "action" and e["type"] == "Autofocus"
+    ]
+    assert af
+    assert af[0]["status"] == "applied"
