@@ -1,0 +1,297 @@
+"""``smartscope train {care,n2v,segment}``: train a model and write it with its card.
+
+A typer sub-app (``train_app``) that the main CLI mounts as ``train``; it also
+runs on its own as ``python -m smartscope.nn.cli``. Each command trains on
+simulator-generated data (the default) or on a folder of TIFFs, shows a rich
+progress bar, keeps checkpoints in ``OUT/checkpoints/``, and writes the model
+(``weights.pt`` + ``rdf.yaml``) and a QC report (``OUT/qc/``).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+__all__ = ["train_app"]
+
+train_app = typer.Typer(
+    name="train",
+    help="Train denoising (CARE, Noise2Void) and nuclei segmentation models.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+_DESCRIPTIONS = {
+    "care": "CARE denoiser: a U-Net trained on pairs of low-dose and noise-free images.",
+    "n2v": "Noise2Void denoiser: a blind-spot U-Net trained on noisy images alone.",
+    "segment": (
+        "Nuclei instance segmentation: a U-Net predicting foreground and normalised "
+        "border distance, split into nuclei by a seeded watershed."
+    ),
+}
+
+Out = Annotated[Path, typer.Option("--out", "-o", help="model folder to write")]
+Data = Annotated[
+    Path | None,
+    typer.Option(
+        "--data", help="folder of TIFFs instead of the simulator (see the command help)"
+    ),
+]
+Steps = Annotated[int, typer.Option(help="optimiser steps")]
+Batch = Annotated[int, typer.Option(help="patches per step")]
+Patch = Annotated[int, typer.Option(help="patch side, pixels")]
+Seed = Annotated[
+    int, typer.Option(help="seed of data, initialisation and augmentation")
+]
+Width = Annotated[int, typer.Option(help="U-Net channels at full resolution")]
+Depth = Annotated[int, typer.Option(help="U-Net down-samplings")]
+Fields = Annotated[int, typer.Option(help="simulated training fields")]
+Threads = Annotated[int, typer.Option(help="torch CPU threads")]
+Workers = Annotated[int, typer.Option(help="data-loading processes")]
+Name = Annotated[
+    str | None, typer.Option(help="model name in rdf.yaml (default: folder name)")
+]
+
+
+def _command_line() -> str:
+    argv = sys.argv[1:]
+    if "train" in argv:
+        argv = argv[argv.index("train") + 1 :]
+    return "smartscope train " + " ".join(shlex.quote(a) for a in argv)
+
+
+def _run(method: str, out: Path, name: str | None, **kw: Any) -> None:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from smartscope.nn.errors import ModelError
+    from smartscope.nn.model import save_model
+    from smartscope.nn.qc import write_report
+    from smartscope.nn.train import TrainConfig, train
+
+    console = Console(stderr=True)
+    try:
+        config = TrainConfig(method=method, **kw)
+    except Exception as e:
+        console.print(f"[red]invalid training settings:[/red] {e}")
+        raise typer.Exit(2) from e
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("making data", total=config.steps, info="")
+
+        def progress(phase: str, done: int, total: int, info: dict[str, float]) -> None:
+            if phase == "train":
+                text = (
+                    f"train {info['train_loss']:.4g} val {info['val_loss']:.4g}"
+                    if info
+                    else None
+                )
+                if (
+                    text and not console.is_terminal
+                ):  # a log file gets one line per check
+                    console.print(f"step {done}/{total}: {text}", highlight=False)
+                bar.update(
+                    task,
+                    description="training",
+                    completed=done,
+                    **({"info": text} if text else {}),
+                )
+            elif phase == "validate":
+                bar.update(task, description="scoring validation frames")
+
+        try:
+            result = train(
+                config,
+                command=_command_line(),
+                checkpoint_dir=out / "checkpoints",
+                progress=progress,
+            )
+        except ModelError as e:
+            console.print(f"[red]{e}[/red]")
+            raise typer.Exit(1) from e
+    model_name = name or out.name
+    result.model.name = model_name
+    save_model(
+        result.network,
+        result.model.card,
+        out,
+        name=model_name,
+        description=_DESCRIPTIONS[method],
+    )
+    report = write_report(result, out)
+    m = result.metrics
+    if method == "segment":
+        console.print(
+            f"AP@0.5 {m['ap50']:.3f} (Otsu+watershed {m['ap50_otsu_watershed']:.3f}), "
+            f"AP@0.75 {m['ap75']:.3f} (Otsu+watershed {m['ap75_otsu_watershed']:.3f})"
+        )
+    elif "psnr_db" in m:
+        console.print(
+            f"PSNR {m['psnr_db']:.2f} dB (input {m['psnr_db_input']:.2f}, best Gaussian "
+            f"{m['psnr_db_gaussian']:.2f} at sigma {m['gaussian_sigma_px']})"
+        )
+    console.print(f"model written to {out}; QC report {report}")
+
+
+@train_app.command("care")
+def care(
+    out: Out = Path("models/denoise-care"),
+    data: Data = None,
+    steps: Steps = 2000,
+    batch: Batch = 16,
+    patch: Patch = 96,
+    seed: Seed = 0,
+    width: Width = 16,
+    depth: Depth = 3,
+    fields: Fields = 120,
+    threads: Threads = 2,
+    workers: Workers = 1,
+    name: Name = None,
+) -> None:
+    """CARE: supervised denoising. --data DIR needs DIR/low/*.tif and DIR/high/*.tif
+    with matching names (low-dose and high-dose images of the same fields)."""
+    _run(
+        "care",
+        out,
+        name,
+        data_dir=data,
+        steps=steps,
+        batch_size=batch,
+        patch_px=patch,
+        seed=seed,
+        base_channels=width,
+        depth=depth,
+        train_fields=fields,
+        threads=threads,
+        workers=workers,
+    )
+
+
+@train_app.command("n2v")
+def n2v(
+    out: Out = Path("models/denoise-n2v"),
+    data: Data = None,
+    steps: Steps = 2000,
+    batch: Batch = 16,
+    patch: Patch = 96,
+    seed: Seed = 0,
+    width: Width = 16,
+    depth: Depth = 3,
+    fields: Fields = 120,
+    threads: Threads = 2,
+    workers: Workers = 1,
+    name: Name = None,
+) -> None:
+    """Noise2Void: self-supervised denoising on noisy images alone.
+    --data DIR takes every DIR/*.tif."""
+    _run(
+        "n2v",
+        out,
+        name,
+        data_dir=data,
+        steps=steps,
+        batch_size=batch,
+        patch_px=patch,
+        seed=seed,
+        base_channels=width,
+        depth=depth,
+        train_fields=fields,
+        threads=threads,
+        workers=workers,
+    )
+
+
+@train_app.command("segment")
+def segment(
+    out: Out = Path("models/nuclei-seg"),
+    data: Data = None,
+    steps: Steps = 2500,
+    batch: Batch = 16,
+    patch: Patch = 128,
+    seed: Seed = 0,
+    width: Width = 16,
+    depth: Depth = 3,
+    fields: Fields = 160,
+    threads: Threads = 2,
+    workers: Workers = 1,
+    name: Name = None,
+) -> None:
+    """Nuclei instance segmentation. --data DIR needs DIR/images/*.tif and
+    DIR/masks/*.tif (integer instance labels) with matching names."""
+    _run(
+        "segment",
+        out,
+        name,
+        data_dir=data,
+        steps=steps,
+        batch_size=batch,
+        patch_px=patch,
+        seed=seed,
+        base_channels=width,
+        depth=depth,
+        train_fields=fields,
+        threads=threads,
+        workers=workers,
+    )
+
+
+@train_app.command("export")
+def export(
+    model: Annotated[str, typer.Argument(help="shipped model name or model folder")],
+    out: Annotated[
+        Path, typer.Argument(help="package to write: a .zip file or a folder")
+    ],
+    torchscript: Annotated[
+        bool, typer.Option(help="include TorchScript weights")
+    ] = True,
+) -> None:
+    """Export a model as a bioimage.io package (TorchScript + state dict,
+    rdf.yaml, test input/output); load it back with load_model(OUT)."""
+    from rich.console import Console
+
+    from smartscope.nn.errors import ModelError
+    from smartscope.nn.export import export_model
+    from smartscope.nn.model import load_model
+
+    console = Console(stderr=True)
+    try:
+        path = export_model(
+            load_model(model, device="cpu"), out, torchscript=torchscript
+        )
+    except ModelError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(1) from e
+    console.print(f"package written to {path}")
+
+
+@train_app.command("evaluate")
+def evaluate(
+    out: Annotated[
+        Path | None, typer.Option("--out", help="also write the numbers as JSON")
+    ] = None,
+) -> None:
+    """Score the shipped models against Gaussian / Otsu+watershed baselines on
+    simulated validation data and on shifted, real-looking frames."""
+    from smartscope.nn.evaluate import main as evaluate_main
+
+    raise typer.Exit(evaluate_main([] if out is None else ["--out", str(out)]))
+
+
+if __name__ == "__main__":
+    train_app()

@@ -1,0 +1,438 @@
+"""Loading, saving and using trained models: ``load_model(name_or_path).predict(image)``.
+
+A model is a folder (or a ``.zip`` bioimage.io package) with ``rdf.yaml`` and
+weights. :func:`load_model` finds it by name in the shipped ``models/`` folder
+or by path, checks the card and the weights' checksum, builds the network and
+wraps it in a :class:`~smartscope.nn.predictor.Predictor`. Every problem with
+the files surfaces as a :class:`~smartscope.nn.errors.ModelError` that names
+the file.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from smartscope.nn.card import (
+    RDF_NAME,
+    WEIGHTS_NAME,
+    ModelCard,
+    Postprocess,
+    read_rdf,
+    sha256_of,
+    write_rdf,
+    write_readme,
+)
+from smartscope.nn.errors import ModelError
+from smartscope.nn.instances import estimate_diameter_px, labels_from_maps
+from smartscope.nn.normalize import (
+    as_2d_float,
+    denormalize,
+    normalize,
+    percentile_range,
+)
+from smartscope.nn.predictor import Device, Precision, Predictor
+from smartscope.nn.unet import UNet
+
+__all__ = [
+    "DenoiseModel",
+    "Model",
+    "SegmentModel",
+    "available_models",
+    "build_model",
+    "load_model",
+    "save_model",
+]
+
+
+class Model:
+    """A trained model ready to predict. Use :func:`load_model` to get one.
+
+    Attributes
+    ----------
+    name : str
+    card : ModelCard
+    path : Path or None, the folder it was loaded from
+    predictor : Predictor, holding the network, device and precision
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        card: ModelCard,
+        *,
+        name: str = "model",
+        path: Path | None = None,
+        rdf: dict[str, Any] | None = None,
+        device: Device | str = "auto",
+        precision: Precision = "auto",
+        tile_px: int = 1024,
+        warm_up: bool = False,
+    ) -> None:
+        self.name = name
+        self.card = card
+        self.path = path
+        self.rdf = rdf or {}
+        self.predictor = Predictor(
+            network,
+            size_multiple=card.unet.size_multiple,
+            device=device,
+            precision=precision,
+            tile_px=tile_px,
+            overlap_px=max(32, 4 * card.unet.size_multiple),
+        )
+        if warm_up:
+            self.predictor.warm_up()
+
+    @property
+    def kind(self) -> str:
+        """ "denoise" or "segment"."""
+        return self.card.kind
+
+    def predict(
+        self, image: np.ndarray, *, diameter_px: float | None = None
+    ) -> np.ndarray:
+        """Predict one image; see the subclasses for what comes back."""
+        raise NotImplementedError
+
+    def _normalized(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
+        x = as_2d_float(image)
+        n = self.card.normalization
+        low, high = percentile_range(x, p_low=n.p_low, p_high=n.p_high)
+        return normalize(x, low, high), low, high
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, method={self.card.method!r}, "
+            f"device={self.predictor.device.type!r})"
+        )
+
+
+class DenoiseModel(Model):
+    """A restoration model (CARE or Noise2Void)."""
+
+    def predict(
+        self,
+        image: np.ndarray,
+        *,
+        diameter_px: float | None = None,
+        tta: bool | None = None,
+    ) -> np.ndarray:
+        """Denoise ``image``.
+
+        Parameters
+        ----------
+        image : (Y, X) uint8/uint16/float array, any size
+        diameter_px : ignored (denoising works at any scale); accepted so every
+            model has the same call
+        tta : average over the 8 rotations/flips (8x the time); ``None``: as
+            the card says (``card.test_time_augmentation``)
+
+        Returns
+        -------
+        (Y, X) float32 in the input's intensity units (e.g. ADU)
+        """
+        x, low, high = self._normalized(image)
+        if tta is None:
+            tta = self.card.test_time_augmentation
+        out = self._run_tta(x) if tta else self.predictor.run(x)[0]
+        return denormalize(out, low, high)
+
+    def _run_tta(self, x: np.ndarray) -> np.ndarray:
+        """Mean prediction over the 8 rotations and flips of ``x``."""
+        acc = np.zeros(x.shape, np.float32)
+        for k in range(4):
+            for flip in (False, True):
+                a = np.rot90(x, k)
+                if flip:
+                    a = a[:, ::-1]
+                out = self.predictor.run(np.ascontiguousarray(a))[0]
+                if flip:
+                    out = out[:, ::-1]
+                acc += np.rot90(out, -k)
+        acc /= 8.0
+        return acc
+
+
+class SegmentModel(Model):
+    """A nuclei instance segmentation model."""
+
+    def maps(
+        self, image: np.ndarray, *, diameter_px: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Foreground probability and normalised distance, each (Y, X) float32 in [0, 1].
+
+        ``diameter_px`` rescales as in :meth:`predict`; here ``None`` means no
+        rescaling (no automatic estimate).
+        """
+        x, _, _ = self._normalized(image)
+        return self._maps(x, self._scale_factor(diameter_px))
+
+    def _maps(self, x: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+        shape = x.shape
+        if factor != 1.0:
+            x = _resize(
+                x,
+                (max(16, round(shape[0] * factor)), max(16, round(shape[1] * factor))),
+            )
+        logits = self.predictor.run(x)
+        probs = 1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))
+        if factor != 1.0:
+            probs = np.stack([_resize(p, shape) for p in probs])
+        return probs[0], probs[1]
+
+    def _scale_factor(self, diameter_px: float | None) -> float:
+        if diameter_px is None or self.card.train_diameter_px is None:
+            return 1.0
+        if not diameter_px > 0:
+            raise ValueError(f"diameter_px must be > 0, got {diameter_px}")
+        factor = float(self.card.train_diameter_px) / float(diameter_px)
+        return 1.0 if abs(factor - 1.0) < 0.05 else factor
+
+    def predict(
+        self, image: np.ndarray, *, diameter_px: float | None = None
+    ) -> np.ndarray:
+        """Segment nuclei.
+
+        Parameters
+        ----------
+        image : (Y, X) uint8/uint16/float array, any size
+        diameter_px : typical nucleus diameter in ``image``, pixels. The image
+            is rescaled so nuclei have the training diameter
+            (``card.train_diameter_px``), and the result back. ``None``:
+            predict at the image's own scale (the model was trained on
+            diameters of about 8 to 48 px), then, if the nuclei found measure
+            outside ``card.postprocess.auto_diameter_px``, once more rescaled
+            to the training diameter using that estimate.
+
+        Returns
+        -------
+        (Y, X) int32 instance labels, 0 = background
+        """
+        x, _, _ = self._normalized(image)
+        post = self.card.postprocess or Postprocess()
+        factor = self._scale_factor(diameter_px)
+        fg, dist = self._maps(x, factor)
+        auto = post.auto_diameter_px
+        if diameter_px is None and auto is not None and self.card.train_diameter_px:
+            # nuclei far from the training size: measure them on this first
+            # pass and predict again at the training scale
+            estimate = estimate_diameter_px(fg > post.fg_threshold)
+            if estimate is not None and not auto[0] <= estimate <= auto[1]:
+                factor = self._scale_factor(estimate)
+                if factor != 1.0:
+                    fg, dist = self._maps(x, factor)
+        return labels_from_maps(
+            fg,
+            dist,
+            fg_threshold=post.fg_threshold,
+            seed_threshold=post.seed_threshold,
+            min_size_px=max(1, round(post.min_size_px / factor**2)),
+        )
+
+
+def _resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a (Y, X) float32 image (area-averaged when shrinking)."""
+    t = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None]
+    shrink = shape[0] < image.shape[0] or shape[1] < image.shape[1]
+    mode = "area" if shrink else "bilinear"
+    kw = {} if shrink else {"align_corners": False}
+    return torch.nn.functional.interpolate(t, size=shape, mode=mode, **kw)[0, 0].numpy()
+
+
+_CLASSES: dict[str, type[Model]] = {"denoise": DenoiseModel, "segment": SegmentModel}
+
+
+def build_model(network: torch.nn.Module, card: ModelCard, **kwargs: Any) -> Model:
+    """Wrap a network and its card in the right :class:`Model` subclass."""
+    return _CLASSES[card.kind](network, card, **kwargs)
+
+
+def available_models() -> list[str]:
+    """Names of the models shipped in the ``models/`` folder."""
+    from smartscope._data import data_dir
+
+    try:
+        root = data_dir("models")
+    except FileNotFoundError:
+        return []
+    return sorted(p.parent.name for p in root.glob(f"*/{RDF_NAME}"))
+
+
+def _resolve(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    if (
+        isinstance(name_or_path, str)
+        and "/" not in name_or_path
+        and "\\" not in name_or_path
+    ):
+        from smartscope._data import data_dir
+
+        try:
+            candidate = data_dir("models") / name_or_path
+        except FileNotFoundError:
+            candidate = None
+        if candidate is not None and candidate.exists():
+            return candidate
+    raise ModelError(
+        f"no model named or at {str(name_or_path)!r}; shipped models: "
+        f"{', '.join(available_models()) or '(none)'}; or give a model folder, "
+        "its rdf.yaml, or a .zip package"
+    )
+
+
+def _unpack(path: Path) -> Path:
+    """A .zip package → the folder it was extracted to (a fresh temporary one)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            if RDF_NAME not in names:
+                raise ModelError(
+                    f"package has no {RDF_NAME} at its top level", path=path
+                )
+            out = Path(tempfile.mkdtemp(prefix="smartscope-model-"))
+            for n in names:  # refuse paths that would escape the folder
+                if Path(n).is_absolute() or ".." in Path(n).parts:
+                    raise ModelError(
+                        f"package member {n!r} has an unsafe path", path=path
+                    )
+            zf.extractall(out)
+            return out
+    except zipfile.BadZipFile as e:
+        raise ModelError(f"not a valid .zip model package: {e}", path=path) from e
+
+
+def _load_network(
+    folder: Path, rdf: dict[str, Any], card: ModelCard
+) -> torch.nn.Module:
+    weights = rdf.get("weights") or {}
+    rdf_path = folder / RDF_NAME
+    if not isinstance(weights, dict) or not (
+        "pytorch_state_dict" in weights or "torchscript" in weights
+    ):
+        raise ModelError(
+            "'weights' must name 'pytorch_state_dict' or 'torchscript' weights",
+            path=rdf_path,
+        )
+    fmt = "pytorch_state_dict" if "pytorch_state_dict" in weights else "torchscript"
+    entry = weights[fmt] or {}
+    source = entry.get("source")
+    if not source:
+        raise ModelError(f"weights.{fmt}.source is missing", path=rdf_path)
+    wpath = folder / str(source)
+    if not wpath.is_file():
+        raise ModelError(f"weights file named in {RDF_NAME} does not exist", path=wpath)
+    expected = entry.get("sha256")
+    if expected and sha256_of(wpath) != expected:
+        raise ModelError(
+            f"weights file is corrupt: its sha256 does not match the one in {RDF_NAME}",
+            path=wpath,
+        )
+    if fmt == "torchscript":
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return torch.jit.load(str(wpath), map_location="cpu")
+        except Exception as e:
+            raise ModelError(f"cannot load TorchScript weights: {e}", path=wpath) from e
+    try:
+        state = torch.load(wpath, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelError(
+            f"cannot read weights (corrupt or not a PyTorch state dict): {e}",
+            path=wpath,
+        ) from e
+    if not isinstance(state, dict):
+        raise ModelError("weights file does not hold a state dict", path=wpath)
+    net = UNet(card.unet)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:600]
+        raise ModelError(
+            f"weights do not match the architecture in {RDF_NAME} "
+            f"(config.smartscope.unet = {card.unet.model_dump()}): {detail}",
+            path=wpath,
+        ) from e
+    return net
+
+
+def load_model(
+    name_or_path: str | Path,
+    *,
+    device: Device | str = "auto",
+    precision: Precision = "auto",
+    tile_px: int = 1024,
+    warm_up: bool = False,
+) -> Model:
+    """Load a model by shipped name (``"nuclei-seg"``, ``"denoise-care"``,
+    ``"denoise-n2v"``) or by path (model folder, its ``rdf.yaml``, or a
+    bioimage.io ``.zip`` package).
+
+    Parameters
+    ----------
+    device : "auto" (CUDA if available), "cpu" or "cuda"
+    precision : "auto" (bfloat16 autocast on CUDA), "float32" or "bfloat16"
+    tile_px : frames larger than this are predicted in overlapping tiles
+    warm_up : run the network once on a blank frame before returning
+
+    Raises
+    ------
+    ModelError
+        naming the file, for a missing, malformed, corrupt or mismatched model.
+    """
+    path = _resolve(name_or_path)
+    if path.is_file() and path.suffix == ".zip":
+        folder = _unpack(path)
+    elif path.is_file():
+        folder = path.parent
+    else:
+        folder = path
+    rdf_path = folder / RDF_NAME
+    if not rdf_path.is_file():
+        raise ModelError(f"model folder has no {RDF_NAME}", path=folder)
+    rdf, card = read_rdf(rdf_path)
+    net = _load_network(folder, rdf, card)
+    return build_model(
+        net,
+        card,
+        name=str(rdf.get("name") or path.stem),
+        path=folder,
+        rdf=rdf,
+        device=device,
+        precision=precision,
+        tile_px=tile_px,
+        warm_up=warm_up,
+    )
+
+
+def save_model(
+    network: UNet,
+    card: ModelCard,
+    folder: str | Path,
+    *,
+    name: str,
+    description: str,
+) -> Path:
+    """Write ``weights.pt`` (state dict) and ``rdf.yaml`` into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+    torch.save(state, folder / WEIGHTS_NAME)
+    write_rdf(
+        folder,
+        name=name,
+        description=description,
+        card=card,
+        weights={"pytorch_state_dict": folder / WEIGHTS_NAME},
+    )
+    write_readme(folder, name=name, description=description, card=card)
+    return folder

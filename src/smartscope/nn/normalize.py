@@ -1,0 +1,66 @@
+"""Input normalisation shared by training and prediction (numpy only).
+
+Every model sees its input as ``(x - low) / (high - low)`` with ``low`` and
+``high`` percentiles of the image itself, so the same model works on 8-bit,
+12-bit, 16-bit and float data and at any exposure. Restoration models
+de-normalise their output with the same two numbers, which puts it back in
+the input's intensity units.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["as_2d_float", "denormalize", "normalize", "percentile_range"]
+
+
+def as_2d_float(image: np.ndarray) -> np.ndarray:
+    """A (Y, X) float32 view or copy of a 2D image.
+
+    ``(Y, X, 3)`` or ``(Y, X, 4)`` colour images (e.g. nuclei saved as RGB) are
+    reduced to their brightest colour channel; a leading axis of length 1 is
+    dropped.
+    """
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        a = a[..., :3].max(axis=-1)
+    if a.ndim != 2:
+        raise ValueError(
+            f"expected a 2D (Y, X) image (or (Y, X, 3) colour), got shape {a.shape}"
+        )
+    if a.dtype.kind not in "uif" and a.dtype != np.bool_:
+        raise ValueError(f"expected a numeric image, got dtype {a.dtype}")
+    out = a.astype(np.float32, copy=False)
+    if not np.isfinite(out).all():
+        out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+    return out
+
+
+def percentile_range(
+    image: np.ndarray, *, p_low: float = 1.0, p_high: float = 99.8
+) -> tuple[float, float]:
+    """``(low, high)`` percentiles of ``image`` with ``high > low`` guaranteed."""
+    # a strided sample keeps this cheap on large frames
+    flat = image.ravel()
+    if flat.size > 1 << 18:
+        flat = flat[:: flat.size >> 18]
+    low, high = np.percentile(flat, [p_low, p_high])
+    if not high > low:
+        high = low + max(1e-6, abs(low) * 1e-6)
+    return float(low), float(high)
+
+
+def normalize(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """``(image - low) / (high - low)`` as float32."""
+    out = np.subtract(image, np.float32(low), dtype=np.float32)
+    out *= np.float32(1.0 / (high - low))
+    return out
+
+
+def denormalize(image: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Inverse of :func:`normalize`, in place on a float32 array."""
+    image *= np.float32(high - low)
+    image += np.float32(low)
+    return image

@@ -1,0 +1,570 @@
+"""Training loops for CARE, Noise2Void and nuclei segmentation.
+
+One :class:`TrainConfig` (a frozen pydantic model) describes a run: method,
+network size, steps, batch, seed, and where the data come from (the simulator
+or a folder of TIFFs). :func:`train` builds the data, runs :func:`fit`
+(AdamW, one-cycle learning rate, a fixed validation batch, the best weights
+kept, checkpoints), scores the result on whole validation frames against the
+classical baselines, and returns a :class:`TrainResult` holding the model,
+its loss history and the per-image scores that the model card and the QC
+report are made from.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from smartscope.nn.card import ModelCard, Normalization, Postprocess
+from smartscope.nn.datasets import (
+    N2VSampler,
+    PairSampler,
+    SegAugment,
+    SegmentationSampler,
+)
+from smartscope.nn.model import Model, build_model
+from smartscope.nn.simdata import SimDataSpec, simulate_frames
+from smartscope.nn.unet import UNet, UNetConfig
+
+__all__ = [
+    "DENOISE_SPEC",
+    "SEGMENT_SPEC",
+    "SEGMENT_VAL_SPEC",
+    "TrainConfig",
+    "TrainResult",
+    "fit",
+    "train",
+]
+
+Method = Literal["care", "n2v", "segment"]
+
+#: low-dose acquisitions the denoisers are trained and validated on
+DENOISE_SPEC = SimDataSpec(
+    size_px=256,
+    objectives=("10x", "20x"),
+    power_mw=(0.2, 2.0),
+    exposure_ms=(5.0, 30.0),
+    density_per_mm2=(300.0, 2000.0),
+    defocus_um=(0.0, 2.0),
+    min_nuclei=3,
+)
+#: wide spread of samples for segmentation training (noise is added in augmentation)
+SEGMENT_SPEC = SimDataSpec(
+    size_px=512,
+    objectives=("4x", "10x", "20x"),
+    power_mw=(2.0, 30.0),
+    exposure_ms=(10.0, 100.0),
+    density_per_mm2=(300.0, 5000.0),
+    radius_um_mean=(3.5, 9.0),
+    defocus_um=(0.0, 1.5),
+    elongation_sd=(0.05, 0.4),
+)
+#: segmentation validation: native scale, real simulator noise, 10x and 20x
+SEGMENT_VAL_SPEC = SimDataSpec(
+    size_px=512,
+    objectives=("10x", "20x"),
+    power_mw=(2.0, 20.0),
+    exposure_ms=(10.0, 100.0),
+    density_per_mm2=(300.0, 3000.0),
+    radius_um_mean=(4.0, 7.5),
+    defocus_um=(0.0, 1.5),
+)
+
+
+class TrainConfig(BaseModel):
+    """One training run. Units are in the field names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: Method
+    steps: int = Field(2000, ge=1, le=1_000_000)
+    batch_size: int = Field(16, ge=1, le=512)
+    patch_px: int = Field(128, ge=16, le=1024)
+    lr: float = Field(2e-3, gt=0, le=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = 0
+    depth: int = Field(3, ge=1, le=5)
+    base_channels: int = Field(16, ge=4, le=128)
+    pixel_unshuffle: Literal[1, 2] = 2
+    threads: int = Field(2, ge=1, le=256)
+    workers: int = Field(1, ge=0, le=16, description="data-loading processes")
+    val_every: int = Field(250, ge=1)
+    val_patches: int = Field(64, ge=1)
+    data_dir: Path | None = Field(
+        None, description="folder of TIFFs; None: the simulator"
+    )
+    train_fields: int = Field(160, ge=1, description="simulated fields for training")
+    val_fields: int = Field(16, ge=1, description="simulated fields for validation")
+    val_fraction: float = Field(0.15, gt=0, lt=1, description="of a TIFF folder")
+    n2v_mask_fraction: float = Field(0.02, gt=0, le=0.25)
+    train_diameter_px: float = Field(20.0, gt=0)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    config: TrainConfig
+    model: Model
+    network: UNet
+    history: list[dict[str, float]] = field(default_factory=list)
+    per_image: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------ losses
+
+
+def _loss_fn(method: Method) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    # Restoration losses average the log of each patch's MSE, i.e. maximise the
+    # mean PSNR: a plain MSE lets the noisiest patches (largest errors in
+    # normalised units) drown out the cleaner ones.
+    if method == "care":
+
+        def care_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            mse = ((out - y) ** 2).mean(dim=(1, 2, 3))
+            return torch.log10(mse + 1e-6).mean() * 10.0
+
+        return care_loss
+    if method == "n2v":
+
+        def n2v_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            target, mask = y[:, :1], y[:, 1:]
+            se = ((out - target) ** 2 * mask).sum(dim=(1, 2, 3))
+            mse = se / mask.sum(dim=(1, 2, 3)).clamp_min(1.0)
+            return torch.log10(mse + 1e-6).mean() * 10.0
+
+        return n2v_loss
+
+    def seg_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        bce = nn.functional.binary_cross_entropy_with_logits
+        return bce(out[:, :1], y[:, :1]) + 2.0 * bce(out[:, 1:], y[:, 1:])
+
+    return seg_loss
+
+
+# ---------------------------------------------------------------- the loop
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """Endless batches from a sampler, seeded per worker."""
+
+    def __init__(self, sampler: Any, batch_size: int, seed: int) -> None:
+        self.sampler, self.batch_size, self.seed = sampler, batch_size, seed
+
+    def __iter__(self):  # type: ignore[override]
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.seed, 0 if info is None else info.id, 0xB47C])
+        while True:
+            x, y = self.sampler.batch(self.batch_size, rng)
+            yield torch.from_numpy(x), torch.from_numpy(y)
+
+
+def fit(
+    network: nn.Module,
+    sampler: Any,
+    config: TrainConfig,
+    *,
+    val_batch: tuple[np.ndarray, np.ndarray],
+    checkpoint_dir: Path | None = None,
+    progress: Callable[[int, dict[str, float]], None] | None = None,
+) -> list[dict[str, float]]:
+    """Train ``network`` in place on batches from ``sampler``.
+
+    The weights with the lowest validation loss are loaded back at the end.
+
+    Returns
+    -------
+    history : one dict per validation (step, train_loss, val_loss, lr, seconds)
+    """
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    loss_fn = _loss_fn(config.method)
+    opt = torch.optim.AdamW(
+        network.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1
+    )
+    loader = torch.utils.data.DataLoader(
+        _Stream(sampler, config.batch_size, config.seed),
+        batch_size=None,
+        num_workers=config.workers,
+        prefetch_factor=4 if config.workers else None,
+        persistent_workers=False,
+    )
+    vx, vy = (torch.from_numpy(a) for a in val_batch)
+    history: list[dict[str, float]] = []
+    best = (float("inf"), None)
+    running, n_run = 0.0, 0
+    t0 = time.perf_counter()
+    it = iter(loader)
+    for step in range(1, config.steps + 1):
+        network.train()
+        x, y = next(it)
+        loss = loss_fn(network(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        running += float(loss.detach())
+        n_run += 1
+        if step % config.val_every == 0 or step == config.steps:
+            network.eval()
+            with torch.inference_mode():
+                val = float(
+                    np.mean(
+                        [
+                            float(loss_fn(network(vx[i : i + 16]), vy[i : i + 16]))
+                            for i in range(0, len(vx), 16)
+                        ]
+                    )
+                )
+            rec = {
+                "step": step,
+                "train_loss": running / n_run,
+                "val_loss": val,
+                "lr": float(sched.get_last_lr()[0]),
+                "seconds": time.perf_counter() - t0,
+            }
+            history.append(rec)
+            running, n_run = 0.0, 0
+            if val < best[0]:
+                best = (
+                    val,
+                    {k: v.detach().clone() for k, v in network.state_dict().items()},
+                )
+            if checkpoint_dir is not None:
+                checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                torch.save(
+                    {
+                        "step": step,
+                        "model": network.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "history": history,
+                    },
+                    checkpoint_dir / "last.pt",
+                )
+            if progress is not None:
+                progress(step, rec)
+        elif progress is not None and step % 10 == 0:
+            progress(step, {})
+    del it, loader
+    if best[1] is not None:
+        network.load_state_dict(best[1])
+    network.eval()
+    return history
+
+
+# ------------------------------------------------------------------ data
+
+
+def _tiffs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff"))
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    from smartscope.nn.errors import ModelError
+
+    try:
+        a = tifffile.imread(path)
+    except Exception as e:
+        raise ModelError(f"cannot read training image: {e}", path=path) from e
+    a = np.squeeze(a)
+    if a.ndim != 2:
+        raise ModelError(f"expected a 2D image, got shape {a.shape}", path=path)
+    return a
+
+
+def _folder_pairs(
+    folder: Path, sub_a: str, sub_b: str
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Files with the same name in ``folder/sub_a`` and ``folder/sub_b``."""
+    from smartscope.nn.errors import ModelError
+
+    da, db = folder / sub_a, folder / sub_b
+    if not da.is_dir() or not db.is_dir():
+        raise ModelError(
+            f"expected sub-folders {sub_a!r} and {sub_b!r} holding TIFFs with matching "
+            "names",
+            path=folder,
+        )
+    out = []
+    for pa in _tiffs(da):
+        pb = db / pa.name
+        if not pb.is_file():
+            raise ModelError(f"no matching file in {db}", path=pa)
+        a, b = _read_tiff(pa), _read_tiff(pb)
+        if a.shape != b.shape:
+            raise ModelError(f"shape {a.shape} differs from {pb}'s {b.shape}", path=pa)
+        out.append((a, b))
+    if not out:
+        raise ModelError(f"no .tif files in {da}", path=folder)
+    return out
+
+
+def _split(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(items))
+    n_val = max(1, round(len(items) * fraction)) if len(items) > 1 else 0
+    val = [items[i] for i in idx[:n_val]]
+    train = [items[i] for i in idx[n_val:]] or val
+    return train, val or train
+
+
+def _data(config: TrainConfig) -> tuple[list, list, str]:
+    """(train items, validation items, description) for the method.
+
+    CARE: (noisy, clean) pairs; N2V: (noisy, clean or None) pairs (only noisy is
+    trained on); segment: (image, labels) for training and (noisy image,
+    labels) for validation.
+    """
+    m, seed = config.method, config.seed
+    if config.data_dir is not None:
+        folder = Path(config.data_dir)
+        if m == "care":
+            pairs = _folder_pairs(folder, "low", "high")
+            desc = f"user TIFF pairs from {folder} (low/ and high/)"
+        elif m == "n2v":
+            pairs = [(_read_tiff(p), None) for p in _tiffs(folder)]
+            if not pairs:
+                from smartscope.nn.errors import ModelError
+
+                raise ModelError("no .tif files to train Noise2Void on", path=folder)
+            desc = f"user TIFFs from {folder}"
+        else:
+            pairs = _folder_pairs(folder, "images", "masks")
+            desc = f"user image/mask TIFFs from {folder} (images/ and masks/)"
+        train, val = _split(pairs, config.val_fraction, seed)
+        return train, val, desc
+    if m in ("care", "n2v"):
+        tr = simulate_frames(config.train_fields, DENOISE_SPEC, seed=seed + 1)
+        va = simulate_frames(config.val_fields, DENOISE_SPEC, seed=seed + 100_001)
+        desc = (
+            f"{config.train_fields} simulated low-dose fields (smartscope.nn.train."
+            f"DENOISE_SPEC: {_spec_text(DENOISE_SPEC)}), "
+            + (
+                "noisy snap vs noise-free expected_adu"
+                if m == "care"
+                else "noisy snaps only (no clean targets used)"
+            )
+        )
+        return (
+            [(f.image, f.clean) for f in tr],
+            [(f.image, f.clean) for f in va],
+            desc,
+        )
+    tr = simulate_frames(config.train_fields, SEGMENT_SPEC, seed=seed + 1)
+    va = simulate_frames(config.val_fields, SEGMENT_VAL_SPEC, seed=seed + 100_001)
+    desc = (
+        f"{config.train_fields} simulated fields (smartscope.nn.train.SEGMENT_SPEC: "
+        f"{_spec_text(SEGMENT_SPEC)}); noise-free images rescaled to nucleus diameters "
+        "8-48 px with rotation, shear, elastic deformation, per-nucleus brightness, "
+        "texture, blur, background gradients/haze, gamma, Poisson+Gaussian noise at "
+        "10-5000 photons peak and 8/12-bit quantisation"
+    )
+    return (
+        [(f.clean - f.offset_adu, f.labels) for f in tr],
+        [(f.image, f.labels) for f in va],
+        desc,
+    )
+
+
+def _spec_text(spec: SimDataSpec) -> str:
+    d = spec.model_dump()
+    keys = (
+        "min_nuclei",
+        "size_px",
+        "objectives",
+        "channels",
+        "power_mw",
+        "exposure_ms",
+        "density_per_mm2",
+        "radius_um_mean",
+        "defocus_um",
+    )
+    return ", ".join(f"{k}={d[k]}" for k in keys)
+
+
+def _sampler(config: TrainConfig, items: Sequence, *, real: bool) -> Any:
+    if config.method == "care":
+        return PairSampler(
+            items, patch_px=config.patch_px, noise_jitter=0.02, same_units=not real
+        )
+    if config.method == "n2v":
+        return N2VSampler(
+            [a for a, _ in items],
+            patch_px=config.patch_px,
+            mask_fraction=config.n2v_mask_fraction,
+        )
+    aug = SegAugment(synthetic_noise=not real)
+    return SegmentationSampler(items, patch_px=config.patch_px, aug=aug)
+
+
+def _val_sampler(config: TrainConfig, val_items: Sequence) -> Any:
+    if config.method == "segment":
+        # validation crops keep the frames' own noise and scale (no synthetic noise)
+        return SegmentationSampler(
+            val_items,
+            patch_px=config.patch_px,
+            aug=SegAugment(
+                synthetic_noise=False,
+                diameter_px=(12.0, 30.0),
+                p_8bit=0.0,
+                blur_px=(0.0, 0.0),
+                haze=(0.0, 0.0),
+                gradient=(0.0, 0.0),
+                background=(0.0, 0.0),
+                gamma=(1.0, 1.0),
+                elastic_px=0.0,
+                cell_brightness_sd=(0.0, 0.0),
+                texture=(0.0, 0.0),
+            ),
+        )
+    return _sampler(config, val_items, real=config.data_dir is not None)
+
+
+# ------------------------------------------------------------------- train
+
+
+def _card(config: TrainConfig, unet: UNetConfig, desc: str, command: str) -> ModelCard:
+    method_name = {"care": "care", "n2v": "n2v", "segment": "distance-watershed"}
+    return ModelCard(
+        kind="segment" if config.method == "segment" else "denoise",
+        method=method_name[config.method],
+        unet=unet,
+        normalization=Normalization(),
+        postprocess=Postprocess() if config.method == "segment" else None,
+        pixel_size_um=None,
+        train_diameter_px=config.train_diameter_px
+        if config.method == "segment"
+        else None,
+        # the blind-spot network's outputs vary between rotations: averaging
+        # them is worth about 2 dB (docs/models.md)
+        test_time_augmentation=config.method == "n2v",
+        training={
+            "data": desc,
+            "command": command,
+            "seed": config.seed,
+            "steps": config.steps,
+            "batch_size": config.batch_size,
+            "patch_px": config.patch_px,
+            **_scale_info(config),
+            "config": config.model_dump(mode="json"),
+        },
+    )
+
+
+def _scale_info(config: TrainConfig) -> dict[str, Any]:
+    """Pixel and object sizes the model saw in training (for the card)."""
+    if config.data_dir is not None:
+        return {
+            "pixel_size_um": "as in the user's TIFFs",
+            "object_diameter_px": "as in the user's TIFFs",
+        }
+    spec = SEGMENT_SPEC if config.method == "segment" else DENOISE_SPEC
+    pixels = sorted(round(6.5 / float(o.rstrip("x")), 4) for o in spec.objectives)
+    if config.method == "segment":
+        lo, hi = SegAugment().diameter_px
+        objects = (
+            f"{lo:g}-{hi:g} px (each crop rescaled to a random diameter, log-uniform); "
+            f"diameter_px rescales inputs to {config.train_diameter_px:g} px"
+        )
+    else:
+        objects = "nuclei of radius 4-8 µm: about 12-50 px across at these pixel sizes"
+    return {"pixel_size_um": pixels, "object_diameter_px": objects}
+
+
+def train(
+    config: TrainConfig,
+    *,
+    command: str = "",
+    checkpoint_dir: Path | None = None,
+    progress: Callable[[str, int, int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Make the data, train, tune post-processing, score on validation frames.
+
+    Parameters
+    ----------
+    command : the command line that reproduces this run (recorded in the card)
+    progress : called as ``progress(phase, done, total, info)``
+
+    Returns
+    -------
+    TrainResult with the trained model, loss history and validation scores
+    """
+    from smartscope.nn import evaluate
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(config.threads)
+    if progress:
+        progress("data", 0, 1, {})
+    train_items, val_items, desc = _data(config)
+    real = config.data_dir is not None
+    sampler = _sampler(config, train_items, real=real)
+    val_batch = _val_sampler(config, val_items).batch(
+        config.val_patches, np.random.default_rng([config.seed, 0x7A1])
+    )
+    unet = UNetConfig(
+        in_channels=1,
+        out_channels=2 if config.method == "segment" else 1,
+        depth=config.depth,
+        base_channels=config.base_channels,
+        residual=config.method == "care",
+        pixel_unshuffle=config.pixel_unshuffle,
+    )
+    torch.manual_seed(config.seed)
+    net = UNet(unet)
+    history = fit(
+        net,
+        sampler,
+        config,
+        val_batch=val_batch,
+        checkpoint_dir=checkpoint_dir,
+        progress=(lambda s, r: progress("train", s, config.steps, r))
+        if progress
+        else None,
+    )
+    card = _card(config, unet, desc, command)
+    if progress:
+        progress("validate", 0, 1, {})
+    # a copy for scoring: the Predictor fuses batch norm into the convolutions
+    scoring = UNet(unet)
+    scoring.load_state_dict(net.state_dict())
+    model = build_model(scoring, card, name=config.method, device="cpu")
+    if config.method == "segment":
+        post, tuning = evaluate.tune_postprocess(model, val_items)
+        card = card.model_copy(update={"postprocess": post})
+        model.card = card
+        per_image, metrics = evaluate.score_segmenter(model, val_items)
+        metrics["postprocess_tuning"] = tuning
+    else:
+        has_truth = all(b is not None for _, b in val_items)
+        per_image, metrics = (
+            evaluate.score_denoiser(model, val_items) if has_truth else ([], {})
+        )
+    metrics["validation_data"] = f"{len(val_items)} held-out " + (
+        "TIFFs" if real else "simulated frames (other seeds)"
+    )
+    card = card.model_copy(update={"validation": metrics})
+    model.card = card
+    return TrainResult(
+        config=config,
+        model=model,
+        network=net,
+        history=history,
+        per_image=per_image,
+        metrics=metrics,
+        seconds=time.perf_counter() - t0,
+    )

@@ -1,0 +1,84 @@
+"""bioimage.io export: package contents, and loading the package back by path."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+torch = pytest.importorskip("torch")
+
+from smartscope.nn import ModelError, export_model, load_model  # noqa: E402
+from smartscope.nn.card import ModelCard, Postprocess  # noqa: E402
+from smartscope.nn.model import save_model  # noqa: E402
+from smartscope.nn.unet import UNet, UNetConfig  # noqa: E402
+
+
+@pytest.fixture
+def seg_dir(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    unet = UNetConfig(depth=2, base_channels=8, pixel_unshuffle=2, out_channels=2)
+    card = ModelCard(
+        kind="segment",
+        method="distance-watershed",
+        unet=unet,
+        postprocess=Postprocess(),
+        train_diameter_px=20.0,
+        training={"command": "smartscope train segment"},
+    )
+    return save_model(
+        UNet(unet), card, tmp_path / "seg", name="seg", description="test"
+    )
+
+
+def test_export_zip_round_trip(seg_dir, tmp_path):
+    model = load_model(seg_dir, device="cpu")
+    pkg = export_model(model, tmp_path / "seg.zip")
+    names = set(zipfile.ZipFile(pkg).namelist())
+    assert {
+        "rdf.yaml",
+        "weights.pt",
+        "weights_torchscript.pt",
+        "test_input.npy",
+        "test_output.npy",
+        "README.md",
+    } <= names
+    back = load_model(pkg, device="cpu")
+    img = np.random.default_rng(0).random((80, 96)).astype(np.float32)
+    np.testing.assert_array_equal(back.predict(img), model.predict(img))
+
+
+def test_torchscript_only_package_reproduces_test_output(seg_dir, tmp_path):
+    folder = export_model(load_model(seg_dir, device="cpu"), tmp_path / "pkg")
+    rdf = yaml.safe_load((folder / "rdf.yaml").read_text())
+    del rdf["weights"]["pytorch_state_dict"]
+    (folder / "rdf.yaml").write_text(yaml.safe_dump(rdf))
+    (folder / "weights.pt").unlink()
+    model = load_model(folder, device="cpu")
+    x = np.load(folder / "test_input.npy")
+    y = np.load(folder / "test_output.npy")
+    np.testing.assert_allclose(model.predictor.run(x[0, 0])[None], y, atol=1e-4)
+
+
+def test_bad_package_is_refused(tmp_path):
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"PK not really a zip")
+    with pytest.raises(ModelError, match=r"bad\.zip.*not a valid \.zip"):
+        load_model(bad)
+
+
+def test_export_command_writes_a_loadable_package(seg_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from smartscope.nn.cli import train_app
+
+    out = tmp_path / "cli.zip"
+    res = CliRunner().invoke(train_app, ["export", str(seg_dir), str(out)])
+    assert res.exit_code == 0, res.output
+    assert load_model(out, device="cpu").kind == "segment"
+    res = CliRunner().invoke(train_app, ["export", str(tmp_path / "nope"), str(out)])
+    assert res.exit_code == 1
+    assert "no model named" in res.output

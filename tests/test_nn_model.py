@@ -1,0 +1,145 @@
+"""load_model / Model.predict: shapes, dtypes, units, tiling, rescaling, bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+torch = pytest.importorskip("torch")
+
+from smartscope.errors import SmartscopeError  # noqa: E402
+from smartscope.nn import ModelError, load_model  # noqa: E402
+from smartscope.nn.card import ModelCard, Postprocess  # noqa: E402
+from smartscope.nn.model import available_models, save_model  # noqa: E402
+from smartscope.nn.unet import UNet, UNetConfig  # noqa: E402
+
+
+def _tiny(folder: Path, kind: str) -> Path:
+    torch.manual_seed(0)
+    unet = UNetConfig(
+        depth=2,
+        base_channels=8,
+        pixel_unshuffle=2,
+        out_channels=1 if kind == "denoise" else 2,
+        residual=kind == "denoise",
+    )
+    card = ModelCard(
+        kind=kind,
+        method="care" if kind == "denoise" else "distance-watershed",
+        unet=unet,
+        postprocess=Postprocess() if kind == "segment" else None,
+        train_diameter_px=20.0 if kind == "segment" else None,
+    )
+    return save_model(UNet(unet), card, folder, name=f"tiny-{kind}", description="test")
+
+
+@pytest.fixture
+def denoiser_dir(tmp_path: Path) -> Path:
+    return _tiny(tmp_path / "den", "denoise")
+
+
+@pytest.fixture
+def segmenter_dir(tmp_path: Path) -> Path:
+    return _tiny(tmp_path / "seg", "segment")
+
+
+@pytest.mark.parametrize("shape", [(50, 70), (256, 256), (700, 300)])
+def test_denoiser_output_shape_dtype_and_units(denoiser_dir, shape):
+    model = load_model(denoiser_dir, device="cpu", tile_px=256)
+    rng = np.random.default_rng(0)
+    img = (rng.poisson(50, shape) + 100).astype(np.uint16)
+    out = model.predict(img)
+    assert out.shape == shape
+    assert out.dtype == np.float32
+    # an untrained residual network is the identity: output stays in ADU
+    np.testing.assert_allclose(out, img, atol=1e-2)
+
+
+def test_tiled_prediction_matches_whole_frame(segmenter_dir):
+    rng = np.random.default_rng(1)
+    img = rng.random((300, 280)).astype(np.float32)
+    whole = load_model(segmenter_dir, device="cpu", tile_px=512)
+    tiled = load_model(segmenter_dir, device="cpu", tile_px=128)
+    fw, _dw = whole.maps(img)
+    ft, _dt = tiled.maps(img)
+    # tiles keep their centres; differences only where the receptive field is cut
+    assert np.mean(np.abs(fw - ft)) < 0.02
+
+
+def test_segmenter_returns_int32_labels_and_rescales(segmenter_dir):
+    model = load_model(segmenter_dir, device="cpu")
+    img = np.random.default_rng(2).random((96, 128)).astype(np.float32)
+    for d in (None, 10.0, 40.0):
+        lab = model.predict(img, diameter_px=d)
+        assert lab.shape == img.shape
+        assert lab.dtype == np.int32
+        assert lab.min() >= 0
+    with pytest.raises(ValueError, match="diameter_px"):
+        model.predict(img, diameter_px=-3)
+
+
+def test_predictor_warm_up_and_device(denoiser_dir):
+    model = load_model(denoiser_dir, device="auto", warm_up=True)
+    assert model.predictor.device.type in ("cpu", "cuda")
+    assert "denoise" in repr(model) or model.kind == "denoise"
+
+
+def test_unknown_name_lists_shipped_models():
+    with pytest.raises(ModelError, match="no model named") as e:
+        load_model("no-such-model")
+    assert isinstance(e.value, SmartscopeError)
+
+
+def test_corrupt_weights_are_refused_with_the_file_named(denoiser_dir):
+    w = denoiser_dir / "weights.pt"
+    w.write_bytes(b"not a torch file" * 10)
+    with pytest.raises(ModelError, match="corrupt") as e:
+        load_model(denoiser_dir)
+    assert "weights.pt" in str(e.value)
+    # without the checksum the loader still refuses, naming the file
+    rdf = yaml.safe_load((denoiser_dir / "rdf.yaml").read_text())
+    del rdf["weights"]["pytorch_state_dict"]["sha256"]
+    (denoiser_dir / "rdf.yaml").write_text(yaml.safe_dump(rdf))
+    with pytest.raises(ModelError, match=r"weights\.pt.*cannot read weights"):
+        load_model(denoiser_dir)
+
+
+def test_mismatched_architecture_is_refused(denoiser_dir):
+    rdf = yaml.safe_load((denoiser_dir / "rdf.yaml").read_text())
+    rdf["config"]["smartscope"]["unet"]["base_channels"] = 16
+    del rdf["weights"]["pytorch_state_dict"]["sha256"]
+    (denoiser_dir / "rdf.yaml").write_text(yaml.safe_dump(rdf))
+    with pytest.raises(ModelError, match="do not match the architecture"):
+        load_model(denoiser_dir)
+
+
+def test_bad_card_field_is_named(denoiser_dir):
+    rdf_path = denoiser_dir / "rdf.yaml"
+    rdf = yaml.safe_load(rdf_path.read_text())
+    rdf["config"]["smartscope"]["kind"] = "classify"
+    rdf_path.write_text(yaml.safe_dump(rdf))
+    with pytest.raises(ModelError, match=r"rdf\.yaml.*config\.smartscope\.kind"):
+        load_model(rdf_path)
+    rdf_path.write_text("type: model\n  bad: [indent")
+    with pytest.raises(ModelError, match="not valid YAML"):
+        load_model(denoiser_dir)
+
+
+def test_shipped_models_load_and_predict():
+    names = available_models()
+    for name in ("nuclei-seg", "denoise-care", "denoise-n2v"):
+        if name not in names:
+            pytest.skip(f"{name} not shipped in this checkout")
+    img = np.random.default_rng(3).poisson(20, (128, 160)).astype(np.uint16) + 100
+    for name in ("denoise-care", "denoise-n2v"):
+        out = load_model(name, device="cpu").predict(img)
+        assert out.shape == img.shape
+        assert out.dtype == np.float32
+    lab = load_model("nuclei-seg", device="cpu").predict(img)
+    assert lab.dtype == np.int32
+    for name in names:
+        size = sum(f.stat().st_size for f in (Path(load_model(name).path)).glob("*"))
+        assert size <= 5 * 1024 * 1024

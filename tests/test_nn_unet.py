@@ -1,0 +1,93 @@
+"""The U-Net, augmentation and training targets: shapes, identity start, seeding."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from smartscope.nn import augment  # noqa: E402
+from smartscope.nn.instances import distance_targets, labels_from_maps  # noqa: E402
+from smartscope.nn.unet import UNet, UNetConfig  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("depth", "unshuffle", "out"), [(1, 1, 1), (2, 2, 2), (3, 2, 1), (3, 1, 2)]
+)
+def test_unet_shapes(depth, unshuffle, out):
+    cfg = UNetConfig(
+        depth=depth, base_channels=8, pixel_unshuffle=unshuffle, out_channels=out
+    )
+    net = UNet(cfg).eval()
+    m = cfg.size_multiple
+    x = torch.randn(2, 1, 3 * m, 2 * m)
+    with torch.inference_mode():
+        y = net(x)
+    assert y.shape == (2, out, 3 * m, 2 * m)
+    assert y.dtype == torch.float32
+
+
+def test_residual_unet_starts_as_identity():
+    net = UNet(UNetConfig(depth=2, base_channels=8, residual=True)).eval()
+    x = torch.randn(1, 1, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(net(x), x)
+
+
+def test_config_refuses_bad_residual():
+    with pytest.raises(ValueError, match="residual"):
+        UNetConfig(residual=True, out_channels=2)
+
+
+def test_import_smartscope_does_not_import_torch():
+    code = (
+        "import sys, smartscope, smartscope.nn, smartscope.metrics; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
+
+
+def test_augmentation_is_seeded_and_keeps_labels_aligned():
+    img = np.zeros((64, 64), np.float32)
+    lab = np.zeros((64, 64), np.int32)
+    lab[10:30, 10:30] = 1
+    lab[35:55, 30:50] = 2
+    img[lab > 0] = 1.0
+    outs = [
+        augment.warp(img, lab, np.random.default_rng(5), out_shape=(48, 48), zoom=1.2)
+        for _ in range(2)
+    ]
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    w_img, w_lab = outs[0]
+    assert w_lab is not None
+    assert set(np.unique(w_lab)) <= {0, 1, 2}
+    # image and labels moved together: labelled pixels are the bright ones
+    assert w_img[w_lab > 0].mean() > 0.9
+    assert w_img[w_lab == 0].mean() < 0.1
+    r1 = augment.rot90_flip([img, lab], np.random.default_rng(1))
+    assert (r1[0] > 0).sum() == (img > 0).sum()
+    noisy = augment.add_poisson_gaussian(
+        img * 100, np.random.default_rng(0), photons_per_unit=1.0, read_sd_photons=1.0
+    )
+    assert abs(noisy[lab > 0].mean() - 100) < 2
+
+
+def test_distance_targets_split_touching_nuclei():
+    lab = np.zeros((30, 50), np.int32)
+    lab[5:25, 5:25] = 1
+    lab[5:25, 25:45] = 2  # touching along a column
+    fg, dist = distance_targets(lab)
+    assert fg.sum() == (lab > 0).sum()
+    assert dist.max() == pytest.approx(1.0)
+    assert dist[15, 24] < 0.2
+    assert dist[15, 25] < 0.2
+    out = labels_from_maps(fg, dist)
+    assert out.max() == 2
+    assert out.dtype == np.int32
