@@ -190,7 +190,7 @@ class SegAugment(BaseModel):
         (8.0, 48.0), description="nucleus diameters drawn"
     )
     shear: float = 0.15
-    elastic_px: float = 3.0
+    elastic_px: float = 1.5
     cell_brightness_sd: tuple[float, float] = (0.0, 0.6)
     texture: tuple[float, float] = (0.0, 0.4)
     blur_px: tuple[float, float] = (0.0, 2.0)
