@@ -125,113 +125,6 @@ def _root(
 # ----------------------------------------------------------------- commands
 
 
-@app.command("sim-demo")
-def sim_demo(
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            show_default=False,
-            help="Run folder to write. \\[default: ./runs/demo-YYYYmmdd-HHMMSS]",
-        ),
-    ] = None,
-    seed: Annotated[
-        int, typer.Option(help="Sample seed: same seed, same cells and noise.")
-    ] = 1,
-    time_points: Annotated[
-        int,
-        typer.Option(
-            "--time-points", "--frames", min=1, help="Time points per position."
-        ),
-    ] = 6,
-    interval_s: Annotated[
-        float,
-        typer.Option(
-            "--interval-s",
-            min=0.0,
-            help="Time-lapse interval, seconds of (virtual) sample time.",
-        ),
-    ] = 300.0,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config",
-            show_default=False,
-            help="Micro-Manager .cfg with the simulator's devices. "
-            "\\[default: simulators/demo.cfg]",
-        ),
-    ] = None,
-) -> None:
-    """Image the simulated sample: OME-Zarr, a contact sheet and the truth.
-
-    A short time-lapse on the simulator in virtual time (seconds of wall time):
-    3 stage positions, DAPI + GFP, a plain pymmcore-plus MDA. Writes the
-    frames as OME-Zarr, a PNG contact sheet (DAPI) with the ground-truth
-    nucleus outlines, and the simulator's truth as CSV.
-    """
-    from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    from smartscope.demo import run_demo
-
-    err = _console(stderr=True)
-    with (
-        _reported_errors(),
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            console=err,
-            transient=True,
-            disable=not err.is_terminal,
-        ) as progress,
-    ):
-        task = progress.add_task("acquiring", total=None)
-
-        def on_frame(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        result = run_demo(
-            out,
-            seed=seed,
-            time_points=time_points,
-            interval_s=interval_s,
-            config=config,
-            progress=on_frame,
-        )
-
-    out_dir = result.out_dir.resolve()
-    console = _console()
-    console.print(
-        f"[bold green]smartscope demo[/]: {result.n_frames} frames "
-        f"({result.n_positions} positions × {result.n_time_points} time points × "
-        f"{result.n_channels} channels) in {result.wall_s:.1f} s, "
-        f"{result.sim_time_s / 60:.1f} min of sample time, "
-        f"{result.n_cells_seen} nuclei seen"
-    )
-    console.print(f"  run folder     [bold]{escape(str(out_dir))}[/]")
-    zarr_size = _human_size(_size_on_disk(result.zarr_path))
-    rows = (
-        (
-            "images",
-            result.zarr_path,
-            f"OME-Zarr, {result.pixel_size_um:g} µm/px, {zarr_size}",
-        ),
-        ("contact sheet", result.contact_sheet_path, "DAPI, ground-truth outlines"),
-        ("truth", result.cells_csv_path, "every nucleus in every frame"),
-        (
-            "frame index",
-            result.frames_csv_path,
-            "position, time point, channel per frame",
-        ),
-    )
-    for label, path, note in rows:
-        console.print(
-            f"  {label:<14} {escape(str(path.resolve()))}  [dim]({escape(note)})[/]"
-        )
-
-
 def _print_summary(out_dir: Path, summary: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -352,6 +245,113 @@ def demo(
     _print_summary(out_dir, summary)
     if summary.get("interrupted"):
         raise typer.Exit(130)
+
+
+@app.command("sim-demo")
+def sim_demo(
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            show_default=False,
+            help="Run folder to write. \\[default: ./runs/demo-YYYYmmdd-HHMMSS]",
+        ),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(help="Sample seed: same seed, same cells and noise.")
+    ] = 1,
+    time_points: Annotated[
+        int,
+        typer.Option(
+            "--time-points", "--frames", min=1, help="Time points per position."
+        ),
+    ] = 6,
+    interval_s: Annotated[
+        float,
+        typer.Option(
+            "--interval-s",
+            min=0.0,
+            help="Time-lapse interval, seconds of (virtual) sample time.",
+        ),
+    ] = 300.0,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            show_default=False,
+            help="Micro-Manager .cfg with the simulator's devices. "
+            "\\[default: simulators/demo.cfg]",
+        ),
+    ] = None,
+) -> None:
+    """Image the simulated sample: OME-Zarr, a contact sheet and the truth.
+
+    A short time-lapse on the simulator in virtual time (seconds of wall time):
+    3 stage positions, DAPI + GFP, a plain pymmcore-plus MDA. Writes the
+    frames as OME-Zarr, a PNG contact sheet (DAPI) with the ground-truth
+    nucleus outlines, and the simulator's truth as CSV.
+    """
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from smartscope.demo import run_demo
+
+    err = _console(stderr=True)
+    with (
+        _reported_errors(),
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,
+        ) as progress,
+    ):
+        task = progress.add_task("acquiring", total=None)
+
+        def on_frame(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        result = run_demo(
+            out,
+            seed=seed,
+            time_points=time_points,
+            interval_s=interval_s,
+            config=config,
+            progress=on_frame,
+        )
+
+    out_dir = result.out_dir.resolve()
+    console = _console()
+    console.print(
+        f"[bold green]smartscope demo[/]: {result.n_frames} frames "
+        f"({result.n_positions} positions × {result.n_time_points} time points × "
+        f"{result.n_channels} channels) in {result.wall_s:.1f} s, "
+        f"{result.sim_time_s / 60:.1f} min of sample time, "
+        f"{result.n_cells_seen} nuclei seen"
+    )
+    console.print(f"  run folder     [bold]{escape(str(out_dir))}[/]")
+    zarr_size = _human_size(_size_on_disk(result.zarr_path))
+    rows = (
+        (
+            "images",
+            result.zarr_path,
+            f"OME-Zarr, {result.pixel_size_um:g} µm/px, {zarr_size}",
+        ),
+        ("contact sheet", result.contact_sheet_path, "DAPI, ground-truth outlines"),
+        ("truth", result.cells_csv_path, "every nucleus in every frame"),
+        (
+            "frame index",
+            result.frames_csv_path,
+            "position, time point, channel per frame",
+        ),
+    )
+    for label, path, note in rows:
+        console.print(
+            f"  {label:<14} {escape(str(path.resolve()))}  [dim]({escape(note)})[/]"
+        )
 
 
 @app.command()
