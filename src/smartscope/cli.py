@@ -125,6 +125,18 @@ def _root(
 # ----------------------------------------------------------------- commands
 
 
+#: ``--out`` of the commands that create a run folder
+RunDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        "-o",
+        show_default=False,
+        help="Run folder to create. \\[default: ./runs/NAME-YYYYmmdd-HHMMSS]",
+    ),
+]
+
+
 def _print_summary(out_dir: Path, summary: dict[str, Any]) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -177,15 +189,7 @@ def run(
             help="Micro-Manager .cfg. \\[default: the protocol's, else the simulator]",
         ),
     ] = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            show_default=False,
-            help="Run folder to create. \\[default: ./runs/NAME-YYYYmmdd-HHMMSS]",
-        ),
-    ] = None,
+    out: RunDirOption = None,
     device: Annotated[
         str, typer.Option("--device", help="Where models run: auto, cpu or cuda.")
     ] = "auto",
@@ -220,15 +224,7 @@ def run(
 
 @app.command()
 def demo(
-    out: Annotated[
-        Path | None,
-        typer.Option(
-            "--out",
-            "-o",
-            show_default=False,
-            help="Run folder to create. \\[default: ./runs/NAME-YYYYmmdd-HHMMSS]",
-        ),
-    ] = None,
+    out: RunDirOption = None,
 ) -> None:
     """The reactive demo: follow a migrating nucleus with adaptive exposure.
 
