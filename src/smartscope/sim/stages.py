@@ -8,13 +8,30 @@ A move outside the travel range is refused with an error and does not happen.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from pymmcore_plus.core._constants import FocusDirection
 from pymmcore_plus.experimental.unicore import StageDevice, XYStageDevice, pymm_property
 
 from smartscope.sim._link import SimLinked
 
+if TYPE_CHECKING:
+    from smartscope.sim.simulator import Simulator
+
 __all__ = ["SimXYStage", "SimZStage"]
+
+
+def _take_time(
+    sim: Simulator, dist_um: float, speed_um_per_s: float, settle_s: float
+) -> float:
+    """Let a move of ``dist_um`` take its time; return when it is done (sample
+    clock). In virtual time the clock advances now; in realtime the stage
+    reports busy until then."""
+    duration = dist_um / speed_um_per_s + (settle_s if dist_um > 0 else 0.0)
+    if sim.clock.mode == "virtual":
+        sim.advance(duration)
+        return 0.0
+    return sim.clock.now() + duration
 
 
 class SimXYStage(SimLinked, XYStageDevice):
@@ -74,11 +91,7 @@ class SimXYStage(SimLinked, XYStageDevice):
             sim._sync()
             dist = max(abs(px - self._x), abs(py - self._y))
             self._x, self._y = px, py
-        duration = dist / self.speed_um_per_s + (self.settle_s if dist > 0 else 0.0)
-        if sim.clock.mode == "virtual":
-            sim.advance(duration)
-        else:
-            self._busy_until = sim.clock.now() + duration
+        self._busy_until = _take_time(sim, dist, self.speed_um_per_s, self.settle_s)
 
     def busy(self) -> bool:
         return self.sim.clock.now() < self._busy_until
@@ -133,11 +146,7 @@ class SimZStage(SimLinked, StageDevice):
         sim._check_stage_fault("Z")
         dist = abs(pz - self._z)
         self._z = pz
-        duration = dist / self.speed_um_per_s + (self.settle_s if dist > 0 else 0.0)
-        if sim.clock.mode == "virtual":
-            sim.advance(duration)
-        else:
-            self._busy_until = sim.clock.now() + duration
+        self._busy_until = _take_time(sim, dist, self.speed_um_per_s, self.settle_s)
 
     def busy(self) -> bool:
         return self.sim.clock.now() < self._busy_until
