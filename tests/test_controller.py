@@ -17,7 +17,14 @@ import pytest
 import zarr
 
 from smartscope._data import data_dir
-from smartscope.actions import Action, Autofocus, MoveStage, SetLaserPower
+from smartscope.actions import (
+    Action,
+    AddPosition,
+    Autofocus,
+    MoveStage,
+    SetInterval,
+    SetLaserPower,
+)
 from smartscope.analysis.result import FrameResult
 from smartscope.controller import Controller
 from smartscope.errors import SmartscopeError
@@ -529,3 +536,70 @@ def test_autofocus_action_recovers_from_a_focus_jump(run_dir: Path) -> None:
     ]
     assert af
     assert af[0]["status"] == "applied"
+
+
+class _Replan(Reaction):
+    """On frame 2: add a position and halve the interval."""
+
+    name = "replan"
+
+    def react(self, result: FrameResult, run: RunView) -> Sequence[Action]:
+        f = result.frame
+        if f.frame_index != 2:
+            return ()
+        common = {
+            "source": self.name,
+            "frame_index": f.frame_index,
+            "t_frame": f.t_frame,
+        }
+        return (
+            AddPosition(x_um=150, y_um=-100, name="extra", **common),
+            SetInterval(interval_s=15, **common),
+        )
+
+
+def test_actions_change_the_plan_while_it_runs(run_dir: Path) -> None:
+    core = load_core()
+    try:
+        ctl = Controller(
+            core, _small_protocol(), out_dir=run_dir, reactions=[_Replan()]
+        )
+        summary = ctl.run()
+    finally:
+        release_core(core)
+    frames = [e for e in _events(run_dir) if e["kind"] == "frame"]
+    names = [f["position"] for f in frames]
+    assert "extra" in names
+    first_extra = names.index("extra")
+    assert first_extra >= 4  # from the next time point on
+    extra = [f for f in frames if f["position"] == "extra"]
+    assert extra[0]["x_um"] == pytest.approx(150)
+    assert extra[0]["y_um"] == pytest.approx(-100)
+    a_times = [f["t_s"] for f in frames if f["position"] == "a"]
+    gaps = np.diff(a_times)
+    assert gaps[0] == pytest.approx(30, abs=1)  # the protocol's interval
+    assert gaps[-1] == pytest.approx(15, abs=1)  # after SetInterval
+    assert summary["actions"]["AddPosition"] == {"applied": 1}
+    assert summary["actions"]["SetInterval"] == {"applied": 1}
+
+
+def test_realtime_run_keeps_the_intervals(run_dir: Path) -> None:
+    core = load_core()
+    try:
+        proto = _small_protocol(
+            time_mode="realtime",
+            sequence={
+                "channels": [{"config": "DAPI", "exposure": 10}],
+                "time_plan": {"interval": 0.3, "loops": 5},
+            },
+            reactions=[{"type": "center_on"}],
+        )
+        summary = Controller(core, proto, out_dir=run_dir).run()
+    finally:
+        release_core(core)
+    frames = [e for e in _events(run_dir) if e["kind"] == "frame"]
+    assert summary["frames_acquired"] == 5
+    assert summary["time_mode"] == "realtime"
+    gaps = np.diff([f["t_frame"] for f in frames])
+    assert np.all(gaps >= 0.25)
+    assert summary["frames_analysed"] == 5
