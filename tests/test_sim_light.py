@@ -197,3 +197,20 @@ def test_cells_report_dose_up_to_now_in_realtime(core, sim):
     fluence_now = max(lit)
     full = total_mj * 1e-3 / ((x1 - x0) * (y1 - y0) * 1e-8)
     assert 0.5 * full <= fluence_now <= full
+
+
+def test_light_during_a_virtual_wait_reaches_the_cells_before_the_next_frame(core, sim):
+    import useq
+
+    core.setAutoShutter(False)
+    core.setShutterOpen(True)  # the light stays on between frames
+    power = float(core.getProperty("Laser", "Power_mW"))
+    doses: list[float] = []
+    core.mda.events.frameReady.connect(
+        lambda *_: doses.append(max(c.dose for c in sim.truth().cells))
+    )
+    core.mda.run(useq.MDASequence(time_plan={"interval": 60, "loops": 2}))
+    core.setShutterOpen(False)
+    assert sim.light_dose_mj >= power * 60
+    # the second frame's nuclei already carry the minute of light of the wait
+    assert doses[1] >= doses[0] + 0.9 * sim.irradiance_w_cm2 * 60

@@ -193,7 +193,7 @@ class Simulator:
         if core is None:
             return
         if self.clock.mode == "virtual" and not self._runner_hooked:
-            virtual_time.install(core.mda, self.clock)
+            virtual_time.install(core.mda, self.clock, advance=self.advance)
             self._runner_hooked = True
         elif self.clock.mode == "realtime" and self._runner_hooked:
             virtual_time.uninstall(core.mda)

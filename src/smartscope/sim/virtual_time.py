@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 from pymmcore_plus.mda import MDARunner
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from useq import MDAEvent
 
     from smartscope.sim.clock import SimClock
@@ -30,6 +32,7 @@ __all__ = ["install", "is_installed", "uninstall"]
 _HOOKED = ("_reset_event_timer", "event_seconds_elapsed", "_wait_until_event")
 _CLOCK_ATTR = "_smartscope_clock"
 _VT0_ATTR = "_smartscope_vt0"
+_ADVANCE_ATTR = "_smartscope_advance"
 
 # fail loudly at import if pymmcore-plus changed the methods we hook
 for _name in _HOOKED:
@@ -67,13 +70,22 @@ def _wait_until_event(self: MDARunner, event: MDAEvent) -> bool:
                 time.sleep(self._pause_interval)
             if self._state == RunState.FINISHING:
                 return True
-            clock.advance(remaining)
+            # the simulator's advance also accounts light delivered meanwhile
+            advance = getattr(self, _ADVANCE_ATTR, None) or clock.advance
+            advance(remaining)
     return self._state == RunState.FINISHING
 
 
-def install(runner: MDARunner, clock: SimClock) -> None:
-    """Make ``runner`` wait on ``clock`` (virtual time)."""
+def install(
+    runner: MDARunner,
+    clock: SimClock,
+    *,
+    advance: Callable[[float], None] | None = None,
+) -> None:
+    """Make ``runner`` wait on ``clock`` (virtual time). ``advance(dt_s)``, if
+    given, is called to let time pass (default: ``clock.advance``)."""
     setattr(runner, _CLOCK_ATTR, clock)
+    setattr(runner, _ADVANCE_ATTR, advance)
     setattr(runner, _VT0_ATTR, clock.now())
     runner._reset_event_timer = types.MethodType(_reset_event_timer, runner)  # type: ignore[method-assign]
     runner.event_seconds_elapsed = types.MethodType(_event_seconds_elapsed, runner)  # type: ignore[method-assign]
@@ -82,7 +94,7 @@ def install(runner: MDARunner, clock: SimClock) -> None:
 
 def uninstall(runner: MDARunner) -> None:
     """Back to pymmcore-plus's own wall-clock waits."""
-    for name in (*_HOOKED, _CLOCK_ATTR, _VT0_ATTR):
+    for name in (*_HOOKED, _CLOCK_ATTR, _VT0_ATTR, _ADVANCE_ATTR):
         runner.__dict__.pop(name, None)
 
 
