@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -19,23 +20,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from contracts import CELLS_CSV_COLUMNS
 from smartscope import cli
 from smartscope.errors import SmartscopeError
 
 PIXEL_SIZE_UM = 0.65  # 6.5 µm camera pixels behind the default 10x objective
 N_POSITIONS, N_CHANNELS = 3, 2
 TIME_POINTS, INTERVAL_S = 4, 120.0
-CELLS_HEADER = [
-    "frame",
-    "t_s",
-    "cell_id",
-    "parent_id",
-    "x_um",
-    "y_um",
-    "radius_um",
-    "state",
-    "dose",
-]
 OUTLINE_RGB = (255, 200, 0)  # interphase outlines on the contact sheet
 
 runner = CliRunner()
@@ -81,11 +72,12 @@ def test_help_in_a_fresh_process(tmp_path):
 
 
 def test_console_script_help(tmp_path):
+    # `pip install` puts it next to the interpreter (or on PATH)
     script = Path(sys.executable).with_name("smartscope")
-    if not script.exists():
-        pytest.skip(f"console script not installed next to {sys.executable}")
+    found = str(script) if script.exists() else shutil.which("smartscope")
+    assert found, f"console script `smartscope` not installed next to {sys.executable}"
     proc = subprocess.run(
-        [str(script), "--help"],
+        [found, "--help"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -208,7 +200,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 def test_demo_truth_csv(demo_run):
     _, out = demo_run
     header, rows = _read_csv(out / "truth" / "cells.csv")
-    assert header == CELLS_HEADER
+    assert header == CELLS_CSV_COLUMNS
     assert rows
     frames = {int(r["frame"]) for r in rows}
     assert frames <= set(range(N_POSITIONS * TIME_POINTS * N_CHANNELS))

@@ -288,7 +288,6 @@ def test_reaction_and_analysis_exceptions_are_logged_and_acquisition_goes_on(
         ctl = Controller(
             core, _small_protocol(), out_dir=run_dir, reactions=[_Broken()]
         )
-        ctl._prepare_hook = None
         orig_prepare = ctl._prepare
 
         def prepare() -> None:

@@ -15,20 +15,9 @@ import pytest
 from scipy import ndimage
 from skimage.measure import regionprops
 
+from contracts import CELLS_CSV_COLUMNS
 from smartscope.errors import ConfigError, SimulatorError
 from smartscope.sim import ScenePreset, load_scene_preset
-
-CELLS_HEADER = [
-    "frame",
-    "t_s",
-    "cell_id",
-    "parent_id",
-    "x_um",
-    "y_um",
-    "radius_um",
-    "state",
-    "dose",
-]
 
 # a culture that divides every hour, so divisions show within simulated hours
 FAST_CYCLE = ScenePreset(cycle_h_mean=1.0, cycle_h_sd=0.1, mitosis_min=20.0)
@@ -424,7 +413,7 @@ def test_unknown_preset_name(sim):
 def _read_csv(path) -> list[dict[str, str]]:
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
-        assert reader.fieldnames == CELLS_HEADER
+        assert reader.fieldnames == CELLS_CSV_COLUMNS
         return list(reader)
 
 

@@ -213,6 +213,7 @@ class Controller:
         self._laser_mw = 0.0
         self._dose_mj = 0.0
         self._last_position = ""
+        self._last_frame: FrameInput | None = None
         self._submitted = 0
         self._pipeline: AnalysisPipeline | None = None
         self._log: EventLog | None = None
@@ -305,55 +306,45 @@ class Controller:
 
     # ------------------------------------------------------------ run
 
-    def run(self) -> dict[str, Any]:
+    def run(self, *, on_tick: Callable[[], None] | None = None) -> dict[str, Any]:
         """Run to the end (or until stopped); return the summary.
 
-        The acquisition runs on pymmcore-plus's runner thread; this thread
-        waits for it, so Ctrl-C (KeyboardInterrupt) stops the run cleanly and
-        the run folder is complete up to the last frame.
+        The acquisition runs on its own thread; this thread waits for it, so
+        Ctrl-C (KeyboardInterrupt) stops the run cleanly and the run folder is
+        complete up to the last frame. ``on_tick()`` is called on this thread
+        about every 50 ms while the run goes on (a progress display); an
+        exception in it is logged and never stops the run.
         """
         self._prepare()
-        error: BaseException | None = None
-        thread = None
         failures: list[BaseException] = []
-
         done = threading.Event()
 
         def _acquire() -> None:
             try:
                 self.core.mda.run(self._events(), output=self._raw_output())
-            except BaseException as e:  # re-raised on the caller's thread
+            except BaseException as e:  # reported on the caller's thread
                 failures.append(e)
             finally:
                 done.set()
 
-        # Wait by polling an Event with sleeps: a KeyboardInterrupt that lands
-        # inside Thread.join() can leave the thread looking finished while it
-        # still runs, and the core would be released under the acquisition.
-        try:
-            thread = threading.Thread(
-                target=_acquire, name="smartscope-mda", daemon=True
-            )
-            thread.start()
-            while not done.is_set():
-                try:
-                    time.sleep(0.05)
-                except KeyboardInterrupt:
-                    self.stop("interrupted (Ctrl-C)", interrupted=True)
-        except KeyboardInterrupt:
-            self.stop("interrupted (Ctrl-C)", interrupted=True)
-            while not done.is_set():
-                with contextlib.suppress(KeyboardInterrupt):
-                    time.sleep(0.05)
-        except BaseException as e:
-            error = e
-            self.stop(f"error: {e}")
-            raise
-        finally:
-            if error is None and failures:
-                error = failures[0]
-                self._log_error(error)
-            self._finish(interrupted=self._interrupted, error=error)
+        threading.Thread(target=_acquire, name="smartscope-mda", daemon=True).start()
+        # Poll an Event with sleeps rather than Thread.join(): a KeyboardInterrupt
+        # landing inside join() can leave the thread looking finished while it
+        # still runs, and the core would then be released under the acquisition.
+        while not done.is_set():
+            try:
+                time.sleep(0.05)
+                if on_tick is not None:
+                    try:
+                        on_tick()
+                    except Exception:
+                        logger.exception("on_tick raised")
+            except KeyboardInterrupt:
+                self.stop("interrupted (Ctrl-C)", interrupted=True)
+        error = failures[0] if failures else None
+        if error is not None:
+            self._log_error(error)
+        self._finish(interrupted=self._interrupted, error=error)
         if error is not None:
             raise RunError(
                 f"the acquisition failed: {type(error).__name__}: {error} "
@@ -614,6 +605,7 @@ class Controller:
             event_index=dict(event.index),
             laser_mw=self._laser_mw,
         )
+        self._last_frame = frame
         assert self._log is not None
         self._log.write(
             "frame",
@@ -722,21 +714,23 @@ class Controller:
     # ------------------------------------------------------------ actions
 
     def _hardware_state(self, *, cached: bool = False) -> HardwareState:
-        core = self.core
-        if cached or not core.getXYStageDevice():
-            pos = next(
-                (p for p in self._positions if p.name == self._last_position),
-                self._positions[0],
-            )
-            x, y = pos.x_um or 0.0, pos.y_um or 0.0
+        """The state the limits and reactions see. ``cached`` (the analysis
+        thread) takes it from the last frame and never calls into the core,
+        which only the runner thread drives during a run."""
+        f = self._last_frame
+        if cached:
+            x, y, z = (f.stage_x_um, f.stage_y_um, f.z_um) if f else (0.0, 0.0, 0.0)
+            exposure = f.exposure_ms if f else 0.0
         else:
-            x, y = core.getXYPosition()
-        z = core.getZPosition() if core.getFocusDevice() and not cached else 0.0
+            core = self.core
+            x, y = core.getXYPosition() if core.getXYStageDevice() else (0.0, 0.0)
+            z = core.getZPosition() if core.getFocusDevice() else 0.0
+            exposure = core.getExposure()
         return HardwareState(
             x_um=x,
             y_um=y,
             z_um=z,
-            exposure_ms=core.getExposure(),
+            exposure_ms=exposure,
             laser_mw=self._laser_mw,
             light_dose_mj=self._dose_mj,
             n_positions=len(self._positions),

@@ -211,59 +211,76 @@ class SafetyLimits(BaseModel):
             "clamped", a.with_values(z_um=tz, relative=False), "; ".join(reasons)
         )
 
-    def _check_SetExposure(self, a: SetExposure, s: HardwareState) -> Verdict:
-        if not math.isfinite(a.exposure_ms):
-            return Verdict("refused", None, f"non-finite exposure {a.exposure_ms}")
-        if a.exposure_ms > s.exposure_ms and self._over_budget(s):
-            return Verdict(
-                "refused",
-                None,
-                f"light-dose budget {self.light_dose_budget_mj:g} mJ is spent",
-            )
-        lo, hi = self.exposure_range_ms
-        v = _clamp(a.exposure_ms, lo, hi)
-        if v != a.exposure_ms:
+    def _spent(self) -> Verdict:
+        return Verdict(
+            "refused",
+            None,
+            f"light-dose budget {self.light_dose_budget_mj:g} mJ is spent",
+        )
+
+    def _check_scalar(
+        self,
+        a: Action,
+        s: HardwareState,
+        *,
+        field: str,
+        unit: str,
+        bounds: tuple[float, float],
+        bounds_name: str,
+        more_light: bool,
+    ) -> Verdict:
+        """Refuse a non-finite value or more light past the budget; clamp into
+        ``bounds``."""
+        value = getattr(a, field)
+        if not math.isfinite(value):
+            return Verdict("refused", None, f"non-finite {field} {value}")
+        if more_light and self._over_budget(s):
+            return self._spent()
+        v = _clamp(value, *bounds)
+        if v != value:
             return Verdict(
                 "clamped",
-                a.with_values(exposure_ms=v),
-                f"exposure {a.exposure_ms:g} ms outside exposure_range_ms {self.exposure_range_ms}",
+                a.with_values(**{field: v}),
+                f"{field} {value:g} {unit} outside {bounds_name} {bounds}",
             )
         return Verdict("applied", a)
+
+    def _check_SetExposure(self, a: SetExposure, s: HardwareState) -> Verdict:
+        return self._check_scalar(
+            a,
+            s,
+            field="exposure_ms",
+            unit="ms",
+            bounds=self.exposure_range_ms,
+            bounds_name="exposure_range_ms",
+            more_light=a.exposure_ms > s.exposure_ms,
+        )
 
     def _check_SetLaserPower(self, a: SetLaserPower, s: HardwareState) -> Verdict:
-        if not math.isfinite(a.power_mw) or a.power_mw < 0:
-            return Verdict("refused", None, f"invalid laser power {a.power_mw}")
-        if a.power_mw > s.laser_mw and self._over_budget(s):
-            return Verdict(
-                "refused",
-                None,
-                f"light-dose budget {self.light_dose_budget_mj:g} mJ is spent",
-            )
-        if self.max_laser_mw is not None and a.power_mw > self.max_laser_mw:
-            return Verdict(
-                "clamped",
-                a.with_values(power_mw=self.max_laser_mw),
-                f"power {a.power_mw:g} mW > max_laser_mw {self.max_laser_mw:g}",
-            )
-        return Verdict("applied", a)
+        if a.power_mw < 0:
+            return Verdict("refused", None, f"negative laser power {a.power_mw} mW")
+        top = self.max_laser_mw if self.max_laser_mw is not None else math.inf
+        return self._check_scalar(
+            a,
+            s,
+            field="power_mw",
+            unit="mW",
+            bounds=(0.0, top),
+            bounds_name="(0, max_laser_mw)",
+            more_light=a.power_mw > s.laser_mw,
+        )
 
     def _check_SetInterval(self, a: SetInterval, s: HardwareState) -> Verdict:
-        if not math.isfinite(a.interval_s):
-            return Verdict("refused", None, f"non-finite interval {a.interval_s}")
-        if a.interval_s < s.interval_s and self._over_budget(s):
-            return Verdict(
-                "refused",
-                None,
-                f"light-dose budget {self.light_dose_budget_mj:g} mJ is spent",
-            )
-        v = _clamp(a.interval_s, *self.interval_range_s)
-        if v != a.interval_s:
-            return Verdict(
-                "clamped",
-                a.with_values(interval_s=v),
-                f"interval {a.interval_s:g} s outside interval_range_s {self.interval_range_s}",
-            )
-        return Verdict("applied", a)
+        # a shorter interval means more frames, hence more light
+        return self._check_scalar(
+            a,
+            s,
+            field="interval_s",
+            unit="s",
+            bounds=self.interval_range_s,
+            bounds_name="interval_range_s",
+            more_light=a.interval_s < s.interval_s,
+        )
 
     def _check_AddPosition(self, a: AddPosition, s: HardwareState) -> Verdict:
         if s.n_positions >= self.max_positions:
@@ -271,11 +288,7 @@ class SafetyLimits(BaseModel):
                 "refused", None, f"max_positions {self.max_positions} reached"
             )
         if self._over_budget(s):
-            return Verdict(
-                "refused",
-                None,
-                f"light-dose budget {self.light_dose_budget_mj:g} mJ is spent",
-            )
+            return self._spent()
         why = self.check_point(a.x_um, a.y_um, a.z_um)
         if why:
             return Verdict("refused", None, why)

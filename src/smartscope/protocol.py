@@ -246,13 +246,3 @@ def load_protocol(path: str | Path) -> Protocol:
         raise ProtocolError(
             msg, path=path, line=_line_for(loc, lines), field=fld
         ) from e
-
-
-def protocol_from_dict(data: dict[str, Any], *, source: str = "<dict>") -> Protocol:
-    """Validate a protocol given as a dict (errors name the field)."""
-    try:
-        return Protocol.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        fld = ".".join(str(x) for x in err["loc"]) or None
-        raise ProtocolError(err["msg"], path=Path(source), field=fld) from e

@@ -7,7 +7,6 @@ live progress display, and releases the core cleanly afterwards.
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -57,7 +56,6 @@ def run_protocol(
 
 
 def _run_with_progress(ctl: Any, proto: Any) -> dict[str, Any]:
-    import threading
 
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -69,19 +67,6 @@ def _run_with_progress(ctl: Any, proto: Any) -> dict[str, Any]:
         1, len(proto.sequence.channels) or 1
     )
     total = proto.stop.max_frames or (n_t * per_t if n_t != float("inf") else None)
-    result: dict[str, Any] = {}
-    error: list[BaseException] = []
-
-    done = threading.Event()
-
-    def _target() -> None:
-        try:
-            result.update(ctl.run())
-        except BaseException as e:  # reported below, in the main thread
-            error.append(e)
-        finally:
-            done.set()
-
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -90,28 +75,17 @@ def _run_with_progress(ctl: Any, proto: Any) -> dict[str, Any]:
         TextColumn("actions {task.fields[actions]}"),
         TimeElapsedColumn(),
     )
-
-    def _update() -> None:
-        bar.update(
-            task,
-            completed=ctl.frames_acquired,
-            lag=ctl.analysis_lag,
-            actions=sum(ctl.stats.actions.values()),
-        )
-
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(proto.name, total=total, lag=0, actions=0)
-        th = threading.Thread(target=_target, name="smartscope-run", daemon=True)
-        th.start()
-        # poll with sleeps, never an interruptible Thread.join (see Controller.run)
-        while not done.is_set():
-            try:
-                time.sleep(0.1)
-                _update()
-            except KeyboardInterrupt:
-                ctl.stop("interrupted (Ctrl-C)", interrupted=True)
+
+        def _update() -> None:
+            bar.update(
+                task,
+                completed=ctl.frames_acquired,
+                lag=ctl.analysis_lag,
+                actions=sum(ctl.stats.actions.values()),
+            )
+
+        summary = ctl.run(on_tick=_update)
         _update()
-    th.join()
-    if error:
-        raise error[0]
-    return result
+    return summary

@@ -13,6 +13,7 @@ from __future__ import annotations
 import tempfile
 import warnings
 import zipfile
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ __all__ = [
 ]
 
 
-class Model:
+class Model(ABC):
     """A trained model ready to predict. Use :func:`load_model` to get one.
 
     Attributes
@@ -95,11 +96,11 @@ class Model:
         """ "denoise" or "segment"."""
         return self.card.kind
 
+    @abstractmethod
     def predict(
         self, image: np.ndarray, *, diameter_px: float | None = None
     ) -> np.ndarray:
         """Predict one image; see the subclasses for what comes back."""
-        raise NotImplementedError
 
     def _normalized(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
         x = as_2d_float(image)

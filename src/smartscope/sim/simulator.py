@@ -428,9 +428,12 @@ class Simulator:
             scene.advance_to(self.clock.now())
             return self._cell_truths(np.arange(scene.n))
 
-    def _cell_truths(self, idx: np.ndarray) -> tuple[CellTruth, ...]:
+    def _cell_truths(
+        self, idx: np.ndarray, radius_um: np.ndarray | None = None
+    ) -> tuple[CellTruth, ...]:
+        """Truth of the cells ``idx``; ``radius_um`` (N,) if already computed."""
         s = self.scene
-        r = s.radius_um()
+        r = s.radius_um() if radius_um is None else radius_um
         ox, oy = self._devices["xy"].origin_um if "xy" in self._devices else (0.0, 0.0)
         return tuple(
             CellTruth(
@@ -638,7 +641,7 @@ class Simulator:
         truth = FrameTruth(
             expected_adu=expected_adu,
             labels=labels.copy(),
-            cells=self._cell_truths(idx[drawn]),
+            cells=self._cell_truths(idx[drawn], np.sqrt(a * b)),
             t_s=t_start,
             frame_index=self._frame_index,
             stage_x_um=sx - ox,

@@ -48,7 +48,10 @@ class SimObjective(SimLinked, StateDevice):
     def set_state(self, position: int) -> None:
         position = int(position)
         if not 0 <= position < len(OBJECTIVES):
-            raise ValueError(f"Objective: no position {position}")
+            raise ValueError(
+                f"Objective: no position {position}; positions are 0..{len(OBJECTIVES) - 1} "
+                f"({', '.join(o.label for o in OBJECTIVES)})"
+            )
         sim = self.sim
         with sim._lock:
             sim._sync()  # dose so far was at the old field size
@@ -91,7 +94,10 @@ class SimFilter(SimLinked, StateDevice):
     def set_state(self, position: int) -> None:
         position = int(position)
         if not 0 <= position < len(FILTERS):
-            raise ValueError(f"Filter: no position {position}")
+            raise ValueError(
+                f"Filter: no position {position}; positions are 0..{len(FILTERS) - 1} "
+                f"({', '.join(FILTERS)})"
+            )
         self._state = position
 
     @property
