@@ -34,6 +34,18 @@ def seg_dir(tmp_path: Path) -> Path:
     )
 
 
+@pytest.fixture
+def n2v_dir(tmp_path: Path) -> Path:
+    """A Noise2Void-style denoiser: its blind-spot smoothing is a buffer, not a
+    weight, and must survive the TorchScript export too."""
+    torch.manual_seed(0)
+    unet = UNetConfig(depth=2, base_channels=8, pixel_unshuffle=2, blind_residual=True)
+    card = ModelCard(kind="denoise", method="n2v", unet=unet)
+    return save_model(
+        UNet(unet), card, tmp_path / "n2v", name="n2v", description="test"
+    )
+
+
 def test_export_zip_round_trip(seg_dir, tmp_path):
     model = load_model(seg_dir, device="cpu")
     pkg = export_model(model, tmp_path / "seg.zip")
@@ -51,8 +63,10 @@ def test_export_zip_round_trip(seg_dir, tmp_path):
     np.testing.assert_array_equal(back.predict(img), model.predict(img))
 
 
-def test_torchscript_only_package_reproduces_test_output(seg_dir, tmp_path):
-    folder = export_model(load_model(seg_dir, device="cpu"), tmp_path / "pkg")
+@pytest.mark.parametrize("fixture", ["seg_dir", "n2v_dir"])
+def test_torchscript_only_package_reproduces_test_output(fixture, request, tmp_path):
+    source = load_model(request.getfixturevalue(fixture), device="cpu")
+    folder = export_model(source, tmp_path / "pkg")
     rdf = yaml.safe_load((folder / "rdf.yaml").read_text())
     del rdf["weights"]["pytorch_state_dict"]
     (folder / "rdf.yaml").write_text(yaml.safe_dump(rdf))
@@ -61,6 +75,7 @@ def test_torchscript_only_package_reproduces_test_output(seg_dir, tmp_path):
     x = np.load(folder / "test_input.npy")
     y = np.load(folder / "test_output.npy")
     np.testing.assert_allclose(model.predictor.run(x[0, 0])[None], y, atol=1e-4)
+    np.testing.assert_allclose(source.predictor.run(x[0, 0])[None], y, atol=1e-4)
 
 
 def test_bad_package_is_refused(tmp_path):

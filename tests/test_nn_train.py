@@ -85,6 +85,7 @@ def test_fit_lowers_the_loss(method):
             depth=2,
             base_channels=8,
             residual=method == "care",
+            blind_residual=method == "n2v",
             out_channels=2 if method == "segment" else 1,
         )
     )

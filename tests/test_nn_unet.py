@@ -41,6 +41,28 @@ def test_residual_unet_starts_as_identity():
 def test_config_refuses_bad_residual():
     with pytest.raises(ValueError, match="residual"):
         UNetConfig(residual=True, out_channels=2)
+    with pytest.raises(ValueError, match="blind_residual"):
+        UNetConfig(residual=True, blind_residual=True)
+
+
+def test_blind_residual_baseline_never_sees_the_pixel():
+    """With the learned part silenced, a blind-residual U-Net outputs a
+    smoothing of each pixel's neighbours: a constant image comes back as is,
+    and changing one pixel changes its neighbours' outputs but not its own."""
+    net = UNet(UNetConfig(depth=2, base_channels=8, blind_residual=True)).eval()
+    torch.nn.init.zeros_(net.head.weight)
+    torch.nn.init.zeros_(net.head.bias)
+    with torch.inference_mode():
+        flat = torch.full((1, 1, 32, 32), 0.37)
+        assert torch.allclose(net(flat), flat, atol=1e-6)
+        x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+        bumped = x.clone()
+        bumped[0, 0, 16, 16] += 5.0
+        diff = (net(bumped) - net(x))[0, 0]
+    assert float(diff[16, 16].abs()) < 1e-6
+    assert float(diff[16, 17]) > 0.1
+    assert float(diff[15, 16]) > 0.1
+    assert float(diff[16, 20].abs()) < 1e-6  # outside the 7 x 7 window
 
 
 def test_import_smartscope_does_not_import_torch():

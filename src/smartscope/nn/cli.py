@@ -197,6 +197,10 @@ def n2v(
     threads: Threads = 2,
     workers: Workers = 1,
     name: Name = None,
+    mask_fraction: Annotated[
+        float,
+        typer.Option(help="fraction of each patch's pixels masked (blind spots)"),
+    ] = 0.05,
 ) -> None:
     """Noise2Void: self-supervised denoising on noisy images alone.
     --data DIR takes every DIR/*.tif."""
@@ -214,6 +218,7 @@ def n2v(
         train_fields=fields,
         threads=threads,
         workers=workers,
+        n2v_mask_fraction=mask_fraction,
     )
 
 

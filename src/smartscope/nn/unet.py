@@ -38,6 +38,14 @@ class UNetConfig(BaseModel):
         1, description="fold 2x2 pixels into channels"
     )
     norm: Literal["none", "batch", "group"] = "batch"
+    blind_residual: bool = Field(
+        False,
+        description=(
+            "add a smoothing of each pixel's neighbours, without the pixel itself, "
+            "to output channel 0 (Noise2Void: the network learns only corrections "
+            "and cannot see the pixel through this path)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _check(self) -> UNetConfig:
@@ -46,6 +54,8 @@ class UNetConfig(BaseModel):
                 "residual=True needs in_channels == out_channels, got "
                 f"{self.in_channels} and {self.out_channels}"
             )
+        if self.residual and self.blind_residual:
+            raise ValueError("residual and blind_residual cannot both be set")
         return self
 
     @property
@@ -107,6 +117,13 @@ class UNet(nn.Module):
         if c.residual:
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
+        self.blind_residual = c.blind_residual
+        # Gaussian weights (sigma 1.5 px) over a 7 x 7 window with the centre
+        # left out: the blind-spot baseline (fixed, not in the state dict)
+        r = torch.arange(-3, 4, dtype=torch.float32)
+        ring = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * 1.5**2))
+        ring[3, 3] = 0.0
+        self.register_buffer("ring", (ring / ring.sum())[None, None], persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (B, in_channels, Y, X) float32 → (B, out_channels, Y, X)."""
@@ -127,6 +144,11 @@ class UNet(nn.Module):
         out = self.shuffle(self.head(h))
         if self.residual:
             out = out + x
+        if self.blind_residual:
+            base = nn.functional.conv2d(
+                nn.functional.pad(x[:, :1], (3, 3, 3, 3), mode="reflect"), self.ring
+            )
+            out = torch.cat([out[:, :1] + base, out[:, 1:]], dim=1)
         return out
 
     def n_parameters(self) -> int:
