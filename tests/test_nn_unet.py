@@ -76,6 +76,43 @@ def test_import_smartscope_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
+def test_packed_nuclei_touch_along_seams_and_are_seeded():
+    from scipy import ndimage as ndi
+
+    img, lab = augment.packed_nuclei(
+        (96, 96),
+        np.random.default_rng(3),
+        diameter_px=20,
+        keep=(1.0, 1.0),
+        seam=(0.4, 0.4),
+    )
+    again = augment.packed_nuclei(
+        (96, 96),
+        np.random.default_rng(3),
+        diameter_px=20,
+        keep=(1.0, 1.0),
+        seam=(0.4, 0.4),
+    )
+    np.testing.assert_array_equal(lab, again[1])
+    assert img.dtype == np.float32
+    assert lab.dtype == np.int32
+    ids = np.unique(lab)
+    assert ids[0] == 0
+    np.testing.assert_array_equal(ids, np.arange(len(ids)))  # numbered 1..n
+    assert len(ids) - 1 >= 10
+    # packed: many pixels of one nucleus border another nucleus directly
+    big = lab.max() + 1
+    higher = ndi.maximum_filter(lab, size=3) > lab
+    lower = ndi.minimum_filter(np.where(lab > 0, lab, big), size=3) < lab
+    contact = (lab > 0) & (higher | lower)
+    assert contact.sum() > 50
+    # each nucleus is one piece, and the seam is dimmer than the nucleus around it
+    for k in ids[1:]:
+        assert ndi.label(lab == k)[1] == 1
+    inner = (lab > 0) & ~contact & (ndi.minimum_filter(lab, size=3) > 0)
+    assert img[contact].mean() < 0.8 * img[inner].mean()
+
+
 def test_augmentation_is_seeded_and_keeps_labels_aligned():
     img = np.zeros((64, 64), np.float32)
     lab = np.zeros((64, 64), np.int32)

@@ -201,6 +201,15 @@ class SegAugment(BaseModel):
     read_noise_photons: tuple[float, float] = (0.0, 3.0)
     gamma: tuple[float, float] = (0.7, 1.4)
     p_8bit: float = 0.3
+    p_packed: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description=(
+            "share of crops drawn by augment.packed_nuclei (nuclei pressed together "
+            "with flat contacts) instead of cut from a simulated field"
+        ),
+    )
     synthetic_noise: bool = Field(
         True, description="add noise to the image (off for real, already noisy images)"
     )
@@ -251,20 +260,24 @@ class SegmentationSampler:
         img, lab, d_frame = self.items[int(rng.integers(len(self.items)))]
         d_target = float(np.exp(rng.uniform(*np.log(a.diameter_px))))
         p = self.patch_px
-        zoom = float(
-            np.clip(d_target / max(d_frame, 1.0), 1.5 * p / min(img.shape), 4.0)
-        )
-        clean, labels = augment.warp(
-            img,
-            lab,
-            rng,
-            out_shape=(p, p),
-            zoom=zoom,
-            shear=a.shear,
-            elastic_px=a.elastic_px * rng.random(),
-            elastic_scale_px=max(6.0, d_target / 2),
-        )
-        labels = labels if labels is not None else np.zeros((p, p), np.int32)
+        if rng.random() < a.p_packed:
+            clean, labels = augment.packed_nuclei((p, p), rng, diameter_px=d_target)
+            clean = ndi.gaussian_filter(clean, rng.uniform(0.5, 1.5))  # the optics
+        else:
+            zoom = float(
+                np.clip(d_target / max(d_frame, 1.0), 1.5 * p / min(img.shape), 4.0)
+            )
+            clean, warped = augment.warp(
+                img,
+                lab,
+                rng,
+                out_shape=(p, p),
+                zoom=zoom,
+                shear=a.shear,
+                elastic_px=a.elastic_px * rng.random(),
+                elastic_scale_px=max(6.0, d_target / 2),
+            )
+            labels = warped if warped is not None else np.zeros((p, p), np.int32)
         clean = np.clip(clean, 0, None)
         peak = float(np.percentile(clean, 99.5)) if clean.max() > 0 else 1.0
         peak = max(peak, 1e-6)

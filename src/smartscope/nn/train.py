@@ -408,7 +408,8 @@ def _sampler(config: TrainConfig, items: Sequence, *, real: bool) -> Any:
             patch_px=config.patch_px,
             mask_fraction=config.n2v_mask_fraction,
         )
-    aug = SegAugment(synthetic_noise=not real)
+    # the drawn packed-nuclei crops are noise-free: only for simulated training
+    aug = SegAugment(synthetic_noise=not real, p_packed=0.0 if real else 0.3)
     return SegmentationSampler(items, patch_px=config.patch_px, aug=aug)
 
 
@@ -430,6 +431,7 @@ def _val_sampler(config: TrainConfig, val_items: Sequence) -> Any:
                 elastic_px=0.0,
                 cell_brightness_sd=(0.0, 0.0),
                 texture=(0.0, 0.0),
+                p_packed=0.0,
             ),
         )
     return _sampler(config, val_items, real=config.data_dir is not None)
