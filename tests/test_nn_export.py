@@ -61,6 +61,22 @@ def test_export_zip_round_trip(seg_dir, tmp_path):
     back = load_model(pkg, device="cpu")
     img = np.random.default_rng(0).random((80, 96)).astype(np.float32)
     np.testing.assert_array_equal(back.predict(img), model.predict(img))
+    assert back.path == pkg
+    # a model loaded from a package exports again with its state dict
+    again = export_model(back, tmp_path / "again.zip")
+    assert "weights.pt" in zipfile.ZipFile(again).namelist()
+
+
+def test_loading_a_package_leaves_no_temporary_files(seg_dir, tmp_path, monkeypatch):
+    import tempfile
+
+    pkg = export_model(load_model(seg_dir, device="cpu"), tmp_path / "seg.zip")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    for _ in range(3):
+        load_model(pkg, device="cpu")
+    assert list(scratch.iterdir()) == []
 
 
 @pytest.mark.parametrize("fixture", ["seg_dir", "n2v_dir"])

@@ -48,22 +48,37 @@ def _test_input(model: Model, size: int = 128) -> np.ndarray:
     return normalize(img, *percentile_range(img, p_low=n.p_low, p_high=n.p_high))
 
 
+def _state_dict_bytes(source: Path | None) -> bytes | None:
+    """The ``weights.pt`` of the folder or .zip package a model came from."""
+    if source is None:
+        return None
+    if source.is_file() and source.suffix == ".zip":
+        with zipfile.ZipFile(source) as zf:
+            if WEIGHTS_NAME in zf.namelist():
+                return zf.read(WEIGHTS_NAME)
+        return None
+    src = source / WEIGHTS_NAME
+    return src.read_bytes() if src.is_file() else None
+
+
 def export_model(model: Model, path: str | Path, *, torchscript: bool = True) -> Path:
     """Write ``model`` as a bioimage.io package: a ``.zip`` file, or a folder if
     ``path`` has no ``.zip`` suffix. Returns the path written."""
     path = Path(path)
     net = model.predictor.network
-    src = model.path / WEIGHTS_NAME if model.path is not None else None
+    state = _state_dict_bytes(model.path)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) if path.suffix == ".zip" else path
         folder.mkdir(parents=True, exist_ok=True)
         weights: dict[str, Path] = {}
-        if src is not None and src.is_file():
+        if state is not None:
             # the unfused state dict, so training can resume from the package
-            (folder / WEIGHTS_NAME).write_bytes(src.read_bytes())
+            (folder / WEIGHTS_NAME).write_bytes(state)
             weights["pytorch_state_dict"] = folder / WEIGHTS_NAME
             net = UNet(model.card.unet)
-            net.load_state_dict(torch.load(src, map_location="cpu", weights_only=True))
+            net.load_state_dict(
+                torch.load(folder / WEIGHTS_NAME, map_location="cpu", weights_only=True)
+            )
             net.eval()
         net = net.to("cpu")
         x = _test_input(model)

@@ -59,7 +59,7 @@ class Model(ABC):
     ----------
     name : str
     card : ModelCard
-    path : Path or None, the folder it was loaded from
+    path : Path or None, the folder or ``.zip`` package it was loaded from
     predictor : Predictor, holding the network, device and precision
     """
 
@@ -290,8 +290,8 @@ def _resolve(name_or_path: str | Path) -> Path:
     )
 
 
-def _unpack(path: Path) -> Path:
-    """A .zip package → the folder it was extracted to (a fresh temporary one)."""
+def _unpack(path: Path, out: Path) -> None:
+    """Extract a .zip package into the folder ``out``."""
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
@@ -299,14 +299,12 @@ def _unpack(path: Path) -> Path:
                 raise ModelError(
                     f"package has no {RDF_NAME} at its top level", path=path
                 )
-            out = Path(tempfile.mkdtemp(prefix="smartscope-model-"))
             for n in names:  # refuse paths that would escape the folder
                 if Path(n).is_absolute() or ".." in Path(n).parts:
                     raise ModelError(
                         f"package member {n!r} has an unsafe path", path=path
                     )
             zf.extractall(out)
-            return out
     except zipfile.BadZipFile as e:
         raise ModelError(f"not a valid .zip model package: {e}", path=path) from e
 
@@ -366,6 +364,14 @@ def _load_network(
     return net
 
 
+def _read_folder(folder: Path) -> tuple[dict[str, Any], ModelCard, torch.nn.Module]:
+    rdf_path = folder / RDF_NAME
+    if not rdf_path.is_file():
+        raise ModelError(f"model folder has no {RDF_NAME}", path=folder)
+    rdf, card = read_rdf(rdf_path)
+    return rdf, card, _load_network(folder, rdf, card)
+
+
 def load_model(
     name_or_path: str | Path,
     *,
@@ -392,21 +398,19 @@ def load_model(
     """
     path = _resolve(name_or_path)
     if path.is_file() and path.suffix == ".zip":
-        folder = _unpack(path)
-    elif path.is_file():
-        folder = path.parent
+        # the weights are read into memory, so the extracted copy can go
+        with tempfile.TemporaryDirectory(prefix="smartscope-model-") as tmp:
+            _unpack(path, Path(tmp))
+            rdf, card, net = _read_folder(Path(tmp))
+        source = path
     else:
-        folder = path
-    rdf_path = folder / RDF_NAME
-    if not rdf_path.is_file():
-        raise ModelError(f"model folder has no {RDF_NAME}", path=folder)
-    rdf, card = read_rdf(rdf_path)
-    net = _load_network(folder, rdf, card)
+        source = path.parent if path.is_file() else path
+        rdf, card, net = _read_folder(source)
     return build_model(
         net,
         card,
         name=str(rdf.get("name") or path.stem),
-        path=folder,
+        path=source,
         rdf=rdf,
         device=device,
         precision=precision,
