@@ -67,6 +67,20 @@ def test_export_zip_round_trip(seg_dir, tmp_path):
     assert "weights.pt" in zipfile.ZipFile(again).namelist()
 
 
+def test_corrupt_weights_in_a_package_are_named(seg_dir, tmp_path):
+    pkg = export_model(load_model(seg_dir, device="cpu"), tmp_path / "seg.zip")
+    bad = tmp_path / "bad-weights.zip"
+    with zipfile.ZipFile(pkg) as src, zipfile.ZipFile(bad, "w") as dst:
+        for name in src.namelist():
+            data = src.read(name)
+            dst.writestr(name, data[:-7] + b"garbage" if name == "weights.pt" else data)
+    with pytest.raises(ModelError) as info:
+        load_model(bad, device="cpu")
+    message = str(info.value)
+    assert message.startswith(f"{bad}/weights.pt: ")
+    assert "sha256" in message
+
+
 def test_loading_a_package_leaves_no_temporary_files(seg_dir, tmp_path, monkeypatch):
     import tempfile
 

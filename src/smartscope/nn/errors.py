@@ -17,4 +17,5 @@ class ModelError(SmartscopeError, ValueError):
 
     def __init__(self, message: str, *, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else None
+        self.message = message
         super().__init__(f"{path}: {message}" if path is not None else message)

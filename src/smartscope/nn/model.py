@@ -401,7 +401,13 @@ def load_model(
         # the weights are read into memory, so the extracted copy can go
         with tempfile.TemporaryDirectory(prefix="smartscope-model-") as tmp:
             _unpack(path, Path(tmp))
-            rdf, card, net = _read_folder(Path(tmp))
+            try:
+                rdf, card, net = _read_folder(Path(tmp))
+            except ModelError as e:
+                # name the member inside the package, not the temporary copy
+                member = e.path.relative_to(tmp) if e.path is not None else None
+                where = f"{path}/{member}" if member and str(member) != "." else path
+                raise ModelError(e.message, path=where) from e
         source = path
     else:
         source = path.parent if path.is_file() else path
