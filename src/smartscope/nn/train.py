@@ -372,7 +372,8 @@ def _data(config: TrainConfig) -> tuple[list, list, str]:
         f"{_spec_text(SEGMENT_SPEC)}); noise-free images rescaled to nucleus diameters "
         "8-48 px with rotation, shear, elastic deformation, per-nucleus brightness, "
         "texture, blur, background gradients/haze, gamma, Poisson+Gaussian noise at "
-        "10-5000 photons peak and 8/12-bit quantisation"
+        "10-5000 photons peak and 8/12-bit quantisation; 30% of the crops instead drawn "
+        "as packed nuclei (augment.packed_nuclei: flat contacts, dim seams)"
     )
     return (
         [(f.clean - f.offset_adu, f.labels) for f in tr],
