@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
+from frames import snap_frame
 from smartscope.analysis import (
     AnalysisPipeline,
     AnalysisSettings,
@@ -23,7 +24,6 @@ from smartscope.analysis import (
 )
 from smartscope.errors import SmartscopeError
 from smartscope.hardware import open_core
-from smartscope.sim import get_simulator
 
 
 @pytest.fixture(scope="module")
@@ -31,25 +31,10 @@ def frames() -> list[FrameInput]:
     """Three simulator frames at three stage positions."""
     out = []
     with open_core(seed=2) as core:
-        sim = get_simulator(core)
         for i, (x, y) in enumerate([(0.0, 0.0), (30.0, -20.0), (60.0, -40.0)]):
             core.setXYPosition(x, y)
             core.waitForSystem()
-            core.snapImage()
-            out.append(
-                FrameInput(
-                    image=core.getImage(),
-                    frame_index=i,
-                    position="p0",
-                    stage_x_um=x,
-                    stage_y_um=y,
-                    z_um=core.getPosition(),
-                    pixel_size_um=core.getPixelSizeUm(),
-                    exposure_ms=core.getExposure(),
-                    t_frame=time.perf_counter(),
-                    t_s=sim.truth().t_s,
-                )
-            )
+            out.append(snap_frame(core, i))
     return out
 
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from skimage.measure import regionprops_table
 
+from frames import snap_frame as snap
 from smartscope.analysis import (
-    FrameInput,
     estimate_background,
     filter_by_area,
     measure_objects,
@@ -27,25 +26,6 @@ MIN_AREA_UM2 = 20.0  # the AnalysisSettings default
 def core() -> Iterator:
     with open_core(seed=1) as core:
         yield core
-
-
-def snap(core, index: int = 0, position: str = "p0") -> FrameInput:
-    """Acquire one frame and describe it the way the controller does."""
-    core.snapImage()
-    image = core.getImage()
-    x, y = core.getXYPosition()
-    return FrameInput(
-        image=image,
-        frame_index=index,
-        position=position,
-        stage_x_um=x,
-        stage_y_um=y,
-        z_um=core.getPosition(),
-        pixel_size_um=core.getPixelSizeUm(),
-        exposure_ms=core.getExposure(),
-        t_frame=time.perf_counter(),
-        t_s=get_simulator(core).truth().t_s,
-    )
 
 
 def iou_matrix(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
+from frames import snap_frame
 from smartscope.analysis import (
     AnalysisPipeline,
     AnalysisSettings,
-    FrameInput,
     Tracker,
     TrackIdCounter,
 )
@@ -147,22 +146,8 @@ def track_time_lapse(
             x, y = core.getXYPosition()
             core.setXYPosition(x + 10.0, y - 6.0)
             core.waitForSystem()
-        core.snapImage()
-        image = core.getImage()
+        frame = snap_frame(core, i)
         truth = sim.truth()
-        x, y = core.getXYPosition()
-        frame = FrameInput(
-            image=image,
-            frame_index=i,
-            position="p0",
-            stage_x_um=x,
-            stage_y_um=y,
-            z_um=core.getPosition(),
-            pixel_size_um=core.getPixelSizeUm(),
-            exposure_ms=core.getExposure(),
-            t_frame=time.perf_counter(),
-            t_s=truth.t_s,
-        )
         result = pipeline.analyse(frame)
         assert result.error is None
         assert result.labels is not None

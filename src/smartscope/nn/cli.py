@@ -64,6 +64,24 @@ def _command_line() -> str:
     return "smartscope train " + " ".join(shlex.quote(a) for a in argv)
 
 
+#: the train commands' option names that differ from TrainConfig's field names
+_FIELDS = {
+    "data": "data_dir",
+    "batch": "batch_size",
+    "patch": "patch_px",
+    "width": "base_channels",
+    "fields": "train_fields",
+    "mask_fraction": "n2v_mask_fraction",
+}
+
+
+def _train(method: str, options: dict[str, Any]) -> None:
+    """Run ``method`` with a train command's options (its ``locals()``, i.e.
+    exactly its parameters), renamed to TrainConfig's fields."""
+    kw = {_FIELDS.get(k, k): v for k, v in options.items()}
+    _run(method, kw.pop("out"), kw.pop("name"), **kw)
+
+
 def _run(method: str, out: Path, name: str | None, **kw: Any) -> None:
     from rich.console import Console
     from rich.progress import (
@@ -166,21 +184,7 @@ def care(
 ) -> None:
     """CARE: supervised denoising. --data DIR needs DIR/low/*.tif and DIR/high/*.tif
     with matching names (low-dose and high-dose images of the same fields)."""
-    _run(
-        "care",
-        out,
-        name,
-        data_dir=data,
-        steps=steps,
-        batch_size=batch,
-        patch_px=patch,
-        seed=seed,
-        base_channels=width,
-        depth=depth,
-        train_fields=fields,
-        threads=threads,
-        workers=workers,
-    )
+    _train("care", locals())
 
 
 @train_app.command("n2v")
@@ -204,22 +208,7 @@ def n2v(
 ) -> None:
     """Noise2Void: self-supervised denoising on noisy images alone.
     --data DIR takes every DIR/*.tif."""
-    _run(
-        "n2v",
-        out,
-        name,
-        data_dir=data,
-        steps=steps,
-        batch_size=batch,
-        patch_px=patch,
-        seed=seed,
-        base_channels=width,
-        depth=depth,
-        train_fields=fields,
-        threads=threads,
-        workers=workers,
-        n2v_mask_fraction=mask_fraction,
-    )
+    _train("n2v", locals())
 
 
 @train_app.command("segment")
@@ -239,21 +228,7 @@ def segment(
 ) -> None:
     """Nuclei instance segmentation. --data DIR needs DIR/images/*.tif and
     DIR/masks/*.tif (integer instance labels) with matching names."""
-    _run(
-        "segment",
-        out,
-        name,
-        data_dir=data,
-        steps=steps,
-        batch_size=batch,
-        patch_px=patch,
-        seed=seed,
-        base_channels=width,
-        depth=depth,
-        train_fields=fields,
-        threads=threads,
-        workers=workers,
-    )
+    _train("segment", locals())
 
 
 @train_app.command("export")

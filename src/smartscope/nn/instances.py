@@ -93,6 +93,16 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     return table[labels]
 
 
+def _drop_small(labels: np.ndarray, min_size_px: int) -> np.ndarray:
+    """Remove objects under ``min_size_px`` pixels and number the rest 1..N."""
+    if min_size_px > 1 and labels.max() > 0:
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_size_px
+        small[0] = False
+        labels[small[labels]] = 0
+    return relabel_sequential(labels)
+
+
 def labels_from_maps(
     foreground: np.ndarray,
     distance: np.ndarray,
@@ -123,12 +133,7 @@ def labels_from_maps(
     orphans, n_orphans = ndi.label(mask & (labels == 0))
     if n_orphans:
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
-    if min_size_px > 1 and labels.max() > 0:
-        sizes = np.bincount(labels.ravel())
-        small = sizes < min_size_px
-        small[0] = False
-        labels[small[labels]] = 0
-    return relabel_sequential(labels)
+    return _drop_small(labels, min_size_px)
 
 
 def otsu_watershed(
@@ -167,9 +172,4 @@ def otsu_watershed(
     markers = np.zeros(mask.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     labels = watershed(-dist, markers, mask=mask)
-    if min_size_px > 1 and labels.max() > 0:
-        sizes = np.bincount(labels.ravel())
-        small = sizes < min_size_px
-        small[0] = False
-        labels[small[labels]] = 0
-    return relabel_sequential(labels)
+    return _drop_small(labels, min_size_px)

@@ -1,0 +1,28 @@
+"""Simulator frames described the way the controller describes them."""
+
+from __future__ import annotations
+
+import time
+
+from smartscope.analysis import FrameInput
+from smartscope.sim import get_simulator
+
+
+def snap_frame(core, index: int = 0, position: str = "p0") -> FrameInput:
+    """Snap one image on ``core`` and wrap it in a :class:`FrameInput` with the
+    stage, focus, pixel size, exposure and the simulator's clock at the snap."""
+    core.snapImage()
+    image = core.getImage()
+    x, y = core.getXYPosition()
+    return FrameInput(
+        image=image,
+        frame_index=index,
+        position=position,
+        stage_x_um=x,
+        stage_y_um=y,
+        z_um=core.getPosition(),
+        pixel_size_um=core.getPixelSizeUm(),
+        exposure_ms=core.getExposure(),
+        t_frame=time.perf_counter(),
+        t_s=get_simulator(core).truth().t_s,
+    )
