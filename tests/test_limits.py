@@ -67,9 +67,19 @@ def test_move_with_nothing_left_after_clamping_is_refused() -> None:
     assert v.action is None
 
 
-def test_nonfinite_values_are_refused() -> None:
-    assert LIM.check(MoveStage(x_um=float("nan"), y_um=0), STATE).status == "refused"
-    assert LIM.check(SetExposure(exposure_ms=float("inf")), STATE).status == "refused"
+def test_nonfinite_values_cannot_be_made_and_are_refused_if_forced() -> None:
+    with pytest.raises(ValueError, match="x_um must be finite"):
+        MoveStage(x_um=float("nan"), y_um=0)
+    with pytest.raises(ValueError, match="exposure_ms must be finite"):
+        SetExposure(exposure_ms=float("inf"))
+    with pytest.raises(ValueError, match="interval_s must be >= 0"):
+        SetInterval(interval_s=-3)
+    forced = MoveStage(x_um=0, y_um=0)
+    object.__setattr__(forced, "x_um", float("nan"))
+    assert LIM.check(forced, STATE).status == "refused"
+    forced = SetExposure(exposure_ms=1)
+    object.__setattr__(forced, "exposure_ms", float("inf"))
+    assert LIM.check(forced, STATE).status == "refused"
 
 
 def test_focus_exposure_power_interval_clamps() -> None:
@@ -77,7 +87,7 @@ def test_focus_exposure_power_interval_clamps() -> None:
     assert LIM.check(SetExposure(exposure_ms=1000), STATE).action.exposure_ms == 200
     v = LIM.check(SetLaserPower(power_mw=80), STATE)
     assert (v.status, v.action.power_mw) == ("clamped", 20)
-    assert LIM.check(SetInterval(interval_s=-3), STATE).action.interval_s == 0
+    assert LIM.check(SetInterval(interval_s=0), STATE).action.interval_s == 0
 
 
 def test_dose_budget_refuses_more_light_but_allows_less() -> None:

@@ -173,6 +173,7 @@ def load_core(
     *,
     time_mode: TimeMode | None = None,
     seed: int | None = None,
+    scene: str | None = None,
 ) -> UniMMCore:
     """Return a ready pymmcore-plus core loaded from a Micro-Manager configuration.
 
@@ -184,6 +185,9 @@ def load_core(
         For a simulator: override the configuration's time mode.
     seed : int | None
         For a simulator: override the configuration's sample seed.
+    scene : str | None
+        For a simulator: override the configuration's scene preset (a name
+        from ``simulators/scenes/`` or a YAML path).
     """
     path = Path(config) if config is not None else default_config()
     commands = validate_config(path)
@@ -221,8 +225,8 @@ def load_core(
 
     if _REGISTRY.get(core.events) is not None:
         sim = get_simulator(core)
-        if seed is not None:
-            sim.reset(seed=seed)
+        if seed is not None or scene is not None:
+            sim.reset(seed=seed, preset=scene)
         if time_mode is not None:
             sim.time_mode = time_mode
     return core

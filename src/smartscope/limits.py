@@ -89,6 +89,9 @@ class SafetyLimits(BaseModel):
     )
     interval_range_s: tuple[float, float] = Field((0.0, 86400.0))
     max_positions: int = Field(200, ge=1)
+    max_autofocus_planes: int = Field(
+        41, ge=3, le=1001, description="most Z planes one autofocus sweep may take"
+    )
     allowed_properties: tuple[str, ...] = Field(
         (), description='"Device.Property" pairs a SetProperty action may change'
     )
@@ -129,6 +132,9 @@ class SafetyLimits(BaseModel):
         self, x_um: float | None, y_um: float | None, z_um: float | None
     ) -> str | None:
         """Why a planned position is outside the envelope, or None."""
+        for name, v in (("x", x_um), ("y", y_um), ("z", z_um)):
+            if v is not None and not math.isfinite(v):
+                return f"{name} {v} µm is not a finite number"
         if self.xy_box_um is not None and x_um is not None and y_um is not None:
             x0, x1, y0, y1 = self.xy_box_um
             if not (x0 <= x_um <= x1 and y0 <= y_um <= y1):
@@ -304,16 +310,73 @@ class SafetyLimits(BaseModel):
             )
         return Verdict("applied", a)
 
+    def check_exposure(self, exposure_ms: float) -> str | None:
+        """Why a planned exposure is outside the envelope, or None."""
+        lo, hi = self.exposure_range_ms
+        if not (math.isfinite(exposure_ms) and lo <= exposure_ms <= hi):
+            return f"exposure {exposure_ms:g} ms is outside exposure_range_ms {self.exposure_range_ms}"
+        return None
+
+    def check_power(self, power_mw: float) -> str | None:
+        """Why a planned light-source power is outside the envelope, or None."""
+        if not math.isfinite(power_mw) or power_mw < 0:
+            return f"power {power_mw} mW is not a finite number >= 0"
+        if self.max_laser_mw is not None and power_mw > self.max_laser_mw:
+            return f"power {power_mw:g} mW exceeds max_laser_mw {self.max_laser_mw:g}"
+        return None
+
     def _check_Autofocus(self, a: Autofocus, s: HardwareState) -> Verdict:
+        """A sweep is light and Z travel: refused past the dose budget; its
+        planes capped by ``max_autofocus_planes``, its span by
+        ``max_z_step_um`` (each side) and kept inside ``z_range_um``."""
+        if self._over_budget(s):
+            return self._spent()
+        reasons = []
+        centre = s.z_um if a.center_um is None else a.center_um
+        half = a.range_um / 2
+        if self.max_z_step_um is not None and half > self.max_z_step_um:
+            reasons.append(
+                f"sweep ±{half:g} µm exceeds max_z_step_um {self.max_z_step_um:g}"
+            )
+            half = self.max_z_step_um
+        lo, hi = centre - half, centre + half
         if self.z_range_um is not None:
             z0, z1 = self.z_range_um
-            if s.z_um - a.range_um / 2 < z0 or s.z_um + a.range_um / 2 > z1:
+            if lo < z0 or hi > z1:
+                reasons.append(
+                    f"sweep {lo:.1f}..{hi:.1f} µm leaves z_range_um {self.z_range_um}"
+                )
+                lo, hi = max(lo, z0), min(hi, z1)
+        step = a.step_um
+        if hi - lo <= 1e-6:
+            return Verdict(
+                "refused",
+                None,
+                "; ".join([*reasons, "no sweep left inside the limits"]),
+            )
+        n = math.floor((hi - lo) / step + 1e-9) + 1
+        if n > self.max_autofocus_planes:
+            step = (hi - lo) / (self.max_autofocus_planes - 1)
+            reasons.append(
+                f"{n} planes exceed max_autofocus_planes {self.max_autofocus_planes}"
+            )
+        if n < 3:
+            step = (hi - lo) / 2
+        out = a.with_values(range_um=hi - lo, step_um=step, center_um=(lo + hi) / 2)
+        assert isinstance(out, Autofocus)
+        if self.light_dose_budget_mj is not None:
+            need = out.n_planes * s.exposure_ms * s.laser_mw / 1000.0
+            left = self.light_dose_budget_mj - s.light_dose_mj
+            if need > left:
                 return Verdict(
                     "refused",
                     None,
-                    f"autofocus scan ±{a.range_um / 2:g} µm leaves z_range_um",
+                    f"the sweep needs {need:.3g} mJ; {left:.3g} mJ of "
+                    f"light_dose_budget_mj {self.light_dose_budget_mj:g} is left",
                 )
-        return Verdict("applied", a)
+        if reasons:
+            return Verdict("clamped", out, "; ".join(reasons))
+        return Verdict("applied", out)
 
     def _check_Stop(self, a: Stop, s: HardwareState) -> Verdict:
         return Verdict("applied", a)

@@ -18,7 +18,14 @@ from typing import Any, Literal
 
 import useq
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from smartscope.analysis.settings import AnalysisSettings
 from smartscope.errors import SmartscopeError
@@ -26,10 +33,12 @@ from smartscope.limits import SafetyLimits
 from smartscope.reactions.base import Reaction, ReactionParams, reaction_class
 
 __all__ = [
+    "DeviceRoles",
     "ErrorPolicy",
     "FaultPolicy",
     "Protocol",
     "ProtocolError",
+    "ReactionPolicy",
     "ReactionSpec",
     "SaveSettings",
     "StopConditions",
@@ -108,9 +117,35 @@ class FaultPolicy(_Frozen):
     then: Literal["skip", "stop"] = "skip"
 
 
+class ReactionPolicy(_Frozen):
+    """What to do with a reaction that raises: after ``max_consecutive``
+    failures in a row it is switched off for the rest of the run (``disable``)
+    or the run ends (``stop``). Every failure is logged either way, and a run
+    with reaction errors does not end as ``completed``."""
+
+    max_consecutive: int = Field(10, ge=1)
+    then: Literal["disable", "stop"] = "disable"
+
+
 class ErrorPolicy(_Frozen):
     camera: FaultPolicy = FaultPolicy()
     stage: FaultPolicy = FaultPolicy()
+    reaction: ReactionPolicy = ReactionPolicy()
+
+
+class DeviceRoles(_Frozen):
+    """Which devices play which part, by their labels in the configuration
+    (the simulator's labels are the defaults)."""
+
+    light_source: str | None = Field(
+        "Laser",
+        description="the light source whose power the limits cap and the dose "
+        "ledger counts (None: no light control, no dose accounting)",
+    )
+    power_property: str = Field("Power_mW", description="its power property, mW")
+    objective_group: str = Field(
+        "Objective", description="the config group whose presets are the objectives"
+    )
 
 
 class StopConditions(_Frozen):
@@ -138,6 +173,7 @@ class Protocol(_Frozen):
         None, description='preset of the "Objective" group to use'
     )
     laser_power_mw: float | None = Field(None, ge=0)
+    devices: DeviceRoles = DeviceRoles()
     sequence: useq.MDASequence
     analysis: AnalysisSettings = AnalysisSettings()
     reactions: tuple[ReactionSpec, ...] = ()
@@ -146,13 +182,44 @@ class Protocol(_Frozen):
     save: SaveSettings = SaveSettings()
     on_error: ErrorPolicy = ErrorPolicy()
 
+    @field_validator("scene")
+    @classmethod
+    def _scene_exists(cls, v: str | None) -> str | None:
+        if v is not None:
+            from smartscope.sim.simulator import resolve_scene_preset
+
+            try:
+                resolve_scene_preset(v)
+            except SmartscopeError as e:
+                raise ValueError(str(e)) from None
+        return v
+
     @model_validator(mode="after")
     def _plan_within_limits(self) -> Protocol:
+        from smartscope.controller.plan import unsupported_fields
+
+        for fld, why in unsupported_fields(self.sequence):
+            raise ValueError(f"{fld}: {why}")
         lim = self.limits
         for i, p in enumerate(self.sequence.stage_positions):
             why = lim.check_point(p.x, p.y, p.z)
             if why:
                 raise ValueError(f"sequence.stage_positions.{i}: {why}")
+        zp = self.sequence.z_plan
+        if zp is not None and not zp.is_relative:
+            for z in zp:
+                why = lim.check_point(None, None, float(z))
+                if why:
+                    raise ValueError(f"sequence.z_plan: {why}")
+        if self.devices.light_source is None and (
+            self.laser_power_mw is not None
+            or lim.max_laser_mw is not None
+            or lim.light_dose_budget_mj is not None
+        ):
+            raise ValueError(
+                "devices.light_source is null, but laser_power_mw, "
+                "limits.max_laser_mw or limits.light_dose_budget_mj need one"
+            )
         lo, hi = lim.exposure_range_ms
         for ch in self.sequence.channels:
             if ch.exposure is not None and not lo <= ch.exposure <= hi:

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["default_run_dir", "run_protocol"]
+__all__ = ["default_run_dir", "expected_frames", "run_protocol"]
 
 
 def default_run_dir(name: str) -> Path:
@@ -46,7 +46,9 @@ def run_protocol(
     if cfg is not None and not Path(cfg).is_absolute() and config is None:
         cfg = protocol_path.parent / cfg
     out = Path(out_dir) if out_dir is not None else default_run_dir(proto.name)
-    core = load_core(cfg, time_mode=proto.time_mode, seed=proto.seed)
+    # the protocol's simulator settings (seed, scene, time mode) are applied
+    # when the core is loaded; the controller never resets the simulator
+    core = load_core(cfg, time_mode=proto.time_mode, seed=proto.seed, scene=proto.scene)
     try:
         ctl = Controller(core, proto, out_dir=out, device=device)
         summary = _run_with_progress(ctl, proto) if progress else ctl.run()
@@ -55,18 +57,24 @@ def run_protocol(
     return out, summary
 
 
+def expected_frames(ctl: Any) -> int | None:
+    """Frames the run will take as planned (every axis; None: open-ended),
+    capped by the protocol's ``max_frames``."""
+    n_t = ctl.plan.n_timepoints()
+    total = None if n_t == float("inf") else int(n_t) * ctl.plan.events_per_timepoint()
+    cap = ctl.protocol.stop.max_frames
+    if cap is not None:
+        total = cap if total is None else min(total, cap)
+    return total
+
+
 def _run_with_progress(ctl: Any, proto: Any) -> dict[str, Any]:
 
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
-    tp = proto.sequence.time_plan
-    n_t = tp.num_timepoints() if tp is not None else 1
-    per_t = max(1, len(proto.sequence.stage_positions) or 1) * max(
-        1, len(proto.sequence.channels) or 1
-    )
-    total = proto.stop.max_frames or (n_t * per_t if n_t != float("inf") else None)
+    total = expected_frames(ctl)
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -83,7 +91,7 @@ def _run_with_progress(ctl: Any, proto: Any) -> dict[str, Any]:
                 task,
                 completed=ctl.frames_acquired,
                 lag=ctl.analysis_lag,
-                actions=sum(ctl.stats.actions.values()),
+                actions=sum(ctl.stats.actions.values()) if ctl.stats else 0,
             )
 
         summary = ctl.run(on_tick=_update)

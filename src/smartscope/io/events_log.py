@@ -44,6 +44,15 @@ class EventLog:
             self._fh.flush()
             self.lines += 1
 
+    def write_line(self, line: str) -> None:
+        """Append one already-serialised JSON object as a line."""
+        with self._lock:
+            if self._fh.closed:
+                return
+            self._fh.write(line + "\n")
+            self._fh.flush()
+            self.lines += 1
+
     def close(self) -> None:
         with self._lock:
             if not self._fh.closed:

@@ -77,7 +77,9 @@ def get_simulator(core: CMMCorePlus) -> Simulator:
     return sim
 
 
-def _resolve_preset(name_or_path: str) -> ScenePreset:
+def resolve_scene_preset(name_or_path: str) -> ScenePreset:
+    """The scene preset a name (``simulators/scenes/<name>.yaml``) or YAML path
+    stands for; ``SimulatorError`` naming what was looked for."""
     if name_or_path in ("", "default"):
         return ScenePreset()
     path = Path(name_or_path)
@@ -228,7 +230,7 @@ class Simulator:
             if isinstance(preset, ScenePreset):
                 self._preset, self._preset_name = preset, "<custom>"
             elif preset is not None:
-                self._preset, self._preset_name = _resolve_preset(preset), preset
+                self._preset, self._preset_name = resolve_scene_preset(preset), preset
             self.clock.reset()
             self._scene = None
             self._noise_rng = np.random.default_rng([self._seed, 1])

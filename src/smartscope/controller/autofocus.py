@@ -1,0 +1,104 @@
+"""Software autofocus as MDA events: a Z sweep scored by image sharpness.
+
+An :class:`~smartscope.actions.Autofocus` action (after the limits) becomes a
+:class:`Sweep`: one ``useq.MDAEvent`` per plane, marked in its metadata
+(``{"smartscope": {"role": "autofocus", ...}}``), that the runner acquires
+through the same engine, writer, fault policy and dose ledger as every other
+frame. The frames are scored as they arrive; the sharpest plane (refined by a
+parabola through its neighbours) becomes the new focus of the position.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import useq
+
+__all__ = ["ROLE_KEY", "Sweep", "frame_role", "sharpness"]
+
+#: metadata key of events the controller adds to the plan
+ROLE_KEY = "smartscope"
+_ids = itertools.count(1)
+
+
+def sharpness(image: np.ndarray) -> float:
+    """Normalised variance of ``image : (Y, X)``: variance / mean (0 when dark)."""
+    im = np.asarray(image, dtype=np.float32)
+    m = float(im.mean())
+    return float(im.var()) / m if m > 0 else 0.0
+
+
+def frame_role(event: useq.MDAEvent) -> dict[str, Any] | None:
+    """The controller's marks on an event it added (None: a planned frame)."""
+    md = event.metadata
+    return md.get(ROLE_KEY) if md else None
+
+
+@dataclass
+class Sweep:
+    """One autofocus sweep: its planes, and the scores of the frames it got."""
+
+    position: str
+    p_index: int | None
+    zs: np.ndarray
+    reason: str = ""
+    id: int = field(default_factory=lambda: next(_ids))
+    scores: dict[int, float] = field(default_factory=dict)
+    frames: list[int] = field(default_factory=list)
+    #: the sweep's events, once built
+    planned: list[useq.MDAEvent] = field(default_factory=list)
+
+    def build_events(
+        self,
+        *,
+        x_um: float | None,
+        y_um: float | None,
+        channel: useq.Channel | None,
+        exposure_ms: float,
+    ) -> list[useq.MDAEvent]:
+        """Build (and keep in ``planned``) the sweep's events, bottom to top."""
+        ch = (
+            None
+            if channel is None
+            else {"config": channel.config, "group": channel.group}
+        )
+        self.planned = [
+            useq.MDAEvent(
+                x_pos=x_um,
+                y_pos=y_um,
+                z_pos=float(z),
+                channel=ch,
+                exposure=exposure_ms,
+                pos_name=self.position,
+                metadata={
+                    ROLE_KEY: {"role": "autofocus", "sweep": self.id, "plane": i}
+                },
+            )
+            for i, z in enumerate(self.zs)
+        ]
+        return self.planned
+
+    def add(self, plane: int, image: np.ndarray, frame_index: int) -> None:
+        self.scores[plane] = sharpness(image)
+        self.frames.append(frame_index)
+
+    def best_z(self) -> float | None:
+        """The sharpest plane, refined by a parabola through its neighbours;
+        None when fewer than three planes were acquired."""
+        if len(self.scores) < 3:
+            return None
+        planes = sorted(self.scores)
+        s = np.array([self.scores[i] for i in planes])
+        z = self.zs[planes]
+        k = int(np.argmax(s))
+        best = float(z[k])
+        if 0 < k < len(s) - 1:
+            y0, y1, y2 = s[k - 1], s[k], s[k + 1]
+            denom = y0 - 2 * y1 + y2
+            if denom < 0:
+                step = (z[k + 1] - z[k - 1]) / 2
+                best += float(np.clip(0.5 * (y0 - y2) / denom, -0.5, 0.5) * step)
+        return best

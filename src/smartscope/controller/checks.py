@@ -1,0 +1,128 @@
+"""Checks of a protocol against the hardware, before anything moves.
+
+What the protocol alone can tell is checked when it loads
+(``smartscope.protocol``); what needs the configuration (presets, device
+roles, device ranges, the focus and exposure the run starts from, the plan's
+every position and z plane) is checked here, with the field named.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from smartscope.protocol import Protocol, ProtocolError
+
+if TYPE_CHECKING:
+    from pymmcore_plus import CMMCorePlus
+
+    from smartscope.controller.plan import Plan
+
+__all__ = ["check_hardware", "check_plan"]
+
+
+def check_hardware(core: CMMCorePlus, p: Protocol) -> None:
+    """Refuse (``ProtocolError`` naming the field) what this core cannot run."""
+    seq, roles, lim = p.sequence, p.devices, p.limits
+    problems: list[tuple[str, str]] = []
+    if not core.getCameraDevice():
+        problems.append(("sequence", "the core has no camera (Core-Camera is not set)"))
+    if seq.stage_positions and not core.getXYStageDevice():
+        problems.append(
+            ("sequence.stage_positions", "needs an XY stage (Core-XYStage)")
+        )
+    if seq.z_plan is not None and not core.getFocusDevice():
+        problems.append(("sequence.z_plan", "needs a focus device (Core-Focus)"))
+    if seq.autofocus_plan is not None and not core.getAutoFocusDevice():
+        problems.append(
+            (
+                "sequence.autofocus_plan",
+                "needs a hardware autofocus device (Core-AutoFocus), and this "
+                "configuration has none; use the Autofocus action (a software "
+                "Z sweep) instead",
+            )
+        )
+    for i, ch in enumerate(seq.channels):
+        if ch.config not in core.getAvailableConfigs(ch.group):
+            problems.append(
+                (
+                    f"sequence.channels.{i}",
+                    f"channel {ch.config!r} is not a preset of config group "
+                    f"{ch.group!r} (available: {list(core.getAvailableConfigs(ch.group))})",
+                )
+            )
+    if p.objective is not None:
+        group = roles.objective_group
+        if p.objective not in core.getAvailableConfigs(group):
+            problems.append(
+                (
+                    "objective",
+                    f"{p.objective!r} is not a preset of the {group!r} group "
+                    f"(devices.objective_group; presets: {list(core.getAvailableConfigs(group))})",
+                )
+            )
+    light, prop = roles.light_source, roles.power_property
+    if light is not None:
+        if light not in core.getLoadedDevices():
+            problems.append(
+                (
+                    "devices.light_source",
+                    f"no device {light!r} in the configuration (devices: "
+                    f"{[d for d in core.getLoadedDevices() if d != 'Core']}); name "
+                    "your light source, or null to run without light control",
+                )
+            )
+        elif not core.hasProperty(light, prop):
+            problems.append(
+                (
+                    "devices.power_property",
+                    f"{light!r} has no property {prop!r} "
+                    f"(properties: {list(core.getDevicePropertyNames(light))})",
+                )
+            )
+        else:
+            power = p.laser_power_mw
+            if power is None:
+                power = float(core.getProperty(light, prop))
+                why = lim.check_power(power)
+                if why:
+                    problems.append(
+                        (
+                            "laser_power_mw",
+                            f"not set, and the {light} is at {power:g} mW: {why}",
+                        )
+                    )
+            elif core.hasPropertyLimits(light, prop):
+                lo = core.getPropertyLowerLimit(light, prop)
+                hi = core.getPropertyUpperLimit(light, prop)
+                if not lo <= power <= hi:
+                    problems.append(
+                        (
+                            "laser_power_mw",
+                            f"{power:g} is outside the range of {light}.{prop} "
+                            f"({lo:g} to {hi:g})",
+                        )
+                    )
+    if problems:
+        fld, why = problems[0]
+        more = f" [and {len(problems) - 1} more]" if len(problems) > 1 else ""
+        raise ProtocolError(why + more, field=fld)
+
+
+def check_plan(plan: Plan, p: Protocol) -> None:
+    """Every event of a time point (positions, grid, z planes, exposures,
+    with the defaults that apply) inside the limits."""
+    lim = p.limits
+    for ev in plan.preview():
+        why = lim.check_point(ev.x_pos, ev.y_pos, ev.z_pos)
+        if why:
+            where = f" (position {ev.pos_name or ev.index.get('p', 0)}, index {dict(ev.index)})"
+            raise ProtocolError(why + where, field="sequence")
+        if ev.exposure is not None:
+            why = lim.check_exposure(ev.exposure)
+            if why:
+                ch = ev.channel.config if ev.channel else "(no channel)"
+                raise ProtocolError(
+                    f"{why} (channel {ch}; a channel without exposure uses the "
+                    "camera's current one)",
+                    field="sequence.channels",
+                )

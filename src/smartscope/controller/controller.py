@@ -1,0 +1,555 @@
+"""The Controller: wires plan, engine, executor, analysis, reactions and recorder.
+
+Data flow::
+
+    Plan (useq events + overlays) ──► runner (pymmcore-plus) ──► ControllerEngine ──► core
+          ▲                                 │ frameReady (runner thread)
+          │ Executor (limits) ◄── actions   ▼
+          │                          frame ─► ledger, FrameRecord ─► Recorder
+    Reactions ◄── FrameResult ◄── AnalysisPipeline (worker thread)
+
+Threads: the runner thread acquires and, between blocks (a position of a time
+point), applies the actions queued by reactions; the analysis thread analyses
+and runs the reactions, each on an immutable snapshot (:class:`RunView`) of
+the run as it was when its frame was taken; the caller's thread starts,
+stops and finishes. ``run()`` returns only when both other threads have
+ended and every frame's fate (analysed, skipped, abandoned) is in the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import useq
+from psygnal import Signal
+
+from smartscope.actions import Action, MoveFocus
+from smartscope.analysis.result import FrameInput, FrameResult
+from smartscope.controller import records as R
+from smartscope.controller.autofocus import Sweep, frame_role
+from smartscope.controller.checks import check_hardware, check_plan
+from smartscope.controller.engine import DeviceFailure
+from smartscope.controller.executor import Executor, Outcome
+from smartscope.controller.plan import Plan
+from smartscope.controller.reacting import ReactionRunner
+from smartscope.controller.recorder import Recorder
+from smartscope.errors import SmartscopeError
+from smartscope.limits import HardwareState
+from smartscope.protocol import Protocol
+from smartscope.reactions.base import Reaction, RunView
+
+if TYPE_CHECKING:
+    from pymmcore_plus import CMMCorePlus
+
+__all__ = ["Controller", "RunError"]
+
+logger = logging.getLogger("smartscope.controller")
+
+
+class RunError(SmartscopeError):
+    """The run could not start, or its acquisition failed (frames so far are kept)."""
+
+
+class Controller:
+    """Runs a protocol on a core: acquisition, real-time analysis, reactions.
+
+    Parameters
+    ----------
+    core : CMMCorePlus
+        A ready core (``smartscope.hardware.load_core``).
+    protocol : Protocol
+        The validated protocol; it is checked against this core here, before
+        anything moves (``ProtocolError`` naming the field).
+    out_dir : Path
+        Run folder to create (must not exist, or be empty).
+    reactions : sequence of Reaction, optional
+        Extra Python reactions, in addition to the protocol's.
+    device : "auto" | "cpu" | "cuda"
+        Where the models run.
+    """
+
+    frame_acquired = Signal(FrameInput)
+    """Emits ``(frame: FrameInput)`` for every frame, autofocus planes included,
+    once it is on disk. Runner thread."""
+    frame_analysed = Signal(FrameResult)
+    """Emits ``(result: FrameResult)`` after a frame is analysed and reacted to.
+    Analysis thread."""
+    action_taken = Signal(object, str)
+    """Emits ``(action: Action, status: str)`` for an applied or clamped action
+    (the action as applied). Runner thread."""
+    action_refused = Signal(object, str)
+    """Emits ``(action, reason: str)`` for an action refused or failed (runner
+    thread), or still queued when the run ended (caller's thread)."""
+    record = Signal(object)
+    """Emits ``(record: records.Record)`` for every line of events.jsonl, on the
+    thread that made it."""
+    run_finished = Signal(dict)
+    """Emits ``(summary: dict)`` when the run folder is complete. Caller's thread."""
+
+    def __init__(
+        self,
+        core: CMMCorePlus,
+        protocol: Protocol,
+        *,
+        out_dir: str | Path,
+        reactions: Sequence[Reaction] = (),
+        device: str = "auto",
+    ) -> None:
+        self.core = core
+        self.protocol = protocol
+        self.out_dir = Path(out_dir)
+        self.device = device
+        check_hardware(core, protocol)
+        self.plan = self._new_plan()
+        check_plan(self.plan, protocol)
+        self.executor = Executor(core, self.plan, protocol.limits, protocol.devices)
+        self.reactions = ReactionRunner(
+            [*protocol.build_reactions(), *reactions], protocol.on_error.reaction
+        )
+        self._actions: queue.SimpleQueue[tuple[Any, str | None, float]] = (
+            queue.SimpleQueue()
+        )
+        self._cond = threading.Condition()
+        self._submitted = self._settled = 0
+        self._paused = False
+        self._stop_reason = ""
+        self._stop_status = ""
+        self._interrupted = False
+        self._frames = 0
+        self._views: dict[int, RunView] = {}
+        self._sweeps: list[Sweep] = []
+        self._active_sweep: Sweep | None = None
+        self._pipeline: Any = None
+        self._recorder: Recorder | None = None
+        self._sim: Any = None
+        self._t0 = 0.0
+        self._fov_um = (0.0, 0.0)
+        self.summary: dict[str, Any] | None = None
+
+    def _new_plan(self) -> Plan:
+        core = self.core
+        px = core.getPixelSizeUm() or 1.0
+        self._fov_um = (core.getImageWidth() * px, core.getImageHeight() * px)
+        return Plan(
+            self.protocol.sequence,
+            focus_um=core.getZPosition() if core.getFocusDevice() else None,
+            fov_um=self._fov_um,
+            default_exposure_ms=core.getExposure(),
+        )
+
+    # ------------------------------------------------------------ control
+
+    def stop(
+        self, reason: str = "stopped by user", *, interrupted: bool = False
+    ) -> None:
+        """End the run after the current frame (any thread)."""
+        self._request_stop(reason, "interrupted" if interrupted else "stopped")
+        with contextlib.suppress(Exception):
+            self.core.mda.cancel()
+
+    def _request_stop(self, reason: str, status: str) -> None:
+        with self._cond:
+            if status == "interrupted":
+                self._interrupted = True
+            if not self._stop_reason:
+                self._stop_reason, self._stop_status = reason, status
+            self._cond.notify_all()
+
+    @property
+    def stopping(self) -> bool:
+        return bool(self._stop_reason)
+
+    def pause(self) -> None:
+        """Hold acquisition before the next event (any thread)."""
+        with self._cond:
+            self._paused = True
+
+    def resume(self) -> None:
+        with self._cond:
+            self._paused = False
+            self._cond.notify_all()
+
+    def submit(self, action: Action) -> None:
+        """Queue an action from outside (a GUI, a script); it passes the limits
+        like any reaction's, at the next block boundary."""
+        self._actions.put((action, None, time.perf_counter()))
+
+    @property
+    def frames_acquired(self) -> int:
+        return self._frames
+
+    @property
+    def analysis_lag(self) -> int:
+        """Frames acquired for analysis but not yet analysed or skipped."""
+        return max(0, self._submitted - self._settled)
+
+    @property
+    def stats(self) -> Any:
+        """What the run folder's records counted so far (:class:`recorder.Counts`)."""
+        return self._recorder.counts if self._recorder is not None else None
+
+    # ------------------------------------------------------------ run
+
+    def run(self, *, on_tick: Callable[[], None] | None = None) -> dict[str, Any]:
+        """Run to the end (or until stopped); return the summary.
+
+        The acquisition runs on its own thread; this thread waits, so Ctrl-C
+        (KeyboardInterrupt) stops the run cleanly. ``on_tick()`` is called on
+        this thread about every 50 ms (a progress display); an exception in it
+        is logged and never stops the run.
+        """
+        from smartscope.controller import lifecycle
+
+        return lifecycle.run(self, on_tick)
+
+    # ------------------------------------------------------------ records
+
+    def _emit(self, signal: Any, *args: Any) -> None:
+        """Emit a public signal; a broken subscriber is logged, never raised."""
+        try:
+            signal.emit(*args)
+        except Exception as e:
+            logger.exception("a subscriber of %s raised", signal.name)
+            if self._recorder is not None:
+                self._recorder.on_record(
+                    R.SubscriberErrorRecord(
+                        signal=signal.name, error=f"{type(e).__name__}: {e}"
+                    )
+                )
+
+    def _log(self, rec: R.Record) -> None:
+        if self._recorder is not None:
+            self._recorder.on_record(rec)
+        if len(self.record):
+            self._emit(self.record, rec)
+
+    def _since(self, t: float) -> float:
+        return round(t - self._t0, 6)
+
+    def _sample_time(self) -> float:
+        try:
+            return float(self.core.mda.event_seconds_elapsed())
+        except Exception:
+            return time.perf_counter() - self._t0
+
+    # ------------------------------------------------------------ runner thread
+
+    def _events(self) -> Iterator[useq.MDAEvent]:
+        """The events to acquire, from the (changing) plan."""
+        for block in self.plan.blocks():
+            if block.new_timepoint and block.t_index:
+                self._wait_for_analysis(block.due_s)
+            self._apply_pending()
+            if (yield from self._sweep_events()) or self._check_stop():
+                return
+            for ev in block.events():
+                if self._hold() or self._check_stop():
+                    return
+                yield ev
+
+    def _hold(self) -> bool:
+        """Wait while paused; True when the run is stopping."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._paused or self.stopping)
+        return self.stopping
+
+    def _check_stop(self) -> bool:
+        if self.stopping:
+            return True
+        st, budget = self.protocol.stop, self.protocol.limits.light_dose_budget_mj
+        why = None
+        if st.max_frames is not None and self._frames >= st.max_frames:
+            why = f"max_frames {st.max_frames} reached"
+        elif (
+            st.max_sample_time_s is not None
+            and self._sample_time() >= st.max_sample_time_s
+        ):
+            why = f"max_sample_time_s {st.max_sample_time_s:g} reached"
+        elif (
+            st.when_dose_budget_spent
+            and budget is not None
+            and self.executor.dose_mj >= budget
+        ):
+            why = f"light-dose budget {budget:g} mJ spent"
+        if why:
+            self._request_stop(why, "stopped")
+        return self.stopping
+
+    def _wait_for_analysis(self, due_s: float | None) -> None:
+        """Let the analysis of the frames taken catch up before a new time point,
+        so reactions to one time point act on the next; never past the time the
+        next frame is due (realtime)."""
+        if self._pipeline is None:
+            return
+        virtual = self._sim is not None and self._sim.time_mode == "virtual"
+        timeout = (
+            60.0 if virtual else max(0.0, (due_s or 0.0) - self._sample_time() - 0.005)
+        )
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._settled >= self._submitted or self.stopping, timeout
+            )
+
+    def _apply_pending(self) -> None:
+        while True:
+            try:
+                action, position, t_frame = self._actions.get_nowait()
+            except queue.Empty:
+                return
+            self._record_outcome(
+                self.executor.apply(action, default_position=position), t_frame
+            )
+
+    def _record_outcome(self, out: Outcome, t_frame: float | None) -> None:
+        t = time.perf_counter()
+        a = out.action
+        ok = out.status in ("applied", "clamped")
+        latency = (t - t_frame) * 1000.0 if ok and t_frame is not None else None
+        is_action = isinstance(a, Action)
+        self._log(
+            R.ActionRecord(
+                type=a.kind if is_action else type(a).__name__,
+                source=a.source if is_action and isinstance(a.source, str) else "",
+                frame_index=a.frame_index
+                if is_action and isinstance(a.frame_index, int)
+                else -1,
+                reason=a.reason if is_action and isinstance(a.reason, str) else "",
+                requested=_requested(a),
+                status=out.status,
+                limit=out.reason or None,
+                before=_jsonable(out.before),
+                after=_jsonable(out.after),
+                t_action=self._since(t),
+                latency_ms=None if latency is None else round(latency, 3),
+            )
+        )
+        if ok:
+            self._emit(self.action_taken, out.applied, out.status)
+        else:
+            self._emit(self.action_refused, a, out.reason)
+        if out.stop:
+            self._request_stop(
+                a.reason or f"stopped by {a.source or 'an action'}", "stopped"
+            )
+        if out.sweep is not None:
+            self._sweeps.append(out.sweep)
+
+    def _sweep_events(self) -> Iterator[useq.MDAEvent]:
+        """Autofocus sweeps asked for, then their result; True if stopped."""
+        while self._sweeps:
+            sweep = self._active_sweep = self._sweeps.pop(0)
+            for ev in sweep.planned:
+                if self._hold() or self._check_stop():
+                    return True
+                yield ev
+            self._active_sweep = None
+            best = sweep.best_z()
+            self._log(
+                R.AutofocusRecord(
+                    sweep=sweep.id,
+                    position=sweep.position,
+                    z_um=[round(float(z), 3) for z in sweep.zs],
+                    scores=[sweep.scores.get(i) for i in range(len(sweep.zs))],
+                    frames=sweep.frames,
+                    best_z_um=best,
+                    outcome="focus moved"
+                    if best is not None
+                    else "too few planes acquired",
+                )
+            )
+            if best is not None:
+                move = MoveFocus(
+                    z_um=best,
+                    position=sweep.position or None,
+                    source="autofocus",
+                    reason=f"sharpest plane of sweep {sweep.id}",
+                )
+                self._record_outcome(self.executor.apply(move), None)
+        return False
+
+    def _on_frame(self, img: np.ndarray, event: useq.MDAEvent, meta: dict) -> None:
+        """A frame is on disk: count its light, log it, hand it on (runner thread)."""
+        t_frame = time.perf_counter()
+        index = self._frames
+        self._frames += 1
+        pos = meta.get("position") or {}
+        x = float(pos.get("x", event.x_pos or 0.0))
+        y = float(pos.get("y", event.y_pos or 0.0))
+        z = float(pos.get("z", event.z_pos or 0.0))
+        exposure = float(meta.get("exposure_ms", event.exposure or 0.0))
+        power = self.executor.record_frame(exposure)
+        t_s = self._sample_time()
+        role = frame_role(event)
+        name = event.pos_name or f"p{event.index.get('p', 0)}"
+        frame = FrameInput(
+            image=img,
+            frame_index=index,
+            position=name,
+            stage_x_um=x,
+            stage_y_um=y,
+            z_um=z,
+            pixel_size_um=float(meta.get("pixel_size_um") or 1.0),
+            exposure_ms=exposure,
+            t_frame=t_frame,
+            t_s=t_s,
+            channel=event.channel.config if event.channel else "",
+            event_index=dict(event.index),
+            laser_mw=power,
+        )
+        self._log(
+            R.FrameRecord(
+                index=index,
+                role=role["role"] if role else "acquisition",
+                position=name,
+                event_index=dict(event.index),
+                channel=frame.channel,
+                x_um=x,
+                y_um=y,
+                z_um=z,
+                exposure_ms=exposure,
+                laser_mw=power,
+                dose_mj=round(self.executor.dose_mj, 6),
+                t_s=round(t_s, 4),
+                t_frame=self._since(t_frame),
+            )
+        )
+        if role is not None:
+            if (
+                self._active_sweep is not None
+                and role.get("sweep") == self._active_sweep.id
+            ):
+                self._active_sweep.add(role["plane"], img, index)
+        elif self._pipeline is not None:
+            self._views[index] = self._view(frame)
+            with self._cond:
+                self._submitted += 1
+            self._pipeline.submit(frame)
+        self._emit(self.frame_acquired, frame)
+
+    def _view(self, f: FrameInput) -> RunView:
+        """The run as it is when frame ``f`` is taken (runner thread)."""
+        plan = self.plan.view()
+        return RunView(
+            state=HardwareState(
+                x_um=f.stage_x_um,
+                y_um=f.stage_y_um,
+                z_um=f.z_um,
+                exposure_ms=f.exposure_ms,
+                laser_mw=f.laser_mw,
+                light_dose_mj=self.executor.dose_mj,
+                n_positions=plan.n_positions,
+                interval_s=plan.interval_s,
+            ),
+            positions={
+                k: (
+                    x if x is not None else f.stage_x_um,
+                    y if y is not None else f.stage_y_um,
+                    z,
+                )
+                for k, (x, y, z) in plan.positions.items()
+            },
+            fov_um=self._fov_um,
+            frames_acquired=f.frame_index + 1,
+            t_s=f.t_s,
+        )
+
+    def _on_device_error(self, f: DeviceFailure) -> None:
+        self._log(
+            R.DeviceErrorRecord(
+                device=f.device,
+                event_index=dict(f.event.index),
+                position=f.event.pos_name,
+                attempt=f.attempt,
+                error=f"{type(f.error).__name__}: {f.error}",
+                outcome=f.outcome,
+                t_wall=time.time(),
+            )
+        )
+        if f.final and f.then == "stop":
+            self._request_stop(f"{f.device} error: {f.error}", "stopped")
+
+    # ------------------------------------------------------------ analysis thread
+
+    def _on_result(self, result: FrameResult) -> None:
+        """Log, store, and let the reactions decide (analysis thread)."""
+        f = result.frame
+        view = self._views.pop(f.frame_index, None)
+        self._log(
+            R.AnalysisRecord(
+                index=f.frame_index,
+                position=f.position,
+                n_objects=len(result.objects),
+                objects=[
+                    [
+                        o.label,
+                        o.track_id,
+                        round(o.x_um, 3),
+                        round(o.y_um, 3),
+                        round(o.area_um2, 2),
+                        round(o.mean_intensity, 1),
+                    ]
+                    for o in result.objects
+                ],
+                background=round(result.background, 2),
+                error=result.error,
+                t_result=self._since(result.t_result),
+                latency_ms=round(result.latency_ms, 3),
+            )
+        )
+        if result.error is not None:
+            self._log(R.AnalysisErrorRecord(index=f.frame_index, error=result.error))
+        elif self._recorder is not None:
+            self._recorder.on_result(result)
+        if result.error is None and view is not None:
+            for action, rec in self.reactions.react(result, view):
+                if rec is not None:
+                    self._log(rec)
+                else:  # whatever was returned: the executor refuses non-actions
+                    self._actions.put((action, f.position, f.t_frame))
+            if self.reactions.stop_reason:
+                self._request_stop(self.reactions.stop_reason, "error")
+        self._emit(self.frame_analysed, result)
+        self._settle()
+
+    def _on_skipped(self, frame_index: int) -> None:
+        self._views.pop(frame_index, None)
+        reason = "abandoned at stop" if self.stopping else "queue full"
+        self._log(R.AnalysisSkippedRecord(index=frame_index, reason=reason))
+        self._settle()
+
+    def _settle(self) -> None:
+        with self._cond:
+            self._settled += 1
+            self._cond.notify_all()
+
+
+def _requested(a: Any) -> dict[str, Any] | str:
+    if isinstance(a, Action):
+        try:
+            return _jsonable(a.to_dict())
+        except Exception:
+            pass
+    return f"{a!r:.200}"
+
+
+def _jsonable(v: Any) -> Any:
+    """Values as JSON can hold them (numbers, strings, lists, dicts); else repr."""
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v if np.isfinite(v) else repr(v)
+    if isinstance(v, (np.generic,)):
+        return _jsonable(v.item())
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return f"{v!r:.200}"

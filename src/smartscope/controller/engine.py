@@ -1,0 +1,115 @@
+"""pymmcore-plus's MDA engine plus the protocol's device-error policy.
+
+The runner and the engine are pymmcore-plus's own; this subclass only wraps
+the stage moves and the snap in the protocol's retry policy and reports each
+failure through ``on_device_error`` (an interface, so the engine never knows
+the controller). Only device errors are caught (the exceptions a core call
+raises for a device: ``RuntimeError``, ``OSError``, ``ValueError``); anything
+else is a bug and ends the run with its traceback in the log.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import useq
+from pymmcore_plus.mda import MDAEngine
+from pymmcore_plus.mda._runner import SkipEvent
+
+from smartscope.protocol import ErrorPolicy, FaultPolicy
+
+if TYPE_CHECKING:
+    from pymmcore_plus import CMMCorePlus
+    from pymmcore_plus.mda import PImagePayload
+
+__all__ = ["DEVICE_ERRORS", "ControllerEngine", "DeviceFailure"]
+
+#: what a core call raises when a device fails (pymmcore's CMMError is a
+#: RuntimeError; a property value a device refuses is a ValueError)
+DEVICE_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, OSError, ValueError)
+
+
+@dataclass(frozen=True)
+class DeviceFailure:
+    """One failed device call, as the engine reports it."""
+
+    device: str
+    event: useq.MDAEvent
+    error: BaseException
+    attempt: int
+    final: bool
+    then: str
+
+    @property
+    def outcome(self) -> str:
+        if not self.final:
+            return "retrying"
+        return "frame skipped" if self.then == "skip" else "run stopped"
+
+
+class ControllerEngine(MDAEngine):
+    """The MDA engine with retries; no hardware sequencing (every event passes
+    the controller's generator, so actions land between frames) and no restore
+    of the initial state (the stage stays with the sample)."""
+
+    def __init__(
+        self,
+        core: CMMCorePlus,
+        *,
+        policy: ErrorPolicy,
+        on_device_error: Callable[[DeviceFailure], None],
+    ) -> None:
+        super().__init__(
+            core, use_hardware_sequencing=False, restore_initial_state=False
+        )
+        self._policy = policy
+        self._report = on_device_error
+
+    def _retry(
+        self,
+        device: str,
+        policy: FaultPolicy,
+        event: useq.MDAEvent,
+        fn: Callable[[], object],
+    ) -> bool:
+        for attempt in range(policy.retries + 1):
+            try:
+                fn()
+                return True
+            except DEVICE_ERRORS as e:
+                final = attempt == policy.retries
+                self._report(
+                    DeviceFailure(device, event, e, attempt + 1, final, policy.then)
+                )
+        return False
+
+    def setup_single_event(self, event: useq.MDAEvent) -> None:
+        core, pol = self.mmcore, self._policy.stage
+        if event.x_pos is not None and event.y_pos is not None:
+            x, y = event.x_pos, event.y_pos
+            if not self._retry("stage", pol, event, lambda: core.setXYPosition(x, y)):
+                raise SkipEvent(num_frames=0, reason="XY stage error")
+        if event.z_pos is not None:
+            z = event.z_pos + self._z_correction.get(event.index.get("p"), 0.0)
+            if not self._retry("stage", pol, event, lambda: core.setZPosition(z)):
+                raise SkipEvent(num_frames=0, reason="Z stage error")
+        # the rest (channel, exposure, properties) is pymmcore-plus's
+        super().setup_single_event(
+            event.model_copy(update={"x_pos": None, "y_pos": None, "z_pos": None})
+        )
+
+    def exec_single_event(self, event: useq.MDAEvent) -> Iterator[PImagePayload]:
+        core = self.mmcore
+        if not self._retry("camera", self._policy.camera, event, core.snapImage):
+            return
+        t0 = event.metadata.get("runner_t0") or time.perf_counter()
+        meta = self.get_frame_metadata(
+            event,
+            runner_time_ms=(time.perf_counter() - t0) * 1000,
+            camera_device=core.getCameraDevice(),
+            include_position=True,
+        )
+        yield (core.getImage(), event, meta)  # type: ignore[misc]

@@ -1,0 +1,325 @@
+"""The only code that applies an action: meaning → limits → core or plan.
+
+The executor owns the device roles the protocol names (light source, its
+power property, objective group) and the light-dose ledger. Every action is
+judged by what it changes, not by its name: a ``SetProperty`` of the light
+source's power is a ``SetLaserPower``, of the camera's exposure a
+``SetExposure``, of the focus a ``MoveFocus``, and passes the same limits;
+the shutter, the stages' other properties, the objective and the core's own
+settings are never set by an action. Runs on the runner thread, between
+events, and is the only caller of the core for an action.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from smartscope.actions import (
+    Action,
+    AddPosition,
+    Autofocus,
+    MoveFocus,
+    MoveStage,
+    SetExposure,
+    SetInterval,
+    SetLaserPower,
+    SetProperty,
+    Stop,
+)
+from smartscope.controller.autofocus import Sweep
+from smartscope.controller.engine import DEVICE_ERRORS
+from smartscope.limits import HardwareState, SafetyLimits
+
+if TYPE_CHECKING:
+    from pymmcore_plus import CMMCorePlus
+
+    from smartscope.controller.plan import Plan
+    from smartscope.protocol import DeviceRoles
+
+__all__ = ["Executor", "Outcome"]
+
+#: what the dose ledger counts (written into summary.json)
+LEDGER_COUNTS = (
+    "sum over every frame (autofocus frames included) of the light source's power "
+    "(read from the device when the frame is taken) x the exposure; mJ = mW x s"
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one action."""
+
+    action: Any
+    status: str  # applied | clamped | refused | failed
+    reason: str = ""
+    applied: Action | None = None
+    before: Any = None
+    after: Any = None
+    stop: bool = False
+    sweep: Sweep | None = None
+
+
+def _refused(action: Any, reason: str) -> Outcome:
+    return Outcome(action, "refused", reason)
+
+
+class Executor:
+    """Applies actions to the core and the plan, through the limits.
+
+    Parameters
+    ----------
+    core : CMMCorePlus
+    plan : Plan
+    limits : SafetyLimits
+    roles : DeviceRoles
+        Which device is the light source, its power property, the objective group.
+    """
+
+    def __init__(
+        self, core: CMMCorePlus, plan: Plan, limits: SafetyLimits, roles: DeviceRoles
+    ) -> None:
+        self.core = core
+        self.plan = plan
+        self.limits = limits
+        self.roles = roles
+        #: light delivered so far, mJ (see LEDGER_COUNTS)
+        self.dose_mj = 0.0
+
+    # ------------------------------------------------------------ devices
+
+    def light_power_mw(self) -> float:
+        """The light source's power now, mW (0 without a light source)."""
+        r = self.roles
+        if r.light_source is None:
+            return 0.0
+        return float(self.core.getProperty(r.light_source, r.power_property))
+
+    def record_frame(self, exposure_ms: float) -> float:
+        """Add one frame to the ledger (runner thread); the power it had, mW."""
+        power = self.light_power_mw()
+        self.dose_mj += power * exposure_ms / 1000.0
+        return power
+
+    def objective_devices(self) -> set[str]:
+        core, group = self.core, self.roles.objective_group
+        if group not in core.getAvailableConfigGroups():
+            return set()
+        out = set()
+        for preset in core.getAvailableConfigs(group):
+            for dev, _prop, _val in core.getConfigData(group, preset):
+                out.add(dev)
+        return out
+
+    def state(
+        self, p_index: int | None = None, channel: str | None = None
+    ) -> HardwareState:
+        """What the limits judge against: the position's planned coordinates
+        where the plan sets them, the hardware's otherwise (runner thread)."""
+        core, plan = self.core, self.plan
+        x = y = z = None
+        if p_index is not None:
+            x, y, z = plan.coords(p_index)
+        if x is None or y is None:
+            x, y = core.getXYPosition() if core.getXYStageDevice() else (0.0, 0.0)
+        if z is None:
+            z = core.getZPosition() if core.getFocusDevice() else 0.0
+        if channel is None and plan.channels():
+            exposure = min(plan.exposure_ms(c) for c in plan.channels())
+        else:
+            exposure = plan.exposure_ms(channel)
+        view = plan.view()
+        return HardwareState(
+            x_um=float(x),
+            y_um=float(y),
+            z_um=float(z),
+            exposure_ms=exposure,
+            laser_mw=self.light_power_mw(),
+            light_dose_mj=self.dose_mj,
+            n_positions=view.n_positions,
+            interval_s=view.interval_s,
+        )
+
+    # ------------------------------------------------------------ actions
+
+    def apply(self, action: Any, *, default_position: str | None = None) -> Outcome:
+        """Judge ``action`` and apply what the limits allow (runner thread)."""
+        if not isinstance(action, Action):
+            return _refused(action, f"not an Action: {action!r:.200}")
+        problems = action.problems()
+        if problems:
+            return _refused(action, "malformed: " + "; ".join(problems))
+        meant = self._meaning(action)
+        if isinstance(meant, str):
+            return _refused(action, meant)
+        name = getattr(meant, "position", None) or default_position
+        p_index = self.plan.position_index(name)
+        if getattr(meant, "position", None) is not None and p_index is None:
+            return _refused(action, f"no position named {meant.position!r} in the plan")  # type: ignore[attr-defined]
+        why = self._plan_can(meant)
+        if why:
+            return _refused(action, why)
+        channel = getattr(meant, "channel", None)
+        if isinstance(meant, Autofocus) and self.plan.channels():
+            channel = self.plan.channels()[0]  # the sweep's channel
+        state = self.state(p_index, channel)
+        verdict = self.limits.check(meant, state)
+        if not verdict.allowed or verdict.action is None:
+            return _refused(action, verdict.reason)
+        act = verdict.action
+        try:
+            before, after, extra = self._execute(act, state, p_index, name)
+        except DEVICE_ERRORS as e:
+            return Outcome(action, "failed", f"{type(e).__name__}: {e}", act)
+        return Outcome(
+            action,
+            verdict.status,
+            verdict.reason,
+            act,
+            before,
+            after,
+            stop=isinstance(act, Stop),
+            sweep=extra,
+        )
+
+    def _meaning(self, a: Action) -> Action | str:
+        """The dedicated action a SetProperty amounts to, a refusal, or ``a``."""
+        if not isinstance(a, SetProperty):
+            return a
+        core, r = self.core, self.roles
+        common = {
+            "reason": a.reason,
+            "source": a.source,
+            "frame_index": a.frame_index,
+            "t_frame": a.t_frame,
+        }
+        dev, prop = a.device, a.prop
+
+        def number() -> float | None:
+            try:
+                v = float(a.value)
+            except (TypeError, ValueError):
+                return None
+            return v if math.isfinite(v) else None
+
+        if dev == "Core":
+            return (
+                "the core's own settings (roles, auto-shutter) are not set by actions"
+            )
+        if (
+            r.light_source is not None
+            and dev == r.light_source
+            and prop == r.power_property
+        ):
+            v = number()
+            if v is None:
+                return f"{dev}.{prop} needs a finite number, got {a.value!r}"
+            return SetLaserPower(power_mw=v, **common)
+        if dev == core.getCameraDevice() and prop == "Exposure":
+            v = number()
+            if v is None or v <= 0:
+                return f"{dev}.{prop} needs a number > 0, got {a.value!r}"
+            return SetExposure(exposure_ms=v, **common)
+        if dev == core.getFocusDevice() and prop == "Position":
+            v = number()
+            if v is None:
+                return f"{dev}.{prop} needs a finite number, got {a.value!r}"
+            return MoveFocus(z_um=v, **common)
+        if dev in (core.getXYStageDevice(), core.getFocusDevice()):
+            return f"{dev}.{prop} changes a stage; use MoveStage or MoveFocus"
+        if dev == core.getShutterDevice():
+            return (
+                f"{dev}.{prop}: the shutter is driven by the acquisition; light "
+                "outside an exposure would reach the sample uncounted"
+            )
+        if dev in self.objective_devices():
+            return (
+                f"{dev}.{prop} changes the objective (pixel size, focus); "
+                "not allowed during a run"
+            )
+        if r.light_source is not None and dev == r.light_source:
+            key = f"{dev}.{prop}"
+            if key not in self.limits.allowed_properties:
+                return (
+                    f"{key} changes the light source and is not in allowed_properties"
+                )
+        return a
+
+    def _plan_can(self, a: Action) -> str | None:
+        plan = self.plan
+        if isinstance(a, (SetInterval, AddPosition)) and not plan.dynamic:
+            return (
+                f"axis_order {plan.sequence.axis_order!r} runs time inside another "
+                f"axis; {a.kind} needs time as the outermost axis"
+            )
+        if isinstance(a, SetInterval) and not plan.has_time:
+            return "the sequence has no time_plan"
+        if isinstance(a, SetExposure) and a.channel is not None:
+            chans = plan.channels()
+            if a.channel not in chans:
+                return f"no channel {a.channel!r} in the plan (channels: {chans})"
+        if isinstance(a, SetLaserPower) and self.roles.light_source is None:
+            return "no light source is named in the protocol (devices.light_source)"
+        return None
+
+    def _execute(
+        self, a: Action, s: HardwareState, p: int | None, name: str | None
+    ) -> tuple[Any, Any, Sweep | None]:
+        core, plan = self.core, self.plan
+        if isinstance(a, MoveStage):
+            if p is None or not plan.move(p, x_um=a.x_um, y_um=a.y_um):
+                core.setXYPosition(a.x_um, a.y_um)
+                core.waitForDevice(core.getXYStageDevice())
+            return [s.x_um, s.y_um], [a.x_um, a.y_um], None
+        if isinstance(a, MoveFocus):
+            if p is None or not plan.move(p, z_um=a.z_um):
+                core.setZPosition(a.z_um)
+                core.waitForDevice(core.getFocusDevice())
+            return s.z_um, a.z_um, None
+        if isinstance(a, SetExposure):
+            return plan.set_exposure(a.channel, a.exposure_ms), a.exposure_ms, None
+        if isinstance(a, SetLaserPower):
+            r = self.roles
+            assert r.light_source is not None
+            core.setProperty(r.light_source, r.power_property, a.power_mw)
+            return s.laser_mw, self.light_power_mw(), None
+        if isinstance(a, SetInterval):
+            return plan.set_interval(a.interval_s), a.interval_s, None
+        if isinstance(a, AddPosition):
+            x, y = core.getXYPosition() if core.getXYStageDevice() else (0.0, 0.0)
+            plan.ensure_indexed(x, y)
+            new = plan.add_position(x_um=a.x_um, y_um=a.y_um, z_um=a.z_um, name=a.name)
+            return (
+                None,
+                {"name": new, "x_um": a.x_um, "y_um": a.y_um, "z_um": a.z_um},
+                None,
+            )
+        if isinstance(a, SetProperty):
+            before = core.getProperty(a.device, a.prop)
+            core.setProperty(a.device, a.prop, a.value)
+            return before, core.getProperty(a.device, a.prop), None
+        if isinstance(a, Autofocus):
+            return s.z_um, None, self._sweep(a, s, p, name)
+        if isinstance(a, Stop):
+            return None, None, None
+        raise TypeError(f"no executor for action {a.kind}")
+
+    def _sweep(
+        self, a: Autofocus, s: HardwareState, p: int | None, name: str | None
+    ) -> Sweep:
+        centre = s.z_um if a.center_um is None else a.center_um
+        n = a.n_planes
+        zs = np.linspace(centre - a.range_um / 2, centre + a.range_um / 2, n)
+        sweep = Sweep(name or "", p, zs, reason=a.reason)
+        chans = self.plan.sequence.channels
+        ch = chans[0] if chans else None
+        sweep.build_events(
+            x_um=s.x_um if self.core.getXYStageDevice() else None,
+            y_um=s.y_um if self.core.getXYStageDevice() else None,
+            channel=ch,
+            exposure_ms=self.plan.exposure_ms(ch.config if ch else None),
+        )
+        return sweep

@@ -1,0 +1,254 @@
+"""Start, wait for and finish a :class:`~.controller.Controller` run (caller's thread).
+
+Start: models are loaded (a bad model file is refused) and the output folder
+is checked before anything is written or moved; then the protocol's objective
+and light are set, and only then is the run folder created. Finish: every
+step runs even if one before it failed, and ``summary.json`` is always
+written; ``run()`` returns only after the runner and analysis threads ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from smartscope.controller import records as R
+from smartscope.controller.checks import check_plan
+from smartscope.controller.engine import ControllerEngine
+from smartscope.controller.executor import LEDGER_COUNTS
+from smartscope.controller.recorder import Recorder, protocol_yaml
+from smartscope.errors import SmartscopeError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from smartscope.controller.controller import Controller
+
+__all__ = ["run"]
+
+logger = logging.getLogger("smartscope.controller")
+
+
+def run(ctl: Controller, on_tick: Callable[[], None] | None) -> dict[str, Any]:
+    from smartscope.controller.controller import RunError
+
+    _start(ctl)
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def _acquire() -> None:
+        try:
+            ctl.core.mda.run(ctl._events(), output=_raw_output(ctl))
+        except BaseException as e:  # reported on the caller's thread
+            failures.append(e)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=_acquire, name="smartscope-mda", daemon=True)
+    thread.start()
+    while not done.is_set():
+        try:
+            if not done.wait(0.05) and on_tick is not None:
+                try:
+                    on_tick()
+                except Exception:
+                    logger.exception("on_tick raised")
+        except KeyboardInterrupt:
+            ctl.stop("interrupted (Ctrl-C)", interrupted=True)
+    thread.join()
+    error = failures[0] if failures else None
+    summary = _finish(ctl, error)
+    if error is not None:
+        raise RunError(
+            f"the acquisition failed: {type(error).__name__}: {error} "
+            f"(frames so far are in {ctl.out_dir})"
+        ) from error
+    return summary
+
+
+def _raw_output(ctl: Controller) -> Any:
+    """Raw frames: OME-Zarr through ome-writers' zarr-python backend, which
+    writes each frame before the runner announces it (the tensorstore backend
+    writes asynchronously: a killed process could lose frames already logged)."""
+    from ome_writers import AcquisitionSettings
+
+    return AcquisitionSettings(
+        root_path=str(ctl.out_dir / "data.ome.zarr"), format="zarr-python"
+    )
+
+
+def _start(ctl: Controller) -> None:
+    from smartscope.controller.controller import RunError
+
+    p, core, out = ctl.protocol, ctl.core, ctl.out_dir
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise RunError(
+            f"run folder {out} exists and is not an empty folder; choose another --out"
+        )
+    if p.analysis.enabled:
+        from smartscope.analysis import AnalysisPipeline
+
+        # models are loaded (a bad model file refused) before anything moves
+        ctl._pipeline = AnalysisPipeline(
+            p.analysis, on_result=ctl._on_result, device=ctl.device
+        )
+        ctl._pipeline.load_models()
+    with contextlib.suppress(SmartscopeError):
+        from smartscope.sim import get_simulator
+
+        ctl._sim = get_simulator(core)
+    _set_initial_state(ctl)
+    rec = ctl._recorder = Recorder(
+        out,
+        protocol_yaml=protocol_yaml(p.model_dump(mode="json", exclude_none=True)),
+        save_labels=p.analysis.enabled and (p.save.labels or p.analysis.save_labels),
+        save_denoised=p.analysis.enabled
+        and bool(p.analysis.denoise)
+        and (p.save.denoised or p.analysis.save_denoised),
+    )
+    try:
+        sim = ctl._sim
+        if sim is not None:
+            if p.save.truth:
+                rec.keep_open(sim.record_truth(out / "truth" / "cells.csv"))
+            # the truth streams to disk; keeping it in memory too would grow
+            ctl._sim_kept_history = sim.keep_history
+            sim.keep_history = False
+        ctl.reactions.reset()
+        if ctl._pipeline is not None:
+            ctl._pipeline.frame_skipped.connect(ctl._on_skipped)
+            ctl._pipeline.start()
+        core.mda.events.frameReady.connect(ctl._on_frame)
+        ctl._old_engine = core.mda.set_engine(
+            ControllerEngine(
+                core, policy=p.on_error, on_device_error=ctl._on_device_error
+            )
+        )
+        ctl._t0 = time.perf_counter()
+        ctl._log(
+            R.RunStartedRecord(
+                protocol=p.name,
+                t_wall=time.time(),
+                positions=list(ctl.plan.view().positions),
+                time_mode=sim.time_mode if sim is not None else "realtime",
+                plan_mode="dynamic" if ctl.plan.dynamic else "verbatim",
+                devices=p.devices.model_dump(),
+                simulator=None
+                if sim is None
+                else {"seed": sim.seed, "scene": p.scene if p.scene else None},
+            )
+        )
+    except BaseException as e:
+        _finish(ctl, e)
+        raise
+
+
+def _set_initial_state(ctl: Controller) -> None:
+    """The protocol's objective and light (validated); the plan is laid out
+    again for the new field of view and checked before the run folder exists."""
+    p, core, roles = ctl.protocol, ctl.core, ctl.protocol.devices
+    group = roles.objective_group
+    before = core.getCurrentConfig(group) if p.objective is not None else None
+    try:
+        if p.objective is not None and p.objective != before:
+            core.setConfig(group, p.objective)
+            core.waitForConfig(group, p.objective)
+            ctl.plan = ctl.executor.plan = ctl._new_plan()
+            check_plan(ctl.plan, p)
+        if p.laser_power_mw is not None and roles.light_source is not None:
+            core.setProperty(roles.light_source, roles.power_property, p.laser_power_mw)
+    except BaseException:
+        if before:
+            with contextlib.suppress(Exception):
+                core.setConfig(group, before)
+        raise
+
+
+def _finish(ctl: Controller, error: BaseException | None) -> dict[str, Any]:
+    core, rec = ctl.core, ctl._recorder
+    with contextlib.suppress(Exception):
+        core.mda.events.frameReady.disconnect(ctl._on_frame)
+    if getattr(ctl, "_old_engine", None) is not None:
+        with contextlib.suppress(Exception):
+            core.mda.set_engine(ctl._old_engine)
+    if error is not None and rec is not None:
+        ctl._log(
+            R.RunErrorRecord(
+                error=f"{type(error).__name__}: {error}",
+                traceback="".join(traceback.format_exception(error))[-4000:],
+            )
+        )
+    _stop_analysis(ctl)
+    while True:  # decided after the last frame: logged, not applied
+        try:
+            action, _pos, _t = ctl._actions.get_nowait()
+        except Exception:
+            break
+        from smartscope.controller.executor import Outcome
+
+        out = Outcome(action, "not_applied", "the run had ended")
+        with contextlib.suppress(Exception):
+            ctl._record_outcome(out, None)
+    sim = ctl._sim
+    if sim is not None and hasattr(ctl, "_sim_kept_history"):
+        sim.keep_history = ctl._sim_kept_history
+    if rec is None:
+        return {}
+    status, reason = _status(ctl, error)
+    summary = rec.finish(
+        protocol=ctl.protocol.name,
+        status=status,
+        finish_reason=reason,
+        interrupted=ctl._interrupted,
+        light_dose_mj=round(ctl.executor.dose_mj, 6),
+        light_dose_counts=LEDGER_COUNTS,
+        light_dose_mj_simulator=None if sim is None else round(sim.light_dose_mj, 6),
+        wall_time_s=round(time.perf_counter() - ctl._t0, 3) if ctl._t0 else 0.0,
+        sample_time_s=round(ctl._sample_time(), 3) if ctl._t0 else 0.0,
+        positions=[
+            {"name": k, "x_um": x, "y_um": y, "z_um": z}
+            for k, (x, y, z) in ctl.plan.view().positions.items()
+        ],
+        time_mode=sim.time_mode if sim is not None else "realtime",
+        sample_clock_s=None if sim is None else round(sim.clock_s, 3),
+    )
+    ctl.summary = summary
+    ctl._emit(ctl.run_finished, summary)
+    return summary
+
+
+def _stop_analysis(ctl: Controller) -> None:
+    """Wait for the analysis thread to end: the queue is analysed after a normal
+    end, abandoned after an interrupt (its frames logged as such)."""
+    pipe = ctl._pipeline
+    if pipe is None or not pipe.is_running:
+        return
+    drain = not ctl._interrupted
+    while True:
+        try:
+            if pipe.stop(drain=drain, timeout_s=10.0):
+                return
+            logger.warning("waiting for the analysis of the current frame to end")
+        except KeyboardInterrupt:
+            drain = False
+            ctl._request_stop("interrupted (Ctrl-C)", "interrupted")
+
+
+def _status(ctl: Controller, error: BaseException | None) -> tuple[str, str]:
+    c = ctl.stats
+    if ctl._interrupted:
+        return "interrupted", ctl._stop_reason or "interrupted"
+    if error is not None:
+        return "error", f"error: {type(error).__name__}: {error}"
+    if ctl._stop_status in ("stopped", "error"):
+        return ctl._stop_status, ctl._stop_reason
+    if c is not None and (c.reaction_errors or c.failed):
+        return "error", (
+            f"acquisition completed, but reactions raised {c.reaction_errors} times "
+            f"and analysis failed on {c.failed} frames (see events.jsonl)"
+        )
+    return "completed", "completed"

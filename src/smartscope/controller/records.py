@@ -1,0 +1,205 @@
+"""The run's records: one typed, versioned model per line of ``events.jsonl``,
+and ``summary.json``.
+
+Like Bluesky's documents, each record says what happened once, in order, with
+enough to replay and audit the run; every record carries ``kind`` and the file
+begins with a ``run_started`` record holding ``schema_version``. Times:
+``t_frame``, ``t_result``, ``t_action`` are wall-clock seconds since the run
+started (``time.perf_counter``), ``t_s`` is the sample's clock (virtual in
+virtual time), ``t_wall`` is Unix time. ``docs/controller.md`` documents every
+field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ActionRecord",
+    "AnalysisErrorRecord",
+    "AnalysisRecord",
+    "AnalysisSkippedRecord",
+    "AutofocusRecord",
+    "DeviceErrorRecord",
+    "FrameRecord",
+    "ReactionErrorRecord",
+    "Record",
+    "RunErrorRecord",
+    "RunFinishedRecord",
+    "RunStartedRecord",
+    "SubscriberErrorRecord",
+    "Summary",
+]
+
+#: version of events.jsonl and summary.json; bumped on any incompatible change
+SCHEMA_VERSION = 2
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    kind: str
+
+
+class RunStartedRecord(Record):
+    kind: Literal["run_started"] = "run_started"
+    schema_version: int = SCHEMA_VERSION
+    protocol: str
+    t_wall: float
+    positions: list[str]
+    time_mode: str
+    plan_mode: Literal["dynamic", "verbatim"]
+    devices: dict[str, str | None]
+    #: the simulator as the run found it (seed, scene); None on real hardware
+    simulator: dict[str, Any] | None = None
+
+
+class FrameRecord(Record):
+    kind: Literal["frame"] = "frame"
+    index: int
+    #: "acquisition" (a planned frame) or "autofocus" (a sweep plane)
+    role: str = "acquisition"
+    position: str
+    event_index: dict[str, int]
+    channel: str
+    x_um: float
+    y_um: float
+    z_um: float
+    exposure_ms: float
+    laser_mw: float
+    #: the dose ledger after this frame, mJ
+    dose_mj: float
+    t_s: float
+    t_frame: float
+
+
+class AnalysisRecord(Record):
+    kind: Literal["analysis"] = "analysis"
+    index: int
+    position: str
+    n_objects: int
+    #: [label, track_id, x_um, y_um, area_um2, mean_intensity] per object
+    objects: list[list[float]]
+    background: float
+    error: str | None = None
+    t_result: float
+    latency_ms: float
+
+
+class AnalysisSkippedRecord(Record):
+    kind: Literal["analysis_skipped"] = "analysis_skipped"
+    index: int
+    #: "queue full" or "abandoned at stop"; the frame stays on disk
+    reason: str
+
+
+class AnalysisErrorRecord(Record):
+    kind: Literal["analysis_error"] = "analysis_error"
+    index: int
+    error: str
+
+
+class ActionRecord(Record):
+    kind: Literal["action"] = "action"
+    type: str
+    source: str = ""
+    frame_index: int = -1
+    reason: str = ""
+    requested: dict[str, Any] | str
+    #: applied | clamped | refused | failed | not_applied
+    status: str
+    #: why it was clamped, refused, failed or not applied
+    limit: str | None = None
+    before: Any = None
+    after: Any = None
+    t_action: float
+    latency_ms: float | None = None
+
+
+class ReactionErrorRecord(Record):
+    kind: Literal["reaction_error"] = "reaction_error"
+    index: int
+    reaction: str
+    error: str
+    #: the reaction was switched off for the rest of the run
+    disabled: bool = False
+
+
+class DeviceErrorRecord(Record):
+    kind: Literal["device_error"] = "device_error"
+    device: str
+    event_index: dict[str, int]
+    position: str | None
+    attempt: int
+    error: str
+    outcome: str
+    t_wall: float
+
+
+class SubscriberErrorRecord(Record):
+    kind: Literal["subscriber_error"] = "subscriber_error"
+    signal: str
+    error: str
+
+
+class AutofocusRecord(Record):
+    kind: Literal["autofocus"] = "autofocus"
+    sweep: int
+    position: str
+    z_um: list[float]
+    scores: list[float | None]
+    frames: list[int]
+    best_z_um: float | None
+    outcome: str
+
+
+class RunErrorRecord(Record):
+    kind: Literal["run_error"] = "run_error"
+    error: str
+    traceback: str = ""
+
+
+class RunFinishedRecord(Record):
+    kind: Literal["run_finished"] = "run_finished"
+    status: str
+    reason: str
+    frames: int
+    t_wall: float
+
+
+class Summary(BaseModel):
+    """``summary.json``: what the run did, in one object."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    protocol: str
+    #: completed | stopped | interrupted | error
+    status: str
+    finish_reason: str
+    interrupted: bool
+    frames_acquired: int = Field(description="every frame on disk, autofocus included")
+    frames_autofocus: int
+    frames_analysed: int
+    frames_skipped_analysis: int = Field(description="queue full; on disk")
+    frames_abandoned_analysis: int = Field(
+        description="queued when the run was stopped"
+    )
+    frames_failed_analysis: int
+    device_errors: int
+    reaction_errors: int
+    reactions_disabled: list[str]
+    subscriber_errors: int
+    latency_frame_to_result_ms: dict[str, int | float | None]
+    latency_frame_to_action_ms: dict[str, int | float | None]
+    light_dose_mj: float
+    light_dose_counts: str
+    light_dose_mj_simulator: float | None = None
+    actions: dict[str, dict[str, int]]
+    wall_time_s: float
+    sample_time_s: float
+    positions: list[dict[str, Any]]
+    time_mode: str
+    sample_clock_s: float | None = None
