@@ -196,7 +196,7 @@ class Protocol(_Frozen):
 
     @model_validator(mode="after")
     def _plan_within_limits(self) -> Protocol:
-        from smartscope.controller.plan import unsupported_fields
+        from smartscope.controller.sequence import unsupported_fields
 
         for fld, why in unsupported_fields(self.sequence):
             raise ValueError(f"{fld}: {why}")

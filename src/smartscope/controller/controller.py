@@ -41,6 +41,8 @@ from smartscope.controller.executor import Executor, Outcome
 from smartscope.controller.plan import Plan
 from smartscope.controller.reacting import ReactionRunner
 from smartscope.controller.recorder import Recorder
+from smartscope.controller.records import jsonable as _jsonable
+from smartscope.controller.records import requested as _requested
 from smartscope.errors import SmartscopeError
 from smartscope.limits import HardwareState
 from smartscope.protocol import Protocol
@@ -529,27 +531,3 @@ class Controller:
         with self._cond:
             self._settled += 1
             self._cond.notify_all()
-
-
-def _requested(a: Any) -> dict[str, Any] | str:
-    if isinstance(a, Action):
-        try:
-            return _jsonable(a.to_dict())
-        except Exception:
-            pass
-    return f"{a!r:.200}"
-
-
-def _jsonable(v: Any) -> Any:
-    """Values as JSON can hold them (numbers, strings, lists, dicts); else repr."""
-    if v is None or isinstance(v, (bool, int, str)):
-        return v
-    if isinstance(v, float):
-        return v if np.isfinite(v) else repr(v)
-    if isinstance(v, (np.generic,)):
-        return _jsonable(v.item())
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return f"{v!r:.200}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "RunStartedRecord",
     "SubscriberErrorRecord",
     "Summary",
+    "jsonable",
+    "requested",
 ]
 
 #: version of events.jsonl and summary.json; bumped on any incompatible change
@@ -203,3 +206,29 @@ class Summary(BaseModel):
     positions: list[dict[str, Any]]
     time_mode: str
     sample_clock_s: float | None = None
+
+
+def requested(a: Any) -> dict[str, Any] | str:
+    from smartscope.actions import Action
+
+    if isinstance(a, Action):
+        try:
+            return jsonable(a.to_dict())
+        except Exception:
+            pass
+    return f"{a!r:.200}"
+
+
+def jsonable(v: Any) -> Any:
+    """Values as JSON can hold them (numbers, strings, lists, dicts); else repr."""
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v if np.isfinite(v) else repr(v)
+    if isinstance(v, (np.generic,)):
+        return jsonable(v.item())
+    if isinstance(v, dict):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
+    return f"{v!r:.200}"
