@@ -17,6 +17,9 @@ from typing import Any
 import numpy as np
 import useq
 
+from smartscope.actions import MoveFocus
+from smartscope.controller.records import AutofocusRecord
+
 __all__ = ["ROLE_KEY", "Sweep", "frame_role", "sharpness"]
 
 #: metadata key of events the controller adds to the plan
@@ -102,3 +105,26 @@ class Sweep:
                 step = (z[k + 1] - z[k - 1]) / 2
                 best += float(np.clip(0.5 * (y0 - y2) / denom, -0.5, 0.5) * step)
         return best
+
+    def result(self) -> tuple[AutofocusRecord, MoveFocus | None]:
+        """The sweep's record, and the focus move it calls for (None: too few
+        planes were acquired to tell)."""
+        best = self.best_z()
+        record = AutofocusRecord(
+            sweep=self.id,
+            position=self.position,
+            z_um=[round(float(z), 3) for z in self.zs],
+            scores=[self.scores.get(i) for i in range(len(self.zs))],
+            frames=self.frames,
+            best_z_um=best,
+            outcome="focus moved" if best is not None else "too few planes acquired",
+        )
+        if best is None:
+            return record, None
+        move = MoveFocus(
+            z_um=best,
+            position=self.position or None,
+            source="autofocus",
+            reason=f"sharpest plane of sweep {self.id}",
+        )
+        return record, move

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -31,20 +30,19 @@ import numpy as np
 import useq
 from psygnal import Signal
 
-from smartscope.actions import Action, MoveFocus
+from smartscope.actions import Action
 from smartscope.analysis.result import FrameInput, FrameResult
 from smartscope.controller import records as R
 from smartscope.controller.autofocus import Sweep, frame_role
 from smartscope.controller.checks import check_hardware, check_plan
 from smartscope.controller.engine import DeviceFailure
 from smartscope.controller.executor import Executor, Outcome
+from smartscope.controller.frames import frame_input
+from smartscope.controller.gate import RunGate
 from smartscope.controller.plan import Plan
-from smartscope.controller.reacting import ReactionRunner
+from smartscope.controller.reacting import ReactionRunner, snapshot
 from smartscope.controller.recorder import Recorder
-from smartscope.controller.records import jsonable as _jsonable
-from smartscope.controller.records import requested as _requested
 from smartscope.errors import SmartscopeError
-from smartscope.limits import HardwareState
 from smartscope.protocol import Protocol
 from smartscope.reactions.base import Reaction, RunView
 
@@ -119,12 +117,7 @@ class Controller:
         self._actions: queue.SimpleQueue[tuple[Any, str | None, float]] = (
             queue.SimpleQueue()
         )
-        self._cond = threading.Condition()
-        self._submitted = self._settled = 0
-        self._paused = False
-        self._stop_reason = ""
-        self._stop_status = ""
-        self._interrupted = False
+        self.gate = RunGate()
         self._frames = 0
         self._views: dict[int, RunView] = {}
         self._sweeps: list[Sweep] = []
@@ -153,31 +146,16 @@ class Controller:
         self, reason: str = "stopped by user", *, interrupted: bool = False
     ) -> None:
         """End the run after the current frame (any thread)."""
-        self._request_stop(reason, "interrupted" if interrupted else "stopped")
+        self.gate.request_stop(reason, "interrupted" if interrupted else "stopped")
         with contextlib.suppress(Exception):
             self.core.mda.cancel()
 
-    def _request_stop(self, reason: str, status: str) -> None:
-        with self._cond:
-            if status == "interrupted":
-                self._interrupted = True
-            if not self._stop_reason:
-                self._stop_reason, self._stop_status = reason, status
-            self._cond.notify_all()
-
-    @property
-    def stopping(self) -> bool:
-        return bool(self._stop_reason)
-
     def pause(self) -> None:
         """Hold acquisition before the next event (any thread)."""
-        with self._cond:
-            self._paused = True
+        self.gate.pause()
 
     def resume(self) -> None:
-        with self._cond:
-            self._paused = False
-            self._cond.notify_all()
+        self.gate.resume()
 
     def submit(self, action: Action) -> None:
         """Queue an action from outside (a GUI, a script); it passes the limits
@@ -191,7 +169,7 @@ class Controller:
     @property
     def analysis_lag(self) -> int:
         """Frames acquired for analysis but not yet analysed or skipped."""
-        return max(0, self._submitted - self._settled)
+        return self.gate.lag
 
     @property
     def stats(self) -> Any:
@@ -253,18 +231,12 @@ class Controller:
             if (yield from self._sweep_events()) or self._check_stop():
                 return
             for ev in block.events():
-                if self._hold() or self._check_stop():
+                if self.gate.hold() or self._check_stop():
                     return
                 yield ev
 
-    def _hold(self) -> bool:
-        """Wait while paused; True when the run is stopping."""
-        with self._cond:
-            self._cond.wait_for(lambda: not self._paused or self.stopping)
-        return self.stopping
-
     def _check_stop(self) -> bool:
-        if self.stopping:
+        if self.gate.stopping:
             return True
         st, budget = self.protocol.stop, self.protocol.limits.light_dose_budget_mj
         why = None
@@ -282,8 +254,8 @@ class Controller:
         ):
             why = f"light-dose budget {budget:g} mJ spent"
         if why:
-            self._request_stop(why, "stopped")
-        return self.stopping
+            self.gate.request_stop(why, "stopped")
+        return self.gate.stopping
 
     def _wait_for_analysis(self, due_s: float | None) -> None:
         """Let the analysis of the frames taken catch up before a new time point,
@@ -295,10 +267,7 @@ class Controller:
         timeout = (
             60.0 if virtual else max(0.0, (due_s or 0.0) - self._sample_time() - 0.005)
         )
-        with self._cond:
-            self._cond.wait_for(
-                lambda: self._settled >= self._submitted or self.stopping, timeout
-            )
+        self.gate.wait_caught_up(timeout)
 
     def _apply_pending(self) -> None:
         while True:
@@ -315,30 +284,13 @@ class Controller:
         a = out.action
         ok = out.status in ("applied", "clamped")
         latency = (t - t_frame) * 1000.0 if ok and t_frame is not None else None
-        is_action = isinstance(a, Action)
-        self._log(
-            R.ActionRecord(
-                type=a.kind if is_action else type(a).__name__,
-                source=a.source if is_action and isinstance(a.source, str) else "",
-                frame_index=a.frame_index
-                if is_action and isinstance(a.frame_index, int)
-                else -1,
-                reason=a.reason if is_action and isinstance(a.reason, str) else "",
-                requested=_requested(a),
-                status=out.status,
-                limit=out.reason or None,
-                before=_jsonable(out.before),
-                after=_jsonable(out.after),
-                t_action=self._since(t),
-                latency_ms=None if latency is None else round(latency, 3),
-            )
-        )
+        self._log(R.action_record(out, t_action=self._since(t), latency_ms=latency))
         if ok:
             self._emit(self.action_taken, out.applied, out.status)
         else:
             self._emit(self.action_refused, a, out.reason)
         if out.stop:
-            self._request_stop(
+            self.gate.request_stop(
                 a.reason or f"stopped by {a.source or 'an action'}", "stopped"
             )
         if out.sweep is not None:
@@ -349,31 +301,13 @@ class Controller:
         while self._sweeps:
             sweep = self._active_sweep = self._sweeps.pop(0)
             for ev in sweep.planned:
-                if self._hold() or self._check_stop():
+                if self.gate.hold() or self._check_stop():
                     return True
                 yield ev
             self._active_sweep = None
-            best = sweep.best_z()
-            self._log(
-                R.AutofocusRecord(
-                    sweep=sweep.id,
-                    position=sweep.position,
-                    z_um=[round(float(z), 3) for z in sweep.zs],
-                    scores=[sweep.scores.get(i) for i in range(len(sweep.zs))],
-                    frames=sweep.frames,
-                    best_z_um=best,
-                    outcome="focus moved"
-                    if best is not None
-                    else "too few planes acquired",
-                )
-            )
-            if best is not None:
-                move = MoveFocus(
-                    z_um=best,
-                    position=sweep.position or None,
-                    source="autofocus",
-                    reason=f"sharpest plane of sweep {sweep.id}",
-                )
+            record, move = sweep.result()
+            self._log(record)
+            if move is not None:
                 self._record_outcome(self.executor.apply(move), None)
         return False
 
@@ -382,45 +316,24 @@ class Controller:
         t_frame = time.perf_counter()
         index = self._frames
         self._frames += 1
-        pos = meta.get("position") or {}
-        x = float(pos.get("x", event.x_pos or 0.0))
-        y = float(pos.get("y", event.y_pos or 0.0))
-        z = float(pos.get("z", event.z_pos or 0.0))
         exposure = float(meta.get("exposure_ms", event.exposure or 0.0))
         power = self.executor.record_frame(exposure)
-        t_s = self._sample_time()
-        role = frame_role(event)
-        name = event.pos_name or f"p{event.index.get('p', 0)}"
-        frame = FrameInput(
-            image=img,
-            frame_index=index,
-            position=name,
-            stage_x_um=x,
-            stage_y_um=y,
-            z_um=z,
-            pixel_size_um=float(meta.get("pixel_size_um") or 1.0),
-            exposure_ms=exposure,
+        frame = frame_input(
+            img,
+            event,
+            meta,
+            index=index,
             t_frame=t_frame,
-            t_s=t_s,
-            channel=event.channel.config if event.channel else "",
-            event_index=dict(event.index),
+            t_s=self._sample_time(),
             laser_mw=power,
         )
+        role = frame_role(event)
         self._log(
-            R.FrameRecord(
-                index=index,
+            R.frame_record(
+                frame,
                 role=role["role"] if role else "acquisition",
-                position=name,
-                event_index=dict(event.index),
-                channel=frame.channel,
-                x_um=x,
-                y_um=y,
-                z_um=z,
-                exposure_ms=exposure,
-                laser_mw=power,
-                dose_mj=round(self.executor.dose_mj, 6),
-                t_s=round(t_s, 4),
-                t_frame=self._since(t_frame),
+                dose_mj=self.executor.dose_mj,
+                t0=self._t0,
             )
         )
         if role is not None:
@@ -430,38 +343,12 @@ class Controller:
             ):
                 self._active_sweep.add(role["plane"], img, index)
         elif self._pipeline is not None:
-            self._views[index] = self._view(frame)
-            with self._cond:
-                self._submitted += 1
+            self._views[index] = snapshot(
+                frame, self.plan.view(), self.executor.dose_mj, self._fov_um
+            )
+            self.gate.submitted()
             self._pipeline.submit(frame)
         self._emit(self.frame_acquired, frame)
-
-    def _view(self, f: FrameInput) -> RunView:
-        """The run as it is when frame ``f`` is taken (runner thread)."""
-        plan = self.plan.view()
-        return RunView(
-            state=HardwareState(
-                x_um=f.stage_x_um,
-                y_um=f.stage_y_um,
-                z_um=f.z_um,
-                exposure_ms=f.exposure_ms,
-                laser_mw=f.laser_mw,
-                light_dose_mj=self.executor.dose_mj,
-                n_positions=plan.n_positions,
-                interval_s=plan.interval_s,
-            ),
-            positions={
-                k: (
-                    x if x is not None else f.stage_x_um,
-                    y if y is not None else f.stage_y_um,
-                    z,
-                )
-                for k, (x, y, z) in plan.positions.items()
-            },
-            fov_um=self._fov_um,
-            frames_acquired=f.frame_index + 1,
-            t_s=f.t_s,
-        )
 
     def _on_device_error(self, f: DeviceFailure) -> None:
         self._log(
@@ -476,7 +363,7 @@ class Controller:
             )
         )
         if f.final and f.then == "stop":
-            self._request_stop(f"{f.device} error: {f.error}", "stopped")
+            self.gate.request_stop(f"{f.device} error: {f.error}", "stopped")
 
     # ------------------------------------------------------------ analysis thread
 
@@ -484,28 +371,7 @@ class Controller:
         """Log, store, and let the reactions decide (analysis thread)."""
         f = result.frame
         view = self._views.pop(f.frame_index, None)
-        self._log(
-            R.AnalysisRecord(
-                index=f.frame_index,
-                position=f.position,
-                n_objects=len(result.objects),
-                objects=[
-                    [
-                        o.label,
-                        o.track_id,
-                        round(o.x_um, 3),
-                        round(o.y_um, 3),
-                        round(o.area_um2, 2),
-                        round(o.mean_intensity, 1),
-                    ]
-                    for o in result.objects
-                ],
-                background=round(result.background, 2),
-                error=result.error,
-                t_result=self._since(result.t_result),
-                latency_ms=round(result.latency_ms, 3),
-            )
-        )
+        self._log(R.analysis_record(result, t0=self._t0))
         if result.error is not None:
             self._log(R.AnalysisErrorRecord(index=f.frame_index, error=result.error))
         elif self._recorder is not None:
@@ -517,17 +383,12 @@ class Controller:
                 else:  # whatever was returned: the executor refuses non-actions
                     self._actions.put((action, f.position, f.t_frame))
             if self.reactions.stop_reason:
-                self._request_stop(self.reactions.stop_reason, "error")
+                self.gate.request_stop(self.reactions.stop_reason, "error")
         self._emit(self.frame_analysed, result)
-        self._settle()
+        self.gate.settled()
 
     def _on_skipped(self, frame_index: int) -> None:
         self._views.pop(frame_index, None)
-        reason = "abandoned at stop" if self.stopping else "queue full"
+        reason = "abandoned at stop" if self.gate.stopping else "queue full"
         self._log(R.AnalysisSkippedRecord(index=frame_index, reason=reason))
-        self._settle()
-
-    def _settle(self) -> None:
-        with self._cond:
-            self._settled += 1
-            self._cond.notify_all()
+        self.gate.settled()

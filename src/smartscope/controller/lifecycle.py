@@ -203,7 +203,7 @@ def _finish(ctl: Controller, error: BaseException | None) -> dict[str, Any]:
         protocol=ctl.protocol.name,
         status=status,
         finish_reason=reason,
-        interrupted=ctl._interrupted,
+        interrupted=ctl.gate.interrupted,
         light_dose_mj=round(ctl.executor.dose_mj, 6),
         light_dose_counts=LEDGER_COUNTS,
         light_dose_mj_simulator=None if sim is None else round(sim.light_dose_mj, 6),
@@ -227,7 +227,7 @@ def _stop_analysis(ctl: Controller) -> None:
     pipe = ctl._pipeline
     if pipe is None or not pipe.is_running:
         return
-    drain = not ctl._interrupted
+    drain = not ctl.gate.interrupted
     while True:
         try:
             if pipe.stop(drain=drain, timeout_s=10.0):
@@ -235,17 +235,17 @@ def _stop_analysis(ctl: Controller) -> None:
             logger.warning("waiting for the analysis of the current frame to end")
         except KeyboardInterrupt:
             drain = False
-            ctl._request_stop("interrupted (Ctrl-C)", "interrupted")
+            ctl.gate.request_stop("interrupted (Ctrl-C)", "interrupted")
 
 
 def _status(ctl: Controller, error: BaseException | None) -> tuple[str, str]:
     c = ctl.stats
-    if ctl._interrupted:
-        return "interrupted", ctl._stop_reason or "interrupted"
+    if ctl.gate.interrupted:
+        return "interrupted", ctl.gate.stop_reason or "interrupted"
     if error is not None:
         return "error", f"error: {type(error).__name__}: {error}"
-    if ctl._stop_status in ("stopped", "error"):
-        return ctl._stop_status, ctl._stop_reason
+    if ctl.gate.stop_status in ("stopped", "error"):
+        return ctl.gate.stop_status, ctl.gate.stop_reason
     if c is not None and (c.reaction_errors or c.failed):
         return "error", (
             f"acquisition completed, but reactions raised {c.reaction_errors} times "

@@ -14,12 +14,14 @@ import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from smartscope.analysis.result import FrameResult
+from smartscope.analysis.result import FrameInput, FrameResult
+from smartscope.controller.plan import PlanView
 from smartscope.controller.records import ReactionErrorRecord
+from smartscope.limits import HardwareState
 from smartscope.protocol import ReactionPolicy
 from smartscope.reactions.base import Reaction, RunView
 
-__all__ = ["ReactionRunner"]
+__all__ = ["ReactionRunner", "snapshot"]
 
 logger = logging.getLogger("smartscope.controller")
 
@@ -92,3 +94,33 @@ def _take(out: Any) -> Iterator[Any]:
                 f"returned more than {MAX_ACTIONS_PER_FRAME} actions for one frame"
             )
         yield v
+
+
+def snapshot(
+    f: FrameInput, plan: PlanView, dose_mj: float, fov_um: tuple[float, float]
+) -> RunView:
+    """The run as it is when frame ``f`` is taken, for the reactions to it: the
+    frame's own stage, focus, exposure and power, the plan and the dose then."""
+    return RunView(
+        state=HardwareState(
+            x_um=f.stage_x_um,
+            y_um=f.stage_y_um,
+            z_um=f.z_um,
+            exposure_ms=f.exposure_ms,
+            laser_mw=f.laser_mw,
+            light_dose_mj=dose_mj,
+            n_positions=plan.n_positions,
+            interval_s=plan.interval_s,
+        ),
+        positions={
+            k: (
+                x if x is not None else f.stage_x_um,
+                y if y is not None else f.stage_y_um,
+                z,
+            )
+            for k, (x, y, z) in plan.positions.items()
+        },
+        fov_um=fov_um,
+        frames_acquired=f.frame_index + 1,
+        t_s=f.t_s,
+    )

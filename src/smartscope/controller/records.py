@@ -33,6 +33,9 @@ __all__ = [
     "RunStartedRecord",
     "SubscriberErrorRecord",
     "Summary",
+    "action_record",
+    "analysis_record",
+    "frame_record",
     "jsonable",
     "requested",
 ]
@@ -232,3 +235,76 @@ def jsonable(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return [jsonable(x) for x in v]
     return f"{v!r:.200}"
+
+
+def analysis_record(result: Any, *, t0: float) -> AnalysisRecord:
+    """The record of one analysed frame (``t0``: the run's start, perf_counter s)."""
+    f = result.frame
+    return AnalysisRecord(
+        index=f.frame_index,
+        position=f.position,
+        n_objects=len(result.objects),
+        objects=[
+            [
+                o.label,
+                o.track_id,
+                round(o.x_um, 3),
+                round(o.y_um, 3),
+                round(o.area_um2, 2),
+                round(o.mean_intensity, 1),
+            ]
+            for o in result.objects
+        ],
+        background=round(result.background, 2),
+        error=result.error,
+        t_result=round(result.t_result - t0, 6),
+        latency_ms=round(result.latency_ms, 3),
+    )
+
+
+def frame_record(frame: Any, *, role: str, dose_mj: float, t0: float) -> FrameRecord:
+    """The record of one acquired frame (a ``FrameInput``)."""
+    return FrameRecord(
+        index=frame.frame_index,
+        role=role,
+        position=frame.position,
+        event_index=frame.event_index,
+        channel=frame.channel,
+        x_um=frame.stage_x_um,
+        y_um=frame.stage_y_um,
+        z_um=frame.z_um,
+        exposure_ms=frame.exposure_ms,
+        laser_mw=frame.laser_mw,
+        dose_mj=round(dose_mj, 6),
+        t_s=round(frame.t_s, 4),
+        t_frame=round(frame.t_frame - t0, 6),
+    )
+
+
+def action_record(
+    out: Any, *, t_action: float, latency_ms: float | None
+) -> ActionRecord:
+    """The record of what became of one action (an executor ``Outcome``);
+    whatever a reaction returned is described, even if it is not an action."""
+    from smartscope.actions import Action
+
+    a = out.action
+    ok = isinstance(a, Action)
+
+    def field(name: str, kind: type, default: Any) -> Any:
+        v = getattr(a, name, default) if ok else default
+        return v if isinstance(v, kind) and not isinstance(v, bool) else default
+
+    return ActionRecord(
+        type=a.kind if ok else type(a).__name__,
+        source=field("source", str, ""),
+        frame_index=field("frame_index", int, -1),
+        reason=field("reason", str, ""),
+        requested=requested(a),
+        status=out.status,
+        limit=out.reason or None,
+        before=jsonable(out.before),
+        after=jsonable(out.after),
+        t_action=t_action,
+        latency_ms=None if latency_ms is None else round(latency_ms, 3),
+    )

@@ -1,0 +1,79 @@
+"""The state the run's threads share, and the waits on it: pause, stop, and
+how far the analysis lags behind the acquisition.
+
+One condition variable guards it all, so every wait is a ``wait_for`` on a
+predicate (no polling loops) and every change wakes the waiters.
+"""
+
+from __future__ import annotations
+
+import threading
+
+__all__ = ["RunGate"]
+
+
+class RunGate:
+    """Pause, stop request and analysis lag, safe from any thread."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._paused = False
+        self._submitted = 0
+        self._settled = 0
+        #: why and how the run is ending ("" while it goes on)
+        self.stop_reason = ""
+        #: "stopped", "interrupted" or "error" once a stop was asked for
+        self.stop_status = ""
+        self.interrupted = False
+
+    @property
+    def stopping(self) -> bool:
+        return bool(self.stop_reason)
+
+    @property
+    def lag(self) -> int:
+        """Frames handed to the analysis and not yet analysed or skipped."""
+        return max(0, self._submitted - self._settled)
+
+    def request_stop(self, reason: str, status: str) -> None:
+        """Ask the run to end; the first reason stays, an interrupt always counts."""
+        with self._cond:
+            if status == "interrupted":
+                self.interrupted = True
+            if not self.stop_reason:
+                self.stop_reason, self.stop_status = reason, status
+            self._cond.notify_all()
+
+    def pause(self) -> None:
+        with self._cond:
+            self._paused = True
+
+    def resume(self) -> None:
+        with self._cond:
+            self._paused = False
+            self._cond.notify_all()
+
+    def hold(self) -> bool:
+        """Wait while paused; True when the run is stopping."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._paused or self.stopping)
+        return self.stopping
+
+    def submitted(self) -> None:
+        """A frame went to the analysis."""
+        with self._cond:
+            self._submitted += 1
+
+    def settled(self) -> None:
+        """A frame's analysis ended (analysed or skipped)."""
+        with self._cond:
+            self._settled += 1
+            self._cond.notify_all()
+
+    def wait_caught_up(self, timeout_s: float) -> bool:
+        """Wait until the analysis has caught up (or the run stops), at most
+        ``timeout_s``; True when caught up."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self._settled >= self._submitted or self.stopping, timeout_s
+            )
