@@ -119,6 +119,7 @@ class Controller:
         )
         self.gate = RunGate()
         self._frames = 0
+        self._last_position: str | None = None  # of the last frame, for submit()
         self._views: dict[int, RunView] = {}
         self._sweeps: list[Sweep] = []
         self._active_sweep: Sweep | None = None
@@ -276,7 +277,10 @@ class Controller:
             except queue.Empty:
                 return
             self._record_outcome(
-                self.executor.apply(action, default_position=position), t_frame
+                self.executor.apply(
+                    action, default_position=position or self._last_position
+                ),
+                t_frame,
             )
 
     def _record_outcome(self, out: Outcome, t_frame: float | None) -> None:
@@ -328,6 +332,7 @@ class Controller:
             laser_mw=power,
         )
         role = frame_role(event)
+        self._last_position = frame.position
         self._log(
             R.frame_record(
                 frame,
