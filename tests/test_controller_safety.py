@@ -19,6 +19,7 @@ from smartscope._data import data_dir
 from smartscope.actions import (
     Action,
     Autofocus,
+    MoveFocus,
     MoveStage,
     SetExposure,
     SetLaserPower,
@@ -522,3 +523,193 @@ def test_zarr_frame_count_equals_the_summary(run_dir: Path) -> None:
     summary, _, _ = _run(_proto(analysis={"enabled": False}), run_dir)
     raw = zarr.open_group(str(run_dir / "data.ome.zarr"), mode="r")["0"]
     assert raw.shape[0] == summary["frames_acquired"] == 6
+
+
+# review findings ----------------------------------------------------
+
+
+def test_an_action_subclass_cannot_pass_as_another_action(run_dir: Path) -> None:
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    @dataclass(frozen=True, kw_only=True)
+    class Sneaky(SetLaserPower):
+        kind: ClassVar[str] = "Stop"
+
+    summary, _, seen = _run(_proto(), run_dir, [_Fixed(Sneaky(power_mw=90))])
+    assert max(s["power"] for s in seen) <= 8
+    acts = [a for a in _events(run_dir, "action") if a["status"] != "not_applied"]
+    assert all(a["status"] == "refused" for a in acts)
+    assert "subclasses are not applied" in acts[0]["limit"]
+    assert summary["status"] == "completed"
+
+
+def test_moving_a_position_may_not_take_its_stack_out_of_the_limits(
+    run_dir: Path,
+) -> None:
+    seq = {
+        "channels": [{"config": "DAPI", "exposure": 10}],
+        "stage_positions": [{"name": "a", "x": 0, "y": 0, "z": 0}],
+        "z_plan": {"range": 10, "step": 5},
+        "time_plan": {"interval": 5, "loops": 3},
+    }
+    proto = _proto(sequence=seq, limits={"z_range_um": [-10, 10], "max_laser_mw": 8})
+    _, _, seen = _run(proto, run_dir, [_Fixed(MoveFocus(z_um=10))])
+    assert all(-10 <= s["z"] <= 10 for s in seen)
+    acts = [a for a in _events(run_dir, "action") if a["status"] == "refused"]
+    assert acts
+    assert "z-stack would be out" in acts[0]["limit"]
+
+
+def test_an_autofocus_sweep_stays_within_max_z_step_of_the_focus(
+    run_dir: Path,
+) -> None:
+    proto = _proto(
+        sequence={"time_plan": {"interval": 5, "loops": 2}},
+        limits={"max_z_step_um": 10, "max_laser_mw": 8},
+    )
+    _, _, seen = _run(
+        proto, run_dir, [_Fixed(Autofocus(range_um=4, step_um=2, center_um=800))]
+    )
+    assert all(abs(s["z"]) <= 10 for s in seen)
+
+
+def test_a_channel_preset_that_sets_the_power_is_held_to_the_limits(
+    tmp_path: Path,
+) -> None:
+    core = load_core()
+    try:
+        core.defineConfig("Channel", "Hot", "Laser", "Power_mW", "50")
+        proto = _proto(sequence={"channels": [{"config": "Hot", "exposure": 10}]})
+        with pytest.raises(ProtocolError, match="max_laser_mw"):
+            Controller(core, proto, out_dir=tmp_path / "r")
+    finally:
+        release_core(core)
+
+
+def test_sweeps_granted_together_stay_within_the_dose_budget(run_dir: Path) -> None:
+    def many(result: FrameResult, run: RunView) -> Sequence[Action]:
+        if result.frame.frame_index:
+            return ()
+        return [Autofocus(range_um=4, step_um=2) for _ in range(10)] + [
+            SetLaserPower(power_mw=8)
+        ]
+
+    proto = _proto(
+        sequence={
+            "channels": [{"config": "DAPI", "exposure": 10}],
+            "time_plan": {"interval": 5, "loops": 2},
+        },
+        limits={"light_dose_budget_mj": 1.0, "max_laser_mw": 8},
+        stop={"when_dose_budget_spent": False},
+    )
+    summary, sim_dose, _ = _run(proto, run_dir, [_Fixed(fn=many)])
+    assert sim_dose <= 1.0
+    assert summary["light_dose_mj"] == pytest.approx(sim_dose, rel=1e-9)
+    af = [a for a in _events(run_dir, "action") if a["type"] == "Autofocus"]
+    assert {a["status"] for a in af} == {"applied", "refused"}
+
+
+class _Unprintable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def _hostile(result: FrameResult, run: RunView) -> Sequence[Any]:
+    huge = SetProperty(device="Camera", prop="Gain_e_per_ADU", value=1)
+    object.__setattr__(huge, "value", 10**400)
+    move = MoveStage(x_um=0, y_um=0)
+    object.__setattr__(move, "x_um", 10**400)
+    return [huge, move, _Unprintable()]
+
+
+def test_values_that_break_conversions_are_refused_and_the_run_goes_on(
+    run_dir: Path,
+) -> None:
+    summary, _, _ = _run(_proto(), run_dir, [_Fixed(fn=_hostile)])
+    assert summary["frames_acquired"] == 6
+    acts = [a for a in _events(run_dir, "action") if a["status"] != "not_applied"]
+    assert len(acts) == 15
+    assert all(a["status"] == "refused" for a in acts)
+
+
+def test_a_reaction_raising_system_exit_is_logged_and_every_frame_settles(
+    run_dir: Path,
+) -> None:
+    def leave(result: FrameResult, run: RunView) -> Sequence[Action]:
+        raise SystemExit(3)
+
+    summary, _, _ = _run(_proto(), run_dir, [_Fixed(fn=leave)])
+    assert summary["frames_analysed"] == summary["frames_acquired"] == 6
+    assert summary["reaction_errors"] == 6
+    assert summary["status"] == "error"
+
+
+def test_exposures_of_a_positions_own_channels_are_kept(run_dir: Path) -> None:
+    seq = {
+        "channels": [{"config": "DAPI", "exposure": 10}],
+        "stage_positions": [
+            {"name": "a", "x": 0, "y": 0},
+            {
+                "name": "b",
+                "x": 50,
+                "y": 0,
+                "sequence": {"channels": [{"config": "GFP", "exposure": 30}]},
+            },
+        ],
+    }
+    proto = _proto(sequence=seq, analysis={"enabled": False})
+    _run(proto, run_dir)
+    got = [
+        (f["position"], f["channel"], f["exposure_ms"])
+        for f in _events(run_dir, "frame")
+    ]
+    want = [(e.pos_name, e.channel.config, e.exposure) for e in proto.sequence]
+    assert got == want
+
+
+def test_added_positions_are_visited_from_the_next_time_point(run_dir: Path) -> None:
+    from smartscope.actions import AddPosition
+
+    def add(result: FrameResult, run: RunView) -> Sequence[Action]:
+        if result.frame.frame_index == 0:
+            return [AddPosition(x_um=100, y_um=0, name="new")]
+        return ()
+
+    seq = {
+        "channels": [{"config": "DAPI", "exposure": 10}],
+        "grid_plan": {"rows": 1, "columns": 2},
+        "time_plan": {"interval": 5, "loops": 3},
+    }
+    proto = _proto(sequence=seq, limits={"xy_box_um": [-400, 400, -400, 400]})
+    _run(proto, run_dir, [_Fixed(fn=add)])
+    frames = _events(run_dir, "frame")
+    first_new = next(f for f in frames if f["position"] == "new")
+    assert first_new["event_index"]["t"] == 1
+    # the grid of the plan without positions stays where it was
+    tiles = {
+        (f["event_index"]["t"], round(f["x_um"], 1))
+        for f in frames
+        if f["position"] != "new"
+    }
+    xs = {x for _, x in tiles}
+    assert len(xs) == 2
+    assert {t for t, _ in tiles} == {0, 1, 2}
+
+
+def test_an_unwritable_run_folder_is_refused_before_anything_moves(
+    tmp_path: Path,
+) -> None:
+    from smartscope.controller import RunError
+
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    core = load_core()
+    try:
+        ctl = Controller(core, _proto(), out_dir=afile / "run")
+        with pytest.raises(RunError, match="cannot write the run folder"):
+            ctl.run()
+        assert core.getCurrentConfig("Objective") == "10x"
+        assert float(core.getProperty("Laser", "Power_mW")) == 10
+    finally:
+        release_core(core)

@@ -29,6 +29,13 @@ __all__ = [
 ]
 
 
+def _finite(v: float) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 @dataclass(frozen=True, kw_only=True)
 class Action:
     """Base class. ``reason`` says why (logged); ``source`` names the reaction."""
@@ -62,8 +69,8 @@ class Action:
                     continue
                 if isinstance(v, bool) or not isinstance(v, (int, float)):
                     out.append(f"{f.name} must be a number, got {v!r}")
-                elif not math.isfinite(v):
-                    out.append(f"{f.name} must be finite, got {v!r}")
+                elif not _finite(v):
+                    out.append(f"{f.name} must be finite, got {v!r:.40}")
                 elif f.name in self._positive and v <= 0:
                     out.append(f"{f.name} must be > 0, got {v!r}")
         for name in ("reason", "source"):
@@ -164,8 +171,8 @@ class SetProperty(Action):
         v = self.value
         if isinstance(v, bool) or not isinstance(v, (str, int, float)):
             out.append(f"value must be a string or a number, got {v!r}")
-        elif isinstance(v, float) and not math.isfinite(v):
-            out.append(f"value must be finite, got {v!r}")
+        elif isinstance(v, (int, float)) and not _finite(v):
+            out.append(f"value must be finite, got {v!r:.40}")
         return out
 
 
@@ -219,7 +226,8 @@ class Autofocus(Action):
     @property
     def n_planes(self) -> int:
         """Planes of the sweep: ``range_um / step_um + 1``, at least 3."""
-        return max(3, math.floor(self.range_um / self.step_um + 1e-9) + 1)
+        n = self.range_um / self.step_um
+        return max(3, math.floor(min(n, 1e9) + 1e-9) + 1)
 
 
 @dataclass(frozen=True, kw_only=True)

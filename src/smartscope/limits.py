@@ -334,11 +334,16 @@ class SafetyLimits(BaseModel):
         reasons = []
         centre = s.z_um if a.center_um is None else a.center_um
         half = a.range_um / 2
-        if self.max_z_step_um is not None and half > self.max_z_step_um:
+        cap = self.max_z_step_um
+        if cap is not None and abs(centre - s.z_um) + half > cap:
+            # no plane further than max_z_step_um from the focus now
             reasons.append(
-                f"sweep ±{half:g} µm exceeds max_z_step_um {self.max_z_step_um:g}"
+                f"sweep {centre - half:.1f}..{centre + half:.1f} µm goes further "
+                f"than max_z_step_um {cap:g} from the focus {s.z_um:.1f}"
             )
-            half = self.max_z_step_um
+            half = min(half, cap)
+            off = max(-(cap - half), min(cap - half, centre - s.z_um))
+            centre = s.z_um + off
         lo, hi = centre - half, centre + half
         if self.z_range_um is not None:
             z0, z1 = self.z_range_um
@@ -354,7 +359,8 @@ class SafetyLimits(BaseModel):
                 None,
                 "; ".join([*reasons, "no sweep left inside the limits"]),
             )
-        n = math.floor((hi - lo) / step + 1e-9) + 1
+        n_f = (hi - lo) / step + 1
+        n = math.floor(n_f + 1e-9) if math.isfinite(n_f) and n_f < 1e9 else 10**9
         if n > self.max_autofocus_planes:
             step = (hi - lo) / (self.max_autofocus_planes - 1)
             reasons.append(
@@ -365,7 +371,9 @@ class SafetyLimits(BaseModel):
         out = a.with_values(range_um=hi - lo, step_um=step, center_um=(lo + hi) / 2)
         assert isinstance(out, Autofocus)
         if self.light_dose_budget_mj is not None:
-            need = out.n_planes * s.exposure_ms * s.laser_mw / 1000.0
+            # at the most power the light may have when the sweep runs
+            power = max(s.laser_mw, self.max_laser_mw or 0.0)
+            need = out.n_planes * s.exposure_ms * power / 1000.0
             left = self.light_dose_budget_mj - s.light_dose_mj
             if need > left:
                 return Verdict(

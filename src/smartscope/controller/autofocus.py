@@ -48,6 +48,10 @@ class Sweep:
     p_index: int | None
     zs: np.ndarray
     reason: str = ""
+    #: the focus before the sweep, µm: the refocus is judged from it
+    z_before_um: float | None = None
+    #: the light the sweep was granted, mJ
+    committed_mj: float = 0.0
     id: int = field(default_factory=lambda: next(_ids))
     scores: dict[int, float] = field(default_factory=dict)
     frames: list[int] = field(default_factory=list)
@@ -106,10 +110,12 @@ class Sweep:
                 best += float(np.clip(0.5 * (y0 - y2) / denom, -0.5, 0.5) * step)
         return best
 
-    def result(self) -> tuple[AutofocusRecord, MoveFocus | None]:
+    def result(
+        self, *, stopped: bool = False
+    ) -> tuple[AutofocusRecord, MoveFocus | None]:
         """The sweep's record, and the focus move it calls for (None: too few
-        planes were acquired to tell)."""
-        best = self.best_z()
+        planes were acquired to tell, or the run stopped during the sweep)."""
+        best = None if stopped else self.best_z()
         record = AutofocusRecord(
             sweep=self.id,
             position=self.position,
@@ -117,7 +123,9 @@ class Sweep:
             scores=[self.scores.get(i) for i in range(len(self.zs))],
             frames=self.frames,
             best_z_um=best,
-            outcome="focus moved" if best is not None else "too few planes acquired",
+            outcome="run stopped during the sweep"
+            if stopped
+            else ("focus moved" if best is not None else "too few planes acquired"),
         )
         if best is None:
             return record, None

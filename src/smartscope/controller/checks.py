@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import useq
+
 from smartscope.protocol import Protocol, ProtocolError
 
 if TYPE_CHECKING:
@@ -41,15 +43,19 @@ def check_hardware(core: CMMCorePlus, p: Protocol) -> None:
                 "Z sweep) instead",
             )
         )
-    for i, ch in enumerate(seq.channels):
+    for fld, ch in _channels(seq):
         if ch.config not in core.getAvailableConfigs(ch.group):
             problems.append(
                 (
-                    f"sequence.channels.{i}",
+                    fld,
                     f"channel {ch.config!r} is not a preset of config group "
                     f"{ch.group!r} (available: {list(core.getAvailableConfigs(ch.group))})",
                 )
             )
+        else:
+            why = _preset_problem(core, p, ch.group, ch.config)
+            if why:
+                problems.append((fld, why))
     if p.objective is not None:
         group = roles.objective_group
         if p.objective not in core.getAvailableConfigs(group):
@@ -126,3 +132,56 @@ def check_plan(plan: Plan, p: Protocol) -> None:
                     "camera's current one)",
                     field="sequence.channels",
                 )
+
+
+def _channels(seq: useq.MDASequence) -> list[tuple[str, useq.Channel]]:
+    """Every channel of the sequence, positions' own included, with its field."""
+    out = [(f"sequence.channels.{i}", c) for i, c in enumerate(seq.channels)]
+    for k, pos in enumerate(seq.stage_positions):
+        if pos.sequence is not None:
+            out += [
+                (f"sequence.stage_positions.{k}.sequence.channels.{i}", c)
+                for i, c in enumerate(pos.sequence.channels)
+            ]
+    return out
+
+
+def _preset_problem(
+    core: CMMCorePlus, p: Protocol, group: str, preset: str
+) -> str | None:
+    """Why a channel preset would get around the limits: a setting of the light
+    source's power above them, of the exposure outside them, or of a stage,
+    the shutter, the objective or the core (which no frame may change)."""
+    roles, lim = p.devices, p.limits
+    fixed = {
+        core.getXYStageDevice(): "the XY stage",
+        core.getFocusDevice(): "the focus",
+        core.getShutterDevice(): "the shutter",
+        "Core": "the core",
+    }
+    objective = set()
+    if roles.objective_group in core.getAvailableConfigGroups():
+        for o in core.getAvailableConfigs(roles.objective_group):
+            objective |= {d for d, _, _ in core.getConfigData(roles.objective_group, o)}
+    for dev, prop, value in core.getConfigData(group, preset):
+        where = f"preset {group}/{preset} sets {dev}.{prop}={value}"
+        if dev in fixed and dev:
+            return f"{where}, which changes {fixed[dev]} with every frame"
+        if dev in objective:
+            return f"{where}, which changes the objective with every frame"
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if roles.light_source is not None and (dev, prop) == (
+            roles.light_source,
+            roles.power_property,
+        ):
+            why = lim.check_power(number if number is not None else float("nan"))
+            if why:
+                return f"{where}: {why}"
+        if dev == core.getCameraDevice() and prop == "Exposure":
+            why = lim.check_exposure(number if number is not None else float("nan"))
+            if why:
+                return f"{where}: {why}"
+    return None

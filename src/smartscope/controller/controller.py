@@ -109,7 +109,8 @@ class Controller:
         self.device = device
         check_hardware(core, protocol)
         self.plan = self._new_plan()
-        check_plan(self.plan, protocol)
+        if not _grid_waits_for_objective(core, protocol):
+            check_plan(self.plan, protocol)  # else checked once the objective is in
         self.executor = Executor(core, self.plan, protocol.limits, protocol.devices)
         self.reactions = ReactionRunner(
             [*protocol.build_reactions(), *reactions], protocol.on_error.reaction
@@ -225,9 +226,7 @@ class Controller:
 
     def _events(self) -> Iterator[useq.MDAEvent]:
         """The events to acquire, from the (changing) plan."""
-        for block in self.plan.blocks():
-            if block.new_timepoint and block.t_index:
-                self._wait_for_analysis(block.due_s)
+        for block in self.plan.blocks(self._before_timepoint):
             self._apply_pending()
             if (yield from self._sweep_events()) or self._check_stop():
                 return
@@ -235,6 +234,13 @@ class Controller:
                 if self.gate.hold() or self._check_stop():
                     return
                 yield ev
+
+    def _before_timepoint(self, t_index: int | None, due_s: float | None) -> None:
+        """Before a time point is laid out: let the analysis of the last one
+        catch up, then apply what the reactions decided."""
+        if t_index:
+            self._wait_for_analysis(due_s)
+        self._apply_pending()
 
     def _check_stop(self) -> bool:
         if self.gate.stopping:
@@ -288,7 +294,17 @@ class Controller:
         a = out.action
         ok = out.status in ("applied", "clamped")
         latency = (t - t_frame) * 1000.0 if ok and t_frame is not None else None
-        self._log(R.action_record(out, t_action=self._since(t), latency_ms=latency))
+        try:
+            rec = R.action_record(out, t_action=self._since(t), latency_ms=latency)
+        except Exception as e:  # whatever a reaction returned, it is logged
+            rec = R.ActionRecord(
+                type=type(a).__name__,
+                requested=object.__repr__(a),
+                status=out.status,
+                limit=f"{out.reason} (not describable: {type(e).__name__})",
+                t_action=self._since(t),
+            )
+        self._log(rec)
         if ok:
             self._emit(self.action_taken, out.applied, out.status)
         else:
@@ -306,14 +322,21 @@ class Controller:
             sweep = self._active_sweep = self._sweeps.pop(0)
             for ev in sweep.planned:
                 if self.gate.hold() or self._check_stop():
+                    self._end_sweep(sweep, stopped=True)
                     return True
                 yield ev
-            self._active_sweep = None
-            record, move = sweep.result()
-            self._log(record)
-            if move is not None:
-                self._record_outcome(self.executor.apply(move), None)
+            self._end_sweep(sweep)
         return False
+
+    def _end_sweep(self, sweep: Sweep, *, stopped: bool = False) -> None:
+        """Log a sweep's outcome and refocus, judged from the focus before it."""
+        self._active_sweep = None
+        self.executor.sweep_done(sweep)
+        record, move = sweep.result(stopped=stopped)
+        self._log(record)
+        if move is not None:
+            out = self.executor.apply(move, z_from_um=sweep.z_before_um)
+            self._record_outcome(out, None)
 
     def _on_frame(self, img: np.ndarray, event: useq.MDAEvent, meta: dict) -> None:
         """A frame is on disk: count its light, log it, hand it on (runner thread)."""
@@ -373,7 +396,14 @@ class Controller:
     # ------------------------------------------------------------ analysis thread
 
     def _on_result(self, result: FrameResult) -> None:
-        """Log, store, and let the reactions decide (analysis thread)."""
+        """Log, store, and let the reactions decide (analysis thread). The
+        frame counts as settled whatever happens here."""
+        try:
+            self._react(result)
+        finally:
+            self.gate.settled()
+
+    def _react(self, result: FrameResult) -> None:
         f = result.frame
         view = self._views.pop(f.frame_index, None)
         self._log(R.analysis_record(result, t0=self._t0))
@@ -390,10 +420,25 @@ class Controller:
             if self.reactions.stop_reason:
                 self.gate.request_stop(self.reactions.stop_reason, "error")
         self._emit(self.frame_analysed, result)
-        self.gate.settled()
 
     def _on_skipped(self, frame_index: int) -> None:
         self._views.pop(frame_index, None)
         reason = "abandoned at stop" if self.gate.stopping else "queue full"
         self._log(R.AnalysisSkippedRecord(index=frame_index, reason=reason))
         self.gate.settled()
+
+
+def _grid_waits_for_objective(core: CMMCorePlus, p: Protocol) -> bool:
+    """Whether the plan's grids are laid out for a field of view that only the
+    protocol's objective gives (then the plan is checked after switching to it,
+    before anything else moves)."""
+    grids = p.sequence.grid_plan is not None or any(
+        pos.sequence is not None and pos.sequence.grid_plan is not None
+        for pos in p.sequence.stage_positions
+    )
+    group = p.devices.objective_group
+    return (
+        grids
+        and p.objective is not None
+        and (p.objective != core.getCurrentConfig(group))
+    )

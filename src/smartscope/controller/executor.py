@@ -67,6 +67,21 @@ def _refused(action: Any, reason: str) -> Outcome:
     return Outcome(action, "refused", reason)
 
 
+#: the action types the executor applies; a subclass is refused, since the
+#: limits and the executor must agree on what an action is
+ACTION_TYPES = (
+    MoveStage,
+    MoveFocus,
+    SetExposure,
+    SetLaserPower,
+    SetProperty,
+    SetInterval,
+    AddPosition,
+    Autofocus,
+    Stop,
+)
+
+
 class Executor:
     """Applies actions to the core and the plan, through the limits.
 
@@ -88,6 +103,8 @@ class Executor:
         self.roles = roles
         #: light delivered so far, mJ (see LEDGER_COUNTS)
         self.dose_mj = 0.0
+        #: light that autofocus sweeps already granted will take, mJ
+        self.committed_mj = 0.0
 
     # ------------------------------------------------------------ devices
 
@@ -115,7 +132,11 @@ class Executor:
         return out
 
     def state(
-        self, p_index: int | None = None, channel: str | None = None
+        self,
+        p_index: int | None = None,
+        channel: str | None = None,
+        *,
+        z_um: float | None = None,
     ) -> HardwareState:
         """What the limits judge against: the position's planned coordinates
         where the plan sets them, the hardware's otherwise (runner thread)."""
@@ -125,6 +146,8 @@ class Executor:
             x, y, z = plan.coords(p_index)
         if x is None or y is None:
             x, y = core.getXYPosition() if core.getXYStageDevice() else (0.0, 0.0)
+        if z_um is not None:
+            z = z_um
         if z is None:
             z = core.getZPosition() if core.getFocusDevice() else 0.0
         if channel is None and plan.channels():
@@ -138,17 +161,41 @@ class Executor:
             z_um=float(z),
             exposure_ms=exposure,
             laser_mw=self.light_power_mw(),
-            light_dose_mj=self.dose_mj,
+            light_dose_mj=self.dose_mj + self.committed_mj,
             n_positions=view.n_positions,
             interval_s=view.interval_s,
         )
 
     # ------------------------------------------------------------ actions
 
-    def apply(self, action: Any, *, default_position: str | None = None) -> Outcome:
-        """Judge ``action`` and apply what the limits allow (runner thread)."""
+    def apply(
+        self,
+        action: Any,
+        *,
+        default_position: str | None = None,
+        z_from_um: float | None = None,
+    ) -> Outcome:
+        """Judge ``action`` and apply what the limits allow (runner thread).
+        ``z_from_um``: the focus to judge a Z move from (default: the plan's or
+        the hardware's). Never raises: an error in judging is a refusal."""
+        try:
+            return self._apply(action, default_position, z_from_um)
+        except Exception as e:  # a malformed value must not end the run
+            return _refused(
+                action, f"could not judge it: {type(e).__name__}: {e}"[:500]
+            )
+
+    def _apply(
+        self, action: Any, default_position: str | None, z_from_um: float | None
+    ) -> Outcome:
         if not isinstance(action, Action):
-            return _refused(action, f"not an Action: {action!r:.200}")
+            return _refused(action, f"not an Action: {_describe(action)}")
+        if type(action) not in ACTION_TYPES or action.kind != type(action).kind:
+            return _refused(
+                action,
+                f"{type(action).__name__} is not one of smartscope.actions' "
+                "action types (subclasses are not applied)",
+            )
         problems = action.problems()
         if problems:
             return _refused(action, "malformed: " + "; ".join(problems))
@@ -165,11 +212,14 @@ class Executor:
         channel = getattr(meant, "channel", None)
         if isinstance(meant, Autofocus) and self.plan.channels():
             channel = self.plan.channels()[0]  # the sweep's channel
-        state = self.state(p_index, channel)
+        state = self.state(p_index, channel, z_um=z_from_um)
         verdict = self.limits.check(meant, state)
         if not verdict.allowed or verdict.action is None:
             return _refused(action, verdict.reason)
         act = verdict.action
+        why = self._block_leaves_limits(act, p_index)
+        if why:
+            return _refused(action, why)
         try:
             before, after, extra = self._execute(act, state, p_index, name)
         except DEVICE_ERRORS as e:
@@ -201,7 +251,7 @@ class Executor:
         def number() -> float | None:
             try:
                 v = float(a.value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 return None
             return v if math.isfinite(v) else None
 
@@ -248,6 +298,24 @@ class Executor:
                 )
         return a
 
+    def _block_leaves_limits(self, a: Action, p: int | None) -> str | None:
+        """Whether moving or adding a position would take any frame of its
+        grid or z-stack outside the envelope (the limits judge its centre)."""
+        plan, lim = self.plan, self.limits
+        if isinstance(a, MoveStage) and p is not None:
+            events = plan.position_events(p, x_um=a.x_um, y_um=a.y_um)
+        elif isinstance(a, MoveFocus) and p is not None:
+            events = plan.position_events(p, z_um=a.z_um)
+        elif isinstance(a, AddPosition) and plan.dynamic:
+            events = plan.new_position_events(a.x_um, a.y_um, a.z_um)
+        else:
+            return None
+        for ev in events:
+            why = lim.check_point(ev.x_pos, ev.y_pos, ev.z_pos)
+            if why:
+                return f"a frame of the position's grid or z-stack would be out: {why}"
+        return None
+
     def _plan_can(self, a: Action) -> str | None:
         plan = self.plan
         if isinstance(a, (SetInterval, AddPosition)) and not plan.dynamic:
@@ -289,8 +357,7 @@ class Executor:
         if isinstance(a, SetInterval):
             return plan.set_interval(a.interval_s), a.interval_s, None
         if isinstance(a, AddPosition):
-            x, y = core.getXYPosition() if core.getXYStageDevice() else (0.0, 0.0)
-            plan.ensure_indexed(x, y)
+            plan.ensure_indexed()
             new = plan.add_position(x_um=a.x_um, y_um=a.y_um, z_um=a.z_um, name=a.name)
             return (
                 None,
@@ -313,7 +380,7 @@ class Executor:
         centre = s.z_um if a.center_um is None else a.center_um
         n = a.n_planes
         zs = np.linspace(centre - a.range_um / 2, centre + a.range_um / 2, n)
-        sweep = Sweep(name or "", p, zs, reason=a.reason)
+        sweep = Sweep(name or "", p, zs, reason=a.reason, z_before_um=s.z_um)
         chans = self.plan.sequence.channels
         ch = chans[0] if chans else None
         sweep.build_events(
@@ -322,4 +389,20 @@ class Executor:
             channel=ch,
             exposure_ms=self.plan.exposure_ms(ch.config if ch else None),
         )
+        # granted at the most power the light may have when the sweep runs
+        power = max(s.laser_mw, self.limits.max_laser_mw or 0.0)
+        sweep.committed_mj = n * power * sweep.planned[0].exposure / 1000.0
+        self.committed_mj += sweep.committed_mj
         return sweep
+
+    def sweep_done(self, sweep: Sweep) -> None:
+        """The sweep's frames are in the ledger now (or will never be taken)."""
+        self.committed_mj = max(0.0, self.committed_mj - sweep.committed_mj)
+
+
+def _describe(v: Any) -> str:
+    """A short description of any value, even one whose repr raises."""
+    try:
+        return f"{v!r:.200}"
+    except Exception:
+        return object.__repr__(v)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import threading
 import time
 import traceback
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smartscope.controller import records as R
@@ -101,15 +103,24 @@ def _start(ctl: Controller) -> None:
         from smartscope.sim import get_simulator
 
         ctl._sim = get_simulator(core)
-    _set_initial_state(ctl)
-    rec = ctl._recorder = Recorder(
-        out,
-        protocol_yaml=protocol_yaml(p.model_dump(mode="json", exclude_none=True)),
-        save_labels=p.analysis.enabled and (p.save.labels or p.analysis.save_labels),
-        save_denoised=p.analysis.enabled
-        and bool(p.analysis.denoise)
-        and (p.save.denoised or p.analysis.save_denoised),
-    )
+    created = _probe_folder(out)
+    try:
+        _set_initial_state(ctl)
+        rec = ctl._recorder = Recorder(
+            out,
+            protocol_yaml=protocol_yaml(p.model_dump(mode="json", exclude_none=True)),
+            save_labels=p.analysis.enabled
+            and (p.save.labels or p.analysis.save_labels),
+            save_denoised=p.analysis.enabled
+            and bool(p.analysis.denoise)
+            and (p.save.denoised or p.analysis.save_denoised),
+        )
+    except BaseException as e:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise RunError(f"cannot write the run folder {out}: {e}") from e
+        raise
     try:
         sim = ctl._sim
         if sim is not None:
@@ -147,6 +158,22 @@ def _start(ctl: Controller) -> None:
         raise
 
 
+def _probe_folder(out: Path) -> bool:
+    """Make sure the run folder can be written before anything moves; whether
+    it was created here (then it is removed if the start fails)."""
+    from smartscope.controller.controller import RunError
+
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise RunError(f"cannot write the run folder {out}: {e}") from e
+    return created
+
+
 def _set_initial_state(ctl: Controller) -> None:
     """The protocol's objective and light (validated); the plan is laid out
     again for the new field of view and checked before the run folder exists."""
@@ -176,13 +203,25 @@ def _finish(ctl: Controller, error: BaseException | None) -> dict[str, Any]:
         with contextlib.suppress(Exception):
             core.mda.set_engine(ctl._old_engine)
     if error is not None and rec is not None:
-        ctl._log(
-            R.RunErrorRecord(
-                error=f"{type(error).__name__}: {error}",
-                traceback="".join(traceback.format_exception(error))[-4000:],
+        with contextlib.suppress(Exception):
+            ctl._log(
+                R.RunErrorRecord(
+                    error=f"{type(error).__name__}: {error}",
+                    traceback="".join(traceback.format_exception(error))[-4000:],
+                )
             )
-        )
     _stop_analysis(ctl)
+    # frames whose analysis never ended (a dead analysis thread): say so
+    for index in sorted(ctl._views):
+        with contextlib.suppress(Exception):
+            ctl._log(
+                R.AnalysisSkippedRecord(index=index, reason="analysis thread ended")
+            )
+    ctl._views.clear()
+    for sweep in [s for s in (ctl._active_sweep, *ctl._sweeps) if s is not None]:
+        with contextlib.suppress(Exception):
+            ctl._end_sweep(sweep, stopped=True)
+    ctl._sweeps.clear()
     while True:  # decided after the last frame: logged, not applied
         try:
             action, _pos, _t = ctl._actions.get_nowait()

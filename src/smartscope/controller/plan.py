@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,16 +61,43 @@ class _Position:
     #: useq position as the protocol wrote it (None: the plan has no positions)
     source: useq.Position | None
     indexed: bool
+    #: the focus this position's frames are referred to, µm (None: the plan
+    #: does not set its Z), and what is added to useq's z to get there
+    base_z: float | None = None
+    add_z: float = 0.0
     #: shift of every event of this position from the template, µm
     shift: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
 
-    def coords(self, anchor_z: float | None) -> tuple[float | None, ...]:
+    def coords(self) -> tuple[float | None, ...]:
         s = self.source
         x = None if s is None or s.x is None else s.x + self.shift[0]
         y = None if s is None or s.y is None else s.y + self.shift[1]
-        z0 = s.z if s is not None and s.z is not None else anchor_z
-        z = None if z0 is None else z0 + self.shift[2]
+        z = None if self.base_z is None else self.base_z + self.shift[2]
         return (x, y, z)
+
+
+def _position(
+    name: str,
+    src: useq.Position | None,
+    seq: useq.MDASequence,
+    focus_um: float | None,
+    *,
+    indexed: bool = True,
+) -> _Position:
+    """A plan position, with the focus its frames refer to: its own z (no z
+    plan, or a relative one); the focus at the start for a relative stack at a
+    position without z (useq stacks those around 0; anchoring them here keeps
+    them from creeping); 0 for absolute planes (z then holds a correction)."""
+    sub = src.sequence if src is not None else None
+    zp = sub.z_plan if sub is not None and sub.z_plan is not None else seq.z_plan
+    own_z = src.z if src is not None else None
+    if zp is None:
+        return _Position(name, src, indexed, own_z, 0.0)
+    if not zp.is_relative:
+        return _Position(name, src, indexed, 0.0, 0.0)
+    if own_z is not None:
+        return _Position(name, src, indexed, own_z, 0.0)
+    return _Position(name, src, indexed, focus_um, focus_um or 0.0)
 
 
 @dataclass
@@ -122,19 +149,14 @@ class Plan:
         self._exposure: dict[str | None, float] = {}
         self._interval_override: float | None = None
         self._interval_now = 0.0
-        # the focus a position without z is imaged at: the focus at the start
-        # for relative z plans (so stacks do not creep), 0 for absolute ones
-        # (then z holds a correction), None without a z plan (Z is not moved)
-        zp = seq.z_plan
-        self._rel_anchor = focus_um if zp is not None and zp.is_relative else None
-        self._anchor_z = None if zp is None else (self._rel_anchor or 0.0)
+        self._focus = focus_um
         if seq.stage_positions:
             self._positions = [
-                _Position(p.name or f"p{i}", p, True)
+                _position(p.name or f"p{i}", p, seq, focus_um)
                 for i, p in enumerate(seq.stage_positions)
             ]
         else:
-            self._positions = [_Position("p0", None, False)]
+            self._positions = [_position("p0", None, seq, focus_um, indexed=False)]
         self._template_cache: (
             tuple[int, list[list[tuple[useq.MDAEvent, int]]]] | None
         ) = None
@@ -148,7 +170,7 @@ class Plan:
     def view(self) -> PlanView:
         with self._lock:
             return PlanView(
-                positions={p.name: p.coords(self._anchor_z) for p in self._positions},
+                positions={p.name: p.coords() for p in self._positions},
                 interval_s=self._interval_now,
                 n_positions=len(self._positions),
             )
@@ -163,38 +185,93 @@ class Plan:
     def coords(self, index: int) -> tuple[float | None, ...]:
         """(x_um, y_um, z_um) of position ``index`` now (None: not set by the plan)."""
         with self._lock:
-            return self._positions[index].coords(self._anchor_z)
+            return self._positions[index].coords()
 
     def channels(self) -> list[str]:
-        return [c.config for c in self.sequence.channels]
+        """The channel presets the plan acquires (positions' own included)."""
+        return list(dict.fromkeys(c.config for c in self._all_channels()))
 
     def exposure_ms(self, channel: str | None) -> float:
         """The exposure the next frame of ``channel`` gets, ms."""
         with self._lock:
             return self._exposure_for(channel)
 
-    def _exposure_for(self, channel: str | None) -> float:
+    def _exposure_for(self, channel: str | None, planned: float | None = None) -> float:
+        """A SetExposure's value, else the event's own (``planned``), else the
+        channel's, else the camera's at the start."""
         if channel in self._exposure:
             return self._exposure[channel]
         if None in self._exposure:
             return self._exposure[None]
-        for c in self.sequence.channels:
+        if planned is not None:
+            return float(planned)
+        for c in self._all_channels():
             if c.config == channel and c.exposure is not None:
                 return float(c.exposure)
         return self._default_exposure
 
+    def _all_channels(self) -> list[useq.Channel]:
+        out = list(self.sequence.channels)
+        for p in self.sequence.stage_positions:
+            if p.sequence is not None:
+                out.extend(p.sequence.channels)
+        return out
+
     def preview(self) -> list[useq.MDAEvent]:
         """One time point's events as they would run now (for checks)."""
+        events = self._one_timepoint()
+        with self._lock:
+            return [self._overlay(e) for e in events]
+
+    def _one_timepoint(self) -> list[useq.MDAEvent]:
         if self.dynamic:
-            blocks = self._template()
-            fake = [Block(0, None, False, None, self, b) for b in blocks]
-            return [e for b in fake for e in self._resolve(b, filter_every=False)]
+            return [e for b in self._template() for e, _ in b]
         seq = self.sequence
         if seq.time_plan is not None:
             seq = seq.model_copy(update={"time_plan": None})
-        p_of = _p_index
+        return list(iter_sequence(seq))
+
+    def position_events(
+        self,
+        index: int,
+        *,
+        x_um: float | None = None,
+        y_um: float | None = None,
+        z_um: float | None = None,
+    ) -> list[useq.MDAEvent]:
+        """Position ``index``'s events of one time point, as they would be with
+        the position moved to (x_um, y_um, z_um) (None: where it is)."""
+        events = self._one_timepoint()
         with self._lock:
-            return [self._overlay(e, p_of(e)) for e in iter_sequence(seq)]
+            pos = self._positions[index]
+            saved = list(pos.shift)
+            try:
+                cur = pos.coords()
+                for axis, value in enumerate((x_um, y_um, z_um)):
+                    if value is not None and cur[axis] is not None:
+                        pos.shift[axis] += value - cur[axis]
+                return [
+                    self._overlay(e)
+                    for e in events
+                    if not pos.indexed or _p_index(e) == index
+                ]
+            finally:
+                pos.shift[:] = saved
+
+    def new_position_events(
+        self, x_um: float, y_um: float, z_um: float | None
+    ) -> list[useq.MDAEvent]:
+        """The events one time point of a position added there would take."""
+        src = useq.Position(x=x_um, y=y_um, z=z_um)
+        pos = _position("new", src, self.sequence, self._focus)
+        seq = self.sequence.model_copy(
+            update={"time_plan": None, "stage_positions": (src,)}
+        )
+        out = []
+        for e in iter_sequence(seq):
+            z = None if e.z_pos is None else e.z_pos + pos.add_z
+            out.append(e.model_copy(update={"z_pos": z}))
+        return out
 
     def events_per_timepoint(self) -> int:
         return len(self.preview())
@@ -217,7 +294,7 @@ class Plan:
         does not set that coordinate for it (the caller moves the hardware)."""
         with self._lock:
             pos = self._positions[index]
-            cur = pos.coords(self._anchor_z)
+            cur = pos.coords()
             done = True
             for axis, value in enumerate((x_um, y_um, z_um)):
                 if value is None:
@@ -252,9 +329,6 @@ class Plan:
     ) -> str:
         """A new position, visited from the next time point; its name."""
         with self._lock:
-            if not self._positions[0].indexed:
-                # the plan had no positions: the place it was imaging becomes one
-                self._positions = []
             names = {p.name for p in self._positions}
             name = name or f"added{len(self._positions)}"
             base = name
@@ -262,40 +336,47 @@ class Plan:
                 if name not in names:
                     break
                 name = f"{base}-{k}"
-            z = z_um if z_um is not None else None
-            src = useq.Position(x=x_um, y=y_um, z=z, name=name)
-            self._positions.append(_Position(name, src, True))
+            src = useq.Position(x=x_um, y=y_um, z=z_um, name=name)
+            self._positions.append(_position(name, src, self.sequence, self._focus))
             self._template_cache = None
             return name
 
-    def ensure_indexed(self, x_um: float, y_um: float) -> None:
-        """Before the first position is added to a plan without positions: the
-        current place becomes position ``p0``."""
+    def ensure_indexed(self) -> None:
+        """Before the first position is added to a plan without positions, what
+        it was imaging becomes position ``p0`` (no coordinates: its frames stay
+        where they were, grid tiles included)."""
         with self._lock:
-            if self._positions[0].indexed:
+            old = self._positions[0]
+            if old.indexed:
                 return
-            self._positions = [
-                _Position("p0", useq.Position(x=x_um, y=y_um, name="p0"), True)
-            ]
+            new = _position("p0", useq.Position(name="p0"), self.sequence, self._focus)
+            new.shift = old.shift
+            self._positions = [new]
             self._template_cache = None
 
     # ------------------------------------------------------------ events
 
-    def blocks(self) -> Iterator[Block]:
-        """The blocks to acquire, in order (runner thread)."""
+    def blocks(
+        self, before_timepoint: Callable[[int | None, float | None], None]
+    ) -> Iterator[Block]:
+        """The blocks to acquire, in order (runner thread). ``before_timepoint(t,
+        due_s)`` is called before each time point is laid out, so that what changes
+        the plan then (positions added) takes part in it."""
         if self.dynamic:
-            yield from self._dynamic_blocks()
+            yield from self._dynamic_blocks(before_timepoint)
         else:
-            yield from self._verbatim_blocks()
+            yield from self._verbatim_blocks(before_timepoint)
 
-    def _dynamic_blocks(self) -> Iterator[Block]:
+    def _dynamic_blocks(
+        self, before: Callable[[int | None, float | None], None]
+    ) -> Iterator[Block]:
         for t_index, due in self._timepoints():
+            before(t_index, due)
             first = True
             for events in self._template():
                 if not events:
                     continue
-                p = _p_index(events[0][0])
-                yield Block(t_index, p, first, due, self, events)
+                yield Block(t_index, _p_index(events[0][0]), first, due, self, events)
                 first = False
 
     def _timepoints(self) -> Iterator[tuple[int | None, float | None]]:
@@ -346,10 +427,14 @@ class Plan:
         blocks: list[list[tuple[useq.MDAEvent, int]]] = []
         last_p: object = object()
         # a time point of a sequence with no other axis is one frame
-        events = iter_sequence(seq) if used_axes(seq) else [useq.MDAEvent()]
+        used = used_axes(seq)
+        events = iter_sequence(seq) if used else [useq.MDAEvent()]
+        # a block is one position's channels, grid and z-stack; when another
+        # axis is outside the positions (tcpz), it is the whole time point
+        by_position = used.lstrip("t")[:1] == "p"
         for ev in events:
-            p = _p_index(ev)
-            if p != last_p:
+            p = _p_index(ev) if by_position else None
+            if p != last_p or not blocks:
                 blocks.append([])
                 last_p = p
             blocks[-1].append((ev, acquire_every(seq, ev)))
@@ -357,20 +442,31 @@ class Plan:
             self._template_cache = (key, blocks)
         return blocks
 
-    def _verbatim_blocks(self) -> Iterator[Block]:
+    def _verbatim_blocks(
+        self, before: Callable[[int | None, float | None], None]
+    ) -> Iterator[Block]:
+        # blocks: runs of events that share the axes outside channels and z
+        outer = [a for a in used_axes(self.sequence) if a in "tpg"]
         current: list[tuple[useq.MDAEvent, int]] = []
-        key: tuple[Any, Any] | None = None
-        last_t = None
+        key: tuple[Any, ...] | None = None
+        last_t: Any = object()
         for ev in iter_sequence(self.sequence):
-            k = (ev.index.get("t"), _p_index(ev))
+            k = tuple(ev.index.get(a) for a in outer)
             if key is not None and k != key and current:
-                yield Block(key[0], key[1], key[0] != last_t, None, self, current)
-                last_t = key[0]
-                current = []
+                t = current[0][0].index.get("t")
+                if t != last_t:
+                    before(t, None)
+                yield Block(
+                    t, _p_index(current[0][0]), t != last_t, None, self, current
+                )
+                last_t, current = t, []
             key = k
             current.append((ev, 1))
-        if current and key is not None:
-            yield Block(key[0], key[1], key[0] != last_t, None, self, current)
+        if current:
+            t = current[0][0].index.get("t")
+            if t != last_t:
+                before(t, None)
+            yield Block(t, _p_index(current[0][0]), t != last_t, None, self, current)
 
     def _resolve(
         self, block: Block, *, filter_every: bool = True
@@ -381,7 +477,7 @@ class Plan:
             for ev, every in block._events:
                 if filter_every and t is not None and every > 1 and t % every:
                     continue
-                ev = self._overlay(ev, block.p_index)
+                ev = self._overlay(ev)
                 if self.dynamic and t is not None:
                     upd: dict[str, Any] = {
                         "index": {"t": t, **ev.index},
@@ -393,16 +489,12 @@ class Plan:
                 out.append(ev)
         return out
 
-    def _overlay(self, ev: useq.MDAEvent, p_index: int | None) -> useq.MDAEvent:
-        pos = self._positions[p_index or 0]
+    def _overlay(self, ev: useq.MDAEvent) -> useq.MDAEvent:
+        pos = self._positions[_p_index(ev) or 0]
         dx, dy, dz = pos.shift
-        if self._rel_anchor is not None and (
-            pos.source is None or pos.source.z is None
-        ):
-            # useq puts a relative stack of a position without z around 0
-            dz += self._rel_anchor
+        dz += pos.add_z
         ch = ev.channel.config if ev.channel is not None else None
-        upd: dict[str, Any] = {"exposure": self._exposure_for(ch)}
+        upd: dict[str, Any] = {"exposure": self._exposure_for(ch, ev.exposure)}
         if ev.x_pos is not None and dx:
             upd["x_pos"] = ev.x_pos + dx
         if ev.y_pos is not None and dy:

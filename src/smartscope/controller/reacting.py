@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from smartscope.analysis.result import FrameInput, FrameResult
@@ -51,11 +52,14 @@ class ReactionRunner:
         for i, reaction in enumerate(self.reactions):
             if self._off[i]:
                 continue
-            name = str(getattr(reaction, "name", type(reaction).__name__))
+            try:
+                name = str(getattr(reaction, "name", type(reaction).__name__))
+            except Exception:
+                name = type(reaction).__name__
             try:
                 out = reaction.react(result, view)
                 values = [] if out is None else list(_take(out))
-            except Exception as e:
+            except (Exception, SystemExit) as e:  # a reaction never ends the run
                 logger.exception("reaction %s failed", name)
                 self._fails[i] += 1
                 limit = self._fails[i] >= self.policy.max_consecutive
@@ -78,7 +82,7 @@ class ReactionRunner:
                 continue
             self._fails[i] = 0
             for v in values:
-                yield v, None
+                yield _stamped(v, name, result), None
 
 
 def _take(out: Any) -> Iterator[Any]:
@@ -112,15 +116,38 @@ def snapshot(
             n_positions=plan.n_positions,
             interval_s=plan.interval_s,
         ),
-        positions={
-            k: (
-                x if x is not None else f.stage_x_um,
-                y if y is not None else f.stage_y_um,
-                z,
-            )
-            for k, (x, y, z) in plan.positions.items()
-        },
+        positions=MappingProxyType(
+            {
+                k: (
+                    x if x is not None else f.stage_x_um,
+                    y if y is not None else f.stage_y_um,
+                    z,
+                )
+                for k, (x, y, z) in plan.positions.items()
+            }
+        ),
         fov_um=fov_um,
         frames_acquired=f.frame_index + 1,
         t_s=f.t_s,
     )
+
+
+def _stamped(v: Any, name: str, result: FrameResult) -> Any:
+    """An action with its source and frame filled in where the reaction left
+    them empty (for the log and the latency)."""
+    from dataclasses import replace
+
+    from smartscope.actions import Action
+
+    if not isinstance(v, Action) or (v.source and v.frame_index >= 0):
+        return v
+    f = result.frame
+    try:
+        return replace(
+            v,
+            source=v.source or name,
+            frame_index=v.frame_index if v.frame_index >= 0 else f.frame_index,
+            t_frame=v.t_frame if v.t_frame is not None else f.t_frame,
+        )
+    except Exception:  # malformed: left as it is, for the executor to refuse
+        return v

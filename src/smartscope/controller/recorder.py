@@ -64,7 +64,11 @@ class Recorder:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "protocol.yaml").write_text(protocol_yaml)
         self.log = EventLog(out_dir / "events.jsonl")
-        self.measurements = MeasurementsWriter(out_dir / "measurements.csv")
+        try:
+            self.measurements = MeasurementsWriter(out_dir / "measurements.csv")
+        except BaseException:
+            self.log.close()
+            raise
         zarr_root = out_dir / "data.ome.zarr"
         self.labels = (
             DerivedImageStore(zarr_root, "nuclei", dtype="int32", label=True)

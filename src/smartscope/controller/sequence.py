@@ -50,6 +50,16 @@ def unsupported_fields(seq: useq.MDASequence) -> list[tuple[str, str]]:
         sub = pos.sequence
         if sub is None:
             continue
+        if sub.channels and any(
+            c.acquire_every > 1 for c in (*seq.channels, *sub.channels)
+        ):
+            out.append(
+                (
+                    f"sequence.stage_positions.{i}.sequence.channels",
+                    "acquire_every with channels inside a position is not supported "
+                    "(useq applies the outer channels' setting to the inner ones)",
+                )
+            )
         if sub.time_plan is not None:
             out.append(
                 (
