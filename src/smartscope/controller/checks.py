@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import useq
 
+from smartscope.controller.meaning import objective_devices
 from smartscope.protocol import Protocol, ProtocolError
 
 if TYPE_CHECKING:
@@ -159,10 +160,7 @@ def _preset_problem(
         core.getShutterDevice(): "the shutter",
         "Core": "the core",
     }
-    objective = set()
-    if roles.objective_group in core.getAvailableConfigGroups():
-        for o in core.getAvailableConfigs(roles.objective_group):
-            objective |= {d for d, _, _ in core.getConfigData(roles.objective_group, o)}
+    objective = objective_devices(core, roles.objective_group)
     for dev, prop, value in core.getConfigData(group, preset):
         where = f"preset {group}/{preset} sets {dev}.{prop}={value}"
         if dev in fixed and dev:

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +32,8 @@ from psygnal import Signal
 from smartscope.actions import Action
 from smartscope.analysis.result import FrameInput, FrameResult
 from smartscope.controller import records as R
-from smartscope.controller.autofocus import Sweep, frame_role
+from smartscope.controller.acquisition import Acquisition
+from smartscope.controller.autofocus import frame_role
 from smartscope.controller.checks import check_hardware, check_plan
 from smartscope.controller.engine import DeviceFailure
 from smartscope.controller.executor import Executor, Outcome
@@ -115,21 +115,29 @@ class Controller:
         self.reactions = ReactionRunner(
             [*protocol.build_reactions(), *reactions], protocol.on_error.reaction
         )
-        self._actions: queue.SimpleQueue[tuple[Any, str | None, float]] = (
-            queue.SimpleQueue()
-        )
         self.gate = RunGate()
         self._frames = 0
-        self._last_position: str | None = None  # of the last frame, for submit()
         self._views: dict[int, RunView] = {}
-        self._sweeps: list[Sweep] = []
-        self._active_sweep: Sweep | None = None
+        self.acquisition = Acquisition(
+            plan=self.plan,
+            executor=self.executor,
+            gate=self.gate,
+            protocol=protocol,
+            report=self._report,
+            log=self._log,
+            frames=lambda: self._frames,
+            sample_time=self._sample_time,
+        )
         self._pipeline: Any = None
         self._recorder: Recorder | None = None
         self._sim: Any = None
         self._t0 = 0.0
         self._fov_um = (0.0, 0.0)
         self.summary: dict[str, Any] | None = None
+
+    def _replace_plan(self) -> None:
+        """Lay the plan out again (a new objective: a new field of view)."""
+        self.plan = self.executor.plan = self.acquisition.plan = self._new_plan()
 
     def _new_plan(self) -> Plan:
         core = self.core
@@ -162,7 +170,7 @@ class Controller:
     def submit(self, action: Action) -> None:
         """Queue an action from outside (a GUI, a script); it passes the limits
         like any reaction's, at the next block boundary."""
-        self._actions.put((action, None, time.perf_counter()))
+        self.acquisition.put(action, None, time.perf_counter())
 
     @property
     def frames_acquired(self) -> int:
@@ -224,72 +232,8 @@ class Controller:
 
     # ------------------------------------------------------------ runner thread
 
-    def _events(self) -> Iterator[useq.MDAEvent]:
-        """The events to acquire, from the (changing) plan."""
-        for block in self.plan.blocks(self._before_timepoint):
-            self._apply_pending()
-            if (yield from self._sweep_events()) or self._check_stop():
-                return
-            for ev in block.events():
-                if self.gate.hold() or self._check_stop():
-                    return
-                yield ev
-
-    def _before_timepoint(self, t_index: int | None, due_s: float | None) -> None:
-        """Before a time point is laid out: let the analysis of the last one
-        catch up, then apply what the reactions decided."""
-        if t_index:
-            self._wait_for_analysis(due_s)
-        self._apply_pending()
-
-    def _check_stop(self) -> bool:
-        if self.gate.stopping:
-            return True
-        st, budget = self.protocol.stop, self.protocol.limits.light_dose_budget_mj
-        why = None
-        if st.max_frames is not None and self._frames >= st.max_frames:
-            why = f"max_frames {st.max_frames} reached"
-        elif (
-            st.max_sample_time_s is not None
-            and self._sample_time() >= st.max_sample_time_s
-        ):
-            why = f"max_sample_time_s {st.max_sample_time_s:g} reached"
-        elif (
-            st.when_dose_budget_spent
-            and budget is not None
-            and self.executor.dose_mj >= budget
-        ):
-            why = f"light-dose budget {budget:g} mJ spent"
-        if why:
-            self.gate.request_stop(why, "stopped")
-        return self.gate.stopping
-
-    def _wait_for_analysis(self, due_s: float | None) -> None:
-        """Let the analysis of the frames taken catch up before a new time point,
-        so reactions to one time point act on the next; never past the time the
-        next frame is due (realtime)."""
-        if self._pipeline is None:
-            return
-        virtual = self._sim is not None and self._sim.time_mode == "virtual"
-        timeout = (
-            60.0 if virtual else max(0.0, (due_s or 0.0) - self._sample_time() - 0.005)
-        )
-        self.gate.wait_caught_up(timeout)
-
-    def _apply_pending(self) -> None:
-        while True:
-            try:
-                action, position, t_frame = self._actions.get_nowait()
-            except queue.Empty:
-                return
-            self._record_outcome(
-                self.executor.apply(
-                    action, default_position=position or self._last_position
-                ),
-                t_frame,
-            )
-
-    def _record_outcome(self, out: Outcome, t_frame: float | None) -> None:
+    def _report(self, out: Outcome, t_frame: float | None) -> None:
+        """Log what became of an action and announce it (runner thread)."""
         t = time.perf_counter()
         a = out.action
         ok = out.status in ("applied", "clamped")
@@ -309,34 +253,6 @@ class Controller:
             self._emit(self.action_taken, out.applied, out.status)
         else:
             self._emit(self.action_refused, a, out.reason)
-        if out.stop:
-            self.gate.request_stop(
-                a.reason or f"stopped by {a.source or 'an action'}", "stopped"
-            )
-        if out.sweep is not None:
-            self._sweeps.append(out.sweep)
-
-    def _sweep_events(self) -> Iterator[useq.MDAEvent]:
-        """Autofocus sweeps asked for, then their result; True if stopped."""
-        while self._sweeps:
-            sweep = self._active_sweep = self._sweeps.pop(0)
-            for ev in sweep.planned:
-                if self.gate.hold() or self._check_stop():
-                    self._end_sweep(sweep, stopped=True)
-                    return True
-                yield ev
-            self._end_sweep(sweep)
-        return False
-
-    def _end_sweep(self, sweep: Sweep, *, stopped: bool = False) -> None:
-        """Log a sweep's outcome and refocus, judged from the focus before it."""
-        self._active_sweep = None
-        self.executor.sweep_done(sweep)
-        record, move = sweep.result(stopped=stopped)
-        self._log(record)
-        if move is not None:
-            out = self.executor.apply(move, z_from_um=sweep.z_before_um)
-            self._record_outcome(out, None)
 
     def _on_frame(self, img: np.ndarray, event: useq.MDAEvent, meta: dict) -> None:
         """A frame is on disk: count its light, log it, hand it on (runner thread)."""
@@ -355,7 +271,7 @@ class Controller:
             laser_mw=power,
         )
         role = frame_role(event)
-        self._last_position = frame.position
+        self.acquisition.last_position = frame.position
         self._log(
             R.frame_record(
                 frame,
@@ -366,10 +282,10 @@ class Controller:
         )
         if role is not None:
             if (
-                self._active_sweep is not None
-                and role.get("sweep") == self._active_sweep.id
+                self.acquisition.active_sweep is not None
+                and role.get("sweep") == self.acquisition.active_sweep.id
             ):
-                self._active_sweep.add(role["plane"], img, index)
+                self.acquisition.active_sweep.add(role["plane"], img, index)
         elif self._pipeline is not None:
             self._views[index] = snapshot(
                 frame, self.plan.view(), self.executor.dose_mj, self._fov_um
@@ -416,7 +332,7 @@ class Controller:
                 if rec is not None:
                     self._log(rec)
                 else:  # whatever was returned: the executor refuses non-actions
-                    self._actions.put((action, f.position, f.t_frame))
+                    self.acquisition.put(action, f.position, f.t_frame)
             if self.reactions.stop_reason:
                 self.gate.request_stop(self.reactions.stop_reason, "error")
         self._emit(self.frame_analysed, result)

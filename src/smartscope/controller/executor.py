@@ -12,7 +12,6 @@ events, and is the only caller of the core for an action.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,7 @@ from smartscope.actions import (
 )
 from smartscope.controller.autofocus import Sweep
 from smartscope.controller.engine import DEVICE_ERRORS
+from smartscope.controller.meaning import meaning
 from smartscope.limits import HardwareState, SafetyLimits
 
 if TYPE_CHECKING:
@@ -121,16 +121,6 @@ class Executor:
         self.dose_mj += power * exposure_ms / 1000.0
         return power
 
-    def objective_devices(self) -> set[str]:
-        core, group = self.core, self.roles.objective_group
-        if group not in core.getAvailableConfigGroups():
-            return set()
-        out = set()
-        for preset in core.getAvailableConfigs(group):
-            for dev, _prop, _val in core.getConfigData(group, preset):
-                out.add(dev)
-        return out
-
     def state(
         self,
         p_index: int | None = None,
@@ -199,7 +189,7 @@ class Executor:
         problems = action.problems()
         if problems:
             return _refused(action, "malformed: " + "; ".join(problems))
-        meant = self._meaning(action)
+        meant = meaning(action, self.core, self.roles, self.limits)
         if isinstance(meant, str):
             return _refused(action, meant)
         name = getattr(meant, "position", None) or default_position
@@ -234,69 +224,6 @@ class Executor:
             stop=isinstance(act, Stop),
             sweep=extra,
         )
-
-    def _meaning(self, a: Action) -> Action | str:
-        """The dedicated action a SetProperty amounts to, a refusal, or ``a``."""
-        if not isinstance(a, SetProperty):
-            return a
-        core, r = self.core, self.roles
-        common = {
-            "reason": a.reason,
-            "source": a.source,
-            "frame_index": a.frame_index,
-            "t_frame": a.t_frame,
-        }
-        dev, prop = a.device, a.prop
-
-        def number() -> float | None:
-            try:
-                v = float(a.value)
-            except (TypeError, ValueError, OverflowError):
-                return None
-            return v if math.isfinite(v) else None
-
-        if dev == "Core":
-            return (
-                "the core's own settings (roles, auto-shutter) are not set by actions"
-            )
-        if (
-            r.light_source is not None
-            and dev == r.light_source
-            and prop == r.power_property
-        ):
-            v = number()
-            if v is None:
-                return f"{dev}.{prop} needs a finite number, got {a.value!r}"
-            return SetLaserPower(power_mw=v, **common)
-        if dev == core.getCameraDevice() and prop == "Exposure":
-            v = number()
-            if v is None or v <= 0:
-                return f"{dev}.{prop} needs a number > 0, got {a.value!r}"
-            return SetExposure(exposure_ms=v, **common)
-        if dev == core.getFocusDevice() and prop == "Position":
-            v = number()
-            if v is None:
-                return f"{dev}.{prop} needs a finite number, got {a.value!r}"
-            return MoveFocus(z_um=v, **common)
-        if dev in (core.getXYStageDevice(), core.getFocusDevice()):
-            return f"{dev}.{prop} changes a stage; use MoveStage or MoveFocus"
-        if dev == core.getShutterDevice():
-            return (
-                f"{dev}.{prop}: the shutter is driven by the acquisition; light "
-                "outside an exposure would reach the sample uncounted"
-            )
-        if dev in self.objective_devices():
-            return (
-                f"{dev}.{prop} changes the objective (pixel size, focus); "
-                "not allowed during a run"
-            )
-        if r.light_source is not None and dev == r.light_source:
-            key = f"{dev}.{prop}"
-            if key not in self.limits.allowed_properties:
-                return (
-                    f"{key} changes the light source and is not in allowed_properties"
-                )
-        return a
 
     def _block_leaves_limits(self, a: Action, p: int | None) -> str | None:
         """Whether moving or adding a position would take any frame of its

@@ -44,7 +44,7 @@ def run(ctl: Controller, on_tick: Callable[[], None] | None) -> dict[str, Any]:
 
     def _acquire() -> None:
         try:
-            ctl.core.mda.run(ctl._events(), output=_raw_output(ctl))
+            ctl.core.mda.run(ctl.acquisition.events(), output=_raw_output(ctl))
         except BaseException as e:  # reported on the caller's thread
             failures.append(e)
         finally:
@@ -131,6 +131,9 @@ def _start(ctl: Controller) -> None:
             sim.keep_history = False
         ctl.reactions.reset()
         if ctl._pipeline is not None:
+            virtual = sim is not None and sim.time_mode == "virtual"
+            ctl.acquisition.analysis_wait = "virtual" if virtual else "realtime"
+        if ctl._pipeline is not None:
             ctl._pipeline.frame_skipped.connect(ctl._on_skipped)
             ctl._pipeline.start()
         core.mda.events.frameReady.connect(ctl._on_frame)
@@ -184,7 +187,7 @@ def _set_initial_state(ctl: Controller) -> None:
         if p.objective is not None and p.objective != before:
             core.setConfig(group, p.objective)
             core.waitForConfig(group, p.objective)
-            ctl.plan = ctl.executor.plan = ctl._new_plan()
+            ctl._replace_plan()
             check_plan(ctl.plan, p)
         if p.laser_power_mw is not None and roles.light_source is not None:
             core.setProperty(roles.light_source, roles.power_property, p.laser_power_mw)
@@ -218,20 +221,13 @@ def _finish(ctl: Controller, error: BaseException | None) -> dict[str, Any]:
                 R.AnalysisSkippedRecord(index=index, reason="analysis thread ended")
             )
     ctl._views.clear()
-    for sweep in [s for s in (ctl._active_sweep, *ctl._sweeps) if s is not None]:
-        with contextlib.suppress(Exception):
-            ctl._end_sweep(sweep, stopped=True)
-    ctl._sweeps.clear()
-    while True:  # decided after the last frame: logged, not applied
-        try:
-            action, _pos, _t = ctl._actions.get_nowait()
-        except Exception:
-            break
-        from smartscope.controller.executor import Outcome
+    with contextlib.suppress(Exception):
+        ctl.acquisition.abandon_sweeps()
+    from smartscope.controller.executor import Outcome
 
-        out = Outcome(action, "not_applied", "the run had ended")
+    for action, _pos, _t in ctl.acquisition.pending():  # decided after the end
         with contextlib.suppress(Exception):
-            ctl._record_outcome(out, None)
+            ctl._report(Outcome(action, "not_applied", "the run had ended"), None)
     sim = ctl._sim
     if sim is not None and hasattr(ctl, "_sim_kept_history"):
         sim.keep_history = ctl._sim_kept_history

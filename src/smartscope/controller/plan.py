@@ -27,18 +27,20 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import useq
 from useq._iter_sequence import iter_sequence
 
+from smartscope.controller.positions import plan_position
 from smartscope.controller.sequence import (
-    acquire_every,
     num_timepoints,
     time_first,
+    timepoint_blocks,
+    timepoints,
     unsupported_fields,
-    used_axes,
+    verbatim_blocks,
     with_fov,
 )
 
@@ -53,51 +55,6 @@ class PlanView:
     positions: dict[str, tuple[float | None, float | None, float | None]]
     interval_s: float
     n_positions: int
-
-
-@dataclass
-class _Position:
-    name: str
-    #: useq position as the protocol wrote it (None: the plan has no positions)
-    source: useq.Position | None
-    indexed: bool
-    #: the focus this position's frames are referred to, µm (None: the plan
-    #: does not set its Z), and what is added to useq's z to get there
-    base_z: float | None = None
-    add_z: float = 0.0
-    #: shift of every event of this position from the template, µm
-    shift: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
-
-    def coords(self) -> tuple[float | None, ...]:
-        s = self.source
-        x = None if s is None or s.x is None else s.x + self.shift[0]
-        y = None if s is None or s.y is None else s.y + self.shift[1]
-        z = None if self.base_z is None else self.base_z + self.shift[2]
-        return (x, y, z)
-
-
-def _position(
-    name: str,
-    src: useq.Position | None,
-    seq: useq.MDASequence,
-    focus_um: float | None,
-    *,
-    indexed: bool = True,
-) -> _Position:
-    """A plan position, with the focus its frames refer to: its own z (no z
-    plan, or a relative one); the focus at the start for a relative stack at a
-    position without z (useq stacks those around 0; anchoring them here keeps
-    them from creeping); 0 for absolute planes (z then holds a correction)."""
-    sub = src.sequence if src is not None else None
-    zp = sub.z_plan if sub is not None and sub.z_plan is not None else seq.z_plan
-    own_z = src.z if src is not None else None
-    if zp is None:
-        return _Position(name, src, indexed, own_z, 0.0)
-    if not zp.is_relative:
-        return _Position(name, src, indexed, 0.0, 0.0)
-    if own_z is not None:
-        return _Position(name, src, indexed, own_z, 0.0)
-    return _Position(name, src, indexed, focus_um, focus_um or 0.0)
 
 
 @dataclass
@@ -152,11 +109,11 @@ class Plan:
         self._focus = focus_um
         if seq.stage_positions:
             self._positions = [
-                _position(p.name or f"p{i}", p, seq, focus_um)
+                plan_position(p.name or f"p{i}", p, seq, focus_um)
                 for i, p in enumerate(seq.stage_positions)
             ]
         else:
-            self._positions = [_position("p0", None, seq, focus_um, indexed=False)]
+            self._positions = [plan_position("p0", None, seq, focus_um, indexed=False)]
         self._template_cache: (
             tuple[int, list[list[tuple[useq.MDAEvent, int]]]] | None
         ) = None
@@ -263,7 +220,7 @@ class Plan:
     ) -> list[useq.MDAEvent]:
         """The events one time point of a position added there would take."""
         src = useq.Position(x=x_um, y=y_um, z=z_um)
-        pos = _position("new", src, self.sequence, self._focus)
+        pos = plan_position("new", src, self.sequence, self._focus)
         seq = self.sequence.model_copy(
             update={"time_plan": None, "stage_positions": (src,)}
         )
@@ -337,7 +294,7 @@ class Plan:
                     break
                 name = f"{base}-{k}"
             src = useq.Position(x=x_um, y=y_um, z=z_um, name=name)
-            self._positions.append(_position(name, src, self.sequence, self._focus))
+            self._positions.append(plan_position(name, src, self.sequence, self._focus))
             self._template_cache = None
             return name
 
@@ -349,7 +306,9 @@ class Plan:
             old = self._positions[0]
             if old.indexed:
                 return
-            new = _position("p0", useq.Position(name="p0"), self.sequence, self._focus)
+            new = plan_position(
+                "p0", useq.Position(name="p0"), self.sequence, self._focus
+            )
             new.shift = old.shift
             self._positions = [new]
             self._template_cache = None
@@ -384,33 +343,15 @@ class Plan:
         if tp is None:
             yield None, None
             return
-        offsets = iter(tp)
-        duration = getattr(tp, "duration", None)
-        span = (
-            duration.total_seconds()
-            if duration is not None and not hasattr(tp, "loops")
-            else None
-        )
-        due = 0.0
-        nxt = next(offsets, None)
-        for k in itertools.count():
-            cur, nxt = nxt, next(offsets, None)
+
+        def override() -> float | None:
             with self._lock:
-                override = self._interval_override
-            if k > 0 and override is not None:
-                due += override
-                if span is not None:
-                    if due > span + 1e-9:
-                        return
-                elif cur is None:
-                    return
-            elif cur is None:
-                return
-            else:
-                due = float(cur)
-            with self._lock:
-                if override is None and nxt is not None:
-                    self._interval_now = float(nxt) - due
+                return self._interval_override
+
+        for k, due, planned in timepoints(tp, override):
+            if planned is not None:
+                with self._lock:
+                    self._interval_now = planned
             yield k, due
 
     def _template(self) -> list[list[tuple[useq.MDAEvent, int]]]:
@@ -424,20 +365,7 @@ class Plan:
         seq = self.sequence.model_copy(
             update={"time_plan": None, "stage_positions": tuple(positions)}
         )
-        blocks: list[list[tuple[useq.MDAEvent, int]]] = []
-        last_p: object = object()
-        # a time point of a sequence with no other axis is one frame
-        used = used_axes(seq)
-        events = iter_sequence(seq) if used else [useq.MDAEvent()]
-        # a block is one position's channels, grid and z-stack; when another
-        # axis is outside the positions (tcpz), it is the whole time point
-        by_position = used.lstrip("t")[:1] == "p"
-        for ev in events:
-            p = _p_index(ev) if by_position else None
-            if p != last_p or not blocks:
-                blocks.append([])
-                last_p = p
-            blocks[-1].append((ev, acquire_every(seq, ev)))
+        blocks = timepoint_blocks(seq)
         with self._lock:
             self._template_cache = (key, blocks)
         return blocks
@@ -445,28 +373,13 @@ class Plan:
     def _verbatim_blocks(
         self, before: Callable[[int | None, float | None], None]
     ) -> Iterator[Block]:
-        # blocks: runs of events that share the axes outside channels and z
-        outer = [a for a in used_axes(self.sequence) if a in "tpg"]
-        current: list[tuple[useq.MDAEvent, int]] = []
-        key: tuple[Any, ...] | None = None
         last_t: Any = object()
-        for ev in iter_sequence(self.sequence):
-            k = tuple(ev.index.get(a) for a in outer)
-            if key is not None and k != key and current:
-                t = current[0][0].index.get("t")
-                if t != last_t:
-                    before(t, None)
-                yield Block(
-                    t, _p_index(current[0][0]), t != last_t, None, self, current
-                )
-                last_t, current = t, []
-            key = k
-            current.append((ev, 1))
-        if current:
-            t = current[0][0].index.get("t")
+        for events in verbatim_blocks(self.sequence):
+            t = events[0][0].index.get("t")
             if t != last_t:
                 before(t, None)
-            yield Block(t, _p_index(current[0][0]), t != last_t, None, self, current)
+            yield Block(t, _p_index(events[0][0]), t != last_t, None, self, events)
+            last_t = t
 
     def _resolve(
         self, block: Block, *, filter_every: bool = True

@@ -4,7 +4,9 @@ the sequence, used by the protocol's validation and by the plan."""
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import useq
@@ -13,8 +15,11 @@ __all__ = [
     "acquire_every",
     "num_timepoints",
     "time_first",
+    "timepoint_blocks",
+    "timepoints",
     "unsupported_fields",
     "used_axes",
+    "verbatim_blocks",
     "with_fov",
 ]
 
@@ -148,3 +153,80 @@ def with_fov(seq: useq.MDASequence, fov_um: tuple[float, float]) -> useq.MDASequ
         return s.model_copy(update=upd) if upd else s
 
     return fix(seq)
+
+
+def timepoints(
+    tp: Any, override: Callable[[], float | None]
+) -> Iterator[tuple[int, float, float | None]]:
+    """(index, due_s, planned interval to the next or None) of a time plan's
+    points, as useq times them until ``override()`` gives an interval: from
+    then on every interval is that. The plan keeps its number of time points,
+    or, for an interval-and-duration plan, its duration."""
+    offsets = iter(tp)
+    duration = getattr(tp, "duration", None)
+    span = (
+        duration.total_seconds()
+        if duration is not None and not hasattr(tp, "loops")
+        else None
+    )
+    due = 0.0
+    nxt = next(offsets, None)
+    for k in itertools.count():
+        cur, nxt = nxt, next(offsets, None)
+        step = override()
+        if k > 0 and step is not None:
+            due += step
+            if (span is not None and due > span + 1e-9) or (
+                span is None and cur is None
+            ):
+                return
+        elif cur is None:
+            return
+        else:
+            due = float(cur)
+        planned = float(nxt) - due if step is None and nxt is not None else None
+        yield k, due, planned
+
+
+#: events of a block, each with its channel's ``acquire_every``
+BlockEvents = list[tuple[useq.MDAEvent, int]]
+
+
+def timepoint_blocks(seq: useq.MDASequence) -> list[BlockEvents]:
+    """One time point of ``seq`` (which has no time plan), as useq lays it
+    out, in blocks: one position's channels, grid and z-stack each; the whole
+    time point when another axis is outside the positions (``tcpz``)."""
+    from useq._iter_sequence import iter_sequence
+
+    blocks: list[BlockEvents] = []
+    last_p: object = object()
+    used = used_axes(seq)
+    # a time point of a sequence with no other axis is one frame
+    events = iter_sequence(seq) if used else [useq.MDAEvent()]
+    by_position = used.lstrip("t")[:1] == "p"
+    for ev in events:
+        p = ev.index.get("p") if by_position else None
+        if p != last_p or not blocks:
+            blocks.append([])
+            last_p = p
+        blocks[-1].append((ev, acquire_every(seq, ev)))
+    return blocks
+
+
+def verbatim_blocks(seq: useq.MDASequence) -> Iterator[BlockEvents]:
+    """``seq``'s own events in blocks: runs that share time, position and
+    grid tile (channels and z-stacks stay together)."""
+    from useq._iter_sequence import iter_sequence
+
+    outer = [a for a in used_axes(seq) if a in "tpg"]
+    current: BlockEvents = []
+    key: tuple[Any, ...] | None = None
+    for ev in iter_sequence(seq):
+        k = tuple(ev.index.get(a) for a in outer)
+        if key is not None and k != key and current:
+            yield current
+            current = []
+        key = k
+        current.append((ev, 1))
+    if current:
+        yield current
