@@ -35,10 +35,20 @@ def check_hardware(core: CMMCorePlus, p: Protocol) -> None:
         )
     if seq.z_plan is not None and not core.getFocusDevice():
         problems.append(("sequence.z_plan", "needs a focus device (Core-Focus)"))
-    if seq.autofocus_plan is not None and not core.getAutoFocusDevice():
+    af_plans = [("sequence.autofocus_plan", seq.autofocus_plan)] + [
+        (
+            f"sequence.stage_positions.{i}.sequence.autofocus_plan",
+            pos.sequence.autofocus_plan,
+        )
+        for i, pos in enumerate(seq.stage_positions)
+        if pos.sequence is not None
+    ]
+    for fld, af in af_plans:
+        if af is None or core.getAutoFocusDevice():
+            continue
         problems.append(
             (
-                "sequence.autofocus_plan",
+                fld,
                 "needs a hardware autofocus device (Core-AutoFocus), and this "
                 "configuration has none; use the Autofocus action (a software "
                 "Z sweep) instead",
