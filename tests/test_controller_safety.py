@@ -713,3 +713,38 @@ def test_an_unwritable_run_folder_is_refused_before_anything_moves(
         assert float(core.getProperty("Laser", "Power_mW")) == 10
     finally:
         release_core(core)
+
+
+def test_the_printed_summary_has_rows_for_every_kind_of_error(run_dir: Path) -> None:
+    from rich.console import Console
+
+    from smartscope.run import summary_table
+
+    def boom(result: FrameResult, run: RunView) -> Sequence[Action]:
+        raise RuntimeError("bug")
+
+    summary, _, _ = _run(_proto(), run_dir, [_Fixed(fn=boom)])
+    console = Console(record=True, width=120)
+    console.print(summary_table(summary))
+    text = console.export_text()
+    assert "reaction errors" in text
+    assert "analysis errors" in text
+    assert "device errors" in text
+    assert "safety: error" in text  # the title names the status
+
+
+def test_the_controller_leaves_the_simulator_as_it_was_loaded(run_dir: Path) -> None:
+    core = load_core(seed=5, scene="dividing")
+    try:
+        sim = get_simulator(core)
+        sim.advance(100.0)
+        clock = sim.clock_s
+        proto = _proto(seed=2, scene="migration", time_mode="realtime")
+        Controller(core, proto, out_dir=run_dir, reactions=()).run()
+        assert sim.seed == 5
+        assert sim.time_mode == "virtual"
+        assert sim.clock_s >= clock  # not reset to 0
+    finally:
+        release_core(core)
+    started = _events(run_dir, "run_started")[0]
+    assert started["simulator"] == {"seed": 5, "scene": "dividing"}

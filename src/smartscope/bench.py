@@ -14,27 +14,27 @@ exposure. Imported only when the ``bench`` command runs.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import numpy as np
-    from pymmcore_plus.experimental.unicore import UniMMCore
     from rich.console import Console
+
+from smartscope.bench_sim import (
+    CONST_LAM_E,
+    SEED,
+    SNAP_RATIO_TARGET,
+    time_defocus,
+    time_mda,
+    time_snap_vs_poisson,
+)
 
 __all__ = ["SNAP_RATIO_TARGET", "machine_info", "run"]
 
-#: Issue requirement: a 512 x 512 snap costs at most this many Poisson draws.
-SNAP_RATIO_TARGET = 4.0
-#: Constant Poisson mean (electrons) of the reference draw that does not depend
-#: on what the simulated frame happens to show.
-CONST_LAM_E = 200.0
 
 # (warm-up snaps, snap repeats at 512, snap repeats at 2048, MDA timepoints, MDA runs)
 _FULL = (3, 31, 11, 100, 3)
 _QUICK = (1, 5, 1, 10, 1)
-_SEED = 1
 #: Defocus values (µm) of the optional defocus timing.
 _DEFOCUS_UM = (0.0, 5.0, 20.0)
 
@@ -115,201 +115,6 @@ def _source_state() -> dict[str, Any] | None:
     return {"commit": commit, "sim_modified": bool(dirty)}
 
 
-def _quantiles(values: list[float]) -> tuple[float, float, float]:
-    """(p25, median, p75) of ``values``."""
-    import numpy as np
-
-    q25, q50, q75 = np.percentile(values, [25, 50, 75])
-    return float(q25), float(q50), float(q75)
-
-
-def _expected_electrons(core: UniMMCore) -> np.ndarray:
-    """(Y, X) float64 mean electrons per pixel of the last frame (its Poisson mean)."""
-    import numpy as np
-
-    from smartscope.sim import get_simulator
-
-    truth = get_simulator(core).truth()
-    cam = core.getCameraDevice()
-    gain = float(core.getProperty(cam, "Gain_e_per_ADU"))
-    offset = float(core.getProperty(cam, "Offset_ADU"))
-    lam = (truth.expected_adu.astype(np.float64) - offset) * gain
-    return np.maximum(lam, 0.0)
-
-
-def _time_snap_vs_poisson(
-    core: UniMMCore, *, repeats: int, warmup: int
-) -> dict[str, Any]:
-    """Snap + getImage against ``Generator.poisson`` of the same shape, interleaved.
-
-    Each repeat times one snap, one Poisson draw with the frame's own expected
-    electrons as mean, and one with a constant mean, in an order that rotates
-    from repeat to repeat so that neither side always runs first. The ratio is
-    the median of the per-repeat ratios (each pair measured back to back).
-    """
-    import numpy as np
-
-    for _ in range(max(warmup, 1)):
-        core.snapImage()
-        frame = core.getImage()
-    lam_frame = _expected_electrons(core)
-    lam_const = np.full(frame.shape, CONST_LAM_E)
-    rng = np.random.default_rng()
-    shapes: set[tuple[int, ...]] = set()
-
-    def snap() -> None:
-        core.snapImage()
-        shapes.add(core.getImage().shape)
-
-    tasks = {
-        "snap": snap,
-        "poisson_frame": lambda: rng.poisson(lam_frame),
-        "poisson_const": lambda: rng.poisson(lam_const),
-    }
-    names = list(tasks)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(repeats):
-        for k in range(len(names)):
-            name = names[(i + k) % len(names)]
-            t0 = time.perf_counter()
-            tasks[name]()
-            times[name].append(time.perf_counter() - t0)
-    snap_s = np.asarray(times["snap"])
-    ratio = _quantiles(list(snap_s / np.asarray(times["poisson_frame"])))
-    ratio_const = _quantiles(list(snap_s / np.asarray(times["poisson_const"])))
-    return {
-        "frame_shape": list(frame.shape),
-        "shapes_seen": sorted(list(s) for s in shapes),
-        "dtype": str(frame.dtype),
-        "repeats": repeats,
-        "snap_ms": _quantiles([t * 1e3 for t in times["snap"]])[1],
-        "poisson_frame_ms": _quantiles([t * 1e3 for t in times["poisson_frame"]])[1],
-        "poisson_const_ms": _quantiles([t * 1e3 for t in times["poisson_const"]])[1],
-        "frame_lam_mean_e": float(lam_frame.mean()),
-        "const_lam_e": CONST_LAM_E,
-        "ratio": ratio[1],
-        "ratio_p25": ratio[0],
-        "ratio_p75": ratio[2],
-        "ratio_const": ratio_const[1],
-        "ratio_const_p25": ratio_const[0],
-        "ratio_const_p75": ratio_const[2],
-        "target_ratio": SNAP_RATIO_TARGET,
-        "meets_target": bool(max(ratio[1], ratio_const[1]) <= SNAP_RATIO_TARGET),
-    }
-
-
-def _time_mda(core: UniMMCore, *, timepoints: int, runs: int) -> dict[str, Any]:
-    """Wall and sample time of a ``timepoints``-frame time-lapse, 60 s apart, in
-    virtual time; each run starts from the same freshly seeded sample."""
-    import numpy as np
-    import useq
-
-    from smartscope.sim import get_simulator
-
-    seq = useq.MDASequence(time_plan={"interval": 60, "loops": timepoints})
-    sim = get_simulator(core)
-    frames = [0]
-
-    def _count(*_: object) -> None:
-        frames[0] += 1
-
-    core.mda.events.frameReady.connect(_count)
-    walls, sims, counts, doses = [], [], [], []
-    try:
-        for _ in range(runs):
-            sim.reset(seed=_SEED)
-            _ = sim.scene  # build the new sample before the clock starts
-            frames[0] = 0
-            t0 = time.perf_counter()
-            core.mda.run(seq)
-            walls.append(time.perf_counter() - t0)
-            sims.append(sim.clock_s)
-            counts.append(frames[0])
-            doses.append(sim.light_dose_mj)
-    finally:
-        core.mda.events.frameReady.disconnect(_count)
-    k = int(np.argsort(walls)[len(walls) // 2])  # the median run
-    wall_s, sim_s, n = walls[k], sims[k], counts[k]
-    return {
-        "timepoints": timepoints,
-        "interval_s": 60.0,
-        "runs": runs,
-        "frames": n,
-        "frame_shape": [core.getImageHeight(), core.getImageWidth()],
-        "wall_s": wall_s,
-        "wall_ms_per_frame": wall_s / max(n, 1) * 1e3,
-        "frames_per_s": n / wall_s,
-        "sim_s": sim_s,
-        "speedup": sim_s / wall_s,
-        "light_dose_mj": doses[k],
-        "wall_s_all_runs": walls,
-    }
-
-
-def _time_defocus(
-    core: UniMMCore, *, objective: str, defocus_um: tuple[float, ...], repeats: int
-) -> dict[str, Any]:
-    """Snap cost against the focus: the defocus blur widens with ``|dz|`` and NA.
-
-    At each defocus, ``repeats`` snaps interleaved with Poisson draws of a
-    constant mean, as in :func:`_time_snap_vs_poisson`.
-    """
-    import numpy as np
-
-    from smartscope.sim import get_simulator
-    from smartscope.sim.optics import blur_sigma_px
-    from smartscope.sim.turrets import OBJECTIVES
-
-    sim = get_simulator(core)
-    spec = next(o for o in OBJECTIVES if o.label == objective)
-    previous = core.getCurrentConfig("Objective")
-    z0 = core.getPosition()
-    core.setConfig("Objective", objective)
-    rng = np.random.default_rng()
-    rows = []
-    try:
-        for dz in defocus_um:
-            core.setPosition(sim.focus_z_um() + dz)
-            core.snapImage()  # warm-up: buffers are sized for this blur
-            lam = np.full(core.getImage().shape, CONST_LAM_E)
-            snaps, draws = [], []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                core.snapImage()
-                core.getImage()
-                snaps.append(time.perf_counter() - t0)
-                t0 = time.perf_counter()
-                rng.poisson(lam)
-                draws.append(time.perf_counter() - t0)
-            truth = sim.truth()
-            dye = sim.preset.channels[truth.channel]
-            sigma = blur_sigma_px(
-                emission_nm=dye.emission_nm,
-                na=spec.na,
-                defocus_um=truth.defocus_um,
-                pixel_um=truth.pixel_size_um,
-                immersion_n=spec.immersion_n,
-            )
-            rows.append(
-                {
-                    "defocus_um": truth.defocus_um,
-                    "blur_sigma_px": sigma,
-                    "snap_ms": float(np.median(snaps)) * 1e3,
-                    "poisson_const_ms": float(np.median(draws)) * 1e3,
-                    "ratio_const": float(np.median(np.divide(snaps, draws))),
-                }
-            )
-    finally:
-        core.setPosition(z0)
-        core.setConfig("Objective", previous)
-    return {
-        "objective": objective,
-        "frame_shape": [core.getImageHeight(), core.getImageWidth()],
-        "repeats": repeats,
-        "rows": rows,
-    }
-
-
 def _measure(
     *,
     warmup: int,
@@ -324,13 +129,13 @@ def _measure(
     from smartscope.hardware import load_core, release_core
     from smartscope.sim import get_simulator
 
-    core = load_core(time_mode="virtual", seed=_SEED)
+    core = load_core(time_mode="virtual", seed=SEED)
     try:
         cam = core.getCameraDevice()
         out: dict[str, Any] = {
             "settings": {
                 "config": "simulators/demo.cfg",
-                "seed": _SEED,
+                "seed": SEED,
                 "objective": core.getProperty("Objective", "Label"),
                 "channel": core.getCurrentConfig("Channel"),
                 "exposure_ms": core.getExposure(),
@@ -339,7 +144,7 @@ def _measure(
             }
         }
         with console.status("timing 512×512 snaps against Poisson draws…"):
-            out["snap_512"] = _time_snap_vs_poisson(
+            out["snap_512"] = time_snap_vs_poisson(
                 core, repeats=repeats_512, warmup=warmup
             )
         width = core.getProperty(cam, "SensorWidth_px")
@@ -347,17 +152,17 @@ def _measure(
         core.setProperty(cam, "SensorWidth_px", 2048)
         core.setProperty(cam, "SensorHeight_px", 2048)
         with console.status("timing 2048×2048 snaps against Poisson draws…"):
-            out["snap_2048"] = _time_snap_vs_poisson(
+            out["snap_2048"] = time_snap_vs_poisson(
                 core, repeats=repeats_2048, warmup=warmup
             )
         out["snap_2048"]["shape_ok"] = out["snap_2048"]["frame_shape"] == [2048, 2048]
         core.setProperty(cam, "SensorWidth_px", width)
         core.setProperty(cam, "SensorHeight_px", height)
         with console.status(f"running a {timepoints}-timepoint MDA in virtual time…"):
-            out["mda_virtual"] = _time_mda(core, timepoints=timepoints, runs=runs)
+            out["mda_virtual"] = time_mda(core, timepoints=timepoints, runs=runs)
         if defocus:
             with console.status("timing defocused 512×512 snaps at 40x…"):
-                out["defocus_512"] = _time_defocus(
+                out["defocus_512"] = time_defocus(
                     core, objective="40x", defocus_um=_DEFOCUS_UM, repeats=2
                 )
         return out

@@ -56,6 +56,20 @@ LAZY_SUBCOMMANDS: tuple[tuple[str, str, str, str], ...] = (
 # ------------------------------------------------------------------ helpers
 
 
+def _print_summary(out_dir: Path, summary: dict[str, Any]) -> None:
+    from smartscope.run import summary_table
+
+    console = _console()
+    console.print(summary_table(summary))
+    console.print(f"run folder [bold]{_escape(str(out_dir.resolve()))}[/]")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
 def _console(*, stderr: bool = False) -> Console:
     from rich.console import Console
 
@@ -135,51 +149,6 @@ RunDirOption = Annotated[
         help="Run folder to create. \\[default: ./runs/NAME-YYYYmmdd-HHMMSS]",
     ),
 ]
-
-
-def _print_summary(out_dir: Path, summary: dict[str, Any]) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    console = _console()
-    table = Table(title=f"{summary.get('protocol', '')}: {summary.get('status', '')}")
-    table.add_column("", style="bold")
-    table.add_column("")
-    lat_r = summary.get("latency_frame_to_result_ms", {})
-    lat_a = summary.get("latency_frame_to_action_ms", {})
-
-    def _lat(d: dict) -> str:
-        if not d or d.get("n", 0) == 0:
-            return "-"
-        return f"p50 {d['p50']:.1f} / p95 {d['p95']:.1f} / p99 {d['p99']:.1f} ms"
-
-    actions = ", ".join(
-        f"{k} " + "/".join(f"{n} {st}" for st, n in v.items())
-        for k, v in summary.get("actions", {}).items()
-    )
-    rows = [
-        ("finished", str(summary.get("finish_reason", ""))),
-        ("frames acquired", str(summary.get("frames_acquired"))),
-        ("frames analysed", str(summary.get("frames_analysed"))),
-        ("skipped for analysis", str(summary.get("frames_skipped_analysis"))),
-        ("abandoned at stop", str(summary.get("frames_abandoned_analysis", 0))),
-        ("analysis errors", str(summary.get("frames_failed_analysis", 0))),
-        ("reaction errors", str(summary.get("reaction_errors", 0))),
-        ("device errors", str(summary.get("device_errors", 0))),
-        ("frame → result", _lat(lat_r)),
-        ("frame → action", _lat(lat_a)),
-        ("actions", actions or "none"),
-        (
-            "light dose",
-            f"{summary.get('light_dose_mj', summary.get('light_dose_mj_estimated', 0)):.1f} mJ",
-        ),
-        ("wall time", f"{summary.get('wall_time_s', 0):.1f} s"),
-        ("sample time", f"{summary.get('sample_time_s', 0):.0f} s"),
-    ]
-    for k, v in rows:
-        table.add_row(k, v)
-    console.print(table)
-    console.print(f"run folder [bold]{escape(str(out_dir.resolve()))}[/]")
 
 
 @app.command()

@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["default_run_dir", "expected_frames", "run_protocol"]
+__all__ = ["default_run_dir", "expected_frames", "run_protocol", "summary_table"]
 
 
 def default_run_dir(name: str) -> Path:
@@ -97,3 +97,46 @@ def _run_with_progress(ctl: Any, proto: Any) -> dict[str, Any]:
         summary = ctl.run(on_tick=_update)
         _update()
     return summary
+
+
+def summary_table(summary: dict[str, Any]) -> Any:
+    """The summary as a rich table (what ``smartscope run`` prints)."""
+    from rich.table import Table
+
+    table = Table(title=f"{summary.get('protocol', '')}: {summary.get('status', '')}")
+    table.add_column("", style="bold")
+    table.add_column("")
+    lat_r = summary.get("latency_frame_to_result_ms", {})
+    lat_a = summary.get("latency_frame_to_action_ms", {})
+
+    def _lat(d: dict) -> str:
+        if not d or d.get("n", 0) == 0:
+            return "-"
+        return f"p50 {d['p50']:.1f} / p95 {d['p95']:.1f} / p99 {d['p99']:.1f} ms"
+
+    actions = ", ".join(
+        f"{k} " + "/".join(f"{n} {st}" for st, n in v.items())
+        for k, v in summary.get("actions", {}).items()
+    )
+    rows = [
+        ("finished", str(summary.get("finish_reason", ""))),
+        ("frames acquired", str(summary.get("frames_acquired"))),
+        ("frames analysed", str(summary.get("frames_analysed"))),
+        ("skipped for analysis", str(summary.get("frames_skipped_analysis"))),
+        ("abandoned at stop", str(summary.get("frames_abandoned_analysis", 0))),
+        ("analysis errors", str(summary.get("frames_failed_analysis", 0))),
+        ("reaction errors", str(summary.get("reaction_errors", 0))),
+        ("device errors", str(summary.get("device_errors", 0))),
+        ("frame → result", _lat(lat_r)),
+        ("frame → action", _lat(lat_a)),
+        ("actions", actions or "none"),
+        (
+            "light dose",
+            f"{summary.get('light_dose_mj', summary.get('light_dose_mj_estimated', 0)):.1f} mJ",
+        ),
+        ("wall time", f"{summary.get('wall_time_s', 0):.1f} s"),
+        ("sample time", f"{summary.get('sample_time_s', 0):.0f} s"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    return table

@@ -153,7 +153,7 @@ def _start(ctl: Controller) -> None:
                 devices=p.devices.model_dump(),
                 simulator=None
                 if sim is None
-                else {"seed": sim.seed, "scene": p.scene if p.scene else None},
+                else {"seed": sim.seed, "scene": sim.preset_name},
             )
         )
     except BaseException as e:

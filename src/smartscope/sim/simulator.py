@@ -217,6 +217,12 @@ class Simulator:
         return self._seed
 
     @property
+    def preset_name(self) -> str:
+        """The scene preset's name (or path) as it was loaded ("<custom>" for
+        a ``ScenePreset`` object)."""
+        return self._preset_name
+
+    @property
     def preset(self) -> ScenePreset:
         return self._preset
 
