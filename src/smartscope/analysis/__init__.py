@@ -15,6 +15,7 @@ from smartscope.analysis.result import FrameInput, FrameResult, ObjectMeasuremen
 from smartscope.analysis.settings import AnalysisSettings
 
 if TYPE_CHECKING:
+    from smartscope.analysis.analyser import FrameAnalyser
     from smartscope.analysis.measure import ObjectTable, measure_objects
     from smartscope.analysis.models import ModelLoadError
     from smartscope.analysis.normalize import estimate_background, normalize_percentile
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AnalysisPipeline",
     "AnalysisSettings",
+    "FrameAnalyser",
     "FrameInput",
     "FrameResult",
     "ModelLoadError",
@@ -41,6 +43,7 @@ __all__ = [
 
 _LAZY = {
     "AnalysisPipeline": "smartscope.analysis.pipeline",
+    "FrameAnalyser": "smartscope.analysis.analyser",
     "ModelLoadError": "smartscope.analysis.models",
     "ObjectTable": "smartscope.analysis.measure",
     "measure_objects": "smartscope.analysis.measure",

@@ -12,34 +12,22 @@ stops the worker.
 from __future__ import annotations
 
 import logging
-import math
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 
-import numpy as np
 from psygnal import Signal
 
-from smartscope.analysis.measure import measure_objects
-from smartscope.analysis.models import (
-    AnalysisModel,
-    load_analysis_model,
-    predict_denoised,
-    predict_labels,
-)
-from smartscope.analysis.normalize import estimate_background
-from smartscope.analysis.result import FrameInput, FrameResult, ObjectMeasurement
-from smartscope.analysis.segment import filter_by_area, segment_nuclei
+from smartscope.analysis.analyser import FrameAnalyser
+from smartscope.analysis.result import FrameInput, FrameResult
 from smartscope.analysis.settings import AnalysisSettings
-from smartscope.analysis.track import Tracker, TrackIdCounter
 
 __all__ = ["AnalysisPipeline"]
 
 logger = logging.getLogger(__name__)
 
 
-class AnalysisPipeline:
+class AnalysisPipeline(FrameAnalyser):
     """Analyses frames on a worker thread and announces the results.
 
     Parameters
@@ -98,9 +86,8 @@ class AnalysisPipeline:
         on_result: Callable[[FrameResult], object] | None = None,
         device: str = "auto",
     ) -> None:
-        self._settings = settings if settings is not None else AnalysisSettings()
+        super().__init__(settings, device=device)
         self._on_result = on_result
-        self._device = device
         self._queue: deque[FrameInput] = deque()
         self._cond = threading.Condition()
         self._skip_notices: deque[int] = deque()
@@ -110,17 +97,8 @@ class AnalysisPipeline:
         self._analysed = 0
         self._skipped = 0
         self._failed = 0
-        self._models_loaded = False
-        self._denoiser: AnalysisModel | None = None
-        self._segmenter: AnalysisModel | None = None
-        self._track_ids = TrackIdCounter()
-        self._trackers: dict[str, Tracker] = {}
 
     # ------------------------------------------------------------ properties
-
-    @property
-    def settings(self) -> AnalysisSettings:
-        return self._settings
 
     @property
     def is_running(self) -> bool:
@@ -153,33 +131,6 @@ class AnalysisPipeline:
         return len(self._queue)
 
     # ------------------------------------------------------------- lifecycle
-
-    def load_models(self) -> None:
-        """Load the configured denoiser and segmentation model, once.
-
-        Called by :meth:`start`; call it earlier to refuse a bad model before
-        any hardware moves.
-
-        Raises
-        ------
-        ModelLoadError
-            Naming the model that could not be loaded.
-        """
-        if self._models_loaded:
-            return
-        s = self._settings
-        denoiser = (
-            load_analysis_model(s.denoise, role="denoiser", device=self._device)
-            if s.denoise
-            else None
-        )
-        segmenter = None
-        if s.segmenter == "model" and s.model is not None:
-            segmenter = load_analysis_model(
-                s.model, role="segmenter", device=self._device
-            )
-        self._denoiser, self._segmenter = denoiser, segmenter
-        self._models_loaded = True
 
     def start(self) -> None:
         """Load the models and start the worker thread (no-op when analysis is
@@ -270,10 +221,6 @@ class AnalysisPipeline:
     def __exit__(self, *exc: object) -> None:
         self.stop(drain=True)
 
-    def reset_tracks(self) -> None:
-        """End every track of every position (new objects get new ids)."""
-        self._trackers.clear()
-
     # ---------------------------------------------------------------- worker
 
     def _run(self) -> None:
@@ -321,119 +268,3 @@ class AnalysisPipeline:
             self.frame_skipped.emit(frame_index)
         except Exception:
             logger.exception("a subscriber of frame_skipped raised")
-
-    # -------------------------------------------------------------- analysis
-
-    def analyse(self, frame: FrameInput) -> FrameResult:
-        """Analyse one frame now, on the calling thread.
-
-        normalise (background) → denoise (if configured) → segment → measure
-        (on the raw frame) → track (per position). Emits nothing and counts
-        nothing; the worker does that. Not to be called concurrently with a
-        running worker (trackers are not thread-safe).
-
-        Returns
-        -------
-        FrameResult
-            With ``error`` set, and no objects, if any step raised.
-        """
-        t0 = time.perf_counter()
-        background = math.nan
-        try:
-            self.load_models()
-            image = frame.image
-            if image.ndim != 2:
-                raise ValueError(f"expected a (Y, X) frame, got shape {image.shape}")
-            background, _ = estimate_background(image)
-            denoised = self._denoise(image, frame)
-            labels = self._segment(image if denoised is None else denoised, frame)
-            table = measure_objects(labels, image, frame)
-            tracker = self._trackers.get(frame.position)
-            if tracker is None:
-                tracker = self._new_tracker()
-                self._trackers[frame.position] = tracker
-            track_ids = tracker.update(table.x_um, table.y_um, t_s=frame.t_s)
-            objects = tuple(
-                map(
-                    ObjectMeasurement,
-                    table.label.tolist(),
-                    track_ids.tolist(),
-                    table.x_um.tolist(),
-                    table.y_um.tolist(),
-                    table.row.tolist(),
-                    table.col.tolist(),
-                    table.area_um2.tolist(),
-                    table.mean_intensity.tolist(),
-                    table.max_intensity.tolist(),
-                    table.eccentricity.tolist(),
-                )
-            )
-        except Exception as e:
-            message = f"{type(e).__name__}: {e}"
-            logger.warning(
-                "analysis of frame %d failed: %s",
-                frame.frame_index,
-                message,
-                exc_info=logger.isEnabledFor(logging.DEBUG),
-            )
-            return FrameResult(
-                frame=frame,
-                objects=(),
-                labels=None,
-                denoised=None,
-                background=background,
-                t_result=time.perf_counter(),
-                error=message,
-            )
-        t1 = time.perf_counter()
-        return FrameResult(
-            frame=frame,
-            objects=objects,
-            labels=labels,
-            denoised=denoised,
-            background=background,
-            t_result=t1,
-            extra={"analysis_ms": (t1 - t0) * 1000.0},
-        )
-
-    def _new_tracker(self) -> Tracker:
-        s = self._settings
-        return Tracker(
-            max_step_um=s.track_max_step_um,
-            max_gap_frames=s.track_max_gap_frames,
-            predict_velocity=s.track_predict_velocity,
-            ids=self._track_ids,
-        )
-
-    def _denoise(self, image: np.ndarray, frame: FrameInput) -> np.ndarray | None:
-        """(Y, X) float32 denoised image in raw units, or None without a denoiser."""
-        if self._denoiser is None:
-            return None
-        return predict_denoised(
-            self._denoiser, image, name=self._settings.denoise or "?"
-        )
-
-    def _segment(self, image: np.ndarray, frame: FrameInput) -> np.ndarray:
-        """(Y, X) int32 instance labels of ``image`` (raw or denoised)."""
-        s = self._settings
-        if self._segmenter is not None:
-            labels = predict_labels(
-                self._segmenter,
-                image,
-                diameter_px=s.diameter_um / frame.pixel_size_um,
-                name=s.model or "?",
-            )
-            return filter_by_area(
-                labels,
-                pixel_size_um=frame.pixel_size_um,
-                min_area_um2=s.min_area_um2,
-                max_area_um2=s.max_area_um2,
-            )
-        return segment_nuclei(
-            image,
-            pixel_size_um=frame.pixel_size_um,
-            diameter_um=s.diameter_um,
-            threshold=s.threshold,
-            min_area_um2=s.min_area_um2,
-            max_area_um2=s.max_area_um2,
-        )

@@ -1,0 +1,205 @@
+"""Analysing one frame: normalise → denoise → segment → measure → track.
+
+:class:`FrameAnalyser` holds the models and the per-position trackers and
+analyses a frame on the calling thread; :class:`~.pipeline.AnalysisPipeline`
+runs it on a worker thread behind a bounded queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+
+from smartscope.analysis.measure import measure_objects
+from smartscope.analysis.models import (
+    AnalysisModel,
+    load_analysis_model,
+    predict_denoised,
+    predict_labels,
+)
+from smartscope.analysis.normalize import estimate_background
+from smartscope.analysis.result import FrameInput, FrameResult, ObjectMeasurement
+from smartscope.analysis.segment import filter_by_area, segment_nuclei
+from smartscope.analysis.settings import AnalysisSettings
+from smartscope.analysis.track import Tracker, TrackIdCounter
+
+__all__ = ["FrameAnalyser"]
+
+logger = logging.getLogger("smartscope.analysis.pipeline")
+
+
+class FrameAnalyser:
+    """The analysis of single frames, with the models and the tracks it keeps.
+
+    Parameters
+    ----------
+    settings : AnalysisSettings, optional
+        Defaults to ``AnalysisSettings()`` (classical segmenter, no denoiser).
+    device : "auto" | "cpu" | "cuda"
+        Where the models run.
+    """
+
+    def __init__(
+        self, settings: AnalysisSettings | None = None, *, device: str = "auto"
+    ) -> None:
+        self._settings = settings if settings is not None else AnalysisSettings()
+        self._device = device
+        self._models_loaded = False
+        self._denoiser: AnalysisModel | None = None
+        self._segmenter: AnalysisModel | None = None
+        self._track_ids = TrackIdCounter()
+        self._trackers: dict[str, Tracker] = {}
+
+    @property
+    def settings(self) -> AnalysisSettings:
+        return self._settings
+
+    def load_models(self) -> None:
+        """Load the configured denoiser and segmentation model, once.
+
+        Called by :meth:`start`; call it earlier to refuse a bad model before
+        any hardware moves.
+
+        Raises
+        ------
+        ModelLoadError
+            Naming the model that could not be loaded.
+        """
+        if self._models_loaded:
+            return
+        s = self._settings
+        denoiser = (
+            load_analysis_model(s.denoise, role="denoiser", device=self._device)
+            if s.denoise
+            else None
+        )
+        segmenter = None
+        if s.segmenter == "model" and s.model is not None:
+            segmenter = load_analysis_model(
+                s.model, role="segmenter", device=self._device
+            )
+        self._denoiser, self._segmenter = denoiser, segmenter
+        self._models_loaded = True
+
+    def reset_tracks(self) -> None:
+        """End every track of every position (new objects get new ids)."""
+        self._trackers.clear()
+
+    # -------------------------------------------------------------- analysis
+
+    def analyse(self, frame: FrameInput) -> FrameResult:
+        """Analyse one frame now, on the calling thread.
+
+        normalise (background) → denoise (if configured) → segment → measure
+        (on the raw frame) → track (per position). Emits nothing and counts
+        nothing; the worker does that. Not to be called concurrently with a
+        running worker (trackers are not thread-safe).
+
+        Returns
+        -------
+        FrameResult
+            With ``error`` set, and no objects, if any step raised.
+        """
+        t0 = time.perf_counter()
+        background = math.nan
+        try:
+            self.load_models()
+            image = frame.image
+            if image.ndim != 2:
+                raise ValueError(f"expected a (Y, X) frame, got shape {image.shape}")
+            background, _ = estimate_background(image)
+            denoised = self._denoise(image, frame)
+            labels = self._segment(image if denoised is None else denoised, frame)
+            table = measure_objects(labels, image, frame)
+            tracker = self._trackers.get(frame.position)
+            if tracker is None:
+                tracker = self._new_tracker()
+                self._trackers[frame.position] = tracker
+            track_ids = tracker.update(table.x_um, table.y_um, t_s=frame.t_s)
+            objects = tuple(
+                map(
+                    ObjectMeasurement,
+                    table.label.tolist(),
+                    track_ids.tolist(),
+                    table.x_um.tolist(),
+                    table.y_um.tolist(),
+                    table.row.tolist(),
+                    table.col.tolist(),
+                    table.area_um2.tolist(),
+                    table.mean_intensity.tolist(),
+                    table.max_intensity.tolist(),
+                    table.eccentricity.tolist(),
+                )
+            )
+        except Exception as e:
+            message = f"{type(e).__name__}: {e}"
+            logger.warning(
+                "analysis of frame %d failed: %s",
+                frame.frame_index,
+                message,
+                exc_info=logger.isEnabledFor(logging.DEBUG),
+            )
+            return FrameResult(
+                frame=frame,
+                objects=(),
+                labels=None,
+                denoised=None,
+                background=background,
+                t_result=time.perf_counter(),
+                error=message,
+            )
+        t1 = time.perf_counter()
+        return FrameResult(
+            frame=frame,
+            objects=objects,
+            labels=labels,
+            denoised=denoised,
+            background=background,
+            t_result=t1,
+            extra={"analysis_ms": (t1 - t0) * 1000.0},
+        )
+
+    def _new_tracker(self) -> Tracker:
+        s = self._settings
+        return Tracker(
+            max_step_um=s.track_max_step_um,
+            max_gap_frames=s.track_max_gap_frames,
+            predict_velocity=s.track_predict_velocity,
+            ids=self._track_ids,
+        )
+
+    def _denoise(self, image: np.ndarray, frame: FrameInput) -> np.ndarray | None:
+        """(Y, X) float32 denoised image in raw units, or None without a denoiser."""
+        if self._denoiser is None:
+            return None
+        return predict_denoised(
+            self._denoiser, image, name=self._settings.denoise or "?"
+        )
+
+    def _segment(self, image: np.ndarray, frame: FrameInput) -> np.ndarray:
+        """(Y, X) int32 instance labels of ``image`` (raw or denoised)."""
+        s = self._settings
+        if self._segmenter is not None:
+            labels = predict_labels(
+                self._segmenter,
+                image,
+                diameter_px=s.diameter_um / frame.pixel_size_um,
+                name=s.model or "?",
+            )
+            return filter_by_area(
+                labels,
+                pixel_size_um=frame.pixel_size_um,
+                min_area_um2=s.min_area_um2,
+                max_area_um2=s.max_area_um2,
+            )
+        return segment_nuclei(
+            image,
+            pixel_size_um=frame.pixel_size_um,
+            diameter_um=s.diameter_um,
+            threshold=s.threshold,
+            min_area_um2=s.min_area_um2,
+            max_area_um2=s.max_area_um2,
+        )
