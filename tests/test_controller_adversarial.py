@@ -32,6 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smartscope.actions import (
+    ACTION_TYPES,
     Action,
     AddPosition,
     Autofocus,
@@ -58,20 +59,7 @@ EXPOSURE_RANGE = (2.0, 100.0)
 MAX_LASER_MW = 8.0
 MAX_POSITIONS = 4
 INTERVAL_RANGE = (0.0, 60.0)
-ACTION_KINDS = {
-    c.kind
-    for c in (
-        AddPosition,
-        Autofocus,
-        MoveFocus,
-        MoveStage,
-        SetExposure,
-        SetInterval,
-        SetLaserPower,
-        SetProperty,
-        Stop,
-    )
-}
+ACTION_KINDS = {c.kind for c in ACTION_TYPES}
 #: the most light one frame can get inside the envelope, mJ
 ONE_FRAME_MJ = MAX_LASER_MW * EXPOSURE_RANGE[1] / 1000.0
 
@@ -497,43 +485,40 @@ def _assert_inside_the_envelope(obs: Observed, budget_mj: float | None) -> None:
                 assert r["status"] in ("refused", "not_applied"), r
 
 
-# how much the property test exercised (checked by the test after it)
-_totals = {"examples": 0, "frames": 0, "actions": 0}
-_run_ids = itertools.count()
-
-
-@settings(
-    max_examples=20,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.function_scoped_fixture,
-        HealthCheck.data_too_large,
-        HealthCheck.large_base_example,
-    ],
-)
-@given(script=scripts())
 def test_no_reaction_can_take_the_microscope_outside_its_limits(
-    script: Script, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
-    protocol = _protocol(
-        allowed=script.allowed, budget_mj=script.budget_mj, loops=script.loops
+    """Every drawn script keeps the microscope inside; together the scripts
+    drive several hundred frames and over a thousand actions."""
+    totals = {"examples": 0, "frames": 0, "actions": 0}
+    run_ids = itertools.count()
+
+    @settings(
+        max_examples=20,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.data_too_large,
+            HealthCheck.large_base_example,
+        ],
     )
-    out = tmp_path / f"run{next(_run_ids)}"
-    obs = _run(protocol, [_Adversary(script)], out)
-    _assert_inside_the_envelope(obs, script.budget_mj)
-    _totals["examples"] += 1
-    _totals["frames"] += obs.summary["frames_acquired"]
-    _totals["actions"] += sum(1 for r in _records(out) if r["kind"] == "action")
+    @given(script=scripts())
+    def inside(script: Script) -> None:
+        protocol = _protocol(
+            allowed=script.allowed, budget_mj=script.budget_mj, loops=script.loops
+        )
+        out = tmp_path / f"run{next(run_ids)}"
+        obs = _run(protocol, [_Adversary(script)], out)
+        _assert_inside_the_envelope(obs, script.budget_mj)
+        totals["examples"] += 1
+        totals["frames"] += obs.summary["frames_acquired"]
+        totals["actions"] += sum(1 for r in _records(out) if r["kind"] == "action")
 
-
-def test_the_property_test_ran_several_hundred_frames() -> None:
-    if not _totals["examples"]:
-        pytest.skip("runs only after the property test, in the same session")
-    assert _totals["frames"] >= 300, _totals
-    assert _totals["actions"] >= 1000, _totals
+    inside()
+    assert totals["frames"] >= 300, totals
+    assert totals["actions"] >= 1000, totals
 
 
 # ------------------------------------------------------------------ deterministic

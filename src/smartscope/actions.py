@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 __all__ = [
+    "ACTION_TYPES",
     "Action",
     "AddPosition",
     "Autofocus",
@@ -235,3 +236,18 @@ class Stop(Action):
     """End the run after the current frame."""
 
     kind: ClassVar[str] = "Stop"
+
+
+#: the action types the controller applies (a subclass of one is refused: the
+#: limits and the executor must agree on what an action is)
+ACTION_TYPES: tuple[type[Action], ...] = (
+    MoveStage,
+    MoveFocus,
+    SetExposure,
+    SetLaserPower,
+    SetProperty,
+    SetInterval,
+    AddPosition,
+    Autofocus,
+    Stop,
+)

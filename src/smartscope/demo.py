@@ -316,6 +316,3 @@ def run_demo(
         sim_time_s=sim_time_s,
         light_dose_mj=light_dose_mj,
     )
-
-
-# ---------------------------------------------------------------- contact sheet

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from smartscope.actions import (
+    ACTION_TYPES,
     Action,
     AddPosition,
     Autofocus,
@@ -65,21 +66,6 @@ class Outcome:
 
 def _refused(action: Any, reason: str) -> Outcome:
     return Outcome(action, "refused", reason)
-
-
-#: the action types the executor applies; a subclass is refused, since the
-#: limits and the executor must agree on what an action is
-ACTION_TYPES = (
-    MoveStage,
-    MoveFocus,
-    SetExposure,
-    SetLaserPower,
-    SetProperty,
-    SetInterval,
-    AddPosition,
-    Autofocus,
-    Stop,
-)
 
 
 class Executor:

@@ -103,6 +103,11 @@ class Plan:
         self.dynamic = time_first(seq)
         self._lock = threading.Lock()
         self._default_exposure = float(default_exposure_ms)
+        # the first exposure a channel of that name is given, positions' included
+        self._channel_exposure: dict[str | None, float] = {}
+        for c in reversed(self._all_channels(seq)):
+            if c.exposure is not None:
+                self._channel_exposure[c.config] = float(c.exposure)
         self._exposure: dict[str | None, float] = {}
         self._interval_override: float | None = None
         self._interval_now = 0.0
@@ -162,14 +167,12 @@ class Plan:
             return self._exposure[None]
         if planned is not None:
             return float(planned)
-        for c in self._all_channels():
-            if c.config == channel and c.exposure is not None:
-                return float(c.exposure)
-        return self._default_exposure
+        return self._channel_exposure.get(channel, self._default_exposure)
 
-    def _all_channels(self) -> list[useq.Channel]:
-        out = list(self.sequence.channels)
-        for p in self.sequence.stage_positions:
+    def _all_channels(self, seq: useq.MDASequence | None = None) -> list[useq.Channel]:
+        seq = seq or self.sequence
+        out = list(seq.channels)
+        for p in seq.stage_positions:
             if p.sequence is not None:
                 out.extend(p.sequence.channels)
         return out
@@ -381,28 +384,27 @@ class Plan:
             yield Block(t, _p_index(events[0][0]), t != last_t, None, self, events)
             last_t = t
 
-    def _resolve(
-        self, block: Block, *, filter_every: bool = True
-    ) -> list[useq.MDAEvent]:
+    def _resolve(self, block: Block) -> list[useq.MDAEvent]:
         out = []
         t = block.t_index
         with self._lock:
             for ev, every in block._events:
-                if filter_every and t is not None and every > 1 and t % every:
+                if t is not None and every > 1 and t % every:
                     continue
-                ev = self._overlay(ev)
+                upd = self._overlay_update(ev)
                 if self.dynamic and t is not None:
-                    upd: dict[str, Any] = {
-                        "index": {"t": t, **ev.index},
-                        "min_start_time": block.due_s,
-                    }
+                    upd["index"] = {"t": t, **ev.index}
+                    upd["min_start_time"] = block.due_s
                     if t == 0 and block.new_timepoint and not out:
                         upd["reset_event_timer"] = True
-                    ev = ev.model_copy(update=upd)
-                out.append(ev)
+                out.append(ev.model_copy(update=upd))  # one copy per event
         return out
 
     def _overlay(self, ev: useq.MDAEvent) -> useq.MDAEvent:
+        return ev.model_copy(update=self._overlay_update(ev))
+
+    def _overlay_update(self, ev: useq.MDAEvent) -> dict[str, Any]:
+        """What the run changed for ``ev``: exposure, position shift (lock held)."""
         pos = self._positions[_p_index(ev) or 0]
         dx, dy, dz = pos.shift
         dz += pos.add_z
@@ -414,7 +416,7 @@ class Plan:
             upd["y_pos"] = ev.y_pos + dy
         if ev.z_pos is not None and dz:
             upd["z_pos"] = ev.z_pos + dz
-        return ev.model_copy(update=upd)
+        return upd
 
 
 def _p_index(ev: useq.MDAEvent) -> int | None:

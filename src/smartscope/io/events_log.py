@@ -1,28 +1,13 @@
 """``events.jsonl``: one JSON object per line for every frame, analysis result
-and action. Each line is flushed as written, so a killed run keeps its log."""
+and action (``smartscope.controller.records`` makes them). Each line is
+flushed as written, so a killed run keeps its log."""
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 __all__ = ["EventLog"]
-
-
-def _default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    return repr(o)
 
 
 class EventLog:
@@ -33,16 +18,6 @@ class EventLog:
         self._fh = self.path.open("a", encoding="utf-8")
         self._lock = threading.Lock()
         self.lines = 0
-
-    def write(self, kind: str, **fields: Any) -> None:
-        """Append ``{"kind": kind, **fields}`` as one line."""
-        line = json.dumps({"kind": kind, **fields}, default=_default)
-        with self._lock:
-            if self._fh.closed:
-                return
-            self._fh.write(line + "\n")
-            self._fh.flush()
-            self.lines += 1
 
     def write_line(self, line: str) -> None:
         """Append one already-serialised JSON object as a line."""
