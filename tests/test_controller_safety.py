@@ -403,7 +403,10 @@ def test_a_reaction_that_raises_is_switched_off_or_stops_the_run(run_dir: Path) 
 
     proto = _proto(on_error={"reaction": {"max_consecutive": 2, "then": "stop"}})
     summary, _, _ = _run(proto, run_dir, [_Fixed(fn=boom)])
-    assert summary["status"] == "error"
+    # stopped as on_error asked, which is not a success: exit status 3
+    assert summary["status"] == "stopped"
+    assert summary["stopped_by"] == "on_error"
+    assert summary["exit_code"] == 3
     assert "failed 2 times in a row" in summary["finish_reason"]
     assert summary["frames_acquired"] < 6
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -96,7 +96,7 @@ def _reported_errors() -> Iterator[None]:
     try:
         yield
     except SmartscopeError as e:
-        _fail(str(e))
+        _fail(str(e), code=getattr(e, "exit_code", EXIT_ERROR))
 
 
 def _human_size(n_bytes: float) -> str:
@@ -182,17 +182,30 @@ def run(
         _fail(f"--time must be virtual or realtime, got {time!r}")
     from smartscope.run import run_protocol
 
-    with _reported_errors():
-        out_dir, summary = run_protocol(
+    _run_and_report(
+        lambda: run_protocol(
             protocol,
             config=config,
             out_dir=out,
             device=device,  # type: ignore[arg-type]
             time_mode=time,  # type: ignore[arg-type]
         )
-    _print_summary(out_dir, summary)
-    if summary.get("interrupted"):
-        raise typer.Exit(130)
+    )
+
+
+def _run_and_report(start: Callable[[], tuple[Path, dict[str, Any]]]) -> NoReturn:
+    """Run, print the summary and exit with the run's exit status (0 only
+    for a run that completed or stopped as its protocol asked). SIGINT and
+    SIGTERM stop the run after the current frame; a second one is ignored
+    until the summary is written and printed."""
+    from smartscope.interrupts import shielded, stop_signals
+
+    with stop_signals():
+        with _reported_errors():
+            out_dir, summary = start()
+        with shielded():
+            _print_summary(out_dir, summary)
+    raise typer.Exit(int(summary.get("exit_code", 0)))
 
 
 @app.command()
@@ -207,13 +220,9 @@ def demo(
     from smartscope._data import data_dir
     from smartscope.run import run_protocol
 
-    with _reported_errors():
-        out_dir, summary = run_protocol(
-            data_dir("protocols") / "demo.yaml", out_dir=out
-        )
-    _print_summary(out_dir, summary)
-    if summary.get("interrupted"):
-        raise typer.Exit(130)
+    _run_and_report(
+        lambda: run_protocol(data_dir("protocols") / "demo.yaml", out_dir=out)
+    )
 
 
 @app.command("sim-demo")
@@ -321,6 +330,38 @@ def sim_demo(
         console.print(
             f"  {label:<14} {escape(str(path.resolve()))}  [dim]({escape(note)})[/]"
         )
+
+
+@app.command()
+def recover(
+    run_dir: Annotated[
+        Path, typer.Argument(help="Run folder of a run that was killed.")
+    ],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print what was done as JSON.")
+    ] = False,
+) -> None:
+    """Finish a killed run's folder: repair the log and the images, write summary.json.
+
+    After SIGKILL or a power cut: cuts a half-written last line off
+    events.jsonl, cuts the raw frames back to those written, pads the label
+    and denoised images to them, and writes summary.json (status killed) from
+    the log and the frames on disk. A run folder with a summary.json is left
+    alone.
+    """
+    from smartscope.recover import recover_run
+
+    with _reported_errors():
+        result = recover_run(run_dir)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    console = _console()
+    for note in result.notes:
+        console.print(f"[bold]recover:[/] {_escape(note)}")
+    _print_summary(run_dir, result.summary)
 
 
 @app.command()

@@ -11,7 +11,30 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-__all__ = ["default_run_dir", "expected_frames", "run_protocol", "summary_table"]
+from smartscope.errors import SmartscopeError
+
+__all__ = [
+    "StartInterrupted",
+    "default_run_dir",
+    "expected_frames",
+    "run_protocol",
+    "summary_table",
+]
+
+
+class StartInterrupted(SmartscopeError):
+    """SIGINT or SIGTERM arrived before the run folder existed: nothing was
+    acquired and nothing is left behind."""
+
+    def __init__(self, signal: str) -> None:
+        from smartscope.controller.records import SIGNAL_EXIT_CODES
+
+        self.signal = signal
+        self.exit_code = SIGNAL_EXIT_CODES.get(signal, 130)
+        super().__init__(
+            f"interrupted ({signal}) during start-up: nothing was acquired and "
+            "no run folder was written"
+        )
 
 
 def default_run_dir(name: str) -> Path:
@@ -34,8 +57,27 @@ def run_protocol(
     ``config`` overrides the protocol's ``config`` (None and no protocol config:
     the simulator); ``time_mode`` overrides the protocol's time mode.
     """
+    try:
+        return _run_protocol(
+            protocol_path, config, out_dir, device, time_mode, progress
+        )
+    except KeyboardInterrupt as e:  # before the run folder existed
+        from smartscope.interrupts import signal_name
+
+        raise StartInterrupted(signal_name(e)) from None
+
+
+def _run_protocol(
+    protocol_path: str | Path,
+    config: str | Path | None,
+    out_dir: str | Path | None,
+    device: Literal["auto", "cpu", "cuda"],
+    time_mode: Literal["virtual", "realtime"] | None,
+    progress: bool,
+) -> tuple[Path, dict[str, Any]]:
     from smartscope.controller import Controller
     from smartscope.hardware import load_core, release_core
+    from smartscope.interrupts import shielded
     from smartscope.protocol import load_protocol
 
     protocol_path = Path(protocol_path)
@@ -53,7 +95,8 @@ def run_protocol(
         ctl = Controller(core, proto, out_dir=out, device=device)
         summary = _run_with_progress(ctl, proto) if progress else ctl.run()
     finally:
-        release_core(core)
+        with shielded():
+            release_core(core)
     return out, summary
 
 

@@ -120,7 +120,7 @@ class Acquisition:
         ):
             why = f"light-dose budget {budget:g} mJ spent"
         if why:
-            self.gate.request_stop(why, "stopped")
+            self.gate.request_stop(why, "stopped", by="protocol")
         return self.gate.stopping
 
     # ------------------------------------------------------------ actions
@@ -150,7 +150,9 @@ class Acquisition:
         if out.stop:
             a = out.action
             self.gate.request_stop(
-                a.reason or f"stopped by {a.source or 'an action'}", "stopped"
+                a.reason or f"stopped by {a.source or 'an action'}",
+                "stopped",
+                by="reaction" if a.source else "user",
             )
         if out.sweep is not None:
             self._sweeps.append(out.sweep)

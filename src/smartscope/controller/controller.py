@@ -153,10 +153,18 @@ class Controller:
     # ------------------------------------------------------------ control
 
     def stop(
-        self, reason: str = "stopped by user", *, interrupted: bool = False
+        self,
+        reason: str = "stopped by user",
+        *,
+        interrupted: bool = False,
+        signal: str | None = None,
     ) -> None:
-        """End the run after the current frame (any thread)."""
-        self.gate.request_stop(reason, "interrupted" if interrupted else "stopped")
+        """End the run after the current frame (any thread); ``interrupted``
+        (by ``signal``, when a signal asked) makes it an interrupted run."""
+        if interrupted:
+            self.gate.request_stop(reason, "interrupted", signal=signal)
+        else:
+            self.gate.request_stop(reason, "stopped", by="user")
         with contextlib.suppress(Exception):
             self.core.mda.cancel()
 
@@ -307,7 +315,11 @@ class Controller:
             )
         )
         if f.final and f.then == "stop":
-            self.gate.request_stop(f"{f.device} error: {f.error}", "stopped")
+            self.gate.request_stop(
+                f"{f.device} error: {f.error} (on_error.{f.device}.then: stop)",
+                "stopped",
+                by="on_error",
+            )
 
     # ------------------------------------------------------------ analysis thread
 
@@ -334,7 +346,9 @@ class Controller:
                 else:  # whatever was returned: the executor refuses non-actions
                     self.acquisition.put(action, f.position, f.t_frame)
             if self.reactions.stop_reason:
-                self.gate.request_stop(self.reactions.stop_reason, "error")
+                self.gate.request_stop(
+                    self.reactions.stop_reason, "stopped", by="on_error"
+                )
         self._emit(self.frame_analysed, result)
 
     def _on_skipped(self, frame_index: int) -> None:

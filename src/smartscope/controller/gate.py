@@ -24,6 +24,10 @@ class RunGate:
         self.stop_reason = ""
         #: "stopped", "interrupted" or "error" once a stop was asked for
         self.stop_status = ""
+        #: protocol | reaction | on_error | user: who asked a "stopped" run to stop
+        self.stopped_by: str | None = None
+        #: the signal that interrupted the run, when one did
+        self.signal: str | None = None
         self.interrupted = False
 
     @property
@@ -35,13 +39,22 @@ class RunGate:
         """Frames handed to the analysis and not yet analysed or skipped."""
         return max(0, self._submitted - self._settled)
 
-    def request_stop(self, reason: str, status: str) -> None:
+    def request_stop(
+        self,
+        reason: str,
+        status: str,
+        *,
+        by: str | None = None,
+        signal: str | None = None,
+    ) -> None:
         """Ask the run to end; the first reason stays, an interrupt always counts."""
         with self._cond:
             if status == "interrupted":
                 self.interrupted = True
+                self.signal = self.signal or signal
             if not self.stop_reason:
                 self.stop_reason, self.stop_status = reason, status
+                self.stopped_by = by
             self._cond.notify_all()
 
     def pause(self) -> None:

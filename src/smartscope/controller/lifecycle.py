@@ -24,6 +24,8 @@ from smartscope.controller.engine import ControllerEngine
 from smartscope.controller.executor import LEDGER_COUNTS
 from smartscope.controller.recorder import Recorder, protocol_yaml
 from smartscope.errors import SmartscopeError
+from smartscope.interrupts import shielded, signal_name
+from smartscope.io.disk import disk_full_error, disk_full_message
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -38,7 +40,12 @@ logger = logging.getLogger("smartscope.controller")
 def run(ctl: Controller, on_tick: Callable[[], None] | None) -> dict[str, Any]:
     from smartscope.controller.controller import RunError
 
-    _start(ctl)
+    try:
+        _start(ctl)
+    except KeyboardInterrupt:
+        if ctl.summary is not None:  # interrupted once the run folder existed
+            return ctl.summary
+        raise
     failures: list[BaseException] = []
     done = threading.Event()
 
@@ -59,17 +66,29 @@ def run(ctl: Controller, on_tick: Callable[[], None] | None) -> dict[str, Any]:
                     on_tick()
                 except Exception:
                     logger.exception("on_tick raised")
-        except KeyboardInterrupt:
-            ctl.stop("interrupted (Ctrl-C)", interrupted=True)
-    thread.join()
-    error = failures[0] if failures else None
-    summary = _finish(ctl, error)
-    if error is not None:
+        except KeyboardInterrupt as e:  # SIGINT, or SIGTERM under stop_signals
+            name = signal_name(e)
+            ctl.stop(f"interrupted ({name})", interrupted=True, signal=name)
+    with shielded():
+        _join(thread, ctl)
+        error = failures[0] if failures else None
+        summary = _finish(ctl, error)
+    if error is not None and disk_full_error(error) is None:
         raise RunError(
             f"the acquisition failed: {type(error).__name__}: {error} "
             f"(frames so far are in {ctl.out_dir})"
         ) from error
     return summary
+
+
+def _join(thread: threading.Thread, ctl: Controller) -> None:
+    """Wait for the runner thread; an interrupt here only repeats the stop."""
+    while thread.is_alive():
+        try:
+            thread.join(0.1)
+        except KeyboardInterrupt as e:
+            name = signal_name(e)
+            ctl.stop(f"interrupted ({name})", interrupted=True, signal=name)
 
 
 def _raw_output(ctl: Controller) -> Any:
@@ -105,6 +124,7 @@ def _start(ctl: Controller) -> None:
         ctl._sim = get_simulator(core)
     created = _probe_folder(out)
     try:
+        _check_space(ctl)
         _set_initial_state(ctl)
         rec = ctl._recorder = Recorder(
             out,
@@ -114,6 +134,7 @@ def _start(ctl: Controller) -> None:
             save_denoised=p.analysis.enabled
             and bool(p.analysis.denoise)
             and (p.save.denoised or p.analysis.save_denoised),
+            on_disk_full=lambda msg: _stop_disk_full(ctl, msg),
         )
     except BaseException as e:
         if created:
@@ -157,8 +178,65 @@ def _start(ctl: Controller) -> None:
             )
         )
     except BaseException as e:
-        _finish(ctl, e)
+        with shielded():
+            _finish(ctl, e)
         raise
+
+
+def _stop_disk_full(ctl: Controller, message: str) -> None:
+    ctl.gate.request_stop(message, "error")
+    with contextlib.suppress(Exception):
+        ctl.core.mda.cancel()
+
+
+#: bytes per pixel of the images written besides the raw frames
+_DERIVED_BYTES = {"labels": 4, "denoised": 4}
+
+
+def planned_bytes(ctl: Controller) -> tuple[int | None, int]:
+    """(bytes the run will write as planned, None when open-ended; bytes per
+    frame), raw and derived images together."""
+    from smartscope.run import expected_frames
+
+    p, core = ctl.protocol, ctl.core
+    pixels = int(core.getImageWidth()) * int(core.getImageHeight())
+    per_frame = pixels * int(core.getBytesPerPixel())
+    if p.analysis.enabled and (p.save.labels or p.analysis.save_labels):
+        per_frame += pixels * _DERIVED_BYTES["labels"]
+    if (
+        p.analysis.enabled
+        and p.analysis.denoise
+        and (p.save.denoised or p.analysis.save_denoised)
+    ):
+        per_frame += pixels * _DERIVED_BYTES["denoised"]
+    n = expected_frames(ctl)
+    return (None if n is None else n * per_frame), per_frame
+
+
+def _check_space(ctl: Controller) -> None:
+    """Refuse a run whose planned frames do not fit the free space (with the
+    numbers); an open-ended run is told how many frames fit."""
+    from smartscope.controller.controller import RunError
+    from smartscope.io.disk import RESERVE_BYTES, free_bytes
+
+    need, per_frame = planned_bytes(ctl)
+    free = free_bytes(ctl.out_dir) - RESERVE_BYTES
+    fits = max(0, free // max(per_frame, 1))
+    if need is not None and need > free:
+        raise RunError(
+            f"not enough disk space for {ctl.out_dir}: the plan writes "
+            f"{need / 1e6:.1f} MB ({need // per_frame} frames of "
+            f"{per_frame / 1e6:.2f} MB), {max(free, 0) / 1e6:.1f} MB are free "
+            f"(room for {fits} frames); free space, choose another --out or "
+            "shorten the plan (stop.max_frames)"
+        )
+    if need is None:
+        logger.warning(
+            "open-ended run: %s has room for about %d frames (%.1f MB free)",
+            ctl.out_dir,
+            fits,
+            free / 1e6,
+        )
 
 
 def _probe_folder(out: Path) -> bool:
@@ -205,6 +283,12 @@ def _finish(ctl: Controller, error: BaseException | None) -> dict[str, Any]:
     if getattr(ctl, "_old_engine", None) is not None:
         with contextlib.suppress(Exception):
             core.mda.set_engine(ctl._old_engine)
+    if isinstance(error, KeyboardInterrupt):  # interrupted during start-up
+        name = signal_name(error)
+        ctl.gate.request_stop(
+            f"interrupted ({name}) during start-up", "interrupted", signal=name
+        )
+        error = None
     if error is not None and rec is not None:
         with contextlib.suppress(Exception):
             ctl._log(
@@ -234,11 +318,16 @@ def _finish(ctl: Controller, error: BaseException | None) -> dict[str, Any]:
     if rec is None:
         return {}
     status, reason = _status(ctl, error)
+    gate = ctl.gate
+    stopped_by = gate.stopped_by if status == "stopped" else None
     summary = rec.finish(
         protocol=ctl.protocol.name,
         status=status,
         finish_reason=reason,
-        interrupted=ctl.gate.interrupted,
+        interrupted=gate.interrupted,
+        stopped_by=stopped_by,
+        signal=gate.signal if gate.interrupted else None,
+        exit_code=R.exit_code(status, stopped_by, gate.signal),
         light_dose_mj=round(ctl.executor.dose_mj, 6),
         light_dose_counts=LEDGER_COUNTS,
         light_dose_mj_simulator=None if sim is None else round(sim.light_dose_mj, 6),
@@ -270,13 +359,22 @@ def _stop_analysis(ctl: Controller) -> None:
             logger.warning("waiting for the analysis of the current frame to end")
         except KeyboardInterrupt:
             drain = False
-            ctl.gate.request_stop("interrupted (Ctrl-C)", "interrupted")
+            ctl.gate.request_stop(
+                "interrupted (SIGINT)", "interrupted", signal="SIGINT"
+            )
 
 
 def _status(ctl: Controller, error: BaseException | None) -> tuple[str, str]:
-    c = ctl.stats
+    c, rec = ctl.stats, ctl._recorder
     if ctl.gate.interrupted:
         return "interrupted", ctl.gate.stop_reason or "interrupted"
+    full = disk_full_error(error)
+    if full is not None:
+        return "error", disk_full_message(
+            full, ctl.out_dir / "data.ome.zarr", "the raw frames"
+        )
+    if rec is not None and rec.disk_full:
+        return "error", rec.disk_full
     if error is not None:
         return "error", f"error: {type(error).__name__}: {error}"
     if ctl.gate.stop_status in ("stopped", "error"):

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +27,12 @@ import yaml
 from smartscope.analysis.result import FrameResult
 from smartscope.controller import records as R
 from smartscope.io import DerivedImageStore, EventLog, MeasurementsWriter, percentiles
+from smartscope.io.disk import SpaceReserve, disk_full_error, disk_full_message
+from smartscope.io.raw_frames import fit_raw_frames
 
 __all__ = ["Counts", "Recorder"]
+
+logger = logging.getLogger("smartscope.controller")
 
 
 @dataclass
@@ -46,6 +53,56 @@ class Counts:
     action_latency_ms: list[float] = field(default_factory=list)
     actions: Counter = field(default_factory=Counter)
 
+    def add(self, rec: R.Record) -> None:
+        """Count one record."""
+        if isinstance(rec, R.FrameRecord):
+            self.frames += 1
+            if rec.role == "autofocus":
+                self.autofocus_frames += 1
+        elif isinstance(rec, R.AnalysisRecord):
+            self.analysed += 1
+            self.failed += rec.error is not None
+            self.result_latency_ms.append(rec.latency_ms)
+        elif isinstance(rec, R.AnalysisSkippedRecord):
+            if rec.reason == "abandoned at stop":
+                self.abandoned += 1
+            else:
+                self.skipped += 1
+        elif isinstance(rec, R.ActionRecord):
+            self.actions[(rec.type, rec.status)] += 1
+            if rec.latency_ms is not None:
+                self.action_latency_ms.append(rec.latency_ms)
+        elif isinstance(rec, R.ReactionErrorRecord):
+            self.reaction_errors += 1
+            if rec.disabled:
+                self.disabled.append(rec.reaction)
+        elif isinstance(rec, R.DeviceErrorRecord):
+            self.device_errors += 1
+        elif isinstance(rec, R.SubscriberErrorRecord):
+            self.subscriber_errors += 1
+
+    def summary(self, **fields: Any) -> dict[str, Any]:
+        """``summary.json``'s content: these counts and ``fields``."""
+        by_kind: dict[str, dict[str, int]] = {}
+        for (kind, status), n in sorted(self.actions.items()):
+            by_kind.setdefault(kind, {})[status] = n
+        return R.Summary(
+            frames_acquired=self.frames,
+            frames_autofocus=self.autofocus_frames,
+            frames_analysed=self.analysed,
+            frames_skipped_analysis=self.skipped,
+            frames_abandoned_analysis=self.abandoned,
+            frames_failed_analysis=self.failed,
+            device_errors=self.device_errors,
+            reaction_errors=self.reaction_errors,
+            reactions_disabled=list(self.disabled),
+            subscriber_errors=self.subscriber_errors,
+            latency_frame_to_result_ms=percentiles(self.result_latency_ms),
+            latency_frame_to_action_ms=percentiles(self.action_latency_ms),
+            actions=by_kind,
+            **fields,
+        ).model_dump(mode="json")
+
 
 class Recorder:
     """Writes one run folder. Create it only once the run is validated."""
@@ -57,13 +114,23 @@ class Recorder:
         protocol_yaml: str,
         save_labels: bool,
         save_denoised: bool,
+        on_disk_full: Callable[[str], None] | None = None,
     ) -> None:
         self.out_dir = out_dir
         self.counts = Counts()
         self._lock = threading.Lock()
+        #: called (once, any thread) with a one-line message when the disk fills
+        self.on_disk_full = on_disk_full
+        #: the first disk-full message, when the disk filled
+        self.disk_full: str | None = None
         out_dir.mkdir(parents=True, exist_ok=True)
+        # room for the summary and the log's last lines, whatever fills the disk
+        self.reserve = SpaceReserve(out_dir)
         (out_dir / "protocol.yaml").write_text(protocol_yaml)
-        self.log = EventLog(out_dir / "events.jsonl")
+        self.log = EventLog(
+            out_dir / "events.jsonl",
+            on_disk_full=lambda e: self.disk_filled(e, "the event log"),
+        )
         try:
             self.measurements = MeasurementsWriter(out_dir / "measurements.csv")
         except BaseException:
@@ -83,6 +150,21 @@ class Recorder:
         self._closers: list[Any] = []
         self.summary: dict[str, Any] | None = None
 
+    def disk_filled(self, error: OSError, what: str) -> bool:
+        """A write failed for want of space: give the reserve back (so the
+        summary and the log's last lines can be written) and ask the run to
+        stop; whether the reserve had space to give."""
+        freed = self.reserve.release()
+        with self._lock:
+            first = self.disk_full is None
+            if first:
+                self.disk_full = disk_full_message(error, self.out_dir, what)
+                logger.error("%s", self.disk_full)
+        if first and self.on_disk_full is not None:
+            with contextlib.suppress(Exception):
+                self.on_disk_full(self.disk_full or "disk full")
+        return freed
+
     def keep_open(self, closable: Any) -> None:
         """Close ``closable`` (a truth recorder ...) when the run folder is finished."""
         self._closers.append(closable)
@@ -91,33 +173,8 @@ class Recorder:
 
     def on_record(self, rec: R.Record) -> None:
         """Write one record and count it (any thread)."""
-        c = self.counts
         with self._lock:
-            if isinstance(rec, R.FrameRecord):
-                c.frames += 1
-                if rec.role == "autofocus":
-                    c.autofocus_frames += 1
-            elif isinstance(rec, R.AnalysisRecord):
-                c.analysed += 1
-                c.failed += rec.error is not None
-                c.result_latency_ms.append(rec.latency_ms)
-            elif isinstance(rec, R.AnalysisSkippedRecord):
-                if rec.reason == "abandoned at stop":
-                    c.abandoned += 1
-                else:
-                    c.skipped += 1
-            elif isinstance(rec, R.ActionRecord):
-                c.actions[(rec.type, rec.status)] += 1
-                if rec.latency_ms is not None:
-                    c.action_latency_ms.append(rec.latency_ms)
-            elif isinstance(rec, R.ReactionErrorRecord):
-                c.reaction_errors += 1
-                if rec.disabled:
-                    c.disabled.append(rec.reaction)
-            elif isinstance(rec, R.DeviceErrorRecord):
-                c.device_errors += 1
-            elif isinstance(rec, R.SubscriberErrorRecord):
-                c.subscriber_errors += 1
+            self.counts.add(rec)
         self.log.write_line(rec.model_dump_json())
 
     def on_result(self, result: FrameResult) -> None:
@@ -125,20 +182,38 @@ class Recorder:
         if result.error is not None:
             return
         f = result.frame
-        self.measurements.write(result)
-        if self.labels is not None and result.labels is not None:
-            self.labels.write(f.frame_index, result.labels, f.pixel_size_um)
-        if self.denoised is not None and result.denoised is not None:
-            self.denoised.write(f.frame_index, result.denoised, f.pixel_size_um)
+        try:
+            self.measurements.write(result)
+            if self.labels is not None and result.labels is not None:
+                self.labels.write(f.frame_index, result.labels, f.pixel_size_um)
+            if self.denoised is not None and result.denoised is not None:
+                self.denoised.write(f.frame_index, result.denoised, f.pixel_size_um)
+        except OSError as e:
+            full = disk_full_error(e)
+            if full is None:
+                raise
+            self.disk_filled(full, f"the analysis of frame {f.frame_index}")
 
     # ------------------------------------------------------------ finish
 
     def finish(self, **fields: Any) -> dict[str, Any]:
         """Pad the derived images, close every file and write ``summary.json``
         from the counts and ``fields``; each step runs even if one before it
-        failed, and the summary is always written."""
+        failed, and the summary is always written. The raw array is cut back
+        to the frames on disk (a frame allocated but never written reads as
+        zeros otherwise)."""
         c = self.counts
+        self.reserve.release()
         errors: list[str] = []
+        try:
+            for report in fit_raw_frames(self.out_dir / "data.ome.zarr"):
+                if report.shape_after != c.frames:
+                    errors.append(
+                        f"{report.path.name}: {report.shape_after} frames on disk, "
+                        f"{c.frames} logged"
+                    )
+        except Exception as e:
+            errors.append(f"checking the raw frames: {type(e).__name__}: {e}")
         for store in (self.labels, self.denoised):
             if store is not None:
                 try:
@@ -150,27 +225,7 @@ class Recorder:
                 closable.close()
             except Exception as e:
                 errors.append(f"closing {closable!r:.80}: {type(e).__name__}: {e}")
-        by_kind: dict[str, dict[str, int]] = {}
-        for (kind, status), n in sorted(c.actions.items()):
-            by_kind.setdefault(kind, {})[status] = n
-        summary = R.Summary(
-            frames_acquired=c.frames,
-            frames_autofocus=c.autofocus_frames,
-            frames_analysed=c.analysed,
-            frames_skipped_analysis=c.skipped,
-            frames_abandoned_analysis=c.abandoned,
-            frames_failed_analysis=c.failed,
-            device_errors=c.device_errors,
-            reaction_errors=c.reaction_errors,
-            reactions_disabled=list(c.disabled),
-            subscriber_errors=c.subscriber_errors,
-            latency_frame_to_result_ms=percentiles(c.result_latency_ms),
-            latency_frame_to_action_ms=percentiles(c.action_latency_ms),
-            actions=by_kind,
-            **fields,
-        ).model_dump(mode="json")
-        if errors:
-            summary["finish_errors"] = errors
+        summary = c.summary(finish_errors=errors or None, **fields)
         with contextlib.suppress(Exception):
             self.on_record(
                 R.RunFinishedRecord(
@@ -183,9 +238,23 @@ class Recorder:
         for closable in (self.log, self.measurements):
             with contextlib.suppress(Exception):
                 closable.close()
-        (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_atomic(self.out_dir / "summary.json", json.dumps(summary, indent=2))
         self.summary = summary
         return summary
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all (a temporary file renamed over it)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def protocol_yaml(data: dict[str, Any]) -> str:

@@ -35,6 +35,7 @@ __all__ = [
     "Summary",
     "action_record",
     "analysis_record",
+    "exit_code",
     "frame_record",
     "jsonable",
     "requested",
@@ -182,10 +183,18 @@ class Summary(BaseModel):
 
     schema_version: int = SCHEMA_VERSION
     protocol: str
-    #: completed | stopped | interrupted | error
+    #: completed | stopped | interrupted | error | killed (rebuilt by
+    #: ``smartscope recover``)
     status: str
     finish_reason: str
     interrupted: bool
+    #: who asked a "stopped" run to stop: protocol (a stop condition), reaction
+    #: (a Stop action), on_error (the fault or reaction policy), user (the API)
+    stopped_by: str | None = None
+    #: the signal that interrupted the run (SIGINT, SIGTERM)
+    signal: str | None = None
+    #: the exit status of ``smartscope run`` for this run (:func:`exit_code`)
+    exit_code: int = 0
     frames_acquired: int = Field(description="every frame on disk, autofocus included")
     frames_autofocus: int
     frames_analysed: int
@@ -209,6 +218,32 @@ class Summary(BaseModel):
     positions: list[dict[str, Any]]
     time_mode: str
     sample_clock_s: float | None = None
+    #: what ``smartscope recover`` found and did (a killed run only)
+    recovery: dict[str, Any] | None = None
+    #: steps of finishing that failed (the summary was written nonetheless)
+    finish_errors: list[str] | None = None
+
+
+#: exit status of ``smartscope run`` by how the run ended
+EXIT_CODES = {
+    "completed": 0,
+    "stopped": 0,  # by a stop condition, a reaction's Stop or the API
+    "stopped_on_error": 3,  # by the on_error policy
+    "error": 1,
+    "killed": 137,
+}
+#: exit status of an interrupted run by signal (128 + signal number)
+SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+
+def exit_code(status: str, stopped_by: str | None, signal: str | None) -> int:
+    """The exit status of a run that ended with ``status``: 0 only when it
+    completed or stopped as its protocol (or the caller) asked."""
+    if status == "interrupted":
+        return SIGNAL_EXIT_CODES.get(signal or "SIGINT", 130)
+    if status == "stopped" and stopped_by == "on_error":
+        return EXIT_CODES["stopped_on_error"]
+    return EXIT_CODES.get(status, 1)
 
 
 def requested(a: Any) -> dict[str, Any] | str:

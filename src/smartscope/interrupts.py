@@ -1,0 +1,107 @@
+"""SIGINT and SIGTERM as a request to stop, never as a kill.
+
+``kill``, ``systemd``, ``docker stop`` and job schedulers send SIGTERM; a
+terminal sends SIGINT. Under :func:`stop_signals` both raise
+:class:`Interrupted` (a ``KeyboardInterrupt`` naming the signal) in the main
+thread, once: the run then stops after the current frame and finishes its run
+folder. Any later signal is ignored (and said so on stderr) until the guard is
+left, so that finishing, writing ``summary.json`` and printing the summary are
+never cut short. Code that must not be interrupted even by the first signal
+(finishing a run that ended by itself) runs under :func:`shielded`.
+
+SIGKILL cannot be caught: ``smartscope recover RUN_DIR`` rebuilds the summary
+of a killed run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+__all__ = ["Interrupted", "StopSignals", "shielded", "stop_signals"]
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived; ``signal_name`` says which."""
+
+    def __init__(self, signal_name: str = "SIGINT") -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def signal_name(exc: BaseException) -> str:
+    """The signal behind a KeyboardInterrupt (a plain one is SIGINT)."""
+    return exc.signal_name if isinstance(exc, Interrupted) else "SIGINT"
+
+
+class StopSignals:
+    """The installed handlers: the first signal raises, later ones are noted."""
+
+    def __init__(self) -> None:
+        #: the first signal received, by name
+        self.received: str | None = None
+        #: signals received and ignored after the first
+        self.ignored: list[str] = []
+        self._shield = 0
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.received is None and not self._shield:
+            self.received = name
+            raise Interrupted(name)
+        self.ignored.append(name)
+        first = self.received or name
+        if self.received is None:
+            self.received = name
+        with contextlib.suppress(Exception):
+            sys.stderr.write(
+                f"smartscope: {name} received while finishing after {first}; "
+                "ignored until the run folder and its summary are written "
+                "(SIGKILL ends at once; then run `smartscope recover RUN_DIR`)\n"
+            )
+            sys.stderr.flush()
+
+
+_active: StopSignals | None = None
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[StopSignals]:
+    """Turn SIGINT and SIGTERM into :class:`Interrupted` within the block (main
+    thread only; elsewhere the block runs with the handlers as they are)."""
+    global _active
+    guard = StopSignals()
+    if threading.current_thread() is not threading.main_thread():
+        yield guard
+        return
+    previous = {s: signal.getsignal(s) for s in _SIGNALS}
+    outer, _active = _active, guard
+    for s in _SIGNALS:
+        signal.signal(s, guard._handle)
+    try:
+        yield guard
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _active = outer
+
+
+@contextlib.contextmanager
+def shielded() -> Iterator[None]:
+    """Within the block no signal raises (under :func:`stop_signals`); a signal
+    that arrives is noted and ignored. A no-op without the guard."""
+    guard = _active
+    if guard is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    guard._shield += 1
+    try:
+        yield
+    finally:
+        guard._shield -= 1
