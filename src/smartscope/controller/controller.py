@@ -35,7 +35,7 @@ from smartscope.controller import records as R
 from smartscope.controller.acquisition import Acquisition
 from smartscope.controller.autofocus import frame_role
 from smartscope.controller.checks import check_hardware, check_plan
-from smartscope.controller.engine import DeviceFailure
+from smartscope.controller.engine import LASER_META_KEY, DeviceFailure
 from smartscope.controller.executor import Executor, Outcome
 from smartscope.controller.frames import frame_input
 from smartscope.controller.gate import RunGate
@@ -267,8 +267,10 @@ class Controller:
         t_frame = time.perf_counter()
         index = self._frames
         self._frames += 1
-        exposure = float(meta.get("exposure_ms", event.exposure or 0.0))
-        power = self.executor.record_frame(exposure)
+        power = meta.get(LASER_META_KEY)  # counted by the engine at the snap
+        if power is None:
+            exposure = float(meta.get("exposure_ms", event.exposure or 0.0))
+            power = self.executor.record_frame(exposure)
         frame = frame_input(
             img,
             event,

@@ -32,6 +32,10 @@ __all__ = ["DEVICE_ERRORS", "ControllerEngine", "DeviceFailure"]
 DEVICE_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, OSError, ValueError)
 
 
+#: frame-metadata key of the light power (mW) the ledger counted for the frame
+LASER_META_KEY = "smartscope_laser_mw"
+
+
 @dataclass(frozen=True)
 class DeviceFailure:
     """One failed device call, as the engine reports it."""
@@ -61,12 +65,17 @@ class ControllerEngine(MDAEngine):
         *,
         policy: ErrorPolicy,
         on_device_error: Callable[[DeviceFailure], None],
+        on_exposed: Callable[[float], float] | None = None,
     ) -> None:
         super().__init__(
             core, use_hardware_sequencing=False, restore_initial_state=False
         )
         self._policy = policy
         self._report = on_device_error
+        #: called with the exposure (ms) once a snap has lit the sample; returns
+        #: the light power it had (the dose ledger counts the light here, so a
+        #: frame lit but never written, e.g. on a full disk, is counted too)
+        self._on_exposed = on_exposed
 
     def _retry(
         self,
@@ -112,4 +121,7 @@ class ControllerEngine(MDAEngine):
             camera_device=core.getCameraDevice(),
             include_position=True,
         )
+        if self._on_exposed is not None:
+            exposure = float(meta.get("exposure_ms", event.exposure or 0.0))
+            meta[LASER_META_KEY] = self._on_exposed(exposure)
         yield (core.getImage(), event, meta)  # type: ignore[misc]

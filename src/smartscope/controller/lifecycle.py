@@ -160,7 +160,10 @@ def _start(ctl: Controller) -> None:
         core.mda.events.frameReady.connect(ctl._on_frame)
         ctl._old_engine = core.mda.set_engine(
             ControllerEngine(
-                core, policy=p.on_error, on_device_error=ctl._on_device_error
+                core,
+                policy=p.on_error,
+                on_device_error=ctl._on_device_error,
+                on_exposed=ctl.executor.record_frame,
             )
         )
         ctl._t0 = time.perf_counter()
