@@ -74,10 +74,12 @@ def run(ctl: Controller, on_tick: Callable[[], None] | None) -> dict[str, Any]:
         error = failures[0] if failures else None
         summary = _finish(ctl, error)
     if error is not None and disk_full_error(error) is None:
-        raise RunError(
+        failed = RunError(
             f"the acquisition failed: {type(error).__name__}: {error} "
             f"(frames so far are in {ctl.out_dir})"
-        ) from error
+        )
+        failed.exit_code = summary.get("exit_code", 1)  # type: ignore[attr-defined]
+        raise failed from error
     return summary
 
 
