@@ -27,6 +27,10 @@ __all__ = ["LAZY_SUBCOMMANDS", "add_lazy_subcommand", "app", "main"]
 
 #: Exit status of a refused input or a failed run (a SmartscopeError).
 EXIT_ERROR = 2
+#: Exit status of an unexpected error (a bug in smartscope).
+EXIT_BUG = 1
+#: ``--debug``: tracebacks are shown
+_DEBUG = False
 
 app = typer.Typer(
     name="smartscope",
@@ -96,6 +100,8 @@ def _reported_errors() -> Iterator[None]:
     try:
         yield
     except SmartscopeError as e:
+        if _DEBUG:
+            raise
         _fail(str(e), code=getattr(e, "exit_code", EXIT_ERROR))
 
 
@@ -132,8 +138,18 @@ def _root(
             help="Print the version and exit.",
         ),
     ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar="SMARTSCOPE_DEBUG",
+            help="Show Python tracebacks (for reporting a bug).",
+        ),
+    ] = False,
 ) -> None:
     """Reactive microscopy on Micro-Manager: acquire, analyse every frame, react."""
+    global _DEBUG
+    _DEBUG = debug
 
 
 # ----------------------------------------------------------------- commands
@@ -175,7 +191,14 @@ def run(
         ),
     ] = None,
 ) -> None:
-    """Run a protocol: acquire, analyse every frame, react, record everything."""
+    """Run a protocol: acquire, analyse every frame, react, record everything.
+
+    Exit status: 0 completed, or stopped by the protocol's own stop condition
+    or a reaction's Stop; 3 stopped by the on_error policy; 1 the run ended in
+    an error (its folder and summary are written); 2 refused input (nothing
+    moved); 130 / 143 interrupted by SIGINT / SIGTERM (after the current frame,
+    the folder finished). After SIGKILL, `smartscope recover RUN_DIR`.
+    """
     if device not in ("auto", "cpu", "cuda"):
         _fail(f"--device must be auto, cpu or cuda, got {device!r}")
     if time not in (None, "virtual", "realtime"):
@@ -453,11 +476,36 @@ for _row in LAZY_SUBCOMMANDS:
 
 def main() -> None:
     """Entry point of the ``smartscope`` console script."""
+    import signal
+
+    from smartscope.interrupts import stop_signals
+
+    # what the guard leaves in place once the command is over and has said
+    # so: a signal while Python shuts down must not turn the exit into a kill
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     try:
-        app(prog_name="smartscope")
+        with stop_signals():  # SIGINT and SIGTERM are interrupts from here on
+            app(prog_name="smartscope")
     except SmartscopeError as e:  # raised outside a command's own handler
+        if _DEBUG:
+            raise
         _print_error(str(e))
-        sys.exit(EXIT_ERROR)
+        sys.exit(getattr(e, "exit_code", EXIT_ERROR))
+    except KeyboardInterrupt as e:  # before a command took charge of signals
+        from smartscope.interrupts import signal_name
+
+        name = signal_name(e)
+        _print_error(f"interrupted ({name}) during start-up: nothing was done")
+        sys.exit(130 if name == "SIGINT" else 143)
+    except Exception as e:  # a bug: one line, the traceback with --debug
+        if _DEBUG:
+            raise
+        _print_error(
+            f"internal error: {type(e).__name__}: {e} (a bug in smartscope; "
+            "run again with --debug for the traceback and report it)"
+        )
+        sys.exit(EXIT_BUG)
 
 
 if __name__ == "__main__":

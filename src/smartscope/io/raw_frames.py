@@ -55,9 +55,10 @@ def raw_arrays(zarr_root: Path) -> list[Path]:
 
 
 def _chunk_frames(array: Path) -> tuple[int, int]:
-    """(frames along axis 0 whose chunks all exist, without a gap from 0;
-    chunk length along axis 0). A frame whose chunk folder was made but whose
-    chunk file never landed does not count."""
+    """(frames along axis 0 up to the last one whose chunks all exist; chunk
+    length along axis 0). A frame whose chunk folder was made but whose chunk
+    file never landed does not count; a gap before the last written frame is
+    kept (cutting there would delete written frames)."""
     meta = json.loads((array / "zarr.json").read_text())
     chunks = [int(c) for c in meta["chunk_grid"]["configuration"]["chunk_shape"]]
     shape = [int(n) for n in meta["shape"]]
@@ -82,21 +83,20 @@ def _chunk_frames(array: Path) -> tuple[int, int]:
             key = f.name.split(sep)
             if f.is_file() and not f.name.endswith(".partial") and key[1].isdigit():
                 found[int(key[1])] += 1
-    n = 0
-    while found[n] >= per_frame:
-        n += 1
-    return min(n * chunks[0], shape[0]), chunks[0]
+    complete = [i for i, n in found.items() if n >= per_frame]
+    end = max(complete) + 1 if complete else 0  # after the last written frame
+    return min(end * chunks[0], shape[0]), chunks[0]
 
 
 def frames_on_disk(array: Path) -> int:
-    """Frames of ``array`` (a zarr v3 array folder) whose chunks were written,
-    counted from the first without a gap."""
+    """Frames of ``array`` (a zarr v3 array folder) up to the last one whose
+    chunks were written."""
     return _chunk_frames(array)[0]
 
 
 def fit_raw_frames(zarr_root: Path) -> list[RawArrayReport]:
-    """Remove half-written chunk files and cut each raw array back to the frames
-    whose chunks are on disk (never cuts a written frame)."""
+    """Remove half-written chunk files and cut each raw array back to its last
+    written frame (never cuts a written frame)."""
     import zarr
 
     reports = []
