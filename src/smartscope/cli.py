@@ -84,7 +84,9 @@ def _print_error(message: str) -> None:
     """Print ``message`` as one red line on stderr."""
     from rich.markup import escape
 
-    one_line = " ".join(message.split())
+    from smartscope.errors import printable
+
+    one_line = " ".join(printable(message).split())
     _console(stderr=True).print(f"[bold red]error:[/] [red]{escape(one_line)}[/]")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 __all__ = [
@@ -9,7 +10,24 @@ __all__ = [
     "SimulatedDeviceError",
     "SimulatorError",
     "SmartscopeError",
+    "printable",
 ]
+
+# characters that would act on a terminal rather than show: C0, DEL, C1, line
+# separators, bidirectional controls
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` on one line, with every control character written as an escape
+    (``\\x1b``; tabs and line breaks become spaces), so that a message quoting
+    user input cannot move the cursor, recolour or clear a terminal."""
+
+    def _escape(m: re.Match[str]) -> str:
+        c = m.group()
+        return " " if c in "\t\n\r\x0b\x0c" else repr(c)[1:-1]
+
+    return _UNPRINTABLE.sub(_escape, text)
 
 
 class SmartscopeError(Exception):
@@ -33,7 +51,7 @@ class ConfigError(SmartscopeError, ValueError):
             if line is not None:
                 where += f", line {line}"
             where += ": "
-        super().__init__(where + message)
+        super().__init__(printable(where + message))
 
 
 class SimulatorError(SmartscopeError):

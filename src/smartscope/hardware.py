@@ -34,6 +34,8 @@ __all__ = [
 ]
 
 _PY_PREFIX = "#py "
+# C0 controls but tab and CR (LF ends a line), DEL and C1: never part of a config
+_CONTROL = re.compile("[\x00-\x08\x0b-\x0c\x0e-\x1f\x7f-\x9f]")
 
 # Micro-Manager config commands and how many comma-separated arguments each takes
 _ARITY: dict[str, tuple[int, ...]] = {
@@ -98,14 +100,26 @@ def validate_config(path: str | Path) -> list[tuple[int, list[str]]]:
         raise ConfigError(
             "expected a Micro-Manager .cfg file, got a directory", path=path
         )
+    raw = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(
-            f"not a text file ({e.reason} at byte {e.start})", path=path
+            f"not a text file ({e.reason} at byte {e.start}: save it as UTF-8 "
+            "or ASCII)",
+            path=path,
+            line=raw.count(b"\n", 0, e.start) + 1,
         ) from e
     commands: list[tuple[int, list[str]]] = []
-    for n, raw in enumerate(text.splitlines(), start=1):
+    for n, raw in enumerate(text.split("\n"), start=1):
+        bad = _CONTROL.search(raw)
+        if bad is not None:
+            raise ConfigError(
+                f"control character U+{ord(bad.group()):04X} at column "
+                f"{bad.start() + 1}; a configuration is plain text",
+                path=path,
+                line=n,
+            )
         line = raw.rstrip("\r").strip()
         if line.startswith(_PY_PREFIX):
             line = line[len(_PY_PREFIX) :].strip()
@@ -149,16 +163,74 @@ def validate_config(path: str | Path) -> list[tuple[int, list[str]]]:
         commands.append((n, fields))
     if not commands:
         raise ConfigError("no configuration commands found (empty file?)", path=path)
+    _check_device_labels(commands, path)
     return commands
 
 
-def _new_core(need_adapters: bool) -> UniMMCore:
+def _check_device_labels(commands: list[tuple[int, list[str]]], path: Path) -> None:
+    """Every device a line names is defined by a ``Device``/``pyDevice`` line,
+    once. Micro-Manager itself accepts a preset naming a missing device and
+    fails only when the preset is applied, mid-run."""
+    defined: dict[str, int] = {}
+    for n, fields in commands:
+        if fields[0] in ("Device", "pyDevice"):
+            label = fields[1]
+            if label in defined or label == "Core":
+                first = f" (first at line {defined[label]})" if label in defined else ""
+                raise ConfigError(
+                    f"device label {label!r} is defined twice{first}; labels "
+                    "must be unique",
+                    path=path,
+                    line=n,
+                )
+            defined[label] = n
+    for n, fields in commands:
+        for what, label in _device_references(fields):
+            if label and label != "Core" and label not in defined:
+                raise ConfigError(
+                    f"{what} names device {label!r}, which no Device or pyDevice "
+                    f"line defines (devices: {', '.join(defined) or 'none'})",
+                    path=path,
+                    line=n,
+                )
+
+
+# Core properties whose value is a device label
+_CORE_ROLES = frozenset(
+    {"Camera", "Shutter", "Focus", "XYStage", "AutoFocus", "SLM", "Galvo"}
+)
+
+
+def _device_references(fields: list[str]) -> list[tuple[str, str]]:
+    """(what, device label) for every device a config command refers to."""
+    cmd, args = fields[0], [f.strip() for f in fields[1:]]
+    if cmd == "Property":
+        refs = [("a property setting", args[0])]
+        if args[0] == "Core" and len(args) == 3 and args[1] in _CORE_ROLES:
+            refs.append((f"the Core {args[1]} role", args[2]))
+        return refs
+    if cmd in ("Label", "Delay", "FocusDirection"):
+        return [(f"a {cmd} line", args[0])]
+    if cmd == "Parent":
+        return [("a Parent line", args[0]), ("a Parent line's hub", args[1])]
+    if cmd == "ConfigGroup" and len(args) >= 4:
+        refs = [(f"preset {args[0]}/{args[1]}", args[2])]
+        if args[2] == "Core" and len(args) == 5 and args[3] in _CORE_ROLES:
+            refs.append((f"preset {args[0]}/{args[1]}", args[4]))
+        return refs
+    if cmd == "Config":
+        return [(f"preset {args[0]}", args[1])]
+    if cmd == "ConfigPixelSize":
+        return [(f"pixel size preset {args[0]}", args[1])]
+    return []
+
+
+def _new_core() -> UniMMCore:
     from pymmcore_plus.experimental.unicore import UniMMCore
 
-    if need_adapters:
-        return UniMMCore()
-    # Pure-Python configuration: no Micro-Manager installation is needed, so
-    # silence the search for one (it logs an error when none is installed).
+    # Silence the search for a Micro-Manager installation (it logs an error
+    # when there is none): a pure-Python configuration does not need one, and
+    # for C++ adapters load_core says what is missing in its own error.
     log = logging.getLogger("pymmcore-plus")
     level = log.level
     log.setLevel(logging.CRITICAL)
@@ -192,7 +264,7 @@ def load_core(
     path = Path(config) if config is not None else default_config()
     commands = validate_config(path)
     cxx_devices = [(n, f) for n, f in commands if f[0] == "Device"]
-    core = _new_core(need_adapters=bool(cxx_devices))
+    core = _new_core()
     _LIVE_CORES.add(core)
     if cxx_devices:
         known = set(core.getDeviceAdapterNames())

@@ -1,7 +1,12 @@
 """Protocols: a YAML file that says what to acquire, how to analyse and how to react.
 
-The file is data: it is read with ``yaml.safe_load`` and validated by the
-pydantic models below; no value in it is ever evaluated as Python. Custom
+The file is data: it is read by the strict YAML loader
+(:mod:`smartscope.yaml_strict`: no duplicate keys, size, depth and alias
+limits, no control characters, no tags) and validated by the pydantic models
+below; no value in it is ever evaluated as Python. The ``sequence`` is held to
+useq-schema's own fields (:mod:`smartscope.useq_strict`: an unknown key is an
+error, not a default), the analysis models named are checked for their role
+(a denoiser is not a segmenter) and ``name`` must be a safe file name. Custom
 behaviour comes from reactions the user installs as Python packages (entry
 point group ``smartscope.reactions``), which the protocol only names.
 
@@ -13,24 +18,35 @@ Errors name the file, the line and the field::
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import useq
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from smartscope.analysis.settings import AnalysisSettings
-from smartscope.errors import SmartscopeError
+from smartscope.errors import SmartscopeError, printable
 from smartscope.limits import SafetyLimits
 from smartscope.reactions.base import Reaction, ReactionParams, reaction_class
+from smartscope.useq_strict import (
+    SequenceFieldError,
+    check_raw_sequence,
+    clean_loc,
+    describe_error,
+    plan_problems,
+)
+from smartscope.yaml_strict import YAMLInputError, key_lines, line_for, load_yaml_file
 
 __all__ = [
     "DeviceRoles",
@@ -65,7 +81,28 @@ class ProtocolError(SmartscopeError, ValueError):
             parts.append(f"line {line}")
         if field:
             parts.append(f"field {field}")
-        super().__init__((", ".join(parts) + ": " if parts else "") + message)
+        super().__init__(
+            printable((", ".join(parts) + ": " if parts else "") + message)
+        )
+
+
+class _FieldProblem(ValueError):
+    """A cross-field rule broken at ``field`` (a dotted path): raised inside a
+    model validator so that the loader can name the field and its line."""
+
+    def __init__(self, field: str, why: str) -> None:
+        self.field, self.why = field, why
+        super().__init__(f"{field}: {why}")
+
+
+@dataclass(frozen=True)
+class _Source:
+    path: Path
+    lines: dict[tuple[Any, ...], int]
+
+
+#: A protocol's ``name``: it names the default run folder, so a plain file name.
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 class _Frozen(BaseModel):
@@ -158,7 +195,11 @@ class Protocol(_Frozen):
     """A reactive acquisition, as a protocol file describes it."""
 
     version: Literal[1] = 1
-    name: str = Field(min_length=1)
+    name: str = Field(
+        description="names the run (and its default folder runs/NAME-DATE-TIME): "
+        "letters, digits, '.', '_' and '-', starting with a letter or digit, "
+        "at most 100 characters"
+    )
     description: str = ""
     config: str | None = Field(
         None, description="Micro-Manager .cfg (None: the simulator)"
@@ -182,6 +223,19 @@ class Protocol(_Frozen):
     save: SaveSettings = SaveSettings()
     on_error: ErrorPolicy = ErrorPolicy()
 
+    _source: _Source | None = PrivateAttr(None)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not SAFE_NAME.fullmatch(v):
+            raise ValueError(
+                "must be a plain file name (it names the run folder): letters, "
+                "digits, '.', '_' and '-', starting with a letter or digit, at most "
+                "100 characters"
+            )
+        return v
+
     @field_validator("scene")
     @classmethod
     def _scene_exists(cls, v: str | None) -> str | None:
@@ -198,46 +252,72 @@ class Protocol(_Frozen):
     def _plan_within_limits(self) -> Protocol:
         from smartscope.controller.sequence import unsupported_fields
 
-        for fld, why in unsupported_fields(self.sequence):
-            raise ValueError(f"{fld}: {why}")
+        for fld, why in [
+            *plan_problems(self.sequence),
+            *unsupported_fields(self.sequence),
+        ]:
+            raise _FieldProblem(fld, why)
         lim = self.limits
         for i, p in enumerate(self.sequence.stage_positions):
             why = lim.check_point(p.x, p.y, p.z)
             if why:
-                raise ValueError(f"sequence.stage_positions.{i}: {why}")
+                raise _FieldProblem(f"sequence.stage_positions.{i}", why)
         zp = self.sequence.z_plan
         if zp is not None and not zp.is_relative:
             for z in zp:
                 why = lim.check_point(None, None, float(z))
                 if why:
-                    raise ValueError(f"sequence.z_plan: {why}")
+                    raise _FieldProblem("sequence.z_plan", why)
+        gp = self.sequence.grid_plan
+        if isinstance(gp, useq.GridFromEdges):
+            for x, y in ((gp.left, gp.top), (gp.right, gp.bottom)):
+                why = lim.check_point(x, y, None)
+                if why:
+                    raise _FieldProblem("sequence.grid_plan", f"an edge: {why}")
         if self.devices.light_source is None and (
             self.laser_power_mw is not None
             or lim.max_laser_mw is not None
             or lim.light_dose_budget_mj is not None
         ):
-            raise ValueError(
+            raise _FieldProblem(
+                "devices.light_source",
                 "devices.light_source is null, but laser_power_mw, "
-                "limits.max_laser_mw or limits.light_dose_budget_mj need one"
+                "limits.max_laser_mw or limits.light_dose_budget_mj need one",
             )
         lo, hi = lim.exposure_range_ms
-        for ch in self.sequence.channels:
+        for i, ch in enumerate(self.sequence.channels):
             if ch.exposure is not None and not lo <= ch.exposure <= hi:
-                raise ValueError(
+                raise _FieldProblem(
+                    f"sequence.channels.{i}.exposure",
                     f"channel {ch.config!r} exposure {ch.exposure} ms is outside "
-                    f"limits.exposure_range_ms {lim.exposure_range_ms}"
+                    f"limits.exposure_range_ms {lim.exposure_range_ms}",
                 )
         if (
             lim.max_laser_mw is not None
             and self.laser_power_mw is not None
             and self.laser_power_mw > lim.max_laser_mw
         ):
-            raise ValueError(
-                f"laser_power_mw {self.laser_power_mw} exceeds limits.max_laser_mw {lim.max_laser_mw}"
+            raise _FieldProblem(
+                "laser_power_mw",
+                f"laser_power_mw {self.laser_power_mw} exceeds limits.max_laser_mw "
+                f"{lim.max_laser_mw}",
             )
         if self.analysis is not None and not self.analysis.enabled and self.reactions:
-            raise ValueError("reactions need analysis.enabled: true")
+            raise _FieldProblem("reactions", "reactions need analysis.enabled: true")
         return self
+
+    def error(self, message: str, *, field: str | None = None) -> ProtocolError:
+        """A :class:`ProtocolError` about ``field`` (a dotted path) of this
+        protocol, naming its file and line when it was loaded from one."""
+        src = self._source
+        if src is None:
+            return ProtocolError(message, field=field)
+        loc = tuple(
+            int(x) if x.isdigit() else x for x in (field.split(".") if field else ())
+        )
+        return ProtocolError(
+            message, path=src.path, line=line_for(loc, src.lines), field=field
+        )
 
     def build_reactions(self) -> list[Reaction]:
         return [spec.build() for spec in self.reactions]
@@ -245,71 +325,120 @@ class Protocol(_Frozen):
 
 # --------------------------------------------------------------------- loading
 
-
-def _line_map(
-    node: yaml.Node, path: tuple = (), out: dict | None = None
-) -> dict[tuple, int]:
-    """Map each key path (('reactions', 0, 'type')) to its 1-based line."""
-    if out is None:
-        out = {}
-    out.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            key = k.value
-            out[(*path, key)] = k.start_mark.line + 1
-            _line_map(v, (*path, key), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            _line_map(v, (*path, i), out)
-    return out
-
-
-def _line_for(loc: tuple, lines: dict[tuple, int]) -> int | None:
-    loc = tuple(
-        x for x in loc if not (isinstance(x, str) and x.startswith("function-"))
-    )
-    for n in range(len(loc), -1, -1):
-        if loc[:n] in lines:
-            return lines[loc[:n]]
-    return None
+_KIND_WORDS = {"segment": "segmentation", "denoise": "denoising"}
+_KIND_OF = {
+    list: "a list",
+    str: "text",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+}
 
 
 def load_protocol(path: str | Path) -> Protocol:
-    """Read and validate a protocol file. Raises :class:`ProtocolError`."""
+    """Read and validate a protocol file. Raises :class:`ProtocolError`, naming
+    the file and, wherever the problem has one, the line and the field."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ProtocolError("protocol file not found", path=path)
+    if not path.is_file():
+        what = "a folder" if path.is_dir() else "something that is not a regular file"
+        raise ProtocolError(f"expected a protocol YAML file, got {what}", path=path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ProtocolError(f"cannot read: {e}", path=path) from e
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
-        line = e.problem_mark.line + 1 if e.problem_mark is not None else None
-        raise ProtocolError(f"not valid YAML: {e.problem}", path=path, line=line) from e
-    if not isinstance(data, dict) or node is None:
-        raise ProtocolError(
-            "expected a mapping of protocol fields at the top level", path=path
+        doc = load_yaml_file(path, what="protocol")
+    except YAMLInputError as e:
+        raise ProtocolError(e.problem, path=path, line=e.line) from None
+    data = doc.data
+    if not isinstance(data, dict) or doc.node is None:
+        got = (
+            "nothing: an empty file or only null"
+            if data is None
+            else _KIND_OF.get(type(data), "a value")
         )
-    lines = _line_map(node)
+        line = doc.node.start_mark.line + 1 if doc.node is not None else 1
+        raise ProtocolError(
+            f"expected a mapping of protocol fields (name, sequence, ...) at the "
+            f"top level, got {got}",
+            path=path,
+            line=line,
+        )
+    lines = key_lines(doc.node)
+
+    def fail(loc: tuple[Any, ...], message: str) -> NoReturn:
+        raise ProtocolError(
+            message,
+            path=path,
+            line=line_for(loc, lines),
+            field=".".join(str(x) for x in loc) or None,
+        )
+
+    if "sequence" in data:
+        try:
+            check_raw_sequence(data["sequence"])
+        except SequenceFieldError as e:
+            fail(e.loc, e.message)
     try:
-        return Protocol.model_validate(data)
+        proto = Protocol.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        loc = tuple(err["loc"])
-        fld = ".".join(str(x) for x in loc) or None
-        msg = err["msg"]
-        if (
-            "input" in err
-            and err["type"] not in ("missing",)
-            and not isinstance(err["input"], dict)
-        ):
-            msg += f" (got {err['input']!r})"
+        problem = (err.get("ctx") or {}).get("error")
+        if isinstance(problem, _FieldProblem):
+            loc: tuple[Any, ...] = tuple(
+                int(x) if x.isdigit() else x for x in problem.field.split(".")
+            )
+            msg = problem.why
+        else:
+            loc, msg = clean_loc(err["loc"]), describe_error(err)
         more = len(e.errors()) - 1
         if more:
             msg += f" [and {more} more error(s)]"
+        fail(loc, msg)
+    except (TypeError, ValueError, ArithmeticError) as e:
+        # a validator of a library model that raised instead of reporting
         raise ProtocolError(
-            msg, path=path, line=_line_for(loc, lines), field=fld
+            f"cannot read the protocol: {type(e).__name__}: {e}", path=path
         ) from e
+    proto._source = _Source(path, lines)
+    _check_models(proto, fail)
+    return proto
+
+
+def _check_models(
+    proto: Protocol, fail: Callable[[tuple[Any, ...], str], NoReturn]
+) -> None:
+    """The models the analysis names exist, are well-formed and fit their
+    slot (``analysis.model`` a segmenter, ``analysis.denoise`` a denoiser),
+    from their cards alone (no torch)."""
+    a = proto.analysis
+    if not a.enabled:
+        return
+    slots: list[tuple[str, str, str]] = []
+    if a.segmenter == "model" and a.model is not None:
+        slots.append(("model", a.model, "segment"))
+    if a.denoise is not None:
+        slots.append(("denoise", a.denoise, "denoise"))
+    if not slots:
+        return
+    from smartscope.nn.errors import ModelError
+    from smartscope.nn.locate import available_models, check_model_files
+
+    for key, name, want in slots:
+        try:
+            found = check_model_files(name)
+        except ModelError as e:
+            fail(("analysis", key), str(e))
+        if found.kind != want:
+            fitting = []
+            for shipped in available_models():
+                try:
+                    if check_model_files(shipped).kind == want:
+                        fitting.append(shipped)
+                except ModelError:
+                    continue
+            hint = f" (shipped: {', '.join(fitting)})" if fitting else ""
+            fail(
+                ("analysis", key),
+                f"{name!r} is a {_KIND_WORDS[found.kind]} model (its card says "
+                f"kind: {found.kind}); analysis.{key} needs a {_KIND_WORDS[want]} "
+                f"model{hint}",
+            )

@@ -25,6 +25,8 @@ __all__ = [
 ]
 
 Role = Literal["segmenter", "denoiser"]
+#: the model card's ``config.smartscope.kind`` each role needs
+_KIND: dict[str, str] = {"segmenter": "segment", "denoiser": "denoise"}
 
 
 class ModelLoadError(SmartscopeError, RuntimeError):
@@ -56,8 +58,10 @@ def load_analysis_model(
     Raises
     ------
     ModelLoadError
-        If ``smartscope.nn`` cannot be imported, loading fails, or the object
-        returned has no ``predict`` method. The message names the model.
+        If ``smartscope.nn`` cannot be imported, loading fails, the object
+        returned has no ``predict`` method, or its ``kind`` is not the role's
+        ("segment" for a segmenter, "denoise" for a denoiser). The message
+        names the model.
     """
     try:
         nn = importlib.import_module("smartscope.nn")
@@ -81,6 +85,17 @@ def load_analysis_model(
         raise ModelLoadError(
             f"the {role} model {name!r} loaded as {type(model).__name__}, which has "
             "no predict(image, *, diameter_px=None) method",
+            model=name,
+            role=role,
+        )
+    # a smartscope model says what it is; a denoiser in the segmenter's slot
+    # would fail on every frame, a segmenter in the denoiser's would "denoise"
+    # into labels
+    kind = getattr(model, "kind", None)
+    if isinstance(kind, str) and kind != _KIND[role]:
+        raise ModelLoadError(
+            f"{name!r} is a {kind!r} model, not a {role}; name a "
+            f"{_KIND[role]!r} model (its card's config.smartscope.kind) here",
             model=name,
             role=role,
         )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import useq
 
 from smartscope.controller.meaning import objective_devices
-from smartscope.protocol import Protocol, ProtocolError
+from smartscope.protocol import Protocol
 
 if TYPE_CHECKING:
     from pymmcore_plus import CMMCorePlus
@@ -24,7 +24,8 @@ __all__ = ["check_hardware", "check_plan"]
 
 
 def check_hardware(core: CMMCorePlus, p: Protocol) -> None:
-    """Refuse (``ProtocolError`` naming the field) what this core cannot run."""
+    """Refuse (``ProtocolError`` naming the field, and the protocol's file and
+    line when it was loaded from one) what this core cannot run."""
     seq, roles, lim = p.sequence, p.devices, p.limits
     problems: list[tuple[str, str]] = []
     if not core.getCameraDevice():
@@ -122,7 +123,7 @@ def check_hardware(core: CMMCorePlus, p: Protocol) -> None:
     if problems:
         fld, why = problems[0]
         more = f" [and {len(problems) - 1} more]" if len(problems) > 1 else ""
-        raise ProtocolError(why + more, field=fld)
+        raise p.error(why + more, field=fld)
 
 
 def check_plan(plan: Plan, p: Protocol) -> None:
@@ -133,12 +134,12 @@ def check_plan(plan: Plan, p: Protocol) -> None:
         why = lim.check_point(ev.x_pos, ev.y_pos, ev.z_pos)
         if why:
             where = f" (position {ev.pos_name or ev.index.get('p', 0)}, index {dict(ev.index)})"
-            raise ProtocolError(why + where, field="sequence")
+            raise p.error(why + where, field="sequence")
         if ev.exposure is not None:
             why = lim.check_exposure(ev.exposure)
             if why:
                 ch = ev.channel.config if ev.channel else "(no channel)"
-                raise ProtocolError(
+                raise p.error(
                     f"{why} (channel {ch}; a channel without exposure uses the "
                     "camera's current one)",
                     field="sequence.channels",

@@ -103,12 +103,13 @@ def read_rdf(path: Path) -> tuple[dict[str, Any], ModelCard]:
     ModelError
         naming the file and the field that is missing or wrong.
     """
+    from smartscope.yaml_strict import YAMLInputError, load_yaml_file
+
     try:
-        rdf = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ModelError(f"cannot read model card: {e}", path=path) from e
-    except yaml.YAMLError as e:
-        raise ModelError(f"model card is not valid YAML: {e}", path=path) from e
+        rdf = load_yaml_file(path, what="model card").data
+    except YAMLInputError as e:
+        line = f"line {e.line}: " if e.line is not None else ""
+        raise ModelError(f"{line}{e.problem}", path=path) from e
     if not isinstance(rdf, dict):
         raise ModelError("model card must be a YAML mapping", path=path)
     if rdf.get("type") != "model":

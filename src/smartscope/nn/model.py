@@ -32,6 +32,7 @@ from smartscope.nn.card import (
 )
 from smartscope.nn.errors import ModelError
 from smartscope.nn.instances import estimate_diameter_px, labels_from_maps
+from smartscope.nn.locate import available_models, resolve_model_path
 from smartscope.nn.normalize import (
     as_2d_float,
     denormalize,
@@ -255,41 +256,6 @@ def build_model(network: torch.nn.Module, card: ModelCard, **kwargs: Any) -> Mod
     return _CLASSES[card.kind](network, card, **kwargs)
 
 
-def available_models() -> list[str]:
-    """Names of the models shipped in the ``models/`` folder."""
-    from smartscope._data import data_dir
-
-    try:
-        root = data_dir("models")
-    except FileNotFoundError:
-        return []
-    return sorted(p.parent.name for p in root.glob(f"*/{RDF_NAME}"))
-
-
-def _resolve(name_or_path: str | Path) -> Path:
-    p = Path(name_or_path)
-    if p.exists():
-        return p
-    if (
-        isinstance(name_or_path, str)
-        and "/" not in name_or_path
-        and "\\" not in name_or_path
-    ):
-        from smartscope._data import data_dir
-
-        try:
-            candidate = data_dir("models") / name_or_path
-        except FileNotFoundError:
-            candidate = None
-        if candidate is not None and candidate.exists():
-            return candidate
-    raise ModelError(
-        f"no model named or at {str(name_or_path)!r}; shipped models: "
-        f"{', '.join(available_models()) or '(none)'}; or give a model folder, "
-        "its rdf.yaml, or a .zip package"
-    )
-
-
 def _unpack(path: Path, out: Path) -> None:
     """Extract a .zip package into the folder ``out``."""
     try:
@@ -396,7 +362,7 @@ def load_model(
     ModelError
         naming the file, for a missing, malformed, corrupt or mismatched model.
     """
-    path = _resolve(name_or_path)
+    path = resolve_model_path(name_or_path)
     if path.is_file() and path.suffix == ".zip":
         # the weights are read into memory, so the extracted copy can go
         with tempfile.TemporaryDirectory(prefix="smartscope-model-") as tmp:

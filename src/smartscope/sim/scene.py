@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from smartscope.errors import ConfigError
@@ -156,19 +155,37 @@ class ScenePreset(BaseModel):
 
 def load_scene_preset(path: str | Path) -> ScenePreset:
     """Read a scene preset YAML file, refusing bad fields with file and field named."""
+    from smartscope.yaml_strict import (
+        YAMLInputError,
+        key_lines,
+        line_for,
+        load_yaml_file,
+    )
+
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"cannot read scene preset: {e}", path=path) from e
+        doc = load_yaml_file(path, what="scene preset")
+    except YAMLInputError as e:
+        raise ConfigError(
+            f"cannot read scene preset: {e.problem}", path=path, line=e.line
+        ) from e
+    data = doc.data if doc.data is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"a scene preset is a mapping of fields, got a {type(data).__name__}",
+            path=path,
+            line=1,
+        )
     try:
         return ScenePreset.model_validate(data)
     except ValidationError as e:
+        errors = e.errors()
         msgs = "; ".join(
             f"field {'.'.join(map(str, err['loc'])) or '(root)'}: {err['msg']}"
-            for err in e.errors()
+            for err in errors
         )
-        raise ConfigError(f"invalid scene preset: {msgs}", path=path) from e
+        line = line_for(tuple(errors[0]["loc"]), key_lines(doc.node))
+        raise ConfigError(f"invalid scene preset: {msgs}", path=path, line=line) from e
 
 
 _ARRAYS = (
