@@ -296,6 +296,26 @@ def test_a_run_that_cannot_start_leaves_nothing_behind(tmp_path: Path) -> None:
     assert summary["status"] == "completed"
 
 
+def test_a_grid_over_a_huge_area_is_refused_without_walking_it(tmp_path: Path) -> None:
+    edges = {"top": 1e7, "left": -1e7, "bottom": -1e7, "right": 1e7}
+    proto = _proto(
+        sequence={"grid_plan": edges, "time_plan": {"interval": 1, "loops": 2}},
+        limits={"xy_box_um": None},
+        stop={"max_frames": 3},
+    )
+    core = load_core()
+    sim = get_simulator(core)
+    xy = core.getXYPosition()
+    try:
+        with pytest.raises(ProtocolError, match=r"grid_plan: the grid holds \d+ tiles"):
+            Controller(core, proto, out_dir=tmp_path / "r").run()
+        assert core.getXYPosition() == xy  # nothing moved
+        assert sim.light_dose_mj == 0
+    finally:
+        release_core(core)
+    assert not (tmp_path / "r").exists()
+
+
 # 6 ------------------------------------------------------------------
 
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from smartscope.controller.plan import Plan
 
-__all__ = ["check_hardware", "check_plan"]
+__all__ = ["check_grid_sizes", "check_hardware", "check_plan"]
 
 
 def check_hardware(core: CMMCorePlus, p: Protocol) -> None:
@@ -130,6 +130,7 @@ def check_plan(plan: Plan, p: Protocol) -> None:
     """Every event of a time point (positions, grid, z planes, exposures,
     with the defaults that apply) inside the limits."""
     lim = p.limits
+    check_grid_sizes(plan.sequence, p)
     for ev in plan.preview():
         why = lim.check_point(ev.x_pos, ev.y_pos, ev.z_pos)
         if why:
@@ -144,6 +145,31 @@ def check_plan(plan: Plan, p: Protocol) -> None:
                     "camera's current one)",
                     field="sequence.channels",
                 )
+
+
+def check_grid_sizes(seq: useq.MDASequence, p: Protocol) -> None:
+    """Grids laid out for the field of view hold at most MAX_GRID_TILES tiles
+    (counted, not walked: a grid over a huge area must not hang the check)."""
+    from smartscope.useq_strict import MAX_GRID_TILES
+
+    grids = [("sequence.grid_plan", seq.grid_plan)] + [
+        (f"sequence.stage_positions.{k}.sequence.grid_plan", pos.sequence.grid_plan)
+        for k, pos in enumerate(seq.stage_positions)
+        if pos.sequence is not None
+    ]
+    for fld, grid in grids:
+        if grid is None:
+            continue
+        try:
+            n = grid.num_positions()
+        except (ValueError, ZeroDivisionError, OverflowError):
+            continue
+        if n > MAX_GRID_TILES:
+            raise p.error(
+                f"the grid holds {n} tiles at this field of view; at most "
+                f"{MAX_GRID_TILES} (a smaller area, or a larger overlap step)",
+                field=fld,
+            )
 
 
 def _channels(seq: useq.MDASequence) -> list[tuple[str, useq.Channel]]:

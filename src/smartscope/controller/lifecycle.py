@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from smartscope.controller import records as R
-from smartscope.controller.checks import check_plan
+from smartscope.controller.checks import check_grid_sizes, check_plan
 from smartscope.controller.engine import ControllerEngine
 from smartscope.controller.executor import LEDGER_COUNTS
 from smartscope.controller.recorder import Recorder, protocol_yaml
@@ -224,6 +224,7 @@ def _check_space(ctl: Controller) -> None:
     from smartscope.controller.controller import RunError
     from smartscope.io.disk import RESERVE_BYTES, free_bytes
 
+    check_grid_sizes(ctl.plan.sequence, ctl.protocol)  # before counting events
     need, per_frame = planned_bytes(ctl)
     free = free_bytes(ctl.out_dir) - RESERVE_BYTES
     fits = max(0, free // max(per_frame, 1))
@@ -272,6 +273,7 @@ def _set_initial_state(ctl: Controller) -> None:
             core.waitForConfig(group, p.objective)
             ctl._replace_plan()
             check_plan(ctl.plan, p)
+            _check_space(ctl)  # a grid's size depends on the field of view
         if p.laser_power_mw is not None and roles.light_source is not None:
             core.setProperty(roles.light_source, roles.power_property, p.laser_power_mw)
     except BaseException:
