@@ -13,32 +13,27 @@ and ``recovery`` saying what was found and done. Nothing acquired is dropped:
 a frame whose chunk is on disk counts even if its log line was lost. It is
 safe to run twice, and safe to kill: ``summary.json`` is written last, and a
 folder that has one is left alone.
+
+The repairs, one step each, are in :mod:`smartscope.recover_steps`; reading
+and mending ``events.jsonl`` in :mod:`smartscope.recover_log`; the label
+and denoised arrays in :mod:`smartscope.io.derived_frames`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
+from smartscope import recover_steps as S
 from smartscope.controller import records as R
-from smartscope.controller.executor import LEDGER_COUNTS
-from smartscope.controller.recorder import Counts, write_atomic
+from smartscope.controller.recorder import write_atomic
 from smartscope.errors import SmartscopeError
-from smartscope.io.disk import SpaceReserve
-from smartscope.io.raw_frames import fit_raw_frames
+from smartscope.recover_log import EventsRead, read_events, record_classes
 
 __all__ = ["RecoveryError", "RecoveryResult", "record_classes", "recover_run"]
-
-#: how much of a dropped line ``recovery`` keeps
-_KEEP_CHARS = 120
-#: how every record's line begins (pydantic writes ``kind`` first)
-_RECORD_START = b'{"kind":'
 
 
 class RecoveryError(SmartscopeError):
@@ -65,206 +60,6 @@ class RecoveryResult:
             "notes": list(self.notes),
             "summary": self.summary,
         }
-
-
-def record_classes() -> dict[str, type[R.Record]]:
-    """``kind`` → the record's pydantic class, for every record in ``records.py``."""
-    out: dict[str, type[R.Record]] = {}
-    todo = list(R.Record.__subclasses__())
-    while todo:
-        cls = todo.pop()
-        todo.extend(cls.__subclasses__())
-        kind = cls.model_fields["kind"].default
-        if isinstance(kind, str):
-            out[kind] = cls
-    return out
-
-
-# ------------------------------------------------------------------ the log
-
-
-@dataclass
-class _Log:
-    """``events.jsonl`` as read: the lines kept (raw bytes, without their
-    newline), the records understood, and the lines dropped or not understood."""
-
-    lines_read: int = 0
-    kept: list[bytes] = field(default_factory=list)
-    records: list[R.Record] = field(default_factory=list)
-    #: lines that are not a JSON object (removed from the file)
-    dropped: list[dict[str, Any]] = field(default_factory=list)
-    #: JSON objects of an unknown kind or that do not validate (kept, not counted)
-    not_understood: list[dict[str, Any]] = field(default_factory=list)
-    #: the file's last byte was not a newline
-    ended_mid_line: bool = False
-    #: lines whose whole record after a cut one was kept
-    salvaged: list[int] = field(default_factory=list)
-    #: the first line is a valid run_started record
-    begins_with_start: bool = False
-
-
-def _read_log(path: Path) -> _Log:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise RecoveryError(f"cannot read {path}: {e.strerror or e}") from e
-    classes = record_classes()
-    log = _Log(ended_mid_line=bool(data) and not data.endswith(b"\n"))
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()  # the file ended with a newline
-    log.lines_read = len(lines)
-    offset = 0
-    for number, raw in enumerate(lines, start=1):
-        start, offset = offset, offset + len(raw) + 1
-        last_cut = number == len(lines) and log.ended_mid_line
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-            if not isinstance(obj, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError too
-            why = "cut mid-way (the last line)" if last_cut else f"not JSON: {e}"
-            if not raw.strip():
-                why = "empty line"
-            cut, obj = _salvage(raw)
-            if obj is not None:
-                why = "a cut record followed by a whole one (kept)"
-            log.dropped.append(
-                {
-                    "line": number,
-                    "reason": why,
-                    "offset": start,
-                    "bytes": len(raw) - len(cut),
-                    "text": raw[: min(_KEEP_CHARS, len(raw) - len(cut))].decode(
-                        "utf-8", "replace"
-                    ),
-                }
-            )
-            if obj is None:
-                continue
-            log.salvaged.append(number)
-            raw = cut
-        log.kept.append(raw)
-        cls = classes.get(str(obj.get("kind")))
-        if cls is None:
-            log.not_understood.append(
-                {"line": number, "kind": obj.get("kind"), "error": "unknown kind"}
-            )
-            continue
-        try:
-            log.records.append(cls.model_validate(obj))
-            if number == 1:
-                log.begins_with_start = isinstance(log.records[0], R.RunStartedRecord)
-        except ValidationError as e:
-            log.not_understood.append(
-                {
-                    "line": number,
-                    "kind": obj.get("kind"),
-                    "error": " ".join(str(e).split())[:200],
-                }
-            )
-    return log
-
-
-def _salvage(raw: bytes) -> tuple[bytes, dict[str, Any] | None]:
-    """A whole record written after a cut one on the same line (a write that
-    failed half-way, then the next line): its bytes and object, or None."""
-    at = raw.rfind(_RECORD_START)
-    if at <= 0:
-        return b"", None
-    try:
-        obj = json.loads(raw[at:].decode("utf-8"))
-    except ValueError:
-        return b"", None
-    return (raw[at:], obj) if isinstance(obj, dict) else (b"", None)
-
-
-def _write_log(path: Path, log: _Log, finished: R.RunFinishedRecord | None) -> None:
-    """Make ``events.jsonl`` one JSON object per line again, ending with
-    ``finished`` (when given): a cut last line is cut off and ``finished``
-    appended; a bad line before the last makes the file be rewritten
-    (atomically) without it."""
-    tail = b"" if finished is None else finished.model_dump_json().encode() + b"\n"
-    last = log.lines_read
-    if [d["line"] for d in log.dropped] in ([], [last]) and not log.salvaged:
-        with path.open("r+b") as fh:
-            if log.dropped:  # the last line: cut it off
-                fh.truncate(log.dropped[0]["offset"])
-            elif log.ended_mid_line:  # a complete last line without its newline
-                tail = b"\n" + tail
-            fh.seek(0, os.SEEK_END)
-            fh.write(tail)
-            fh.flush()
-            os.fsync(fh.fileno())
-        return
-    body = b"".join(line + b"\n" for line in log.kept) + tail
-    write_atomic(path, body.decode("utf-8"))
-
-
-def _trim_to_last_line(path: Path) -> int:
-    """Cut a half-written last row off a text file; the bytes cut."""
-    if not path.is_file():
-        return 0
-    data = path.read_bytes()
-    if not data or data.endswith(b"\n"):
-        return 0
-    keep = data.rfind(b"\n") + 1
-    with path.open("r+b") as fh:
-        fh.truncate(keep)
-    return len(data) - keep
-
-
-# ------------------------------------------------------------------ images
-
-
-def _shape(array: Path) -> list[int]:
-    return [int(n) for n in json.loads((array / "zarr.json").read_text())["shape"]]
-
-
-def _is_array(path: Path) -> bool:
-    try:
-        node = json.loads((path / "zarr.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return node.get("node_type") == "array"
-
-
-def _derived_arrays(zarr_root: Path) -> list[Path]:
-    """The label and denoised arrays (``labels/<name>/0``, ``<group>/0``)."""
-    out: list[Path] = []
-    if not zarr_root.is_dir():
-        return out
-    groups = [p for p in sorted(zarr_root.iterdir()) if p.is_dir() and not _is_array(p)]
-    labels = zarr_root / "labels"
-    if labels.is_dir():
-        groups.remove(labels)
-        groups += [p for p in sorted(labels.iterdir()) if p.is_dir()]
-    for group in groups:
-        out += [a for a in sorted(group.iterdir()) if a.is_dir() and _is_array(a)]
-    return out
-
-
-def _fit_derived(array: Path, n_frames: int) -> dict[str, Any]:
-    """Remove half-written chunks and pad (or cut) ``array`` to ``n_frames``."""
-    import zarr
-
-    partial = [p for p in array.rglob("*.partial") if p.is_file()]
-    for p in partial:
-        p.unlink(missing_ok=True)
-    before = _shape(array)
-    after = before
-    if before[0] != n_frames:
-        arr = zarr.open_array(str(array), mode="r+")
-        arr.resize((n_frames, *arr.shape[1:]))
-        after = [n_frames, *before[1:]]
-    return {
-        "shape_before": before,
-        "shape_after": after,
-        "partial_files_removed": len(partial),
-    }
-
-
-# ------------------------------------------------------------------ recover
 
 
 def recover_run(run_dir: str | Path) -> RecoveryResult:
@@ -314,8 +109,42 @@ def _recover(
     summary_path: Path,
     unreadable: str | None,
 ) -> RecoveryResult:
+    """The repairs in order (:mod:`smartscope.recover_steps`), then the log's
+    ``run_finished`` and, last, ``summary.json``."""
+    log, started = _read_log(run_dir, events)
     notes: list[str] = []
-    log = _read_log(events)
+    parts: dict[str, Any] = {}
+    parts |= S.release_reserve(run_dir, notes)
+    parts |= S.remove_temporaries(run_dir, notes)
+    parts |= S.set_aside_summary(summary_path, unreadable, notes)
+    tally = S.tally_records(log)
+    parts |= S.report_log(log, tally, notes)
+    zarr_root = run_dir / "data.ome.zarr"
+    parts |= S.fit_raw(zarr_root, notes)
+    n_disk = parts["frames_on_disk"]
+    parts |= S.reconcile_frames(tally, n_disk, notes)
+    parts |= S.fit_derived(zarr_root, n_disk, notes)
+    parts |= S.trim_csv_files(run_dir, notes)
+    parts["recovered_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    reason = S.finish_reason(tally.finished)
+    summary = S.build_summary(started, tally, reason, S.recovery_dict(parts))
+    # the log ends with run_finished; summary.json is written last
+    S.finish_log(events, log, started, tally, reason, notes)
+    write_atomic(summary_path, json.dumps(summary, indent=2))
+    notes.append(
+        f"summary.json written: status killed, {tally.counts.frames} frames acquired"
+    )
+    return RecoveryResult(run_dir, recovered=True, summary=summary, notes=notes)
+
+
+def _read_log(run_dir: Path, events: Path) -> tuple[EventsRead, R.RunStartedRecord]:
+    """``events.jsonl`` as read, and its run_started record; a log that does
+    not begin with one, or was written by a newer smartscope, is refused."""
+    try:
+        log = read_events(events)
+    except OSError as e:
+        raise RecoveryError(f"cannot read {events}: {e.strerror or e}") from e
     started = log.records[0] if log.begins_with_start else None
     if not isinstance(started, R.RunStartedRecord):
         raise RecoveryError(
@@ -327,217 +156,4 @@ def _recover(
             f"{run_dir} was written with schema version {started.schema_version}; "
             f"this smartscope reads up to {R.SCHEMA_VERSION}: upgrade smartscope"
         )
-
-    # -- the run's reserve of disk space was kept for its last words: these
-    reserve = run_dir / SpaceReserve.NAME
-    reserve_released = reserve.is_file()
-    reserve.unlink(missing_ok=True)
-    if reserve_released:
-        notes.append(f"{SpaceReserve.NAME}: the run's reserved disk space released")
-    leftovers = []
-    for tmp in (
-        summary_path.with_name("summary.json.tmp"),
-        events.with_name("events.jsonl.tmp"),
-    ):
-        if tmp.is_file():
-            tmp.unlink()
-            leftovers.append(tmp.name)
-            notes.append(f"{tmp.name}: a half-written temporary file removed")
-    broken_summary = None
-    if unreadable is not None:
-        broken_summary = summary_path.with_name("summary.json.unreadable")
-        os.replace(summary_path, broken_summary)
-        notes.append(
-            f"summary.json could not be read ({unreadable}); kept as "
-            f"{broken_summary.name} and rebuilt"
-        )
-
-    # -- what the records say, counted as the live recorder counts them
-    counts = Counts()
-    frames: list[R.FrameRecord] = []
-    finished: R.RunFinishedRecord | None = None
-    wall_s = 0.0
-    for rec in log.records:
-        counts.add(rec)
-        if isinstance(rec, R.FrameRecord):
-            frames.append(rec)
-        elif isinstance(rec, R.RunFinishedRecord):
-            finished = rec
-        for name in ("t_frame", "t_result", "t_action"):
-            t = getattr(rec, name, None)
-            if isinstance(t, (int, float)):
-                wall_s = max(wall_s, float(t))
-    n_logged = counts.frames
-    notes.append(
-        f"events.jsonl: {log.lines_read} lines read, {len(log.records)} records, "
-        f"{n_logged} frames logged"
-    )
-    for d in log.dropped:
-        notes.append(f"events.jsonl line {d['line']} dropped: {d['reason']}")
-    for d in log.not_understood:
-        notes.append(
-            f"events.jsonl line {d['line']} ({d['kind']}) kept but not counted: "
-            f"{d['error']}"
-        )
-
-    # -- the raw frames: cut back to the chunks written
-    zarr_root = run_dir / "data.ome.zarr"
-    raw_reports = fit_raw_frames(zarr_root)
-    raw: list[dict[str, Any]] = []
-    for r in raw_reports:
-        rest = _shape(r.path)[1:]
-        raw.append(
-            {
-                "path": r.path.relative_to(zarr_root).as_posix(),
-                "frames_on_disk": r.frames_on_disk,
-                "shape_before": [r.shape_before, *rest],
-                "shape_after": [r.shape_after, *rest],
-                "partial_files_removed": r.partial_files_removed,
-            }
-        )
-        what = f"raw array {raw[-1]['path']}: {r.frames_on_disk} frames on disk"
-        if r.shape_before != r.shape_after:
-            what += (
-                f"; cut from {r.shape_before} to {r.shape_after} frames (frames "
-                "allocated but never written)"
-            )
-        if r.partial_files_removed:
-            what += f"; {r.partial_files_removed} half-written .partial file(s) removed"
-        notes.append(what)
-    n_disk = sum(r.shape_after for r in raw_reports)
-
-    # -- frames on disk and frames logged must agree; the disk wins
-    unlogged = max(0, n_disk - n_logged)
-    missing = max(0, n_logged - n_disk)
-    if unlogged:
-        counts.frames = n_disk
-        notes.append(
-            f"{unlogged} frame(s) on disk without a frame record (killed between "
-            "the write and the log line): kept and counted; the light dose does "
-            "not include them"
-        )
-    if missing:
-        counts.frames = n_disk
-        counts.autofocus_frames = min(counts.autofocus_frames, n_disk)
-        notes.append(
-            f"{missing} logged frame(s) are not on disk (their chunks were lost); "
-            "the summary counts the frames on disk"
-        )
-
-    # -- label and denoised images: the raw frame count
-    derived: list[dict[str, Any]] = []
-    for array in _derived_arrays(zarr_root):
-        d = {
-            "path": array.relative_to(zarr_root).as_posix(),
-            **_fit_derived(array, n_disk),
-        }
-        derived.append(d)
-        b, a = d["shape_before"][0], d["shape_after"][0]
-        if b != a or d["partial_files_removed"]:
-            verb = "padded" if a > b else "cut" if a < b else "kept"
-            notes.append(
-                f"{d['path']}: {verb} from {b} to {a} frames"
-                + (
-                    f"; {d['partial_files_removed']} .partial file(s) removed"
-                    if d["partial_files_removed"]
-                    else ""
-                )
-            )
-
-    # -- the CSV files: a half-written last row is cut
-    trimmed: dict[str, int] = {}
-    for rel in ("measurements.csv", "truth/cells.csv"):
-        n = _trim_to_last_line(run_dir / rel)
-        if n:
-            trimmed[rel] = n
-            notes.append(f"{rel}: half-written last row cut ({n} bytes)")
-
-    # -- the summary, as the live recorder would have written it
-    last = frames[-1] if frames else None
-    if finished is not None and finished.status != "killed":
-        reason = (
-            f"the run had finished ({finished.status}: {finished.reason}) but the "
-            "process ended before summary.json was written; summary rebuilt by "
-            "smartscope recover"
-        )
-    else:
-        reason = (
-            "the process ended without finishing (killed or power lost); "
-            "summary rebuilt by smartscope recover from events.jsonl and the "
-            "raw frames on disk"
-        )
-    positions = _positions(started, frames)
-    recovery: dict[str, Any] = {
-        "recovered_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "lines_read": log.lines_read,
-        "lines_dropped": log.dropped,
-        "lines_not_understood": log.not_understood,
-        "frames_logged": n_logged,
-        "frames_on_disk": n_disk,
-        "frames_unlogged": unlogged,
-        "frames_logged_not_on_disk": missing,
-        "raw_arrays": raw,
-        "derived_arrays": derived,
-        "files_trimmed": trimmed,
-        "run_finished_in_log": finished is not None,
-        "lines_salvaged": log.salvaged,
-        "space_reserve_released": reserve_released,
-        "temporary_files_removed": leftovers,
-    }
-    if broken_summary is not None:
-        recovery["unreadable_summary"] = broken_summary.name
-    summary = counts.summary(
-        protocol=started.protocol,
-        status="killed",
-        finish_reason=reason,
-        interrupted=False,
-        exit_code=R.exit_code("killed", None, None),
-        light_dose_mj=round(last.dose_mj, 6) if last is not None else 0.0,
-        light_dose_counts=LEDGER_COUNTS,
-        light_dose_mj_simulator=None,
-        wall_time_s=round(wall_s, 3),
-        sample_time_s=round(last.t_s, 3) if last is not None else 0.0,
-        positions=positions,
-        time_mode=started.time_mode,
-        sample_clock_s=None,
-        recovery=recovery,
-    )
-
-    # -- the log ends with run_finished; summary.json is written last
-    end = None
-    if finished is None:
-        end = R.RunFinishedRecord(
-            status="killed",
-            reason=reason,
-            frames=counts.frames,
-            t_wall=round(started.t_wall + wall_s, 6),
-        )
-    _write_log(events, log, end)
-    if end is not None:
-        notes.append("run_finished (status killed) appended to events.jsonl")
-    elif log.dropped or log.ended_mid_line:
-        notes.append("events.jsonl repaired (it already ended with run_finished)")
-    write_atomic(summary_path, json.dumps(summary, indent=2))
-    notes.append(
-        f"summary.json written: status killed, {counts.frames} frames acquired"
-    )
-    return RecoveryResult(run_dir, recovered=True, summary=summary, notes=notes)
-
-
-def _positions(
-    started: R.RunStartedRecord, frames: list[R.FrameRecord]
-) -> list[dict[str, Any]]:
-    """Every position (those at the start, then any added), where it was last
-    imaged (null for one never imaged)."""
-    where: dict[str, dict[str, Any]] = {
-        name: {"name": name, "x_um": None, "y_um": None, "z_um": None}
-        for name in started.positions
-    }
-    for f in frames:
-        where[f.position] = {
-            "name": f.position,
-            "x_um": f.x_um,
-            "y_um": f.y_um,
-            "z_um": f.z_um,
-        }
-    return list(where.values())
+    return log, started
