@@ -316,6 +316,24 @@ def test_a_grid_over_a_huge_area_is_refused_without_walking_it(tmp_path: Path) -
     assert not (tmp_path / "r").exists()
 
 
+def test_a_grid_that_fits_at_the_protocols_objective_is_not_judged_at_the_current_one(
+    tmp_path: Path,
+) -> None:
+    # 40 mm square: ~14,600 tiles at the 10x the core starts with, ~2,400 at 4x
+    edges = {"top": 20000, "left": -20000, "bottom": -20000, "right": 20000}
+    proto = _proto(
+        objective="4x",
+        sequence={"grid_plan": edges, "time_plan": {"interval": 1, "loops": 1}},
+        limits={"xy_box_um": None},
+        stop={"max_frames": 2},
+        analysis={"enabled": False},
+    )
+    summary, _, _ = _run(proto, tmp_path / "r")
+    assert summary["status"] == "stopped"
+    assert summary["stopped_by"] == "protocol"
+    assert summary["frames_acquired"] == 2
+
+
 # 6 ------------------------------------------------------------------
 
 

@@ -223,13 +223,14 @@ def _run_and_report(start: Callable[[], tuple[Path, dict[str, Any]]]) -> NoRetur
     for a run that completed or stopped as its protocol asked). SIGINT and
     SIGTERM stop the run after the current frame; a second one is ignored
     until the summary is written and printed."""
-    from smartscope.interrupts import shielded, stop_signals
+    from smartscope.interrupts import settle, shielded, stop_signals
 
     with stop_signals():
         with _reported_errors():
             out_dir, summary = start()
         with shielded():
             _print_summary(out_dir, summary)
+            settle()
     raise typer.Exit(int(summary.get("exit_code", 0)))
 
 

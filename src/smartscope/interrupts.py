@@ -22,7 +22,14 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
-__all__ = ["Interrupted", "StopSignals", "shielded", "stop_signals"]
+__all__ = [
+    "Interrupted",
+    "StopSignals",
+    "settle",
+    "shielded",
+    "signal_name",
+    "stop_signals",
+]
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -76,6 +83,9 @@ def stop_signals() -> Iterator[StopSignals]:
     """Turn SIGINT and SIGTERM into :class:`Interrupted` within the block (main
     thread only; elsewhere the block runs with the handlers as they are)."""
     global _active
+    if _active is not None and threading.current_thread() is threading.main_thread():
+        yield _active  # nested (the CLI's guard around a Controller.run)
+        return
     guard = StopSignals()
     if threading.current_thread() is not threading.main_thread():
         yield guard
@@ -90,6 +100,15 @@ def stop_signals() -> Iterator[StopSignals]:
         for s, handler in previous.items():
             signal.signal(s, handler)
         _active = outer
+
+
+def settle() -> None:
+    """The command is over and has said so: from now on every signal is noted
+    and ignored (until the guard is left), so that the exit status stays the
+    one the run earned."""
+    guard = _active
+    if guard is not None:
+        guard._shield += 1
 
 
 @contextlib.contextmanager

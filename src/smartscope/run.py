@@ -91,9 +91,14 @@ def _run_protocol(
     # the protocol's simulator settings (seed, scene, time mode) are applied
     # when the core is loaded; the controller never resets the simulator
     core = load_core(cfg, time_mode=proto.time_mode, seed=proto.seed, scene=proto.scene)
+    ctl = None
     try:
         ctl = Controller(core, proto, out_dir=out, device=device)
         summary = _run_with_progress(ctl, proto) if progress else ctl.run()
+    except KeyboardInterrupt:
+        if ctl is None or ctl.summary is None:
+            raise  # before the run folder existed
+        summary = ctl.summary  # a signal just after the run finished its folder
     finally:
         with shielded():
             release_core(core)

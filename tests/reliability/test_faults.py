@@ -47,6 +47,7 @@ from smartscope.actions import (
 )
 from smartscope.analysis.result import FrameResult
 from smartscope.controller import Controller
+from smartscope.errors import SmartscopeError
 from smartscope.hardware import load_core, release_core
 from smartscope.protocol import Protocol
 from smartscope.reactions.base import Reaction, RunView
@@ -368,3 +369,42 @@ def test_fault_campaign_long(
     case: Case, tmp_path: Path, small_disk: Path | None
 ) -> None:
     _one(case, tmp_path, small_disk)
+
+
+def test_a_start_refused_after_the_objective_switch_puts_it_back(
+    small_disk: Path | None,
+) -> None:
+    """A grid is sized at the protocol's objective, so the disk check runs after
+    the switch; when it refuses, the objective and light are as they were."""
+    if small_disk is None:
+        pytest.skip("a size-capped folder needs a tmpfs mount (root)")
+    for p in small_disk.iterdir():
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    proto = Protocol.model_validate(
+        {
+            "name": "grid",
+            "objective": "40x",
+            "laser_power_mw": 7,
+            "sequence": {
+                "channels": [{"config": "DAPI", "exposure": 20}],
+                "grid_plan": {"top": 800, "left": -800, "bottom": -800, "right": 800},
+            },
+            "analysis": {"enabled": False},
+        }
+    )
+    core = load_core(time_mode="virtual")
+    sim = get_simulator(core)
+    before = (core.getCurrentConfig("Objective"), core.getProperty("Laser", "Power_mW"))
+    out = small_disk / "run"
+    try:
+        with pytest.raises(SmartscopeError, match="not enough disk space"):
+            Controller(core, proto, out_dir=out).run()
+        after = (
+            core.getCurrentConfig("Objective"),
+            core.getProperty("Laser", "Power_mW"),
+        )
+        assert after == before
+        assert sim.light_dose_mj == 0
+    finally:
+        release_core(core)
+    assert not out.exists()

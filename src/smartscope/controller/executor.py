@@ -12,6 +12,7 @@ events, and is the only caller of the core for an action.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,9 @@ LEDGER_COUNTS = (
     "sum over every frame (autofocus frames included) of the light source's power "
     "(read from the device when the frame is taken) x the exposure; mJ = mW x s"
 )
+
+
+logger = logging.getLogger("smartscope.controller")
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,7 @@ class Executor:
         self.dose_mj = 0.0
         #: light that autofocus sweeps already granted will take, mJ
         self.committed_mj = 0.0
+        self._last_power_mw = 0.0
 
     # ------------------------------------------------------------ devices
 
@@ -102,8 +107,23 @@ class Executor:
         return float(self.core.getProperty(r.light_source, r.power_property))
 
     def record_frame(self, exposure_ms: float) -> float:
-        """Add one frame to the ledger (runner thread); the power it had, mW."""
-        power = self.light_power_mw()
+        """Add one frame to the ledger (runner thread); the power it had, mW.
+
+        If the light source cannot be read (a device error), the ledger errs
+        high: it counts the most the limits allow, else the last power read.
+        """
+        try:
+            power = self.light_power_mw()
+            self._last_power_mw = power
+        except DEVICE_ERRORS as e:
+            cap = self.limits.max_laser_mw
+            power = max(self._last_power_mw, cap if cap is not None else 0.0)
+            logger.warning(
+                "could not read the light power (%s); the dose ledger counts "
+                "%.3g mW for this frame",
+                e,
+                power,
+            )
         self.dose_mj += power * exposure_ms / 1000.0
         return power
 

@@ -24,7 +24,7 @@ from smartscope.controller.engine import ControllerEngine
 from smartscope.controller.executor import LEDGER_COUNTS
 from smartscope.controller.recorder import Recorder, protocol_yaml
 from smartscope.errors import SmartscopeError
-from smartscope.interrupts import shielded, signal_name
+from smartscope.interrupts import shielded, signal_name, stop_signals
 from smartscope.io.disk import disk_full_error, disk_full_message
 
 if TYPE_CHECKING:
@@ -38,6 +38,11 @@ logger = logging.getLogger("smartscope.controller")
 
 
 def run(ctl: Controller, on_tick: Callable[[], None] | None) -> dict[str, Any]:
+    with stop_signals():  # the CLI's guard when there is one; SIGINT only otherwise
+        return _run(ctl, on_tick)
+
+
+def _run(ctl: Controller, on_tick: Callable[[], None] | None) -> dict[str, Any]:
     from smartscope.controller.controller import RunError
 
     try:
@@ -58,17 +63,22 @@ def run(ctl: Controller, on_tick: Callable[[], None] | None) -> dict[str, Any]:
             done.set()
 
     thread = threading.Thread(target=_acquire, name="smartscope-mda", daemon=True)
-    thread.start()
-    while not done.is_set():
-        try:
-            if not done.wait(0.05) and on_tick is not None:
-                try:
-                    on_tick()
-                except Exception:
-                    logger.exception("on_tick raised")
-        except KeyboardInterrupt as e:  # SIGINT, or SIGTERM under stop_signals
-            name = signal_name(e)
-            ctl.stop(f"interrupted ({name})", interrupted=True, signal=name)
+    try:
+        with shielded():  # the folder exists: from here on a signal is a stop
+            thread.start()
+        while not done.is_set():
+            try:
+                if not done.wait(0.05) and on_tick is not None:
+                    try:
+                        on_tick()
+                    except Exception:
+                        logger.exception("on_tick raised")
+            except KeyboardInterrupt as e:  # SIGINT, or SIGTERM under stop_signals
+                name = signal_name(e)
+                ctl.stop(f"interrupted ({name})", interrupted=True, signal=name)
+    except KeyboardInterrupt as e:  # landed between the loop's own handlers
+        name = signal_name(e)
+        ctl.stop(f"interrupted ({name})", interrupted=True, signal=name)
     with shielded():
         _join(thread, ctl)
         error = failures[0] if failures else None
@@ -105,7 +115,7 @@ def _raw_output(ctl: Controller) -> Any:
 
 
 def _start(ctl: Controller) -> None:
-    from smartscope.controller.controller import RunError
+    from smartscope.controller.controller import RunError, _grid_waits_for_objective
 
     p, core, out = ctl.protocol, ctl.core, ctl.out_dir
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -124,10 +134,13 @@ def _start(ctl: Controller) -> None:
         from smartscope.sim import get_simulator
 
         ctl._sim = get_simulator(core)
-    created = _probe_folder(out)
+    restore: Callable[[], None] = _nothing
+    created = False
     try:
-        _check_space(ctl)
-        _set_initial_state(ctl)
+        created = _probe_folder(out)
+        if not _grid_waits_for_objective(core, p):  # else after the switch
+            _check_space(ctl)
+        restore = _set_initial_state(ctl)
         rec = ctl._recorder = Recorder(
             out,
             protocol_yaml=protocol_yaml(p.model_dump(mode="json", exclude_none=True)),
@@ -139,8 +152,10 @@ def _start(ctl: Controller) -> None:
             on_disk_full=lambda msg: _stop_disk_full(ctl, msg),
         )
     except BaseException as e:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
+        with shielded():
+            restore()  # nothing acquired: the microscope as it was found
+            if created:
+                shutil.rmtree(out, ignore_errors=True)
         if isinstance(e, OSError):
             raise RunError(f"cannot write the run folder {out}: {e}") from e
         raise
@@ -261,12 +276,30 @@ def _probe_folder(out: Path) -> bool:
     return created
 
 
-def _set_initial_state(ctl: Controller) -> None:
+def _nothing() -> None:
+    pass
+
+
+def _set_initial_state(ctl: Controller) -> Callable[[], None]:
     """The protocol's objective and light (validated); the plan is laid out
-    again for the new field of view and checked before the run folder exists."""
+    again for the new field of view and checked before the run folder exists.
+    Returns what puts the objective and light back as they were (for a start
+    that fails after this)."""
     p, core, roles = ctl.protocol, ctl.core, ctl.protocol.devices
     group = roles.objective_group
     before = core.getCurrentConfig(group) if p.objective is not None else None
+    light = roles.light_source if p.laser_power_mw is not None else None
+    power = core.getProperty(light, roles.power_property) if light else None
+
+    def restore() -> None:
+        if light and power is not None:
+            with contextlib.suppress(Exception):
+                core.setProperty(light, roles.power_property, power)
+        if before and core.getCurrentConfig(group) != before:
+            with contextlib.suppress(Exception):
+                core.setConfig(group, before)
+                core.waitForConfig(group, before)
+
     try:
         if p.objective is not None and p.objective != before:
             core.setConfig(group, p.objective)
@@ -274,13 +307,13 @@ def _set_initial_state(ctl: Controller) -> None:
             ctl._replace_plan()
             check_plan(ctl.plan, p)
             _check_space(ctl)  # a grid's size depends on the field of view
-        if p.laser_power_mw is not None and roles.light_source is not None:
-            core.setProperty(roles.light_source, roles.power_property, p.laser_power_mw)
+        if light is not None:
+            core.setProperty(light, roles.power_property, p.laser_power_mw)
     except BaseException:
-        if before:
-            with contextlib.suppress(Exception):
-                core.setConfig(group, before)
+        with shielded():
+            restore()
         raise
+    return restore
 
 
 def _finish(ctl: Controller, error: BaseException | None) -> dict[str, Any]:
@@ -364,11 +397,10 @@ def _stop_analysis(ctl: Controller) -> None:
             if pipe.stop(drain=drain, timeout_s=10.0):
                 return
             logger.warning("waiting for the analysis of the current frame to end")
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             drain = False
-            ctl.gate.request_stop(
-                "interrupted (SIGINT)", "interrupted", signal="SIGINT"
-            )
+            name = signal_name(e)
+            ctl.gate.request_stop(f"interrupted ({name})", "interrupted", signal=name)
 
 
 def _status(ctl: Controller, error: BaseException | None) -> tuple[str, str]:

@@ -26,6 +26,7 @@ import yaml
 
 from smartscope.analysis.result import FrameResult
 from smartscope.controller import records as R
+from smartscope.errors import SmartscopeError
 from smartscope.io import DerivedImageStore, EventLog, MeasurementsWriter, percentiles
 from smartscope.io.disk import SpaceReserve, disk_full_error, disk_full_message
 from smartscope.io.raw_frames import fit_raw_frames
@@ -154,7 +155,7 @@ class Recorder:
         """A write failed for want of space: give the reserve back (so the
         summary and the log's last lines can be written) and ask the run to
         stop; whether the reserve had space to give."""
-        freed = self.reserve.release()
+        freed = self.reserve.release_half()  # the other half: for the summary
         with self._lock:
             first = self.disk_full is None
             if first:
@@ -179,8 +180,8 @@ class Recorder:
 
     def on_result(self, result: FrameResult) -> None:
         """Store an analysed frame's measurements and images (analysis thread)."""
-        if result.error is not None:
-            return
+        if result.error is not None or self.disk_full:
+            return  # a full disk: what space is left is for the raw frames' log
         f = result.frame
         try:
             self.measurements.write(result)
@@ -203,7 +204,7 @@ class Recorder:
         to the frames on disk (a frame allocated but never written reads as
         zeros otherwise)."""
         c = self.counts
-        self.reserve.release()
+        self.reserve.release_half()
         errors: list[str] = []
         try:
             for report in fit_raw_frames(self.out_dir / "data.ome.zarr"):
@@ -238,7 +239,20 @@ class Recorder:
         for closable in (self.log, self.measurements):
             with contextlib.suppress(Exception):
                 closable.close()
-        write_atomic(self.out_dir / "summary.json", json.dumps(summary, indent=2))
+        self.reserve.release()
+        try:
+            write_atomic(self.out_dir / "summary.json", json.dumps(summary, indent=2))
+        except OSError as e:
+            full = disk_full_error(e)
+            if full is None:
+                raise
+            err = SmartscopeError(
+                disk_full_message(full, self.out_dir / "summary.json", "the summary")
+                + "; the frames and events.jsonl are on disk: free space, then "
+                "`smartscope recover` rebuilds the summary"
+            )
+            err.exit_code = 1  # type: ignore[attr-defined]
+            raise err from e
         self.summary = summary
         return summary
 

@@ -2,9 +2,9 @@
 reserve for its last words, and names the path when the disk fills.
 
 A run that fills its disk must still write ``summary.json`` and close
-``events.jsonl``: :class:`SpaceReserve` holds a few MB in a file of the run
-folder that is given back the moment a write fails for want of space (or when
-the run finishes), so those small writes succeed.
+``events.jsonl``: :class:`SpaceReserve` holds 2 MB in a file of the run
+folder. Half is given back the moment a write fails for want of space (for
+the log's last lines), the rest when the run finishes (for the summary).
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ class SpaceReserve:
         self.path = Path(folder) / self.NAME
         self._lock = threading.Lock()
         self.held = False
+        self._halved = False
         chunk = b"\0" * (1 << 20)
         try:
             with self.path.open("wb") as f:
@@ -91,6 +92,20 @@ class SpaceReserve:
         except OSError:
             self.path.unlink(missing_ok=True)
             raise
+
+    def release_half(self) -> bool:
+        """Give back half of the space (once), keeping the rest for the very
+        last writes; whether anything was given back."""
+        with self._lock:
+            if not self.held or self._halved:
+                return False
+            self._halved = True
+            try:
+                size = self.path.stat().st_size
+                os.truncate(self.path, size // 2)
+            except OSError:
+                return False
+            return True
 
     def release(self) -> bool:
         """Give the space back; whether there was any to give."""
