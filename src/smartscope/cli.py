@@ -105,6 +105,11 @@ def _reported_errors() -> Iterator[None]:
         if _DEBUG:
             raise
         _fail(str(e), code=getattr(e, "exit_code", EXIT_ERROR))
+    except KeyboardInterrupt as e:  # SIGINT / SIGTERM in a command without a run
+        from smartscope.interrupts import signal_name
+
+        name = signal_name(e)
+        _fail(f"interrupted ({name})", code=130 if name == "SIGINT" else 143)
 
 
 def _human_size(n_bytes: float) -> str:

@@ -251,6 +251,20 @@ def _check_space(ctl: Controller) -> None:
             f"(room for {fits} frames); free space, choose another --out or "
             "shorten the plan (stop.max_frames)"
         )
+    if (
+        need is not None
+        and ctl.reactions.reactions
+        and ctl.protocol.stop.max_frames is None
+    ):
+        logger.warning(
+            "the disk check counts the planned frames (%d, %.1f MB); reactions may "
+            "add more (autofocus sweeps, added positions): %s has room for about "
+            "%d frames; stop.max_frames bounds the run",
+            need // per_frame,
+            need / 1e6,
+            ctl.out_dir,
+            fits,
+        )
     if need is None:
         logger.warning(
             "open-ended run: %s has room for about %d frames (%.1f MB free)",
