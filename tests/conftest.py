@@ -6,6 +6,7 @@ virtual time, 512 x 512 camera at 10x), so no state leaks between tests.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,12 @@ from pymmcore_plus.experimental.unicore import UniMMCore
 
 from smartscope.hardware import load_core, release_core
 from smartscope.sim import Simulator, get_simulator
+
+# Once a QApplication exists (tests/test_qt_widgets.py), pymmcore-plus would
+# give every later core Qt signals, whose cross-thread deliveries wait for an
+# event loop these tests do not run. Every test gets psygnal signals unless it
+# asks for the default (the Qt tests do).
+os.environ["PYMM_SIGNALS_BACKEND"] = "psygnal"
 
 
 @pytest.fixture

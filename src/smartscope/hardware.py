@@ -226,7 +226,7 @@ def _device_references(fields: list[str]) -> list[tuple[str, str]]:
 
 
 def _new_core() -> UniMMCore:
-    from pymmcore_plus.experimental.unicore import UniMMCore
+    from smartscope.core import SmartscopeCore
 
     # Silence the search for a Micro-Manager installation (it logs an error
     # when there is none): a pure-Python configuration does not need one, and
@@ -235,7 +235,7 @@ def _new_core() -> UniMMCore:
     level = log.level
     log.setLevel(logging.CRITICAL)
     try:
-        return UniMMCore()
+        return SmartscopeCore()
     finally:
         log.setLevel(level)
 
@@ -293,9 +293,9 @@ def load_core(
         raise ConfigError(
             f"could not load configuration: {detail}", path=path, line=line
         ) from e
-    from smartscope.sim.simulator import _REGISTRY, get_simulator
+    from smartscope.sim.simulator import get_simulator, has_simulator
 
-    if _REGISTRY.get(core.events) is not None:
+    if has_simulator(core):
         sim = get_simulator(core)
         if seed is not None or scene is not None:
             sim.reset(seed=seed, preset=scene)

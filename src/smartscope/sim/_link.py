@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -11,8 +12,9 @@ if TYPE_CHECKING:
 class SimLinked:
     """Mixin for the simulator's pymmcore-plus Python devices.
 
-    Every device of one core sees the same event signaler through its core
-    proxy; the simulator registry is keyed on it.
+    Every device of one core sees the same ``events.propertyChanged`` through
+    its core proxy (a psygnal signal of the core's group, or a Qt bound signal
+    of the core's signaler); the simulator registry is keyed on it.
     """
 
     _ROLE: ClassVar[Role]
@@ -25,9 +27,14 @@ class SimLinked:
         if self._sim is None:
             from smartscope.sim.simulator import _simulator_for_signaler
 
-            signaler = self.core.events.propertyChanged.instance
-            self._sim = _simulator_for_signaler(signaler)
+            self._sim = _simulator_for_signaler(self.core.events.propertyChanged)
         return self._sim
+
+    def _emit(self, signal: str, *args: Any) -> None:
+        """Tell the core's listeners (GUIs: pymmcore-widgets, napari) what
+        changed, as a C++ device adapter's callbacks do; never fails the call."""
+        with contextlib.suppress(Exception):
+            getattr(self.core.events, signal).emit(*args)
 
     def initialize(self) -> None:
         self.sim._register(self._ROLE, self)

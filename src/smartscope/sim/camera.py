@@ -63,6 +63,7 @@ class SimCamera(SimLinked, CameraDevice):
         if not 0.01 <= exposure <= 60000:
             raise ValueError(f"Exposure: expected 0.01 to 60000 ms, got {exposure}")
         self._exposure_ms = exposure
+        self._emit("exposureChanged", self.get_label(), exposure)
 
     def get_binning(self) -> int:
         return self.binning

@@ -71,12 +71,19 @@ class SimLaser(SimLinked, GenericDevice):
     def max_power_prop(self) -> float:
         return self.max_power_mw
 
-    @pymm_property(limits=(300, 800), name="Wavelength_nm", property_type=int)
-    def wavelength_prop(self) -> int:
-        return self.wavelength_nm
+    # a string property with the lines as allowed values, like a C++ adapter's
+    # (whose values are all strings): GUIs compare the property cache with the
+    # Channel presets' text ("488"), and an int would never match
+    @pymm_property(
+        allowed_values=[str(n) for n in LASER_LINES_NM],
+        name="Wavelength_nm",
+        property_type=str,
+    )
+    def wavelength_prop(self) -> str:
+        return str(self.wavelength_nm)
 
     @wavelength_prop.setter
-    def wavelength_prop(self, value: int) -> None:
+    def wavelength_prop(self, value: str) -> None:
         sim = self.sim
         with sim._lock:
             sim._sync()

@@ -11,6 +11,7 @@ and run ``core.mda`` in virtual time.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from pathlib import Path
@@ -43,20 +44,47 @@ _FAULT_PARAMS: dict[str, frozenset[str]] = {
 
 Role = Literal["camera", "xy", "z", "shutter", "laser", "objective", "filter", "sample"]
 
-_REGISTRY: weakref.WeakKeyDictionary[Any, Simulator] = weakref.WeakKeyDictionary()
+#: core identity -> its simulator; an entry lives as long as the simulator,
+#: which the core's devices hold
+_REGISTRY: weakref.WeakValueDictionary[Any, Simulator] = weakref.WeakValueDictionary()
 _REGISTRY_LOCK = threading.Lock()
 
 
-def _simulator_for_signaler(signaler: Any) -> Simulator:
+def _core_key(property_changed: Any) -> Any:
+    """What identifies one core, from its ``events.propertyChanged`` (all a
+    Python device sees of its core): with psygnal signals, the core's signal
+    group; with Qt signals (a ``QApplication`` is running), the bound signal
+    signal's hash, which is that of the core's signaler object."""
+    group = getattr(property_changed, "instance", None)
+    if group is not None:
+        return group
+    # a Qt bound signal hashes by its QObject and signal; the hash, not the
+    # signal, is kept: a registry entry that outlives the core's QObject must
+    # not compare signals of a deleted object (that crashes)
+    return ("qt", hash(property_changed))
+
+
+def _simulator_for_signaler(property_changed: Any) -> Simulator:
     """The simulator shared by all devices of one core (created on first use)."""
+    key = _core_key(property_changed)
     with _REGISTRY_LOCK:
-        sim = _REGISTRY.get(signaler)
-        if sim is None:
+        sim = _REGISTRY.get(key)
+        if sim is None or sim._retired:
             sim = Simulator()
-            _REGISTRY[signaler] = sim
+            _REGISTRY[key] = sim
             # track the core's auto-shutter without needing the core itself
-            signaler.autoShutterSet.connect(sim._on_autoshutter)
+            # (psygnal; with Qt signals the attached core is asked instead)
+            shutter_set = getattr(key, "autoShutterSet", None)
+            if shutter_set is not None:
+                shutter_set.connect(sim._on_autoshutter)
+                sim._autoshutter_linked = True
         return sim
+
+
+def has_simulator(core: CMMCorePlus) -> bool:
+    """Whether ``core`` has smartscope simulator devices loaded."""
+    sim = _REGISTRY.get(_core_key(core.events.propertyChanged))
+    return sim is not None and bool(sim._devices)
 
 
 def get_simulator(core: CMMCorePlus) -> Simulator:
@@ -67,7 +95,7 @@ def get_simulator(core: CMMCorePlus) -> Simulator:
     SimulatorError
         If the core has no smartscope simulator devices loaded.
     """
-    sim = _REGISTRY.get(core.events)
+    sim = _REGISTRY.get(_core_key(core.events.propertyChanged))
     if sim is None or not sim._devices:
         raise SimulatorError(
             "this core has no smartscope simulator devices; load one with "
@@ -112,6 +140,8 @@ class Simulator:
         self._scene: Scene | None = None
         self._noise_rng = np.random.default_rng([0, 1])
         self._autoshutter = True
+        self._autoshutter_linked = False
+        self._retired = False
         self._exposing = False
         self._t_sync = 0.0
         self._dose_mj = 0.0
@@ -143,6 +173,9 @@ class Simulator:
                 if dev is device:
                     del self._devices[role]
             if not self._devices:
+                # every device gone: the core was released; a new core that
+                # happens to get the same key must get a new simulator
+                self._retired = True
                 for rec in self._recorders:
                     rec.close()
                 self._recorders.clear()
@@ -172,6 +205,17 @@ class Simulator:
     def core(self) -> CMMCorePlus | None:
         """The attached core, if any."""
         return self._core_ref() if self._core_ref is not None else None
+
+    def _auto_shutter(self) -> bool:
+        """The core's auto-shutter: followed through its signal (psygnal), or
+        asked of the attached core (Qt signals: a Qt connection to the
+        simulator could outlive either object at garbage collection)."""
+        if not self._autoshutter_linked:
+            core = self.core
+            if core is not None:
+                with contextlib.suppress(Exception):
+                    return bool(core.getAutoShutter())
+        return self._autoshutter
 
     def _on_autoshutter(self, state: bool) -> None:
         with self._lock:
@@ -293,7 +337,7 @@ class Simulator:
         laser = self._devices.get("laser")
         if shutter is None or laser is None or laser.power_mw <= 0:
             return False
-        return bool(shutter.is_open or (self._exposing and self._autoshutter))
+        return bool(shutter.is_open or (self._exposing and self._auto_shutter()))
 
     def _sync(self) -> None:
         """Account the light delivered since the last sync (call before any change
@@ -599,7 +643,7 @@ class Simulator:
         )
         drawn = n_px[ids_in_view] > 0
         lit = self._lit() or (
-            self._autoshutter and laser.power_mw > 0 and "shutter" in self._devices
+            self._auto_shutter() and laser.power_mw > 0 and "shutter" in self._devices
         )
         if lit:
             x0, x1, y0, y1 = self._field_um()

@@ -92,6 +92,7 @@ class SimXYStage(SimLinked, XYStageDevice):
             dist = max(abs(px - self._x), abs(py - self._y))
             self._x, self._y = px, py
         self._busy_until = _take_time(sim, dist, self.speed_um_per_s, self.settle_s)
+        self._emit("XYStagePositionChanged", self.get_label(), *self.get_position_um())
 
     def busy(self) -> bool:
         return self.sim.clock.now() < self._busy_until
@@ -147,6 +148,7 @@ class SimZStage(SimLinked, StageDevice):
         dist = abs(pz - self._z)
         self._z = pz
         self._busy_until = _take_time(sim, dist, self.speed_um_per_s, self.settle_s)
+        self._emit("stagePositionChanged", self.get_label(), self.get_position_um())
 
     def busy(self) -> bool:
         return self.sim.clock.now() < self._busy_until
