@@ -240,6 +240,45 @@ def _run_and_report(start: Callable[[], tuple[Path, dict[str, Any]]]) -> NoRetur
 
 
 @app.command()
+def check(
+    protocol: Annotated[Path, typer.Argument(help="Protocol YAML file.")],
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            show_default=False,
+            help="Micro-Manager .cfg. \\[default: the protocol's, else the simulator]",
+        ),
+    ] = None,
+    out: RunDirOption = None,
+) -> None:
+    """Check a protocol against a configuration and move nothing.
+
+    Everything `smartscope run` checks before the first device moves: the
+    protocol, the configuration, the protocol against the hardware (roles,
+    presets, each device's own ranges, every planned position and exposure
+    within the limits) and the disk space; then prints the plan. Exit 0 when
+    the run could start, 2 (one line) when it would be refused.
+    """
+    from smartscope.check import check_protocol
+
+    with _reported_errors():
+        report = check_protocol(protocol, config=config, out_dir=out)
+    from rich.table import Table
+
+    table = Table(title=f"{_escape(report.protocol)}: ready to run")
+    table.add_column("", style="bold")
+    table.add_column("")
+    for label, value in report.rows():
+        table.add_row(label, _escape(value))
+    console = _console()
+    console.print(table)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {_escape(note)}")
+    console.print("nothing was moved")
+
+
+@app.command()
 def demo(
     out: RunDirOption = None,
 ) -> None:

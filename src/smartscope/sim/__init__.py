@@ -6,7 +6,13 @@
 
 from smartscope.sim.clock import SimClock, TimeMode
 from smartscope.sim.scene import DyeSpec, Scene, ScenePreset, load_scene_preset
-from smartscope.sim.simulator import FAULTS, PIXEL_SIZE_CONFIG, Simulator, get_simulator
+from smartscope.sim.simulator import (
+    FAULTS,
+    PIXEL_SIZE_CONFIG,
+    Simulator,
+    get_simulator,
+    has_simulator,
+)
 from smartscope.sim.truth import CellTruth, FrameTruth, TruthRecorder
 
 __all__ = [
@@ -22,5 +28,6 @@ __all__ = [
     "TimeMode",
     "TruthRecorder",
     "get_simulator",
+    "has_simulator",
     "load_scene_preset",
 ]
