@@ -16,9 +16,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_shipped_models_beat_the_baselines():
-    from smartscope.nn.evaluate import evaluate_shipped
+    from smartscope.nn.evaluate import EVALUATE_STEPS, evaluate_shipped
 
-    res = evaluate_shipped(n_val=16, n_shifted=12)
+    steps: list[str] = []
+    res = evaluate_shipped(n_val=16, n_shifted=12, progress=steps.append)
+    assert len(steps) == EVALUATE_STEPS  # the progress bar reaches its end
     care, n2v = res["denoise-care"], res["denoise-n2v"]
     assert care["psnr_gain_over_gaussian_db"] >= 2.0
     assert n2v["psnr_gain_over_gaussian_db"] >= 2.0

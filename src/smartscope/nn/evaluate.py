@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -300,11 +300,25 @@ class _TTA:
         return self.model.predict(image, tta=self.tta)
 
 
+#: steps of :func:`evaluate_shipped`, for a progress display
+EVALUATE_STEPS = 14
+
+
 def evaluate_shipped(
-    *, n_val: int = 16, n_shifted: int = 12, seed: int = 0
+    *,
+    n_val: int = 16,
+    n_shifted: int = 12,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Score the shipped models on the validation sets their cards describe and
-    the segmenter on :func:`shifted_frames`; returns a JSON-able dict."""
+    the segmenter on :func:`shifted_frames`; returns a JSON-able dict.
+    ``progress(step)`` is called as each of the EVALUATE_STEPS steps ends."""
+
+    def done(step: str) -> None:
+        if progress is not None:
+            progress(step)
+
     from smartscope.nn.model import load_model
     from smartscope.nn.simdata import simulate_frames
     from smartscope.nn.train import DENOISE_SPEC, SEGMENT_VAL_SPEC
@@ -314,12 +328,15 @@ def evaluate_shipped(
         (f.image, f.clean)
         for f in simulate_frames(n_val, DENOISE_SPEC, seed=seed + 100_001)
     ]
+    done("denoising validation frames simulated")
     for name in ("denoise-care", "denoise-n2v"):
         model = load_model(name, device="cpu")
         _, res[name] = score_denoiser(model, pairs)  # as the card says
+        done(f"{name} scored")
         # and with / without 8-fold test-time augmentation, whatever the card says
         for tta, suffix in ((True, "tta"), (False, "no-tta")):
             _, res[f"{name}-{suffix}"] = score_denoiser(_TTA(model, tta), pairs)
+            done(f"{name} ({suffix}) scored")
     care, n2v = res["denoise-care"], res["denoise-n2v"]
     res["n2v_fraction_of_care_gain"] = round(
         n2v["psnr_gain_over_input_db"] / care["psnr_gain_over_input_db"], 3
@@ -334,9 +351,12 @@ def evaluate_shipped(
         (f.image, f.labels)
         for f in simulate_frames(n_val, SEGMENT_VAL_SPEC, seed=seed + 100_001)
     ]
+    done("segmentation validation frames simulated")
     _, res["nuclei-seg"] = score_segmenter(seg, items)
+    done("nuclei-seg scored")
     shifted = shifted_frames(n_shifted)
     _, res["nuclei-seg-shifted"] = score_segmenter(seg, shifted)
+    done("nuclei-seg scored on shifted frames")
     # crowded dishes: many touching nuclei, where splitting them is the whole job
     crowded_spec = SEGMENT_VAL_SPEC.model_copy(
         update={"density_per_mm2": (3500.0, 5000.0), "radius_um_mean": (6.0, 8.0)}
@@ -345,15 +365,51 @@ def evaluate_shipped(
         (f.image, f.labels) for f in simulate_frames(8, crowded_spec, seed=31337)
     ]
     _, res["nuclei-seg-crowded"] = score_segmenter(seg, crowded)
-    res["nuclei-seg-ablation"] = {
-        "validation": segmentation_ablation(seg, items),
-        "crowded": segmentation_ablation(seg, crowded),
-        "shifted": segmentation_ablation(seg, shifted),
-    }
+    done("nuclei-seg scored on crowded dishes")
+    res["nuclei-seg-ablation"] = {}
+    for key, data in (
+        ("validation", items),
+        ("crowded", crowded),
+        ("shifted", shifted),
+    ):
+        res["nuclei-seg-ablation"][key] = segmentation_ablation(seg, data)
+        done(f"ablation on {key} frames")
     res["nuclei-seg-shifted"]["settings"] = {
         k: list(v) if isinstance(v, tuple) else v for k, v in SHIFTED_SPEC_ARGS.items()
     }
     return res
+
+
+def _evaluate_with_progress() -> dict[str, Any]:
+    """evaluate_shipped with a progress bar and ETA on stderr (minutes on a CPU)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]evaluating[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("loading", total=EVALUATE_STEPS)
+
+        def step(what: str) -> None:
+            bar.update(task, advance=1, description=what)
+            if not console.is_terminal:  # a log file gets a line per step
+                console.print(f"evaluate: {what}", highlight=False)
+
+        return evaluate_shipped(progress=step)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    res = evaluate_shipped()
+    res = _evaluate_with_progress()
     c, n = res["denoise-care"], res["denoise-n2v"]
     print("| method | PSNR (dB) | SSIM |\n|---|---:|---:|")
     print(f"| noisy input | {c['psnr_db_input']:.2f} | |")
