@@ -150,7 +150,14 @@ def test_demo_log_agrees_with_the_zarr(demo_run: tuple[Path, dict[str, Any]]) ->
         "y_um",
         "area_um2",
         "mean_intensity",
+        "channel",
+        "z_um",
+        "t_index",
     }
+    assert {r["channel"] for r in rows} == {"DAPI"}
+    assert {int(r["t_index"]) for r in rows} == set(
+        range(len({r["frame"] for r in rows}))
+    )
     assert summary["latency_frame_to_result_ms"]["n"] == summary["frames_analysed"]
 
 

@@ -30,6 +30,7 @@ from typer.testing import CliRunner
 from smartscope import cli
 from smartscope.controller import Controller
 from smartscope.hardware import load_core, release_core
+from smartscope.io.measurements import MEASUREMENT_COLUMNS
 from smartscope.protocol import Protocol
 from smartscope.recover import RecoveryError, recover_run
 
@@ -184,7 +185,8 @@ def test_recover_repairs_everything_a_kill_leaves(
     # the half-written CSV row is cut
     csv_text = (run / "measurements.csv").read_text()
     assert csv_text.endswith("\n")
-    assert all(len(r.split(",")) == 9 for r in csv_text.splitlines())
+    width = len(MEASUREMENT_COLUMNS)
+    assert all(len(r.split(",")) == width for r in csv_text.splitlines())
     assert rec["files_trimmed"] == {"measurements.csv": len("29,a,870.0")}
 
     # a second recover finds the summary and does nothing

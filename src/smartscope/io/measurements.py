@@ -20,6 +20,11 @@ MEASUREMENT_COLUMNS = (
     "y_um",
     "area_um2",
     "mean_intensity",
+    # appended (readers by column position keep working): the frame's channel,
+    # focus position and time point (useq's "t" index; empty without a time axis)
+    "channel",
+    "z_um",
+    "t_index",
 )
 
 
@@ -47,6 +52,9 @@ class MeasurementsWriter:
                 f"{o.y_um:.3f}",
                 f"{o.area_um2:.2f}",
                 f"{o.mean_intensity:.2f}",
+                f.channel,
+                f"{f.z_um:.3f}",
+                f.event_index.get("t", ""),
             )
             for o in result.objects
         ]
