@@ -3,50 +3,24 @@ Ctrl-C, a killed process, and refused protocols."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import zarr
 
+from processes import frames_logged, run_smartscope, start_smartscope
 from smartscope._data import data_dir
-
-ENV = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
-
-
-def _start(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "smartscope.cli", *args],
-        cwd=cwd,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _frames_logged(out: Path) -> int:
-    log = out / "events.jsonl"
-    if not log.exists():
-        return 0
-    n = 0
-    for line in log.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):  # a line being written
-            n += json.loads(line).get("kind") == "frame"
-    return n
 
 
 def _wait_for_frames(
     out: Path, n: int, proc: subprocess.Popen, timeout: float = 120
 ) -> None:
     t0 = time.monotonic()
-    while _frames_logged(out) < n:
+    while frames_logged(out) < n:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() - t0 < timeout, "no frames in time"
         time.sleep(0.05)
@@ -67,27 +41,21 @@ def _slow_protocol(tmp_path: Path) -> Path:
 
 def test_demo_command_runs_and_prints_the_run_folder(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "smartscope.cli", "demo", "--out", str(out)],
-        cwd=tmp_path,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = run_smartscope("demo", "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "FATAL" not in proc.stderr
     assert str(out.resolve()) in proc.stdout.replace("\n", "")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed"
     raw = zarr.open_group(str(out / "data.ome.zarr"), mode="r")["0"]
-    assert raw.shape[0] == summary["frames_acquired"] == _frames_logged(out)
+    assert raw.shape[0] == summary["frames_acquired"] == frames_logged(out)
 
 
 def test_ctrl_c_stops_cleanly_and_says_so(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    proc = _start("run", str(_slow_protocol(tmp_path)), "--out", str(out), cwd=tmp_path)
+    proc = start_smartscope(
+        "run", str(_slow_protocol(tmp_path)), "--out", str(out), cwd=tmp_path
+    )
     _wait_for_frames(out, 5, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -97,7 +65,7 @@ def test_ctrl_c_stops_cleanly_and_says_so(tmp_path: Path) -> None:
     assert summary["interrupted"] is True
     assert summary["status"] == "interrupted"
     raw = zarr.open_group(str(out / "data.ome.zarr"), mode="r")["0"]
-    assert raw.shape[0] == summary["frames_acquired"] == _frames_logged(out)
+    assert raw.shape[0] == summary["frames_acquired"] == frames_logged(out)
     assert np.asarray(raw[raw.shape[0] - 1]).max() > 0
     last = json.loads((out / "events.jsonl").read_text().splitlines()[-1])
     assert last["kind"] == "run_finished"
@@ -105,11 +73,13 @@ def test_ctrl_c_stops_cleanly_and_says_so(tmp_path: Path) -> None:
 
 def test_killed_process_leaves_its_frames_readable(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    proc = _start("run", str(_slow_protocol(tmp_path)), "--out", str(out), cwd=tmp_path)
+    proc = start_smartscope(
+        "run", str(_slow_protocol(tmp_path)), "--out", str(out), cwd=tmp_path
+    )
     _wait_for_frames(out, 8, proc)
     proc.kill()
     proc.communicate(timeout=60)
-    logged = _frames_logged(out)
+    logged = frames_logged(out)
     raw = zarr.open_group(str(out / "data.ome.zarr"), mode="r")["0"]
     # every frame in the log is on disk (the log line follows the write)
     assert raw.shape[0] >= logged >= 8
@@ -124,23 +94,7 @@ def test_bad_protocol_exits_2_with_file_line_and_field(tmp_path: Path) -> None:
         .read_text()
         .replace("max_step_um: 60", "max_step_um: -60")
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "smartscope.cli",
-            "run",
-            str(bad),
-            "--out",
-            str(tmp_path / "r"),
-        ],
-        cwd=tmp_path,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_smartscope("run", str(bad), "--out", str(tmp_path / "r"), cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "bad.yaml" in proc.stderr
     assert "line " in proc.stderr

@@ -12,12 +12,9 @@ reads the files, never the recovery's own word.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
+from processes import frames_logged, run_smartscope, start_smartscope
 from smartscope import cli
 from smartscope.controller import Controller
 from smartscope.hardware import load_core, release_core
@@ -34,7 +32,6 @@ from smartscope.io.measurements import MEASUREMENT_COLUMNS
 from smartscope.protocol import Protocol
 from smartscope.recover import RecoveryError, recover_run
 
-ENV = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
 N_FRAMES = 30
 
 runner = CliRunner()
@@ -339,23 +336,6 @@ save: {labels: true}
 """
 
 
-def _smartscope(*args: str, cwd: Path, **kw: Any) -> Any:
-    return subprocess.Popen(
-        [sys.executable, "-m", "smartscope.cli", *args],
-        cwd=cwd,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kw,
-    )
-
-
-def _frames_in_log(run: Path) -> int:
-    log = run / "events.jsonl"
-    return log.read_bytes().count(b'"kind":"frame"') if log.exists() else 0
-
-
 def _kill_and_recover(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     proto = tmp_path / "kill.yaml"
@@ -363,11 +343,11 @@ def _kill_and_recover(tmp_path: Path, seed: int) -> None:
     interval = rng.choice([0, 0.15])
     proto.write_text(_KILL_PROTOCOL.replace("interval: 0.1,", f"interval: {interval},"))
     run = tmp_path / "run"
-    proc = _smartscope("run", str(proto), "--out", str(run), cwd=tmp_path)
+    proc = start_smartscope("run", str(proto), "--out", str(run), cwd=tmp_path)
     try:
         first = rng.randint(1, 6)  # then a random moment within ~0.1-1 frame times
         t0 = time.monotonic()
-        while _frames_in_log(run) < first:
+        while frames_logged(run) < first:
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() - t0 < 120, "no frames in time"
             time.sleep(0.01)
@@ -379,15 +359,7 @@ def _kill_and_recover(tmp_path: Path, seed: int) -> None:
     assert proc.returncode == -signal.SIGKILL
     assert not (run / "summary.json").exists()
 
-    rec = subprocess.run(
-        [sys.executable, "-m", "smartscope.cli", "recover", str(run), "--json"],
-        cwd=tmp_path,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    rec = run_smartscope("recover", str(run), "--json", cwd=tmp_path, timeout=120)
     assert rec.returncode == 0, rec.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert json.loads(rec.stdout)["summary"] == summary
