@@ -105,11 +105,11 @@ def _reported_errors() -> Iterator[None]:
         if _DEBUG:
             raise
         _fail(str(e), code=getattr(e, "exit_code", EXIT_ERROR))
-    except KeyboardInterrupt as e:  # SIGINT / SIGTERM in a command without a run
-        from smartscope.interrupts import signal_name
+    except KeyboardInterrupt as e:  # a stop signal in a command without a run
+        from smartscope.interrupts import exit_status, signal_name
 
         name = signal_name(e)
-        _fail(f"interrupted ({name})", code=130 if name == "SIGINT" else 143)
+        _fail(f"interrupted ({name})", code=exit_status(name))
 
 
 def _human_size(n_bytes: float) -> str:
@@ -203,7 +203,7 @@ def run(
     Exit status: 0 completed, or stopped by the protocol's own stop condition
     or a reaction's Stop; 3 stopped by the on_error policy; 1 the run ended in
     an error (its folder and summary are written); 2 refused input (nothing
-    moved); 130 / 143 interrupted by SIGINT / SIGTERM (after the current frame,
+    moved); 130 / 143 / 129 interrupted by SIGINT / SIGTERM / SIGHUP (after the current frame,
     the folder finished). After SIGKILL, `smartscope recover RUN_DIR`.
     """
     if device not in ("auto", "cpu", "cuda"):
@@ -225,8 +225,8 @@ def run(
 
 def _run_and_report(start: Callable[[], tuple[Path, dict[str, Any]]]) -> NoReturn:
     """Run, print the summary and exit with the run's exit status (0 only
-    for a run that completed or stopped as its protocol asked). SIGINT and
-    SIGTERM stop the run after the current frame; a second one is ignored
+    for a run that completed or stopped as its protocol asked). SIGINT,
+    SIGTERM and SIGHUP stop the run after the current frame; a second one is ignored
     until the summary is written and printed."""
     from smartscope.interrupts import settle, shielded, stop_signals
 
@@ -525,14 +525,15 @@ def main() -> None:
     """Entry point of the ``smartscope`` console script."""
     import signal
 
-    from smartscope.interrupts import stop_signals
+    from smartscope.interrupts import exit_status, stop_signals
 
     # what the guard leaves in place once the command is over and has said
     # so: a signal while Python shuts down must not turn the exit into a kill
+    # (SIGHUP is left as it is: ignored under nohup, which must stay so)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     try:
-        with stop_signals():  # SIGINT and SIGTERM are interrupts from here on
+        with stop_signals():  # stop signals are interrupts from here on
             app(prog_name="smartscope")
     except SmartscopeError as e:  # raised outside a command's own handler
         if _DEBUG:
@@ -544,7 +545,7 @@ def main() -> None:
 
         name = signal_name(e)
         _print_error(f"interrupted ({name}) during start-up: nothing was done")
-        sys.exit(130 if name == "SIGINT" else 143)
+        sys.exit(exit_status(name))
     except Exception as e:  # a bug: one line, the traceback with --debug
         if _DEBUG:
             raise

@@ -1,7 +1,7 @@
-"""SIGINT and SIGTERM as a request to stop, never as a kill.
+"""SIGINT, SIGTERM and SIGHUP as a request to stop, never as a kill.
 
 ``kill``, ``systemd``, ``docker stop`` and job schedulers send SIGTERM; a
-terminal sends SIGINT. Under :func:`stop_signals` both raise
+terminal sends SIGINT, and SIGHUP when it (or the SSH session) closes. Under :func:`stop_signals` both raise
 :class:`Interrupted` (a ``KeyboardInterrupt`` naming the signal) in the main
 thread, once: the run then stops after the current frame and finishes its run
 folder. Any later signal is ignored (and said so on stderr) until the guard is
@@ -31,11 +31,26 @@ __all__ = [
     "stop_signals",
 ]
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: the signals that ask a run to stop: a terminal's Ctrl-C (SIGINT), ``kill``
+#: and service managers (SIGTERM), a closed terminal or SSH session (SIGHUP)
+STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP")
+    if hasattr(signal, name)
+)
+
+
+def exit_status(signal_name: str) -> int:
+    """The exit status of a process ended by ``signal_name`` (128 + its number,
+    as shells report it: SIGINT 130, SIGTERM 143, SIGHUP 129)."""
+    try:
+        return 128 + int(signal.Signals[signal_name])
+    except KeyError:
+        return 130
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived; ``signal_name`` says which."""
+    """A stop signal arrived; ``signal_name`` says which."""
 
     def __init__(self, signal_name: str = "SIGINT") -> None:
         super().__init__(signal_name)
@@ -80,7 +95,7 @@ _active: StopSignals | None = None
 
 @contextlib.contextmanager
 def stop_signals() -> Iterator[StopSignals]:
-    """Turn SIGINT and SIGTERM into :class:`Interrupted` within the block (main
+    """Turn the STOP_SIGNALS into :class:`Interrupted` within the block (main
     thread only; elsewhere the block runs with the handlers as they are)."""
     global _active
     if _active is not None and threading.current_thread() is threading.main_thread():
@@ -90,9 +105,16 @@ def stop_signals() -> Iterator[StopSignals]:
     if threading.current_thread() is not threading.main_thread():
         yield guard
         return
-    previous = {s: signal.getsignal(s) for s in _SIGNALS}
+    # a SIGHUP the process was told to ignore (nohup) stays ignored
+    hangup = getattr(signal, "SIGHUP", None)
+    signals = [
+        s
+        for s in STOP_SIGNALS
+        if not (s == hangup and signal.getsignal(s) == signal.SIG_IGN)
+    ]
+    previous = {s: signal.getsignal(s) for s in signals}
     outer, _active = _active, guard
-    for s in _SIGNALS:
+    for s in signals:
         signal.signal(s, guard._handle)
     try:
         yield guard

@@ -23,14 +23,14 @@ __all__ = [
 
 
 class StartInterrupted(SmartscopeError):
-    """SIGINT or SIGTERM arrived before the run folder existed: nothing was
+    """A stop signal arrived before the run folder existed: nothing was
     acquired and nothing is left behind."""
 
     def __init__(self, signal: str) -> None:
-        from smartscope.controller.records import SIGNAL_EXIT_CODES
+        from smartscope.interrupts import exit_status
 
         self.signal = signal
-        self.exit_code = SIGNAL_EXIT_CODES.get(signal, 130)
+        self.exit_code = exit_status(signal)
         super().__init__(
             f"interrupted ({signal}) during start-up: nothing was acquired and "
             "no run folder was written"

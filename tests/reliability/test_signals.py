@@ -7,18 +7,15 @@ result from the files alone: the exit status names the signal, there is never
 a traceback, and either nothing was left behind (interrupted during start-up)
 or the run folder is complete: ``summary.json`` says ``interrupted`` and which
 signal, and the summary, ``events.jsonl`` and the raw zarr agree frame for
-frame, every frame readable and not blank. Four cases run by default, 24
-behind ``-m slow``.
+frame, every frame readable and not blank. Five cases run by default (SIGHUP, a closed terminal, among them), 24
+behind ``-m slow``; and a SIGHUP under ``nohup`` is ignored.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,10 +23,10 @@ import numpy as np
 import pytest
 import zarr
 
+from processes import frames_logged, start_smartscope
 from smartscope._data import data_dir
 
-ENV = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
-EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 
 
 def _protocol(tmp_path: Path) -> Path:
@@ -53,21 +50,8 @@ def _interrupt(
     tmp_path: Path, sig: signal.Signals, delay_s: float, second: float | None
 ):
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "smartscope.cli",
-            "run",
-            str(_protocol(tmp_path)),
-            "--out",
-            str(out),
-        ],
-        cwd=tmp_path,
-        env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start_smartscope(
+        "run", str(_protocol(tmp_path)), "--out", str(out), cwd=tmp_path
     )
     time.sleep(delay_s)
     proc.send_signal(sig)
@@ -114,7 +98,7 @@ def _cases(n: int, seed: int) -> list[tuple[signal.Signals, float, float | None]
     rng = random.Random(seed)
     cases = []
     for _ in range(n):
-        sig = rng.choice([signal.SIGINT, signal.SIGTERM])
+        sig = rng.choice([signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
         delay = rng.uniform(0.6, 9.0)
         second = rng.uniform(0.0, 0.3) if rng.random() < 0.4 else None
         cases.append((sig, round(delay, 2), second))
@@ -126,6 +110,7 @@ DEFAULT = [
     (signal.SIGTERM, 7.0, 0.05),  # mid-run, then a second SIGTERM while finishing
     (signal.SIGINT, 7.0, None),
     (signal.SIGINT, 6.0, 0.02),
+    (signal.SIGHUP, 5.0, None),  # the terminal or SSH session closed
 ]
 
 
@@ -144,3 +129,30 @@ def test_signal_campaign(
 ) -> None:
     out, code, stdout, stderr = _interrupt(tmp_path, sig, delay_s, second)
     _check(out, sig, code, stdout, stderr)
+
+
+def test_under_nohup_a_hangup_is_ignored(tmp_path: Path) -> None:
+    """``nohup smartscope run`` must survive its terminal: a SIGHUP the process
+    was started to ignore stays ignored; SIGTERM still stops it cleanly."""
+    out = tmp_path / "run"
+    proc = start_smartscope(
+        "run",
+        str(_protocol(tmp_path)),
+        "--out",
+        str(out),
+        cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+    )
+    t0 = time.monotonic()
+    while frames_logged(out) < 3:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - t0 < 120, "no frames in time"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGHUP)
+    n = frames_logged(out)
+    while frames_logged(out) < n + 3:  # still acquiring
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=180)
+    assert _check(out, signal.SIGTERM, proc.returncode, stdout, stderr) == "running"

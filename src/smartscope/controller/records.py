@@ -191,7 +191,7 @@ class Summary(BaseModel):
     #: who asked a "stopped" run to stop: protocol (a stop condition), reaction
     #: (a Stop action), on_error (the fault or reaction policy), user (the API)
     stopped_by: str | None = None
-    #: the signal that interrupted the run (SIGINT, SIGTERM)
+    #: the signal that interrupted the run (SIGINT, SIGTERM, SIGHUP)
     signal: str | None = None
     #: the exit status of ``smartscope run`` for this run (:func:`exit_code`)
     exit_code: int = 0
@@ -232,15 +232,15 @@ EXIT_CODES = {
     "error": 1,
     "killed": 137,
 }
-#: exit status of an interrupted run by signal (128 + signal number)
-SIGNAL_EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
 
 
 def exit_code(status: str, stopped_by: str | None, signal: str | None) -> int:
     """The exit status of a run that ended with ``status``: 0 only when it
     completed or stopped as its protocol (or the caller) asked."""
     if status == "interrupted":
-        return SIGNAL_EXIT_CODES.get(signal or "SIGINT", 130)
+        from smartscope.interrupts import exit_status
+
+        return exit_status(signal or "SIGINT")
     if status == "stopped" and stopped_by == "on_error":
         return EXIT_CODES["stopped_on_error"]
     return EXIT_CODES.get(status, 1)
