@@ -554,6 +554,10 @@ def main() -> None:
             "run again with --debug for the traceback and report it)"
         )
         sys.exit(EXIT_BUG)
+    finally:  # the command is over: a late SIGHUP must not turn the exit into a kill
+        hangup = getattr(signal, "SIGHUP", None)
+        if hangup is not None:
+            signal.signal(hangup, signal.SIG_IGN)
 
 
 if __name__ == "__main__":
