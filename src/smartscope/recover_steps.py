@@ -17,7 +17,11 @@ from typing import Any
 from smartscope.controller import records as R
 from smartscope.controller.executor import LEDGER_COUNTS
 from smartscope.controller.recorder import Counts
-from smartscope.io.derived_frames import array_shape, fit_derived_frames
+from smartscope.io.derived_frames import (
+    array_shape,
+    fit_derived_frames,
+    mend_derived_groups,
+)
 from smartscope.io.disk import SpaceReserve
 from smartscope.io.raw_frames import fit_raw_frames
 from smartscope.recover_log import EventsRead, repair_events
@@ -52,6 +56,7 @@ RECOVERY_KEYS = (
     "frames_logged_not_on_disk",
     "raw_arrays",
     "derived_arrays",
+    "derived_images_mended",
     "files_trimmed",
     "run_finished_in_log",
     "lines_salvaged",
@@ -271,7 +276,8 @@ def reconcile_frames(tally: Tally, n_disk: int, notes: list[str]) -> dict[str, A
 
 
 def fit_derived(zarr_root: Path, n_disk: int, notes: list[str]) -> dict[str, Any]:
-    """Pad or cut the label and denoised images to the raw frame count."""
+    """Pad or cut the label and denoised images to the raw frame count; finish
+    (or remove) one that was being created when the run was killed."""
     derived: list[dict[str, Any]] = []
     for r in fit_derived_frames(zarr_root, n_disk):
         d = {
@@ -292,7 +298,9 @@ def fit_derived(zarr_root: Path, n_disk: int, notes: list[str]) -> dict[str, Any
                     else ""
                 )
             )
-    return {"derived_arrays": derived}
+    mended = mend_derived_groups(zarr_root)
+    notes += mended
+    return {"derived_arrays": derived, "derived_images_mended": mended}
 
 
 # ------------------------------------------------------------------ summary

@@ -198,6 +198,91 @@ def test_recover_repairs_everything_a_kill_leaves(
     )
 
 
+def _label_image_being_created(run: Path, moment: str) -> None:
+    """Leave ``run``'s label image as a kill at ``moment`` of its creation
+    would (the group is made, then its attributes, then the image's group,
+    its attributes and its array; each metadata write is atomic: a
+    ``zarr.<hex>.partial`` file renamed into place)."""
+    labels = run / "data.ome.zarr" / "labels"
+    meta = (labels / "zarr.json").read_text()
+    shutil.rmtree(labels)
+    labels.mkdir()
+    plain_group = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}})
+    if moment == "labels group written":
+        (labels / "zarr.3b1f.partial").write_text(meta[: len(meta) // 2])
+        return
+    if moment == "labels attributes written":
+        (labels / "zarr.json").write_text(plain_group)
+        (labels / "zarr.77aa.partial").write_text(meta[:10])
+        return
+    (labels / "zarr.json").write_text(meta)
+    nuclei = labels / "nuclei"
+    nuclei.mkdir()
+    if moment == "image group written":
+        (nuclei / "zarr.0c0c.partial").write_text(plain_group[:7])
+    elif moment == "image array written":
+        (nuclei / "zarr.json").write_text(plain_group)
+        (nuclei / "0").mkdir()
+        (nuclei / "0" / "zarr.9e9e.partial").write_text("{")
+    else:
+        raise AssertionError(moment)
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "labels group written",
+        "labels attributes written",
+        "image group written",
+        "image array written",
+    ],
+)
+def test_killed_while_the_label_image_was_created(
+    finished_run: Path, tmp_path: Path, moment: str
+) -> None:
+    """The label image is created at the first analysis result, which can lag
+    the raw frames: a kill then leaves group metadata half-written. It held
+    no frames yet; recover removes it, and what is left reads as NGFF."""
+    run = _copy(finished_run, tmp_path)
+    (run / "summary.json").unlink()
+    _label_image_being_created(run, moment)
+
+    summary = recover_run(run).summary
+
+    assert not _partial_files(run)
+    assert not (run / "data.ome.zarr" / "labels").exists()
+    mended = summary["recovery"]["derived_images_mended"]
+    assert mended
+    assert all("removed" in m for m in mended)
+    assert summary["frames_acquired"] == _raw(run).shape[0] == N_FRAMES
+    root = zarr.open_group(str(run / "data.ome.zarr"), mode="r")
+    assert sorted(root.group_keys()) == []
+
+
+def test_a_labels_group_listing_a_lost_image_is_rewritten(
+    finished_run: Path, tmp_path: Path
+) -> None:
+    """A second label image killed while it was created: the first one stays,
+    and ``labels`` lists only the images there are."""
+    run = _copy(finished_run, tmp_path)
+    (run / "summary.json").unlink()
+    labels = run / "data.ome.zarr" / "labels"
+    group = zarr.open_group(str(labels), mode="a")
+    group.attrs["ome"] = {"version": "0.5", "labels": ["nuclei", "cells"]}
+    (labels / "cells").mkdir()
+    (labels / "cells" / "zarr.5d5d.partial").write_text("{")
+
+    summary = recover_run(run).summary
+
+    assert not _partial_files(run)
+    assert not (labels / "cells").exists()
+    attrs = zarr.open_group(str(labels), mode="r").attrs.asdict()
+    assert attrs["ome"]["labels"] == ["nuclei"]
+    nuclei = zarr.open_array(str(labels / "nuclei" / "0"), mode="r")
+    assert nuclei.shape[0] == N_FRAMES
+    assert any("cells" in m for m in summary["recovery"]["derived_images_mended"])
+
+
 def test_a_finished_run_is_left_alone(finished_run: Path, tmp_path: Path) -> None:
     run = _copy(finished_run, tmp_path)
     log = (run / "events.jsonl").read_bytes()
@@ -376,9 +461,12 @@ def _kill_and_recover(tmp_path: Path, seed: int) -> None:
     assert not (run / ".space-reserve").exists()
     frames = np.asarray(raw[:])
     assert (frames.reshape(n, -1).max(axis=1) > 0).all(), "a frame reads as zeros"
-    labels_path = run / "data.ome.zarr" / "labels" / "nuclei" / "0"
-    if labels_path.exists():
-        assert zarr.open_array(str(labels_path), mode="r").shape == raw.shape
+    labels = run / "data.ome.zarr" / "labels"
+    if labels.exists():  # whole (listed, with its array), or not there at all
+        attrs = zarr.open_group(str(labels), mode="r").attrs.asdict()
+        assert attrs["ome"]["labels"] == ["nuclei"]
+        nuclei = zarr.open_array(str(labels / "nuclei" / "0"), mode="r")
+        assert nuclei.shape == raw.shape
     events = _events(run)  # every line is one JSON object
     assert events[-1]["kind"] == "run_finished"
     assert events[-1]["frames"] == n
