@@ -29,6 +29,7 @@ from smartscope.analysis.result import FrameResult
 from smartscope.controller import Controller
 from smartscope.errors import SmartscopeError
 from smartscope.hardware import load_core, release_core
+from smartscope.io.read_images import list_images, read_frames
 from smartscope.protocol import Protocol, ProtocolError, load_protocol
 from smartscope.reactions.base import Reaction, RunView
 from smartscope.run import run_protocol
@@ -98,19 +99,22 @@ def test_demo_writes_a_complete_run_folder(
     on_disk = json.loads((run / "summary.json").read_text())
     assert on_disk["frames_acquired"] == summary["frames_acquired"] == 150
     assert on_disk["status"] == "completed"
+    # one image for the one position, axes t, c, z, y, x; labels alongside
+    (image,) = list_images(run)
+    assert (image.kind, image.position) == ("raw", "cell")
+    assert image.shape[:3] == (summary["frames_acquired"], 1, 1)
+    assert image.scale[0] == 60.0  # the planned interval, s
+    assert image.scale[3:] == pytest.approx((0.325, 0.325))  # 20x
+    assert image.channels == ("DAPI",)
+    assert image.has_labels
     root = zarr.open_group(str(run / "data.ome.zarr"), mode="r")
-    raw = root["0"]
-    assert raw.shape[0] == summary["frames_acquired"]
+    raw = root["0/0"]
     assert raw.dtype == np.uint16
-    axes = root.attrs["ome"]["multiscales"][0]["axes"]
-    assert [a["name"] for a in axes] == ["t", "y", "x"]
-    scale = root.attrs["ome"]["multiscales"][0]["datasets"][0][
-        "coordinateTransformations"
-    ][0]
-    assert scale["scale"][1] == pytest.approx(0.325)  # 20x
-    labels = root["labels/nuclei/0"]
+    assert raw.metadata.dimension_names == ("t", "c", "z", "y", "x")
+    labels = root["0/labels/nuclei/0"]
     assert labels.shape == raw.shape
-    assert labels[10].max() > 0
+    assert labels[10, 0, 0].max() > 0
+    np.testing.assert_array_equal(read_frames(run)[:, None, None], raw[:])
 
 
 def test_demo_log_agrees_with_the_zarr(demo_run: tuple[Path, dict[str, Any]]) -> None:
@@ -120,8 +124,8 @@ def test_demo_log_agrees_with_the_zarr(demo_run: tuple[Path, dict[str, Any]]) ->
     assert {"run_started", "frame", "analysis", "action", "run_finished"} <= kinds
     frames = [e for e in events if e["kind"] == "frame"]
     assert [f["index"] for f in frames] == list(range(summary["frames_acquired"]))
-    raw = zarr.open_group(str(run / "data.ome.zarr"), mode="r")["0"]
-    assert len(frames) == raw.shape[0]
+    assert len(frames) == len(read_frames(run))
+    assert [f["image"]["t"] for f in frames] == list(range(len(frames)))
     for f in frames:
         assert {
             "x_um",
@@ -319,8 +323,7 @@ def test_reaction_and_analysis_exceptions_are_logged_and_acquisition_goes_on(
     # a run whose reactions failed does not report itself as completed
     assert summary["status"] == "error"
     assert "reactions raised 7 times" in summary["finish_reason"]
-    raw = zarr.open_group(str(run_dir / "data.ome.zarr"), mode="r")["0"]
-    assert raw.shape[0] == 8
+    assert read_frames(run_dir).shape[0] == 8
 
 
 @pytest.mark.parametrize(
@@ -347,8 +350,7 @@ def test_camera_fault_is_retried_or_skipped(
     assert errors[0]["device"] == "camera"
     assert "timed out" in errors[0]["error"]
     assert summary["frames_acquired"] == frames
-    raw = zarr.open_group(str(run_dir / "data.ome.zarr"), mode="r")["0"]
-    assert raw.shape[0] == frames
+    assert read_frames(run_dir).shape[0] == frames
 
 
 def test_stage_fault_stops_the_run_when_the_protocol_says_so(run_dir: Path) -> None:
@@ -379,9 +381,9 @@ def test_stage_fault_stops_the_run_when_the_protocol_says_so(run_dir: Path) -> N
         release_core(core)
     assert "stage error" in summary["finish_reason"]
     assert summary["frames_acquired"] == 4
-    raw = zarr.open_group(str(run_dir / "data.ome.zarr"), mode="r")["0"]
+    raw = read_frames(run_dir)
     assert raw.shape[0] == 4
-    assert np.asarray(raw[3]).max() > 0
+    assert raw[3].max() > 0
 
 
 def test_bad_protocol_is_refused_before_hardware_moves(tmp_path: Path) -> None:
@@ -440,10 +442,18 @@ def test_demo_zarr_opens_with_ome_zarr(demo_run: tuple[Path, dict[str, Any]]) ->
     from ome_zarr.reader import Reader
 
     run, summary = demo_run
-    nodes = list(Reader(parse_url(str(run / "data.ome.zarr")))())
+    nodes = list(Reader(parse_url(str(run / "data.ome.zarr" / "0")))())
     image = nodes[0]
     assert image.data[0].shape[0] == summary["frames_acquired"]
-    assert [a["name"] for a in image.metadata["axes"]] == ["t", "y", "x"]
+    axes = image.metadata["axes"]
+    assert [a["name"] for a in axes] == ["t", "c", "z", "y", "x"]
+    assert [a.get("unit") for a in axes] == [
+        "second",
+        None,
+        "micrometer",
+        "micrometer",
+        "micrometer",
+    ]
     labels = [n for n in nodes if "labels/nuclei" in str(n)]
     assert labels
     assert labels[0].data[0].shape == image.data[0].shape
@@ -551,8 +561,11 @@ def test_autofocus_action_recovers_from_a_focus_jump(run_dir: Path) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["frames_autofocus"] == 16
     assert summary["frames_acquired"] == 10 + 16
-    raw = zarr.open_group(str(run_dir / "data.ome.zarr"), mode="r")["0"]
-    assert raw.shape[0] == 26
+    assert read_frames(run_dir).shape[0] == 26
+    # the sweep is the position's autofocus image: t the sweep, z its planes
+    af = [i for i in list_images(run_dir) if i.kind == "autofocus"]
+    assert [i.shape[:3] for i in af] == [(1, 1, 16)]
+    assert read_frames(run_dir, role="autofocus").shape[0] == 16
     assert summary["light_dose_mj"] == pytest.approx(sim.light_dose_mj, rel=1e-9)
 
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import zarr
 
 from smartscope._data import data_dir
 from smartscope.actions import (
@@ -28,6 +27,7 @@ from smartscope.actions import (
 from smartscope.analysis.result import FrameResult
 from smartscope.controller import Controller
 from smartscope.hardware import load_core, release_core
+from smartscope.io.read_images import frames_on_disk, read_frames
 from smartscope.protocol import Protocol, ProtocolError
 from smartscope.reactions.base import Reaction, RunView
 from smartscope.sim import get_simulator
@@ -562,8 +562,8 @@ def test_progress_total_counts_every_axis() -> None:
 
 def test_zarr_frame_count_equals_the_summary(run_dir: Path) -> None:
     summary, _, _ = _run(_proto(analysis={"enabled": False}), run_dir)
-    raw = zarr.open_group(str(run_dir / "data.ome.zarr"), mode="r")["0"]
-    assert raw.shape[0] == summary["frames_acquired"] == 6
+    assert frames_on_disk(run_dir) == summary["frames_acquired"] == 6
+    assert read_frames(run_dir).shape[0] == 6
 
 
 # review findings ----------------------------------------------------

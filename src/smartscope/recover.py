@@ -1,10 +1,11 @@
 """Rebuild a killed run's folder: what ``smartscope recover RUN_DIR`` does.
 
 A run ended by SIGKILL or a power cut never finishes its folder: there is no
-``summary.json``, the last line of ``events.jsonl`` may be cut mid-way, the raw
-zarr array may be one frame longer than the chunks written (the sink grows it
-before it writes), half-written ``*.partial`` chunk files may lie around, and
-the label and denoised images stop at the last frame analysed.
+``summary.json``, the last line of ``events.jsonl`` may be cut mid-way, an
+image may have room for a plane never written (it grows before it writes),
+half-written ``*.partial`` files may lie around, an image may have been
+half-created, and the label and denoised images stop at the last frame
+analysed (:mod:`smartscope.io.image_repair`).
 
 :func:`recover_run` repairs each of these and writes the summary the run would
 have written, from the same records counted the same way
@@ -15,8 +16,8 @@ safe to run twice, and safe to kill: ``summary.json`` is written last, and a
 folder that has one is left alone.
 
 The repairs, one step each, are in :mod:`smartscope.recover_steps`; reading
-and mending ``events.jsonl`` in :mod:`smartscope.recover_log`; the label
-and denoised arrays in :mod:`smartscope.io.derived_frames`.
+and mending ``events.jsonl`` in :mod:`smartscope.recover_log`; the images in
+:mod:`smartscope.io.image_repair`.
 """
 
 from __future__ import annotations
@@ -120,10 +121,8 @@ def _recover(
     tally = S.tally_records(log)
     parts |= S.report_log(log, tally, notes)
     zarr_root = run_dir / "data.ome.zarr"
-    parts |= S.fit_raw(zarr_root, notes)
-    n_disk = parts["frames_on_disk"]
-    parts |= S.reconcile_frames(tally, n_disk, notes)
-    parts |= S.fit_derived(zarr_root, n_disk, notes)
+    parts |= S.fit_images(zarr_root, notes)
+    parts |= S.reconcile_frames(tally, parts["frames_on_disk"], notes)
     parts |= S.trim_csv_files(run_dir, notes)
     parts["recovered_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -150,6 +149,12 @@ def _read_log(run_dir: Path, events: Path) -> tuple[EventsRead, R.RunStartedReco
         raise RecoveryError(
             f"{run_dir} is not a run folder "
             "(events.jsonl does not begin with a run_started record)"
+        )
+    if started.schema_version < 3:
+        raise RecoveryError(
+            f"{run_dir} was written by an older smartscope (schema version "
+            f"{started.schema_version}, raw frames in one flat array); this "
+            "smartscope recovers runs of schema version 3 and later"
         )
     if started.schema_version > R.SCHEMA_VERSION:
         raise RecoveryError(

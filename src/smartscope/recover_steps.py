@@ -17,13 +17,8 @@ from typing import Any
 from smartscope.controller import records as R
 from smartscope.controller.executor import LEDGER_COUNTS
 from smartscope.controller.recorder import Counts
-from smartscope.io.derived_frames import (
-    array_shape,
-    fit_derived_frames,
-    mend_derived_groups,
-)
 from smartscope.io.disk import SpaceReserve
-from smartscope.io.raw_frames import fit_raw_frames
+from smartscope.io.image_repair import repair_images
 from smartscope.recover_log import EventsRead, repair_events
 
 __all__ = [
@@ -32,8 +27,7 @@ __all__ = [
     "build_summary",
     "finish_log",
     "finish_reason",
-    "fit_derived",
-    "fit_raw",
+    "fit_images",
     "reconcile_frames",
     "recovery_dict",
     "release_reserve",
@@ -56,7 +50,7 @@ RECOVERY_KEYS = (
     "frames_logged_not_on_disk",
     "raw_arrays",
     "derived_arrays",
-    "derived_images_mended",
+    "images_mended",
     "files_trimmed",
     "run_finished_in_log",
     "lines_salvaged",
@@ -221,34 +215,35 @@ def finish_log(
 # ------------------------------------------------------------------ images
 
 
-def fit_raw(zarr_root: Path, notes: list[str]) -> dict[str, Any]:
-    """Cut each raw array back to the chunks written; ``frames_on_disk`` is
-    the frame count from here on."""
-    reports = fit_raw_frames(zarr_root)
-    raw: list[dict[str, Any]] = []
-    for r in reports:
-        rest = array_shape(r.path)[1:]
-        raw.append(
-            {
-                "path": r.path.relative_to(zarr_root).as_posix(),
-                "frames_on_disk": r.frames_on_disk,
-                "shape_before": [r.shape_before, *rest],
-                "shape_after": [r.shape_after, *rest],
-                "partial_files_removed": r.partial_files_removed,
-            }
-        )
-        what = f"raw array {raw[-1]['path']}: {r.frames_on_disk} frames on disk"
-        if r.shape_before != r.shape_after:
+def fit_images(zarr_root: Path, notes: list[str]) -> dict[str, Any]:
+    """Repair the images (:func:`~smartscope.io.image_repair.repair_images`);
+    ``frames_on_disk`` is the frame count from here on."""
+    r = repair_images(zarr_root)
+    for a in r.raw:
+        what = f"image {a.path} ({a.kind}): {a.frames_on_disk} frames on disk"
+        if a.shape_before != a.shape_after:
             what += (
-                f"; cut from {r.shape_before} to {r.shape_after} frames (frames "
-                "allocated but never written)"
+                f"; t, c, z cut from {a.shape_before[:3]} to {a.shape_after[:3]} "
+                "(room made for planes never written)"
             )
-        if r.partial_files_removed:
-            what += f"; {r.partial_files_removed} half-written .partial file(s) removed"
+        if a.partial_files_removed:
+            what += f"; {a.partial_files_removed} half-written .partial file(s) removed"
         notes.append(what)
+    for a in r.derived:
+        if a.shape_before != a.shape_after or a.partial_files_removed:
+            what = (
+                f"{a.path} ({a.kind}): t, c, z fitted to its raw image "
+                f"({a.shape_before[:3]} -> {a.shape_after[:3]})"
+            )
+            if a.partial_files_removed:
+                what += f"; {a.partial_files_removed} .partial file(s) removed"
+            notes.append(what)
+    notes += r.notes
     return {
-        "raw_arrays": raw,
-        "frames_on_disk": sum(r.shape_after for r in reports),
+        "raw_arrays": [a.as_dict() for a in r.raw],
+        "derived_arrays": [a.as_dict() for a in r.derived],
+        "images_mended": r.notes,
+        "frames_on_disk": r.frames_on_disk,
     }
 
 
@@ -273,34 +268,6 @@ def reconcile_frames(tally: Tally, n_disk: int, notes: list[str]) -> dict[str, A
             "the summary counts the frames on disk"
         )
     return {"frames_unlogged": unlogged, "frames_logged_not_on_disk": missing}
-
-
-def fit_derived(zarr_root: Path, n_disk: int, notes: list[str]) -> dict[str, Any]:
-    """Pad or cut the label and denoised images to the raw frame count; finish
-    (or remove) one that was being created when the run was killed."""
-    derived: list[dict[str, Any]] = []
-    for r in fit_derived_frames(zarr_root, n_disk):
-        d = {
-            "path": r.path.relative_to(zarr_root).as_posix(),
-            "shape_before": r.shape_before,
-            "shape_after": r.shape_after,
-            "partial_files_removed": r.partial_files_removed,
-        }
-        derived.append(d)
-        b, a = r.shape_before[0], r.shape_after[0]
-        if b != a or r.partial_files_removed:
-            verb = "padded" if a > b else "cut" if a < b else "kept"
-            notes.append(
-                f"{d['path']}: {verb} from {b} to {a} frames"
-                + (
-                    f"; {r.partial_files_removed} .partial file(s) removed"
-                    if r.partial_files_removed
-                    else ""
-                )
-            )
-    mended = mend_derived_groups(zarr_root)
-    notes += mended
-    return {"derived_arrays": derived, "derived_images_mended": mended}
 
 
 # ------------------------------------------------------------------ summary

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
+import yaozarrs
 import zarr
 
 from smartscope.actions import (
@@ -49,6 +49,7 @@ from smartscope.analysis.result import FrameResult
 from smartscope.controller import Controller
 from smartscope.errors import SmartscopeError
 from smartscope.hardware import load_core, release_core
+from smartscope.io.read_images import frames_on_disk, list_images, read_frames
 from smartscope.protocol import Protocol
 from smartscope.reactions.base import Reaction, RunView
 from smartscope.sim import get_simulator
@@ -293,13 +294,19 @@ def _check(
     frames = [r for r in records if r["kind"] == "frame"]
     assert [r["index"] for r in frames] == list(range(len(frames)))
     # counts agree: summary, log, zarr; every frame readable and not blank
-    raw = zarr.open_array(str(out / "data.ome.zarr" / "0"), mode="r")
-    assert summary["frames_acquired"] == len(frames) == raw.shape[0]
-    for i in range(raw.shape[0]):
-        assert np.asarray(raw[i]).max() > 0, f"frame {i} reads blank"
-    labels = out / "data.ome.zarr" / "labels" / "nuclei" / "0"
-    if labels.exists():
-        assert zarr.open_array(str(labels), mode="r").shape[0] == raw.shape[0]
+    raw = read_frames(out)
+    assert summary["frames_acquired"] == len(frames) == len(raw)
+    assert frames_on_disk(out) == len(frames)
+    for i in range(len(raw)):
+        assert raw[i].max() > 0, f"frame {i} reads blank"
+    if len(raw):
+        yaozarrs.validate_zarr_store(str(out / "data.ome.zarr"))
+    for image in list_images(out):
+        if image.has_labels:
+            labels = zarr.open_array(
+                str(out / "data.ome.zarr" / image.series / "labels/nuclei/0"), mode="r"
+            )
+            assert labels.shape == image.shape
     assert not list(out.rglob("*.partial"))
     assert not (out / ".space-reserve").exists()
     # device errors as logged; the ledger is the simulator's dose

@@ -49,7 +49,14 @@ def _frame_records(run: Path) -> int:
 
 
 def _raw(run: Path) -> Any:
-    return zarr.open_array(str(run / "data.ome.zarr" / "0"), mode="r")
+    """The one position's raw image, (t, c, z, y, x)."""
+    return zarr.open_array(str(run / "data.ome.zarr" / "0" / "0"), mode="r")
+
+
+def _assert_valid_ngff(run: Path) -> None:
+    import yaozarrs
+
+    yaozarrs.validate_zarr_store(str(run / "data.ome.zarr"))
 
 
 def _partial_files(run: Path) -> list[Path]:
@@ -107,14 +114,13 @@ def _kill_damage(run: Path) -> dict[str, Any]:
     cut = kept[-1]
     assert b'"kind":"frame"' not in cut  # an analysis record, cut in half
     log.write_bytes(b"".join(ln + b"\n" for ln in kept[:-1]) + cut[: len(cut) // 2])
-    raw = zarr.open_array(str(run / "data.ome.zarr" / "0"), mode="r+")
+    image = run / "data.ome.zarr" / "0"
+    raw = zarr.open_array(str(image / "0"), mode="r+")
     raw.resize((N_FRAMES + 1, *raw.shape[1:]))  # grown before a chunk landed
-    chunk_dir = run / "data.ome.zarr" / "0" / "c" / str(N_FRAMES) / "0"
+    chunk_dir = image / "0" / "c" / str(N_FRAMES) / "0" / "0" / "0"
     chunk_dir.mkdir(parents=True)
     (chunk_dir / "0.3f9a1c.partial").write_bytes(b"\x00" * 1000)
-    labels = zarr.open_array(
-        str(run / "data.ome.zarr" / "labels" / "nuclei" / "0"), mode="r+"
-    )
+    labels = zarr.open_array(str(image / "labels" / "nuclei" / "0"), mode="r+")
     labels.resize((N_FRAMES - 3, *labels.shape[1:]))  # analysis was behind
     with (run / "measurements.csv").open("a") as fh:
         fh.write("29,a,870.0")  # a row cut mid-way
@@ -157,13 +163,15 @@ def test_recover_repairs_everything_a_kill_leaves(
     assert not _partial_files(run)
     assert rec["raw_arrays"][0]["shape_before"][0] == N_FRAMES + 1
     assert rec["raw_arrays"][0]["shape_after"][0] == N_FRAMES
+    assert rec["raw_arrays"][0]["frames_on_disk"] == N_FRAMES
     assert rec["raw_arrays"][0]["partial_files_removed"] == 1
     # labels padded to the raw frames
     labels = zarr.open_array(
-        str(run / "data.ome.zarr" / "labels" / "nuclei" / "0"), mode="r"
+        str(run / "data.ome.zarr" / "0" / "labels" / "nuclei" / "0"), mode="r"
     )
     assert labels.shape == raw.shape
     assert rec["derived_arrays"][0]["shape_before"][0] == N_FRAMES - 3
+    _assert_valid_ngff(run)
     # the cut log line is dropped and named; the log is one object per line
     assert [d["line"] for d in rec["lines_dropped"]] == [damage["cut_line"]]
     events = _events(run)
@@ -200,10 +208,10 @@ def test_recover_repairs_everything_a_kill_leaves(
 
 def _label_image_being_created(run: Path, moment: str) -> None:
     """Leave ``run``'s label image as a kill at ``moment`` of its creation
-    would (the group is made, then its attributes, then the image's group,
-    its attributes and its array; each metadata write is atomic: a
+    would (the labels group is made, then its attributes, then the label
+    image's group and its array; each metadata write is atomic: a
     ``zarr.<hex>.partial`` file renamed into place)."""
-    labels = run / "data.ome.zarr" / "labels"
+    labels = run / "data.ome.zarr" / "0" / "labels"
     meta = (labels / "zarr.json").read_text()
     shutil.rmtree(labels)
     labels.mkdir()
@@ -242,7 +250,7 @@ def test_killed_while_the_label_image_was_created(
 ) -> None:
     """The label image is created at the first analysis result, which can lag
     the raw frames: a kill then leaves group metadata half-written. It held
-    no frames yet; recover removes it, and what is left reads as NGFF."""
+    no frames yet; recover removes it, and what is left is valid NGFF."""
     run = _copy(finished_run, tmp_path)
     (run / "summary.json").unlink()
     _label_image_being_created(run, moment)
@@ -250,37 +258,36 @@ def test_killed_while_the_label_image_was_created(
     summary = recover_run(run).summary
 
     assert not _partial_files(run)
-    assert not (run / "data.ome.zarr" / "labels").exists()
-    mended = summary["recovery"]["derived_images_mended"]
+    assert not (run / "data.ome.zarr" / "0" / "labels").exists()
+    mended = summary["recovery"]["images_mended"]
     assert mended
-    assert all("removed" in m for m in mended)
+    assert any("removed" in m for m in mended)
     assert summary["frames_acquired"] == _raw(run).shape[0] == N_FRAMES
-    root = zarr.open_group(str(run / "data.ome.zarr"), mode="r")
-    assert sorted(root.group_keys()) == []
+    _assert_valid_ngff(run)
 
 
-def test_a_labels_group_listing_a_lost_image_is_rewritten(
-    finished_run: Path, tmp_path: Path
-) -> None:
-    """A second label image killed while it was created: the first one stays,
-    and ``labels`` lists only the images there are."""
+def test_killed_while_an_image_was_created(finished_run: Path, tmp_path: Path) -> None:
+    """A position added while the run reacted, killed while its image was
+    made: removed (no frames), and OME/series lists the images there are."""
     run = _copy(finished_run, tmp_path)
     (run / "summary.json").unlink()
-    labels = run / "data.ome.zarr" / "labels"
-    group = zarr.open_group(str(labels), mode="a")
-    group.attrs["ome"] = {"version": "0.5", "labels": ["nuclei", "cells"]}
-    (labels / "cells").mkdir()
-    (labels / "cells" / "zarr.5d5d.partial").write_text("{")
+    root = run / "data.ome.zarr"
+    zarr.open_group(str(root / "OME"), mode="a").attrs["ome"] = {
+        "version": "0.5",
+        "series": ["0", "1"],
+    }
+    (root / "1").mkdir()
+    (root / "1" / "zarr.5d5d.partial").write_text("{")
 
     summary = recover_run(run).summary
 
     assert not _partial_files(run)
-    assert not (labels / "cells").exists()
-    attrs = zarr.open_group(str(labels), mode="r").attrs.asdict()
-    assert attrs["ome"]["labels"] == ["nuclei"]
-    nuclei = zarr.open_array(str(labels / "nuclei" / "0"), mode="r")
-    assert nuclei.shape[0] == N_FRAMES
-    assert any("cells" in m for m in summary["recovery"]["derived_images_mended"])
+    assert not (root / "1").exists()
+    ome = zarr.open_group(str(root / "OME"), mode="r").attrs.asdict()["ome"]
+    assert ome["series"] == ["0"]
+    assert any("OME/series" in m for m in summary["recovery"]["images_mended"])
+    assert summary["frames_acquired"] == N_FRAMES
+    _assert_valid_ngff(run)
 
 
 def test_a_finished_run_is_left_alone(finished_run: Path, tmp_path: Path) -> None:
@@ -461,7 +468,8 @@ def _kill_and_recover(tmp_path: Path, seed: int) -> None:
     assert not (run / ".space-reserve").exists()
     frames = np.asarray(raw[:])
     assert (frames.reshape(n, -1).max(axis=1) > 0).all(), "a frame reads as zeros"
-    labels = run / "data.ome.zarr" / "labels"
+    _assert_valid_ngff(run)
+    labels = run / "data.ome.zarr" / "0" / "labels"
     if labels.exists():  # whole (listed, with its array), or not there at all
         attrs = zarr.open_group(str(labels), mode="r").attrs.asdict()
         assert attrs["ome"]["labels"] == ["nuclei"]

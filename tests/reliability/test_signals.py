@@ -19,12 +19,11 @@ import signal
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-import zarr
 
 from processes import frames_logged, start_smartscope
 from smartscope._data import data_dir
+from smartscope.io.read_images import frames_on_disk, read_frames
 
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 
@@ -81,14 +80,11 @@ def _check(out: Path, sig: signal.Signals, code: int, stdout: str, stderr: str) 
     frames = [r for r in records if r["kind"] == "frame"]
     assert [r["index"] for r in frames] == list(range(len(frames)))
     assert summary["frames_acquired"] == len(frames)
-    raw_path = out / "data.ome.zarr"
-    n_raw = 0
-    if (raw_path / "0").exists():
-        raw = zarr.open_array(str(raw_path / "0"), mode="r")
-        n_raw = raw.shape[0]
-        for i in range(n_raw):
-            assert np.asarray(raw[i]).max() > 0, f"frame {i} reads blank"
-    assert n_raw == len(frames), (n_raw, len(frames))
+    raw = read_frames(out)
+    for i in range(len(raw)):
+        assert raw[i].max() > 0, f"frame {i} reads blank"
+    n_raw = frames_on_disk(out)
+    assert n_raw == len(raw) == len(frames), (n_raw, len(frames))
     assert not list(out.rglob("*.partial"))
     assert not (out / ".space-reserve").exists()
     return "running" if frames else "before the first frame"

@@ -42,6 +42,9 @@ class FrameInput:
         The useq event index (e.g. {"t": 3, "p": 0, "c": 0}).
     laser_mw : float
         Laser power during the exposure, mW.
+    image_at : dict or None
+        Where the frame is stored in ``data.ome.zarr``: ``series``, ``t``,
+        ``c``, ``z`` (None: not stored, e.g. outside a run).
     """
 
     image: np.ndarray
@@ -57,6 +60,7 @@ class FrameInput:
     channel: str = ""
     event_index: dict[str, int] = field(default_factory=dict)
     laser_mw: float = 0.0
+    image_at: dict[str, Any] | None = None
 
     def pixel_to_stage(self, row: float, col: float) -> tuple[float, float]:
         """Stage coordinates (x_um, y_um) of image pixel (row, col).

@@ -35,7 +35,7 @@ from smartscope.controller import records as R
 from smartscope.controller.acquisition import Acquisition
 from smartscope.controller.autofocus import frame_role
 from smartscope.controller.checks import check_hardware, check_plan
-from smartscope.controller.engine import LASER_META_KEY, DeviceFailure
+from smartscope.controller.engine import IMAGE_META_KEY, LASER_META_KEY, DeviceFailure
 from smartscope.controller.executor import Executor, Outcome
 from smartscope.controller.frames import frame_input
 from smartscope.controller.gate import RunGate
@@ -279,6 +279,7 @@ class Controller:
             t_frame=t_frame,
             t_s=self._sample_time(),
             laser_mw=power,
+            image_at=meta.get(IMAGE_META_KEY),
         )
         role = frame_role(event)
         self.acquisition.last_position = frame.position

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import useq
 from pymmcore_plus.mda import MDAEngine
 from pymmcore_plus.mda._runner import SkipEvent
@@ -25,7 +26,13 @@ if TYPE_CHECKING:
     from pymmcore_plus import CMMCorePlus
     from pymmcore_plus.mda import PImagePayload
 
-__all__ = ["DEVICE_ERRORS", "ControllerEngine", "DeviceFailure"]
+__all__ = [
+    "DEVICE_ERRORS",
+    "IMAGE_META_KEY",
+    "LASER_META_KEY",
+    "ControllerEngine",
+    "DeviceFailure",
+]
 
 #: what a core call raises when a device fails (pymmcore's CMMError is a
 #: RuntimeError; a property value a device refuses is a ValueError)
@@ -34,6 +41,8 @@ DEVICE_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, OSError, ValueEr
 
 #: frame-metadata key of the light power (mW) the ledger counted for the frame
 LASER_META_KEY = "smartscope_laser_mw"
+#: frame-metadata key of where the frame was stored (series, t, c, z)
+IMAGE_META_KEY = "smartscope_image"
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ class ControllerEngine(MDAEngine):
         policy: ErrorPolicy,
         on_device_error: Callable[[DeviceFailure], None],
         on_exposed: Callable[[float], float] | None = None,
+        on_image: Callable[[np.ndarray, useq.MDAEvent, dict], dict] | None = None,
     ) -> None:
         super().__init__(
             core, use_hardware_sequencing=False, restore_initial_state=False
@@ -76,6 +86,10 @@ class ControllerEngine(MDAEngine):
         #: the light power it had (the dose ledger counts the light here, so a
         #: frame lit but never written, e.g. on a full disk, is counted too)
         self._on_exposed = on_exposed
+        #: called with each frame before the runner announces it: stores it and
+        #: returns where (a failure, e.g. a full disk, fails the run as a
+        #: writer's would)
+        self._on_image = on_image
 
     def _retry(
         self,
@@ -124,4 +138,7 @@ class ControllerEngine(MDAEngine):
         if self._on_exposed is not None:
             exposure = float(meta.get("exposure_ms", event.exposure or 0.0))
             meta[LASER_META_KEY] = self._on_exposed(exposure)
-        yield (core.getImage(), event, meta)  # type: ignore[misc]
+        img = core.getImage()
+        if self._on_image is not None:
+            meta[IMAGE_META_KEY] = self._on_image(img, event, meta)
+        yield (img, event, meta)  # type: ignore[misc]

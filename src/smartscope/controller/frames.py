@@ -21,6 +21,7 @@ def frame_input(
     t_frame: float,
     t_s: float,
     laser_mw: float,
+    image_at: dict[str, Any] | None = None,
 ) -> FrameInput:
     """``img : (Y, X) uint16`` with where and how it was taken: the stage and
     focus the engine read back (``meta["position"]``, else the event's), the
@@ -42,4 +43,5 @@ def frame_input(
         channel=event.channel.config if event.channel else "",
         event_index=dict(event.index),
         laser_mw=laser_mw,
+        image_at=image_at,
     )

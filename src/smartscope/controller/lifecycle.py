@@ -15,6 +15,7 @@ import shutil
 import threading
 import time
 import traceback
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +57,8 @@ def _run(ctl: Controller, on_tick: Callable[[], None] | None) -> dict[str, Any]:
 
     def _acquire() -> None:
         try:
-            ctl.core.mda.run(ctl.acquisition.events(), output=_raw_output(ctl))
+            # no sink: the engine hands each frame to the recorder's images
+            ctl.core.mda.run(ctl.acquisition.events())
         except BaseException as e:  # reported on the caller's thread
             failures.append(e)
         finally:
@@ -103,15 +105,26 @@ def _join(thread: threading.Thread, ctl: Controller) -> None:
             ctl.stop(f"interrupted ({name})", interrupted=True, signal=name)
 
 
-def _raw_output(ctl: Controller) -> Any:
-    """Raw frames: OME-Zarr through ome-writers' zarr-python backend, which
-    writes each frame before the runner announces it (the tensorstore backend
-    writes asynchronously: a killed process could lose frames already logged)."""
-    from ome_writers import AcquisitionSettings
+def _image_scales(seq: Any) -> tuple[float, float]:
+    """The planned interval (s) and z step (µm) of ``seq``: the images'
+    scales (0 where the sequence has none)."""
+    interval = getattr(seq.time_plan, "interval", None)
+    step = getattr(seq.z_plan, "step", None)
+    seconds = interval.total_seconds() if hasattr(interval, "total_seconds") else 0.0
+    return float(seconds or 0.0), float(step or 0.0)
 
-    return AcquisitionSettings(
-        root_path=str(ctl.out_dir / "data.ome.zarr"), format="zarr-python"
-    )
+
+def _run_meta(ctl: Controller) -> dict[str, Any]:
+    """The run as the images' root metadata says it."""
+    p, sim = ctl.protocol, ctl._sim
+    meta: dict[str, Any] = {
+        "protocol": p.name,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "events": "events.jsonl: each frame record's image gives its series, t, c, z",
+    }
+    if sim is not None:
+        meta["simulator"] = {"seed": sim.seed, "scene": sim.preset_name}
+    return meta
 
 
 def _start(ctl: Controller) -> None:
@@ -141,6 +154,7 @@ def _start(ctl: Controller) -> None:
         if not _grid_waits_for_objective(core, p):  # else after the switch
             _check_space(ctl)
         restore = _set_initial_state(ctl)
+        interval_s, z_step_um = _image_scales(p.sequence)
         rec = ctl._recorder = Recorder(
             out,
             protocol_yaml=protocol_yaml(p.model_dump(mode="json", exclude_none=True)),
@@ -149,6 +163,9 @@ def _start(ctl: Controller) -> None:
             save_denoised=p.analysis.enabled
             and bool(p.analysis.denoise)
             and (p.save.denoised or p.analysis.save_denoised),
+            run_meta=_run_meta(ctl),
+            interval_s=interval_s,
+            z_step_um=z_step_um,
             on_disk_full=lambda msg: _stop_disk_full(ctl, msg),
         )
     except BaseException as e:
@@ -181,6 +198,7 @@ def _start(ctl: Controller) -> None:
                 policy=p.on_error,
                 on_device_error=ctl._on_device_error,
                 on_exposed=ctl.executor.record_frame,
+                on_image=rec.store_frame,
             )
         )
         ctl._t0 = time.perf_counter()

@@ -1,11 +1,12 @@
-"""The run folder: ``events.jsonl``, ``measurements.csv``, label and denoised
-images, the simulator's truth, ``summary.json``.
+"""The run folder: ``data.ome.zarr`` (raw, label and denoised images),
+``events.jsonl``, ``measurements.csv``, the simulator's truth, ``summary.json``.
 
-The recorder only listens: it writes every :class:`~.records.Record` the
+The recorder only listens: it stores every frame the engine hands it (before
+the runner announces the frame), writes every :class:`~.records.Record` the
 controller emits and every analysis result, and counts them for the summary
-(so the summary is what the log says, not a second bookkeeping). Raw frames
-are written by pymmcore-plus's sink, not here. Thread-safe: records arrive
-from the runner and the analysis threads.
+(so the summary is what the log says, not a second bookkeeping).
+Thread-safe: frames and records arrive from the runner and the analysis
+threads.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ import yaml
 from smartscope.analysis.result import FrameResult
 from smartscope.controller import records as R
 from smartscope.errors import SmartscopeError
-from smartscope.io import DerivedImageStore, EventLog, MeasurementsWriter, percentiles
+from smartscope.io import EventLog, MeasurementsWriter, percentiles
 from smartscope.io.disk import SpaceReserve, disk_full_error, disk_full_message
-from smartscope.io.raw_frames import fit_raw_frames
+from smartscope.io.image_repair import repair_images
+from smartscope.io.images import RunImages, Where
 
 __all__ = ["Counts", "Recorder"]
 
@@ -115,6 +117,9 @@ class Recorder:
         protocol_yaml: str,
         save_labels: bool,
         save_denoised: bool,
+        run_meta: dict[str, Any] | None = None,
+        interval_s: float = 0.0,
+        z_step_um: float = 0.0,
         on_disk_full: Callable[[str], None] | None = None,
     ) -> None:
         self.out_dir = out_dir
@@ -137,17 +142,19 @@ class Recorder:
         except BaseException:
             self.log.close()
             raise
-        zarr_root = out_dir / "data.ome.zarr"
-        self.labels = (
-            DerivedImageStore(zarr_root, "nuclei", dtype="int32", label=True)
-            if save_labels
-            else None
-        )
-        self.denoised = (
-            DerivedImageStore(zarr_root, "denoised", dtype="float32", label=False)
-            if save_denoised
-            else None
-        )
+        try:
+            self.images = RunImages(
+                out_dir / "data.ome.zarr",
+                run=run_meta or {},
+                interval_s=interval_s,
+                z_step_um=z_step_um,
+                save_labels=save_labels,
+                save_denoised=save_denoised,
+            )
+        except BaseException:
+            self.log.close()
+            self.measurements.close()
+            raise
         self._closers: list[Any] = []
         self.summary: dict[str, Any] | None = None
 
@@ -172,6 +179,24 @@ class Recorder:
 
     # ------------------------------------------------------------ listeners
 
+    def store_frame(
+        self, image: Any, event: Any, meta: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Write one raw frame (runner thread, before the runner announces
+        it); where it went, for its frame record."""
+        from smartscope.controller.autofocus import frame_role
+
+        role = frame_role(event)
+        where = self.images.store_frame(
+            image,
+            position=event.pos_name or f"p{event.index.get('p', 0)}",
+            index=dict(event.index),
+            channel=event.channel.config if event.channel else "",
+            pixel_um=float(meta.get("pixel_size_um") or 1.0),
+            autofocus=role if role and role.get("role") == "autofocus" else None,
+        )
+        return where.as_dict()
+
     def on_record(self, rec: R.Record) -> None:
         """Write one record and count it (any thread)."""
         with self._lock:
@@ -185,10 +210,12 @@ class Recorder:
         f = result.frame
         try:
             self.measurements.write(result)
-            if self.labels is not None and result.labels is not None:
-                self.labels.write(f.frame_index, result.labels, f.pixel_size_um)
-            if self.denoised is not None and result.denoised is not None:
-                self.denoised.write(f.frame_index, result.denoised, f.pixel_size_um)
+            if f.image_at is not None:
+                self.images.store_derived(
+                    Where.from_dict(f.image_at),
+                    labels=result.labels,
+                    denoised=result.denoised,
+                )
         except OSError as e:
             full = disk_full_error(e)
             if full is None:
@@ -198,29 +225,27 @@ class Recorder:
     # ------------------------------------------------------------ finish
 
     def finish(self, **fields: Any) -> dict[str, Any]:
-        """Pad the derived images, close every file and write ``summary.json``
-        from the counts and ``fields``; each step runs even if one before it
-        failed, and the summary is always written. The raw array is cut back
-        to the frames on disk (a frame allocated but never written reads as
-        zeros otherwise)."""
+        """Size the label and denoised images as their raw images, close every
+        file and write ``summary.json`` from the counts and ``fields``; each
+        step runs even if one before it failed, and the summary is always
+        written."""
         c = self.counts
         self.reserve.release_half()
         errors: list[str] = []
         try:
-            for report in fit_raw_frames(self.out_dir / "data.ome.zarr"):
-                if report.shape_after != c.frames:
-                    errors.append(
-                        f"{report.path.name}: {report.shape_after} frames on disk, "
-                        f"{c.frames} logged"
-                    )
+            self.images.finish()
+        except Exception as e:  # the summary must still be written
+            errors.append(f"finishing the images: {type(e).__name__}: {e}")
+        try:
+            # a write that failed (a full disk) leaves room made for a plane
+            # never written: cut back, so no frame reads as zeros
+            on_disk = repair_images(self.out_dir / "data.ome.zarr").frames_on_disk
+            if on_disk != c.frames:
+                errors.append(
+                    f"data.ome.zarr: {on_disk} frames on disk, {c.frames} logged"
+                )
         except Exception as e:
-            errors.append(f"checking the raw frames: {type(e).__name__}: {e}")
-        for store in (self.labels, self.denoised):
-            if store is not None:
-                try:
-                    store.finalize(c.frames)
-                except Exception as e:  # the summary must still be written
-                    errors.append(f"finalising {store.name}: {type(e).__name__}: {e}")
+            errors.append(f"checking the images: {type(e).__name__}: {e}")
         for closable in self._closers:
             try:
                 closable.close()

@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 #: version of events.jsonl and summary.json; bumped on any incompatible change
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class Record(BaseModel):
@@ -80,6 +80,8 @@ class FrameRecord(Record):
     dose_mj: float
     t_s: float
     t_frame: float
+    #: where the frame is stored in data.ome.zarr: series, t, c, z
+    image: dict[str, Any] | None = None
 
 
 class AnalysisRecord(Record):
@@ -313,6 +315,7 @@ def frame_record(frame: Any, *, role: str, dose_mj: float, t0: float) -> FrameRe
         dose_mj=round(dose_mj, 6),
         t_s=round(frame.t_s, 4),
         t_frame=round(frame.t_frame - t0, 6),
+        image=frame.image_at,
     )
 
 
