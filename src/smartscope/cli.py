@@ -66,6 +66,9 @@ def _print_summary(out_dir: Path, summary: dict[str, Any]) -> None:
     console = _console()
     console.print(summary_table(summary))
     console.print(f"run folder [bold]{_escape(str(out_dir.resolve()))}[/]")
+    if (out_dir / "report.html").is_file():
+        report_path = (out_dir / "report.html").resolve()
+        console.print(f"report     [bold]{_escape(str(report_path))}[/]")
 
 
 def _escape(text: str) -> str:
@@ -197,6 +200,21 @@ def run(
             help="Simulator time: virtual or realtime. \\[default: the protocol's]",
         ),
     ] = None,
+    no_report: Annotated[
+        bool,
+        typer.Option(
+            "--no-report",
+            help="Do not write report.html at the end (as `save: {report: false}`).",
+        ),
+    ] = False,
+    view: Annotated[
+        bool,
+        typer.Option(
+            "--view",
+            help="Watch the run in napari as it goes (a separate window that "
+            "reads the run folder; closing it does not stop the run).",
+        ),
+    ] = False,
 ) -> None:
     """Run a protocol: acquire, analyse every frame, react, record everything.
 
@@ -219,7 +237,19 @@ def run(
             out_dir=out,
             device=device,  # type: ignore[arg-type]
             time_mode=time,  # type: ignore[arg-type]
+            report=False if no_report else None,
+            on_start=_start_view if view else None,
         )
+    )
+
+
+def _start_view(out: Path) -> None:
+    """Open ``smartscope view OUT --follow`` in a process of its own."""
+    import subprocess
+
+    subprocess.Popen(
+        [sys.executable, "-m", "smartscope", "view", str(out), "--follow"],
+        start_new_session=True,  # Ctrl-C in this terminal stops the run only
     )
 
 
@@ -432,6 +462,48 @@ def recover(
     for note in result.notes:
         console.print(f"[bold]recover:[/] {_escape(note)}")
     _print_summary(run_dir, result.summary)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder.")],
+) -> None:
+    """Write RUN_DIR/report.html: plots of what a run did, in one offline page.
+
+    The stage path over the sample with the tracks (and, on the simulator,
+    the true cells), exposure, power and interval over time, the frame →
+    result → action latencies, the light dose per position and per cell, the
+    frames skipped for analysis, raw and denoised frames with their label
+    outlines, and summary.json. Every image is embedded; the page loads
+    nothing from anywhere. `smartscope run` writes it at the end of each run.
+    """
+    from smartscope.report import write_report
+
+    with _reported_errors():
+        path = write_report(run_dir)
+    _console().print(f"report [bold]{_escape(str(path.resolve()))}[/]")
+
+
+@app.command()
+def view(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder.")],
+    follow: Annotated[
+        bool,
+        typer.Option("--follow", help="Keep up with a run that is still writing."),
+    ] = False,
+) -> None:
+    """Look at a run in napari: every position, channel, z and time point, the
+    label images, the tracks with their ids and the controller's actions.
+
+    Needs the [view] extra (napari, napari-ome-zarr). With --follow the view
+    polls the folder once a second; `smartscope run --view` opens it so.
+    """
+    from smartscope.view import RunViewer, open_viewer
+
+    with _reported_errors():
+        if not follow:
+            RunViewer(run_dir, None)  # refuse a folder that is not a run first
+        open_viewer(run_dir, follow=follow)
 
 
 @app.command()

@@ -144,6 +144,10 @@ class SaveSettings(_Frozen):
     truth: bool = Field(
         True, description="truth/cells.csv when the core is the simulator"
     )
+    report: bool = Field(
+        True,
+        description="report.html (plots of the run) when `smartscope run` ends",
+    )
 
 
 class FaultPolicy(_Frozen):

@@ -7,6 +7,8 @@ live progress display, and releases the core cleanly afterwards.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -51,15 +53,29 @@ def run_protocol(
     device: Literal["auto", "cpu", "cuda"] = "auto",
     time_mode: Literal["virtual", "realtime"] | None = None,
     progress: bool = True,
+    report: bool | None = None,
+    on_start: Callable[[Path], None] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Run a protocol; return the run folder and the summary.
 
     ``config`` overrides the protocol's ``config`` (None and no protocol config:
     the simulator); ``time_mode`` overrides the protocol's time mode.
+    ``report``: write ``report.html`` once the run folder is finished (None:
+    as the protocol's ``save.report`` says); a report that cannot be written
+    is one line on stderr and changes nothing else. ``on_start`` is called
+    with the run folder once the protocol is validated, before the run starts
+    (``smartscope run --view`` opens the view there).
     """
     try:
         return _run_protocol(
-            protocol_path, config, out_dir, device, time_mode, progress
+            protocol_path,
+            config,
+            out_dir,
+            device,
+            time_mode,
+            progress,
+            report,
+            on_start,
         )
     except KeyboardInterrupt as e:  # before the run folder existed
         from smartscope.interrupts import signal_name
@@ -74,6 +90,8 @@ def _run_protocol(
     device: Literal["auto", "cpu", "cuda"],
     time_mode: Literal["virtual", "realtime"] | None,
     progress: bool,
+    report: bool | None,
+    on_start: Callable[[Path], None] | None,
 ) -> tuple[Path, dict[str, Any]]:
     from smartscope.controller import Controller
     from smartscope.hardware import load_core, release_core
@@ -94,6 +112,8 @@ def _run_protocol(
     ctl = None
     try:
         ctl = Controller(core, proto, out_dir=out, device=device)
+        if on_start is not None:
+            on_start(out)
         summary = _run_with_progress(ctl, proto) if progress else ctl.run()
     except KeyboardInterrupt:
         if ctl is None or ctl.summary is None:
@@ -102,7 +122,27 @@ def _run_protocol(
     finally:
         with shielded():
             release_core(core)
+        wanted = proto.save.report if report is None else report
+        if wanted and ctl is not None and ctl.summary is not None:  # folder done
+            _write_report(out)
     return out, summary
+
+
+def _write_report(out: Path) -> None:
+    """Write ``out/report.html``. Whatever goes wrong (a stop signal
+    included: it skips the report) is one line on stderr: the run, its folder
+    and its exit status stay as they are."""
+    try:
+        from smartscope.report import write_report
+
+        write_report(out)
+    except (Exception, KeyboardInterrupt) as e:
+        why = "interrupted" if isinstance(e, KeyboardInterrupt) else type(e).__name__
+        detail = " ".join(str(e).split())[:200]
+        sys.stderr.write(
+            f"smartscope: report.html not written ({why}: {detail}); the run is "
+            f"unaffected; `smartscope report {out}` tries again\n"
+        )
 
 
 def expected_frames(ctl: Any) -> int | None:
