@@ -507,6 +507,46 @@ def view(
 
 
 @app.command()
+def score(
+    run_dir: Annotated[Path, typer.Argument(help="Run folder of a simulated run.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the score as JSON.")
+    ] = False,
+) -> None:
+    """Score a simulated run against its ground truth; write RUN_DIR/score.json.
+
+    Mitoses started in view and how many time points caught them, the light
+    (total, per position, per cell, phototoxic deaths), the focus error and
+    the autofocus share of the light, how well a followed cell stayed
+    centred, and the average precision of the stored labels. A metric the
+    run has not what it needs for is n/a, with the reason below the table.
+    A folder without truth/cells.csv (a real microscope's run) exits 2.
+    """
+    from smartscope.score import score_run, score_table, write_score
+
+    with _reported_errors():
+        result = score_run(run_dir)
+    try:
+        written: Path | None = write_score(run_dir, result)
+    except OSError as e:
+        written = None
+        _console(stderr=True).print(
+            f"[yellow]note:[/] score.json not written: {_escape(str(e))}"
+        )
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(result, indent=2))
+        return
+    console = _console()
+    console.print(score_table(result))
+    for note in result["notes"]:
+        console.print(f"[yellow]note:[/] {_escape(note)}")
+    if written is not None:
+        console.print(f"score [bold]{_escape(str(written.resolve()))}[/]")
+
+
+@app.command()
 def bench(
     json_path: Annotated[
         Path | None,
