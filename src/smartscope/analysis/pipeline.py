@@ -19,6 +19,7 @@ from collections.abc import Callable
 from psygnal import Signal
 
 from smartscope.analysis.analyser import FrameAnalyser
+from smartscope.analysis.remote import RemoteAnalyser
 from smartscope.analysis.result import FrameInput, FrameResult
 from smartscope.analysis.settings import AnalysisSettings
 
@@ -87,6 +88,12 @@ class AnalysisPipeline(FrameAnalyser):
         device: str = "auto",
     ) -> None:
         super().__init__(settings, device=device)
+        #: the analysis runs in a Ray actor (``executor: ray``), else here
+        self.remote: RemoteAnalyser | None = (
+            RemoteAnalyser(self._settings, device=device)
+            if self._settings.executor == "ray"
+            else None
+        )
         self._on_result = on_result
         self._queue: deque[FrameInput] = deque()
         self._cond = threading.Condition()
@@ -129,6 +136,25 @@ class AnalysisPipeline(FrameAnalyser):
     def pending(self) -> int:
         """Frames waiting in the queue."""
         return len(self._queue)
+
+    # ------------------------------------------------- local or in a Ray actor
+
+    def load_models(self) -> None:
+        if self.remote is not None:
+            self.remote.load_models()
+        else:
+            super().load_models()
+
+    def analyse(self, frame: FrameInput) -> FrameResult:
+        if self.remote is not None:
+            return self.remote.analyse(frame)
+        return super().analyse(frame)
+
+    def reset_tracks(self) -> None:
+        if self.remote is not None:
+            self.remote.reset_tracks()
+        else:
+            super().reset_tracks()
 
     # ------------------------------------------------------------- lifecycle
 
@@ -202,6 +228,8 @@ class AnalysisPipeline(FrameAnalyser):
                     self._skipped += 1
             self._cond.notify_all()
         if thread is None:
+            if self.remote is not None:
+                self.remote.close()
             return True
         thread.join(timeout_s)
         if thread.is_alive():
@@ -212,6 +240,8 @@ class AnalysisPipeline(FrameAnalyser):
             )
             return False
         self._thread = None
+        if self.remote is not None:
+            self.remote.close()
         return True
 
     def __enter__(self) -> AnalysisPipeline:

@@ -14,7 +14,35 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["AnalysisSettings"]
+__all__ = ["AnalysisSettings", "RaySettings"]
+
+
+class RaySettings(BaseModel):
+    """Where ``executor: ray`` runs the analysis: a Ray actor (one process,
+    on whichever node of the cluster has the resources asked for)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    address: str | None = Field(
+        None,
+        description="Ray cluster to join ('ray://host:10001', 'auto'); None: "
+        "the one RAY_ADDRESS names, else a local Ray started for the run",
+    )
+    num_gpus: float = Field(
+        0.0,
+        ge=0,
+        le=64,
+        description="GPUs the analysis actor holds (1: run the models on a GPU "
+        "node; the actor's device is then cuda)",
+    )
+    num_cpus: float = Field(1.0, gt=0, le=256, description="CPUs the actor holds")
+    timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="longest wait for one frame's result; a frame that takes "
+        "longer gets an error result (the run goes on)",
+    )
 
 
 class AnalysisSettings(BaseModel):
@@ -74,6 +102,15 @@ class AnalysisSettings(BaseModel):
         le=10_000,
         description="frames waiting for analysis; when full, the oldest is "
         "dropped from analysis (never from disk)",
+    )
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="'local': a thread of this process; 'ray': a Ray actor, "
+        "possibly on another machine with a GPU (needs the [ray] extra); the "
+        "queue, skipping and latency accounting are the same",
+    )
+    ray: RaySettings = Field(
+        default_factory=RaySettings, description="where executor 'ray' runs"
     )
     save_labels: bool = Field(False, description="write label images to the run folder")
     save_denoised: bool = Field(
