@@ -161,3 +161,32 @@ def test_an_mda_from_the_mda_widget_runs_frame_for_frame(qcore, qtbot) -> None:
     qtbot.waitUntil(lambda: len(frames) == expected, timeout=10_000)
     assert len(frames) == expected
     assert all(f.shape == (512, 512) and f.max() > 0 for f in frames)
+
+
+def test_a_reactive_run_inside_a_qt_application(qcore, qtbot, tmp_path) -> None:
+    """A smartscope run in a Qt application (a lab's GUI), with the core's Qt
+    signals: the controller's frame handling must not wait for the GUI's
+    event loop (``run()`` blocks the thread that would process it). The demo
+    protocol, shortened: the reactions act on every frame, in virtual time."""
+    from pymmcore_plus.mda.events import QMDASignaler
+
+    from smartscope._data import data_dir
+    from smartscope.controller import Controller
+    from smartscope.io.read_images import frames_on_disk
+    from smartscope.protocol import load_protocol
+
+    assert isinstance(qcore.mda.events, QMDASignaler)
+    text = (data_dir("protocols") / "demo.yaml").read_text()
+    path = tmp_path / "short.yaml"
+    path.write_text(text.replace("loops: 150", "loops: 12"))
+    proto = load_protocol(path)
+    seen: list[int] = []
+    qcore.mda.events.frameReady.connect(lambda img, ev, meta: seen.append(1))
+    summary = Controller(qcore, proto, out_dir=tmp_path / "run").run()
+    assert summary["status"] == "completed"
+    assert summary["frames_acquired"] == 12 == frames_on_disk(tmp_path / "run")
+    assert summary["frames_analysed"] == 12
+    moves = summary["actions"].get("MoveStage", {})
+    assert moves.get("applied", 0) + moves.get("clamped", 0) > 0
+    # the GUI's own subscribers get every frame once its loop runs
+    qtbot.waitUntil(lambda: len(seen) == 12, timeout=10_000)

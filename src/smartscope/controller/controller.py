@@ -3,7 +3,7 @@
 Data flow::
 
     Plan (useq events + overlays) ──► runner (pymmcore-plus) ──► ControllerEngine ──► core
-          ▲                                 │ frameReady (runner thread)
+          ▲                                 │ each frame stored, then handled (runner thread)
           │ Executor (limits) ◄── actions   ▼
           │                          frame ─► ledger, FrameRecord ─► Recorder
     Reactions ◄── FrameResult ◄── AnalysisPipeline (worker thread)

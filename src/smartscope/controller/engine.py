@@ -10,6 +10,7 @@ else is a bug and ends the run with its traceback in the log.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ __all__ = [
 #: RuntimeError; a property value a device refuses is a ValueError)
 DEVICE_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, OSError, ValueError)
 
+
+logger = logging.getLogger("smartscope.controller")
 
 #: frame-metadata key of the light power (mW) the ledger counted for the frame
 LASER_META_KEY = "smartscope_laser_mw"
@@ -76,6 +79,7 @@ class ControllerEngine(MDAEngine):
         on_device_error: Callable[[DeviceFailure], None],
         on_exposed: Callable[[float], float] | None = None,
         on_image: Callable[[np.ndarray, useq.MDAEvent, dict], dict] | None = None,
+        on_frame: Callable[[np.ndarray, useq.MDAEvent, dict], None] | None = None,
     ) -> None:
         super().__init__(
             core, use_hardware_sequencing=False, restore_initial_state=False
@@ -90,6 +94,11 @@ class ControllerEngine(MDAEngine):
         #: returns where (a failure, e.g. a full disk, fails the run as a
         #: writer's would)
         self._on_image = on_image
+        #: called with each stored frame on the runner thread, before the
+        #: runner announces it: the controller's frame handling does not ride
+        #: on core.mda.events.frameReady, which under Qt signals is delivered
+        #: on the GUI thread (blocked while Controller.run() waits there)
+        self._on_frame = on_frame
 
     def _retry(
         self,
@@ -141,4 +150,9 @@ class ControllerEngine(MDAEngine):
         img = core.getImage()
         if self._on_image is not None:
             meta[IMAGE_META_KEY] = self._on_image(img, event, meta)
+        if self._on_frame is not None:
+            try:
+                self._on_frame(img, event, meta)
+            except Exception:  # as the runner treats a frameReady handler
+                logger.exception("handling frame %s raised", dict(event.index))
         yield (img, event, meta)  # type: ignore[misc]

@@ -191,7 +191,6 @@ def _start(ctl: Controller) -> None:
         if ctl._pipeline is not None:
             ctl._pipeline.frame_skipped.connect(ctl._on_skipped)
             ctl._pipeline.start()
-        core.mda.events.frameReady.connect(ctl._on_frame)
         ctl._old_engine = core.mda.set_engine(
             ControllerEngine(
                 core,
@@ -199,6 +198,7 @@ def _start(ctl: Controller) -> None:
                 on_device_error=ctl._on_device_error,
                 on_exposed=ctl.executor.record_frame,
                 on_image=rec.store_frame,
+                on_frame=ctl._on_frame,
             )
         )
         ctl._t0 = time.perf_counter()
@@ -350,8 +350,6 @@ def _set_initial_state(ctl: Controller) -> Callable[[], None]:
 
 def _finish(ctl: Controller, error: BaseException | None) -> dict[str, Any]:
     core, rec = ctl.core, ctl._recorder
-    with contextlib.suppress(Exception):
-        core.mda.events.frameReady.disconnect(ctl._on_frame)
     if getattr(ctl, "_old_engine", None) is not None:
         with contextlib.suppress(Exception):
             core.mda.set_engine(ctl._old_engine)
