@@ -133,6 +133,23 @@ def test_the_run_is_valid_ngff_05(run: dict[str, Any]) -> None:
             ImageLabel.from_zarr(group[f"{image.series}/labels/nuclei"])
     for array in (a for _, a in group.arrays()):
         raise AssertionError(f"an array at the root: {array}")
+    # OME/METADATA.ome.xml: valid OME-XML (ome-types) listing the same images
+    import ome_types
+
+    ome = ome_types.from_xml((root / "OME" / "METADATA.ome.xml").read_text())
+    images = list_images(run["out"])
+    assert [i.id for i in ome.images] == [f"Image:{i.series}" for i in images]
+    for xml, image in zip(ome.images, images, strict=True):
+        t, c, z, y, x = image.shape
+        px = xml.pixels
+        assert (px.size_t, px.size_c, px.size_z, px.size_y, px.size_x) == (
+            t,
+            c,
+            z,
+            y,
+            x,
+        )
+        assert [ch.name for ch in px.channels] == list(image.channels)
 
 
 def test_one_image_per_position_with_real_axes(run: dict[str, Any]) -> None:

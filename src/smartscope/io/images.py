@@ -178,14 +178,15 @@ class RunImages:
     def _write(
         self, img: _Image, t: int, c: int, z: int, plane: np.ndarray, channel: str
     ) -> None:
-        grew = img.grow_to(t, c, z)
-        if c >= len(img.channels) or (channel and img.channels[c] != channel):
-            while len(img.channels) <= c:
-                img.channels.append("")
-            if channel and not img.channels[c]:
-                img.channels[c] = channel
-                grew = True
-        if grew:
+        img.grow_to(t, c, z)
+        # the metadata names the channels; it changes only when they do
+        named = len(img.channels) <= c
+        while len(img.channels) <= c:
+            img.channels.append("")
+        if channel and not img.channels[c]:
+            img.channels[c] = channel
+            named = True
+        if named:
             self._put_image_attrs(img)
         img.array[t, c, z] = plane
         img.written.add((t, c, z))
