@@ -28,10 +28,23 @@ _ids = itertools.count(1)
 
 
 def sharpness(image: np.ndarray) -> float:
-    """Normalised variance of ``image : (Y, X)``: variance / mean (0 when dark)."""
+    """Gradient energy of ``image : (Y, X)`` over its squared mean (0 when dark):
+    the mean of the squared differences two pixels apart, along rows and
+    columns, divided by mean².
+
+    Fine detail (chromatin texture, nuclear rims) dominates it, so it peaks
+    within a fraction of a micrometre of focus even at high NA, where the
+    plain variance of large nuclei changes by about 1 % over the depth of
+    field. Dividing by mean² makes it independent of brightness, so dye
+    bleaching during a sweep does not tilt the curve towards its first planes.
+    """
     im = np.asarray(image, dtype=np.float32)
     m = float(im.mean())
-    return float(im.var()) / m if m > 0 else 0.0
+    if m <= 0 or im.ndim != 2 or min(im.shape) < 3:
+        return 0.0
+    gx = im[:, 2:] - im[:, :-2]
+    gy = im[2:, :] - im[:-2, :]
+    return (float(np.mean(gx * gx)) + float(np.mean(gy * gy))) / (m * m)
 
 
 def frame_role(event: useq.MDAEvent) -> dict[str, Any] | None:

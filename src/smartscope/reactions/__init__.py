@@ -1,6 +1,7 @@
 """Reactions: policies that turn frame results into actions."""
 
 from smartscope.reactions.adaptive_exposure import AdaptiveExposure
+from smartscope.reactions.autofocus import KeepFocus
 from smartscope.reactions.base import (
     REGISTRY,
     Reaction,
@@ -16,6 +17,7 @@ __all__ = [
     "REGISTRY",
     "AdaptiveExposure",
     "CenterOn",
+    "KeepFocus",
     "Reaction",
     "ReactionParams",
     "RunView",
