@@ -485,6 +485,125 @@ def report(
 
 
 @app.command()
+def sweep(
+    protocol: Annotated[Path, typer.Argument(help="Protocol YAML file.")],
+    grid: Annotated[
+        Path,
+        typer.Option(
+            "--grid",
+            show_default=False,
+            help="GRID.yaml: seeds: [..] and vary: {dotted.field: [values]}.",
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            show_default=False,
+            help="Sweep folder to create. \\[default: ./sweeps/NAME-YYYYmmdd-HHMMSS]",
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            show_default=False,
+            help="Ray cluster to run on (ray.init address). \\[default: a local Ray]",
+        ),
+    ] = None,
+    max_parallel: Annotated[
+        int | None,
+        typer.Option(
+            "--max-parallel",
+            min=1,
+            show_default=False,
+            help="Most runs at once. \\[default: one per CPU]",
+        ),
+    ] = None,
+    outcome: Annotated[
+        str | None,
+        typer.Option(
+            "--outcome",
+            show_default=False,
+            help="Score metric sweep.png plots against the light dose, e.g. "
+            "segmentation.ap_50. \\[default: events.captured_fraction, else "
+            "the first of docs/sweep.md's list a run has]",
+        ),
+    ] = None,
+) -> None:
+    """Run every combination x seed of a grid on Ray, score each run, table them.
+
+    Every run's protocol is validated before anything runs; each run is
+    scored with `smartscope score`. Writes the sweep folder: runs/, one
+    protocol per run, sweep.csv and sweep.json (one row per run: parameters,
+    seed, status, frames, light dose, every scalar metric) and sweep.png.
+    Exit status: 0 every run went as its protocol asked and was scored; 1
+    some did not (their rows say why); 2 refused input (nothing ran).
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from smartscope.sweep import run_sweep
+
+    err = _console(stderr=True)
+    with (
+        _reported_errors(),
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=err,
+            disable=not err.is_terminal,
+        ) as progress,
+    ):
+        task = progress.add_task("validating", total=None)
+        result = run_sweep(
+            protocol,
+            grid,
+            out_dir=out,
+            address=address,
+            max_parallel=max_parallel,
+            outcome=outcome,
+            on_plan=lambda plan: progress.update(
+                task, description="starting Ray", total=len(plan.runs)
+            ),
+            on_progress=lambda done, total, row: progress.update(
+                task, description="runs", completed=done, total=total
+            ),
+        )
+    console = _console()
+    failed = [r for r in result.rows if not r.ok]
+    console.print(
+        f"[bold]sweep[/]: {result.n_ok}/{len(result.rows)} runs ok in "
+        f"{result.wall_time_s:.1f} s (+ {result.ray_start_s:.1f} s to start Ray)"
+    )
+    for r in failed:
+        console.print(
+            f"[red]{_escape(r.run)}[/] {_escape(r.status)}: {_escape(r.error or '')}"
+        )
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {_escape(note)}")
+    console.print(f"table  [bold]{_escape(str(result.csv_path.resolve()))}[/]")
+    if result.plot_path is not None:
+        console.print(
+            f"plot   [bold]{_escape(str(result.plot_path.resolve()))}[/] "
+            f"({_escape(result.outcome or '')} vs light dose)"
+        )
+    if failed:
+        raise typer.Exit(1)  # the sweep ran; some runs did not
+
+
+@app.command()
 def view(
     run_dir: Annotated[Path, typer.Argument(help="Run folder.")],
     follow: Annotated[
