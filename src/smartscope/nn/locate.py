@@ -79,10 +79,13 @@ def check_model_files(name_or_path: str | Path) -> ModelFiles:
     """Find a model and check its card and weights file, without torch.
 
     Checks: the card is strict YAML with ``type: model`` and a
-    ``config.smartscope.kind`` of "denoise" or "segment"; it names weights
-    (``pytorch_state_dict`` or ``torchscript``) inside the model; the weights
-    file exists, is a whole PyTorch zip archive (torch.save since 1.6 and
-    TorchScript write one) and matches the card's sha256.
+    ``config.smartscope.kind`` of "denoise" or "segment" (or, for a
+    bioimage.io package smartscope did not write, a description
+    :func:`smartscope.nn.description.describe_model` accepts, which gives
+    the kind); it names weights (``pytorch_state_dict`` or ``torchscript``)
+    inside the model; the weights file exists, is a whole PyTorch zip archive
+    (torch.save since 1.6 and TorchScript write one) and matches the card's
+    sha256.
 
     Raises
     ------
@@ -92,45 +95,53 @@ def check_model_files(name_or_path: str | Path) -> ModelFiles:
     path = resolve_model_path(name_or_path)
     if path.is_file() and path.suffix == ".zip":
         return _check_package(path)
+    from smartscope.nn.description import card_name
+
     folder = path.parent if path.is_file() else path
-    rdf_path = folder / RDF_NAME
-    if path.is_file() and path.name != RDF_NAME:
-        raise ModelError(
-            f"expected a model folder, its {RDF_NAME} or a .zip package", path=path
-        )
-    if not rdf_path.is_file():
-        raise ModelError(f"model folder has no {RDF_NAME}", path=folder)
+    if path.is_file():
+        if card_name([path.name]) is None:
+            raise ModelError(
+                f"expected a model folder, its {RDF_NAME} or a .zip package", path=path
+            )
+        card = path.name
+    else:
+        found = card_name([p.name for p in folder.iterdir() if p.is_file()])
+        if found is None:
+            raise ModelError(f"model folder has no {RDF_NAME}", path=folder)
+        card = found
+    rdf_path = folder / card
     rdf = _read_card(rdf_path.read_bytes(), rdf_path)
-    kind = _card_kind(rdf, rdf_path)
-    source, sha = _weights_entry(rdf, rdf_path)
+    kind, source, sha = _kind_and_weights(rdf, rdf_path)
     wpath = folder / source
     if not wpath.is_file():
-        raise ModelError(f"weights file named in {RDF_NAME} does not exist", path=wpath)
+        raise ModelError(f"weights file named in {card} does not exist", path=wpath)
     _check_weights(wpath, _sha256_file(wpath) if sha else None, sha, wpath)
     return ModelFiles(kind, folder, str(rdf.get("name") or folder.name))
 
 
 def _check_package(path: Path) -> ModelFiles:
+    from smartscope.nn.description import card_name
     from smartscope.yaml_strict import MAX_BYTES
 
     try:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
-            if RDF_NAME not in names:
+            card = card_name(names)
+            if card is None:
                 raise ModelError(
-                    f"package has no {RDF_NAME} at its top level", path=path
+                    f"package has no {RDF_NAME} (or bioimageio.yaml) at its top level",
+                    path=path,
                 )
-            if zf.getinfo(RDF_NAME).file_size > MAX_BYTES:
+            if zf.getinfo(card).file_size > MAX_BYTES:
                 raise ModelError(
-                    f"{RDF_NAME} is larger than {MAX_BYTES:,} bytes", path=path
+                    f"{card} is larger than {MAX_BYTES:,} bytes", path=path
                 )
-            where = Path(f"{path}/{RDF_NAME}")
-            rdf = _read_card(zf.read(RDF_NAME), where)
-            kind = _card_kind(rdf, where)
-            source, sha = _weights_entry(rdf, where)
+            where = Path(f"{path}/{card}")
+            rdf = _read_card(zf.read(card), where)
+            kind, source, sha = _kind_and_weights(rdf, where)
             if source not in names:
                 raise ModelError(
-                    f"weights file {source!r} named in {RDF_NAME} is not in the package",
+                    f"weights file {source!r} named in {card} is not in the package",
                     path=path,
                 )
             data = zf.read(source)
@@ -145,6 +156,26 @@ def _check_package(path: Path) -> ModelFiles:
         Path(f"{path}/{source}"),
     )
     return ModelFiles(kind, path, str(rdf.get("name") or path.stem))
+
+
+def _kind_and_weights(rdf: dict[str, Any], where: Path) -> tuple[Kind, str, str | None]:
+    """The model's kind and the weights file (and sha256) it will be loaded from:
+    from its ``config.smartscope`` section, or else from its bioimage.io
+    description (a package smartscope did not write)."""
+    config = rdf.get("config")
+    if isinstance(config, dict) and "smartscope" in config:
+        return (_card_kind(rdf, where), *_weights_entry(rdf, where))
+    from smartscope.nn.description import describe_model
+
+    try:
+        d = describe_model(rdf, where)
+    except ModelError as e:
+        raise ModelError(
+            "no 'config.smartscope' section (not a smartscope model card), and not "
+            f"a bioimage.io model smartscope can run: {e.message}",
+            path=where,
+        ) from None
+    return d.kind, d.weights.source, d.weights.sha256
 
 
 def _read_card(raw: bytes, where: Path) -> dict[str, Any]:

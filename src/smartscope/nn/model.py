@@ -15,7 +15,7 @@ import warnings
 import zipfile
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,11 +25,12 @@ from smartscope.nn.card import (
     WEIGHTS_NAME,
     ModelCard,
     Postprocess,
+    read_card,
     read_rdf,
     sha256_of,
-    write_rdf,
-    write_readme,
+    tile_overlap_px,
 )
+from smartscope.nn.description import card_name
 from smartscope.nn.errors import ModelError
 from smartscope.nn.instances import estimate_diameter_px, labels_from_maps
 from smartscope.nn.locate import available_models, resolve_model_path
@@ -41,6 +42,9 @@ from smartscope.nn.normalize import (
 )
 from smartscope.nn.predictor import Device, Precision, Predictor
 from smartscope.nn.unet import UNet
+
+if TYPE_CHECKING:
+    from smartscope.nn.imported import ImportedModel
 
 __all__ = [
     "DenoiseModel",
@@ -87,7 +91,7 @@ class Model(ABC):
             device=device,
             precision=precision,
             tile_px=tile_px,
-            overlap_px=max(32, 4 * card.unet.size_multiple),
+            overlap_px=tile_overlap_px(card.unet),
         )
         if warm_up:
             self.predictor.warm_up()
@@ -256,14 +260,16 @@ def build_model(network: torch.nn.Module, card: ModelCard, **kwargs: Any) -> Mod
     return _CLASSES[card.kind](network, card, **kwargs)
 
 
-def _unpack(path: Path, out: Path) -> None:
-    """Extract a .zip package into the folder ``out``."""
+def _unpack(path: Path, out: Path) -> str:
+    """Extract a .zip package into the folder ``out``; return its card's name."""
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
-            if RDF_NAME not in names:
+            card = card_name(names)
+            if card is None:
                 raise ModelError(
-                    f"package has no {RDF_NAME} at its top level", path=path
+                    f"package has no {RDF_NAME} (or bioimageio.yaml) at its top level",
+                    path=path,
                 )
             for n in names:  # refuse paths that would escape the folder
                 if Path(n).is_absolute() or ".." in Path(n).parts:
@@ -273,13 +279,26 @@ def _unpack(path: Path, out: Path) -> None:
             zf.extractall(out)
     except zipfile.BadZipFile as e:
         raise ModelError(f"not a valid .zip model package: {e}", path=path) from e
+    return card
+
+
+class _NormalizedForward(torch.nn.Module):
+    """The bare U-Net of a smartscope denoiser's TorchScript (its
+    ``forward_normalized``): the package's ``forward`` normalises each input
+    itself, and smartscope normalises the whole frame before tiling."""
+
+    def __init__(self, scripted: torch.nn.Module) -> None:
+        super().__init__()
+        self.scripted = scripted
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scripted.forward_normalized(x)  # type: ignore[no-any-return]
 
 
 def _load_network(
-    folder: Path, rdf: dict[str, Any], card: ModelCard
+    folder: Path, rdf: dict[str, Any], card: ModelCard, rdf_path: Path
 ) -> torch.nn.Module:
     weights = rdf.get("weights") or {}
-    rdf_path = folder / RDF_NAME
     if not isinstance(weights, dict) or not (
         "pytorch_state_dict" in weights or "torchscript" in weights
     ):
@@ -305,9 +324,12 @@ def _load_network(
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                return torch.jit.load(str(wpath), map_location="cpu")
+                scripted = torch.jit.load(str(wpath), map_location="cpu")
         except Exception as e:
             raise ModelError(f"cannot load TorchScript weights: {e}", path=wpath) from e
+        if card.kind == "denoise" and hasattr(scripted, "forward_normalized"):
+            return _NormalizedForward(scripted)
+        return scripted
     try:
         state = torch.load(wpath, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -330,12 +352,45 @@ def _load_network(
     return net
 
 
-def _read_folder(folder: Path) -> tuple[dict[str, Any], ModelCard, torch.nn.Module]:
-    rdf_path = folder / RDF_NAME
+def _read_folder(
+    folder: Path, card_file: str | None, *, source: Path, **options: Any
+) -> Model | ImportedModel:
+    """Load the model in ``folder`` (its card ``card_file``, or found there):
+    by its ``config.smartscope`` section, or else as a foreign bioimage.io
+    package, as its card describes it."""
+    if card_file is None:
+        card_file = card_name({p.name for p in folder.iterdir() if p.is_file()})
+        if card_file is None:
+            raise ModelError(f"model folder has no {RDF_NAME}", path=folder)
+    rdf_path = folder / card_file
     if not rdf_path.is_file():
-        raise ModelError(f"model folder has no {RDF_NAME}", path=folder)
-    rdf, card = read_rdf(rdf_path)
-    return rdf, card, _load_network(folder, rdf, card)
+        raise ModelError(f"model folder has no {card_file}", path=folder)
+    rdf = read_card(rdf_path)
+    config = rdf.get("config")
+    if isinstance(config, dict) and "smartscope" in config:
+        rdf, card = read_rdf(rdf_path)
+        net = _load_network(folder, rdf, card, rdf_path)
+        name = str(rdf.get("name") or source.stem)
+        return build_model(net, card, name=name, path=source, rdf=rdf, **options)
+    from smartscope.nn.description import describe_model
+    from smartscope.nn.imported import build_imported, load_network
+
+    try:
+        description = describe_model(rdf, rdf_path)
+    except ModelError as e:
+        raise ModelError(
+            "no 'config.smartscope' section (not a smartscope model card), and not "
+            f"a bioimage.io model smartscope can run: {e.message}",
+            path=rdf_path,
+        ) from e
+    return build_imported(
+        load_network(folder, description, rdf_path),
+        description,
+        name=description.name,
+        path=source,
+        rdf=rdf,
+        **options,
+    )
 
 
 def load_model(
@@ -345,10 +400,16 @@ def load_model(
     precision: Precision = "auto",
     tile_px: int = 1024,
     warm_up: bool = False,
-) -> Model:
+) -> Model | ImportedModel:
     """Load a model by shipped name (``"nuclei-seg"``, ``"denoise-care"``,
     ``"denoise-n2v"``) or by path (model folder, its ``rdf.yaml``, or a
     bioimage.io ``.zip`` package).
+
+    A card with a ``config.smartscope`` section gives a :class:`Model`; any
+    other bioimage.io model (format 0.5, 2D, one input and one output,
+    torchscript or pytorch_state_dict weights) gives an
+    :class:`~smartscope.nn.imported.ImportedModel` run as its card says (see
+    :mod:`smartscope.nn.imported`).
 
     Parameters
     ----------
@@ -363,32 +424,30 @@ def load_model(
         naming the file, for a missing, malformed, corrupt or mismatched model.
     """
     path = resolve_model_path(name_or_path)
+    options: dict[str, Any] = {
+        "device": device,
+        "precision": precision,
+        "tile_px": tile_px,
+        "warm_up": warm_up,
+    }
     if path.is_file() and path.suffix == ".zip":
         # the weights are read into memory, so the extracted copy can go
         with tempfile.TemporaryDirectory(prefix="smartscope-model-") as tmp:
-            _unpack(path, Path(tmp))
+            card_file = _unpack(path, Path(tmp))
             try:
-                rdf, card, net = _read_folder(Path(tmp))
+                model = _read_folder(Path(tmp), card_file, source=path, **options)
             except ModelError as e:
                 # name the member inside the package, not the temporary copy
-                member = e.path.relative_to(tmp) if e.path is not None else None
-                where = f"{path}/{member}" if member and str(member) != "." else path
+                if e.path is None or not e.path.is_relative_to(tmp):
+                    raise
+                member = e.path.relative_to(tmp)
+                where = f"{path}/{member}" if str(member) != "." else path
                 raise ModelError(e.message, path=where) from e
-        source = path
-    else:
-        source = path.parent if path.is_file() else path
-        rdf, card, net = _read_folder(source)
-    return build_model(
-        net,
-        card,
-        name=str(rdf.get("name") or path.stem),
-        path=source,
-        rdf=rdf,
-        device=device,
-        precision=precision,
-        tile_px=tile_px,
-        warm_up=warm_up,
-    )
+        return model
+    if path.is_file():
+        card_file = path.name if card_name([path.name]) else None
+        return _read_folder(path.parent, card_file, source=path.parent, **options)
+    return _read_folder(path, None, source=path, **options)
 
 
 def save_model(
@@ -399,17 +458,13 @@ def save_model(
     name: str,
     description: str,
 ) -> Path:
-    """Write ``weights.pt`` (state dict) and ``rdf.yaml`` into ``folder``."""
+    """Write a bioimage.io model folder: ``weights.pt`` (state dict),
+    ``rdf.yaml``, ``README.md``, test input/output and cover
+    (:func:`smartscope.nn.export.write_package_files`)."""
+    from smartscope.nn.export import write_package_files
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
     torch.save(state, folder / WEIGHTS_NAME)
-    write_rdf(
-        folder,
-        name=name,
-        description=description,
-        card=card,
-        weights={"pytorch_state_dict": folder / WEIGHTS_NAME},
-    )
-    write_readme(folder, name=name, description=description, card=card)
-    return folder
+    return write_package_files(folder, card, name=name, description=description)

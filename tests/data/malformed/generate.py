@@ -1637,6 +1637,9 @@ def model_cases() -> None:
     )
     no_section = copy.deepcopy(card)
     del no_section["config"]
+    del no_section[
+        "inputs"
+    ]  # without a smartscope section it would be a foreign package
     folder("rdf-no-section", no_section)
     protocol(
         "rdf-no-section",
