@@ -4,6 +4,8 @@ adapters does."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pymmcore_plus.experimental.unicore import UniMMCore
 
 __all__ = ["SmartscopeCore"]
@@ -31,6 +33,17 @@ class SmartscopeCore(UniMMCore):
       properties (``Core.XYStage = XY``), as the stage widgets' "set as
       default" button does.
     """
+
+    def setShutterOpen(self, *args: Any) -> None:
+        """Open or close a shutter; with one argument, the current shutter.
+
+        pymmcore-plus resolves the current shutter through the C++ core, which
+        does not know a Python shutter, so its ``propertyChanged`` named the
+        device ``""``; pymmcore-widgets' preset table then asks the core for
+        device ``""`` from a Qt slot, which aborts a Qt application."""
+        if len(args) == 1:
+            args = (self.getShutterDevice(), args[0])
+        super().setShutterOpen(*args)
 
     def setProperty(
         self, label: str, propName: str, propValue: bool | float | int | str

@@ -73,6 +73,8 @@ class _Image:
     channels: list[str]
     pixel_um: float
     dtype_max: float
+    #: display window (start, end) per channel, from its first plane
+    windows: list[tuple[float, float]] = field(default_factory=list)
     written: set[tuple[int, int, int]] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -186,6 +188,12 @@ class RunImages:
         if channel and not img.channels[c]:
             img.channels[c] = channel
             named = True
+        while len(img.windows) <= c:
+            img.windows.append((0.0, 0.0))
+        if img.windows[c][1] <= img.windows[c][0]:  # the channel's first plane
+            lo, hi = np.percentile(plane, (0.1, 99.9))
+            img.windows[c] = (float(lo), float(hi))
+            named = True
         if named:
             self._put_image_attrs(img)
         img.array[t, c, z] = plane
@@ -229,8 +237,11 @@ class RunImages:
                     with derived.lock:
                         derived.grow_to(t - 1, c - 1, z - 1)
             den = self._denoised.get(series)
-            if den is not None and den.channels != raw.channels:
-                den.channels = list(raw.channels)
+            if den is not None and (den.channels, den.windows) != (
+                raw.channels,
+                raw.windows,
+            ):
+                den.channels, den.windows = list(raw.channels), list(raw.windows)
                 self._put_image_attrs(den)
         with self._lock:
             self._write_ome_xml()
@@ -350,6 +361,7 @@ class RunImages:
                     raw.pixel_um,
                 )
                 img.channels = list(raw.channels)
+                img.windows = list(raw.windows)
                 self._put_image_attrs(img)
             else:
                 labels = raw.group.require_group("labels")
@@ -395,5 +407,6 @@ class RunImages:
                 pixel_um=img.pixel_um,
                 dtype_max=img.dtype_max,
                 smartscope=img.meta,
+                windows=img.windows,
             )
         )

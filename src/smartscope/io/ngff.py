@@ -96,9 +96,11 @@ def image_attrs(
     pixel_um: float,
     dtype_max: float,
     smartscope: dict[str, Any],
+    windows: list[tuple[float, float]] | None = None,
 ) -> dict[str, Any]:
     """An image group's attributes: NGFF ``multiscales`` and ``omero`` (channel
-    names and colours), and ``smartscope`` (what the image is)."""
+    names, colours and display windows: ``windows`` (start, end) per channel,
+    else the dtype's range), and ``smartscope`` (what the image is)."""
     from yaozarrs import v05
 
     omero = v05.Omero(
@@ -108,7 +110,12 @@ def image_attrs(
                 label=c or f"channel {i}",
                 color=_COLOURS.get(c.lower(), "FFFFFF"),
                 active=True,
-                window=v05.OmeroWindow(start=0, end=dtype_max, min=0, max=dtype_max),
+                window=v05.OmeroWindow(
+                    start=_window(windows, i, dtype_max)[0],
+                    end=_window(windows, i, dtype_max)[1],
+                    min=0,
+                    max=dtype_max,
+                ),
             )
             for i, c in enumerate(channels)
         ],
@@ -118,6 +125,15 @@ def image_attrs(
         omero=omero,
     )
     return {"ome": _dump(image), "smartscope": smartscope}
+
+
+def _window(
+    windows: list[tuple[float, float]] | None, i: int, dtype_max: float
+) -> tuple[float, float]:
+    """Channel ``i``'s display window (what viewers show as black and white)."""
+    if windows and i < len(windows) and windows[i][1] > windows[i][0]:
+        return float(windows[i][0]), float(windows[i][1])
+    return 0.0, float(dtype_max)
 
 
 def label_attrs(
