@@ -236,16 +236,18 @@ class Recorder:
             self.images.finish()
         except Exception as e:  # the summary must still be written
             errors.append(f"finishing the images: {type(e).__name__}: {e}")
-        try:
-            # a write that failed (a full disk) leaves room made for a plane
-            # never written: cut back, so no frame reads as zeros
-            on_disk = repair_images(self.out_dir / "data.ome.zarr").frames_on_disk
-            if on_disk != c.frames:
-                errors.append(
-                    f"data.ome.zarr: {on_disk} frames on disk, {c.frames} logged"
-                )
-        except Exception as e:
-            errors.append(f"checking the images: {type(e).__name__}: {e}")
+        if self.images.write_failed or self.images.frames_stored != c.frames:
+            try:
+                # a write that failed (a full disk) leaves room made for a
+                # plane never written: cut back, so no frame reads as zeros
+                root = self.out_dir / "data.ome.zarr"
+                on_disk = repair_images(root).frames_on_disk
+                if on_disk != c.frames:
+                    errors.append(
+                        f"data.ome.zarr: {on_disk} frames on disk, {c.frames} logged"
+                    )
+            except Exception as e:
+                errors.append(f"checking the images: {type(e).__name__}: {e}")
         for closable in self._closers:
             try:
                 closable.close()

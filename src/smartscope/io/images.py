@@ -131,6 +131,9 @@ class RunImages:
         self._denoised: dict[str, _Image] = {}  # by raw series
         self._sweeps: dict[tuple[str, int], int] = {}  # (position, id) -> t
         self.frames_stored = 0
+        #: a raw frame's write raised: an image may have room for a plane
+        #: never written (the recorder then repairs the images)
+        self.write_failed = False
 
     # ------------------------------------------------------------ raw frames
 
@@ -146,7 +149,25 @@ class RunImages:
     ) -> Where:
         """Write one raw frame (``index``: its MDA event's index) and say where
         it went. ``autofocus`` (a sweep plane: ``sweep`` id and ``plane``)
-        goes to the position's autofocus image."""
+        goes to the position's autofocus image. A write that raises (a full
+        disk) sets :attr:`write_failed` and raises on."""
+        try:
+            return self._store_frame(
+                image, position, index, channel, pixel_um, autofocus
+            )
+        except BaseException:
+            self.write_failed = True
+            raise
+
+    def _store_frame(
+        self,
+        image: np.ndarray,
+        position: str,
+        index: dict[str, int],
+        channel: str,
+        pixel_um: float,
+        autofocus: dict[str, Any] | None,
+    ) -> Where:
         grid = index.get("g")
         if autofocus is not None:
             key: tuple[Any, ...] = ("autofocus", position, image.shape)
