@@ -25,6 +25,7 @@ from types import FrameType
 __all__ = [
     "Interrupted",
     "StopSignals",
+    "deferred",
     "settle",
     "shielded",
     "signal_name",
@@ -71,9 +72,15 @@ class StopSignals:
         #: signals received and ignored after the first
         self.ignored: list[str] = []
         self._shield = 0
+        self._defer = 0
+        #: the first signal received inside a :func:`deferred` block
+        self.pending: str | None = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
+        if self.received is None and not self._shield and self._defer:
+            self.received = self.pending = name  # raised when the block ends
+            return
         if self.received is None and not self._shield:
             self.received = name
             raise Interrupted(name)
@@ -122,6 +129,27 @@ def stop_signals() -> Iterator[StopSignals]:
         for s, handler in previous.items():
             signal.signal(s, handler)
         _active = outer
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Within the block a stop signal does not raise; the first one is raised
+    as :class:`Interrupted` when the block ends. For code in C++ that calls
+    back into Python (TorchScript compiling a model as it loads): an exception
+    raised in there by a signal handler cannot unwind through the C++ frames
+    and aborts the process. A no-op without the guard."""
+    guard = _active
+    if guard is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    guard._defer += 1
+    try:
+        yield
+    finally:
+        guard._defer -= 1
+    if not guard._defer and guard.pending is not None and not guard._shield:
+        name, guard.pending = guard.pending, None
+        raise Interrupted(name)
 
 
 def settle() -> None:

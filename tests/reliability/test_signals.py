@@ -152,3 +152,32 @@ def test_under_nohup_a_hangup_is_ignored(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=180)
     assert _check(out, signal.SIGTERM, proc.returncode, stdout, stderr) == "running"
+
+
+def test_a_signal_while_models_load_is_raised_after_loading() -> None:
+    """TorchScript compiles in C++ that calls back into Python: an exception
+    raised in there by the signal handler aborted the process (found by the
+    slow campaign: SIGTERM 1.7 s after start, exit -6). Model loading runs
+    ``deferred``: the signal is raised when the loading is done."""
+    import os
+
+    from smartscope.interrupts import Interrupted, deferred, stop_signals
+
+    done: list[str] = []
+
+    def load() -> None:
+        with deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs here: it must not raise
+            done.append("loaded")
+        done.append("after the block")  # not reached: the signal is raised
+
+    with stop_signals() as guard:
+        try:
+            load()
+        except Interrupted as e:
+            caught = e
+    assert done == ["loaded"]  # the block ran to its end, then the signal
+    assert caught.signal_name == "SIGTERM"
+    assert guard.received == "SIGTERM"
+    assert guard.pending is None

@@ -25,7 +25,7 @@ from smartscope.controller.engine import ControllerEngine
 from smartscope.controller.executor import LEDGER_COUNTS
 from smartscope.controller.recorder import Recorder, protocol_yaml
 from smartscope.errors import SmartscopeError
-from smartscope.interrupts import shielded, signal_name, stop_signals
+from smartscope.interrupts import deferred, shielded, signal_name, stop_signals
 from smartscope.io.disk import disk_full_error, disk_full_message
 
 if TYPE_CHECKING:
@@ -142,7 +142,8 @@ def _start(ctl: Controller) -> None:
         ctl._pipeline = AnalysisPipeline(
             p.analysis, on_result=ctl._on_result, device=ctl.device
         )
-        ctl._pipeline.load_models()
+        with deferred():  # a stop while TorchScript compiles would abort
+            ctl._pipeline.load_models()
     with contextlib.suppress(SmartscopeError):
         from smartscope.sim import get_simulator
 
