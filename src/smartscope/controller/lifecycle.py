@@ -136,13 +136,13 @@ def _start(ctl: Controller) -> None:
             f"run folder {out} exists and is not an empty folder; choose another --out"
         )
     if p.analysis.enabled:
-        from smartscope.analysis import AnalysisPipeline
-
         # models are loaded (a bad model file refused) before anything moves
-        ctl._pipeline = AnalysisPipeline(
-            p.analysis, on_result=ctl._on_result, device=ctl.device
-        )
-        with deferred():  # a stop while TorchScript compiles would abort
+        with deferred():  # a stop while torch's C++ calls Python would abort
+            from smartscope.analysis import AnalysisPipeline
+
+            ctl._pipeline = AnalysisPipeline(
+                p.analysis, on_result=ctl._on_result, device=ctl.device
+            )
             ctl._pipeline.load_models()
     with contextlib.suppress(SmartscopeError):
         from smartscope.sim import get_simulator
