@@ -99,8 +99,11 @@ def test_demo_writes_a_complete_run_folder(
     on_disk = json.loads((run / "summary.json").read_text())
     assert on_disk["frames_acquired"] == summary["frames_acquired"] == 150
     assert on_disk["status"] == "completed"
-    # one image for the one position, axes t, c, z, y, x; labels alongside
-    (image,) = list_images(run)
+    # one image for the one position, axes t, c, z, y, x; labels alongside,
+    # and the denoiser's output as an image of its own
+    image, denoised = list_images(run)
+    assert (denoised.kind, denoised.source) == ("denoised", image.series)
+    assert denoised.shape == image.shape
     assert (image.kind, image.position) == ("raw", "cell")
     assert image.shape[:3] == (summary["frames_acquired"], 1, 1)
     assert image.scale[0] == 60.0  # the planned interval, s

@@ -262,7 +262,8 @@ def test_smartscope_run_writes_the_report(cli_run: tuple[Any, Path]) -> None:
     # the demo follows one nucleus: the report names it, and it is the truth's
     assert "Followed: track" in found["stage-path"]
     assert "it was the simulator&#x27;s cell" in found["stage-path"]
-    assert "no denoised images" in found["contact-sheet"]
+    # the demo saves its denoiser's output: a raw and a denoised row
+    assert "denoiser&#x27;s output" in found["contact-sheet"]
 
 
 def test_the_followed_cell_is_the_one_the_stage_kept_in_view(

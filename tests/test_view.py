@@ -72,16 +72,19 @@ def test_the_view_shows_images_labels_tracks_and_actions(run: dict[str, Any]) ->
     view = RunViewer(run["out"], viewer)
     assert view.refresh()
     assert not view.refresh()  # nothing changed since
-    (image,) = _layers(viewer, "Image")
+    image, denoised = _layers(viewer, "Image")  # the demo keeps its denoised frames
     (labels,) = _layers(viewer, "Labels")
     (tracks,) = _layers(viewer, "Tracks")
     (actions,) = _layers(viewer, "Points")
     assert image.name == "cell: DAPI"
+    assert denoised.name == "cell denoised: DAPI"
     assert labels.name == "cell labels: DAPI"
     # every layer has the same axes: t, z, y, x (seconds, µm)
     assert viewer.dims.ndim == 4
     assert image.axis_labels == labels.axis_labels == ("t", "z", "y", "x")
+    assert denoised.axis_labels == image.axis_labels
     assert tuple(image.scale) == tuple(labels.scale) == tuple(tracks.scale)
+    assert tuple(denoised.scale) == tuple(image.scale)
     assert image.data.shape[0] == run["summary"]["frames_acquired"] == LOOPS
     # the tracks are the measurements' tracks, ids and all
     with (run["out"] / "measurements.csv").open() as fh:

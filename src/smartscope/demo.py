@@ -1,7 +1,12 @@
-"""``smartscope demo``: a short multi-position time-lapse on the simulator.
+"""The demos: what ``smartscope demo`` reports, and ``smartscope sim-demo``.
 
-The first thing a new user runs, and the smallest end-to-end path through the
-stack: the simulated microscope (``simulators/demo.cfg``) in virtual time, a
+``smartscope demo`` runs ``protocols/demo.yaml`` (models in the loop) and then
+prints :func:`model_report`: what the segmenter found, what the denoiser
+gained and which actions were taken, measured from the run folder alone.
+
+``smartscope sim-demo`` (:func:`run_demo`) is a short multi-position
+time-lapse on the simulator, the smallest end-to-end path through the stack:
+the simulated microscope (``simulators/demo.cfg``) in virtual time, a
 plain pymmcore-plus MDA (no controller, no analysis), raw frames written to
 OME-Zarr by pymmcore-plus's own ome-writers sink, and the simulator's ground
 truth captured on every ``frameReady`` and drawn on a PNG contact sheet.
@@ -38,8 +43,11 @@ __all__ = [
     "DEMO_CHANNELS",
     "DEMO_POSITIONS_UM",
     "DemoResult",
+    "ModelReport",
     "contact_sheet",
+    "model_report",
     "run_demo",
+    "snr",
 ]
 
 #: Stage positions (x_um, y_um) of the demo, spread over the 3 mm sample.
@@ -315,4 +323,246 @@ def run_demo(
         wall_s=time.perf_counter() - t_start,
         sim_time_s=sim_time_s,
         light_dose_mj=light_dose_mj,
+    )
+
+
+# ------------------------------------------------- what `smartscope demo` did
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    """What the models and reactions of a run did, measured from its folder
+    (:func:`model_report`). SNR figures are medians over the frames measured."""
+
+    #: "classical", or the segmentation model's name
+    segmenter: str
+    #: the denoising model's name; None: the run had no denoiser
+    denoiser: str | None
+    #: frames with an analysis result (no error)
+    frames_analysed: int
+    #: objects the segmenter found per analysed frame: median, min, max
+    objects_median: float
+    objects_min: int
+    objects_max: int
+    #: background: pixels farther than this from every segmented object, µm
+    background_margin_um: float
+    #: frames whose SNR could be measured (objects, and a background that
+    #: is not flat, present)
+    snr_frames: int
+    #: nuclei-vs-background SNR of the raw frames (median over frames)
+    snr_raw: float
+    #: background noise std of the raw frames, ADU (median over frames)
+    noise_raw_adu: float
+    #: the same of the denoised frames; None without stored denoised frames
+    snr_denoised: float | None
+    noise_denoised_adu: float | None
+    #: median over frames of snr(denoised) / snr(raw)
+    snr_gain: float | None
+    #: action type -> status (applied, clamped, refused, failed, not_applied)
+    #: -> count, from events.jsonl
+    actions: dict[str, dict[str, int]]
+
+    @property
+    def snr_gain_db(self) -> float | None:
+        """:attr:`snr_gain` in decibels (20 log10: SNR is an amplitude ratio)."""
+        return None if self.snr_gain is None else 20 * float(np.log10(self.snr_gain))
+
+    def lines(self) -> list[tuple[str, str]]:
+        """(label, text) rows, as ``smartscope demo`` prints them."""
+        seg = (
+            "classical" if self.segmenter == "classical" else f"model {self.segmenter}"
+        )
+        rows = [
+            (
+                "objects found",
+                f"median {self.objects_median:g} per frame (min {self.objects_min}, "
+                f"max {self.objects_max}) in {self.frames_analysed} frames, "
+                f"segmenter {seg}",
+            )
+        ]
+        bg = f"background: > {self.background_margin_um:g} µm from every object"
+        if self.snr_gain is not None:
+            rows.append(
+                (
+                    "denoiser",
+                    f"{self.denoiser}: nuclei-vs-background SNR {self.snr_raw:.0f} "
+                    f"raw → {self.snr_denoised:.0f} denoised, "
+                    f"×{self.snr_gain:.1f} ({self.snr_gain_db:+.1f} dB); background "
+                    f"noise {self.noise_raw_adu:.1f} → {self.noise_denoised_adu:.1f} "
+                    f"ADU std; median of {self.snr_frames} frames, {bg}",
+                )
+            )
+        else:
+            rows.append(
+                (
+                    "denoiser",
+                    f"none; raw SNR {self.snr_raw:.0f}, background noise "
+                    f"{self.noise_raw_adu:.1f} ADU std ({bg})",
+                )
+            )
+        by_type = "; ".join(
+            f"{kind} "
+            + ", ".join(f"{n} {st.replace('_', ' ')}" for st, n in statuses.items())
+            for kind, statuses in self.actions.items()
+        )
+        refused = sum(v.get("refused", 0) for v in self.actions.values())
+        clamped = sum(v.get("clamped", 0) for v in self.actions.values())
+        rows.append(
+            (
+                "decisions",
+                f"{by_type or 'no actions'}; {refused} refused, {clamped} clamped "
+                "by the limits",
+            )
+        )
+        return rows
+
+
+#: time points read at once when measuring the SNR of a run's frames
+_READ_BLOCK = 16
+
+
+def snr(
+    image: np.ndarray, objects: np.ndarray, background: np.ndarray
+) -> tuple[float, float]:
+    """Nuclei-vs-background SNR of one frame, and its background noise.
+
+    ``image``: (Y, X) frame (any real dtype); ``objects``, ``background``:
+    (Y, X) bool masks. Returns ``(SNR, noise)``: (mean over objects - mean
+    over background) / noise, and noise = the background's standard deviation
+    in the image's units (ADU); SNR is NaN where the background is flat.
+    """
+    im = np.asarray(image, dtype=np.float64)
+    bg = im[background]
+    noise = float(bg.std())
+    if noise == 0:
+        return float("nan"), noise
+    return (float(im[objects].mean()) - float(bg.mean())) / noise, noise
+
+
+def model_report(run_dir: str | Path) -> ModelReport:
+    """Measure what the models and reactions of the run in ``run_dir`` did.
+
+    Objects per frame come from the analysis records of ``events.jsonl``, the
+    actions from its action records. SNR is measured on every acquisition
+    frame with stored labels: objects are the stored label image's nuclei;
+    background, every pixel farther than half the protocol's
+    ``analysis.diameter_um`` from all of them (clear of the nuclei's blurred
+    edges); the same masks on the raw and on the stored denoised frame.
+    """
+    import json
+
+    from scipy import ndimage as ndi
+
+    from smartscope.io.read_images import frame_places, list_images
+    from smartscope.protocol import load_protocol
+
+    run_dir = Path(run_dir)
+    analysis = load_protocol(run_dir / "protocol.yaml").analysis
+    n_objects: list[int] = []
+    actions: dict[str, dict[str, int]] = {}
+    acquisition: set[int] = set()
+    with (run_dir / "events.jsonl").open() as fh:
+        for line in fh:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a torn last line after a crash
+            kind = rec.get("kind")
+            if kind == "analysis" and rec.get("error") is None:
+                n_objects.append(int(rec["n_objects"]))
+            elif kind == "action":
+                by_status = actions.setdefault(str(rec["type"]), {})
+                st = str(rec["status"])
+                by_status[st] = by_status.get(st, 0) + 1
+            elif kind == "frame" and rec.get("role", "acquisition") == "acquisition":
+                acquisition.add(int(rec["index"]))
+    if not n_objects:
+        raise SmartscopeError(f"{run_dir}: no analysed frame in events.jsonl")
+
+    import zarr
+
+    images = list_images(run_dir)
+    pixel_um = {i.series: float(i.scale[-1]) for i in images}
+    denoised_of = {i.source: i.series for i in images if i.kind == "denoised"}
+    root: Any = zarr.open_group(str(run_dir / ZARR_NAME), mode="r")
+    margin_um = analysis.diameter_um / 2
+    # (raw, labels, denoised or None) arrays of each raw image with labels
+    arrays: dict[str, tuple[Any, Any, Any]] = {}
+    for i in images:
+        if i.kind == "raw" and i.has_labels:
+            den = denoised_of.get(i.series)
+            arrays[i.series] = (
+                root[i.series]["0"],
+                root[i.series]["labels/nuclei/0"],
+                None if den is None else root[den]["0"],
+            )
+    places = sorted(
+        (w.series, w.t, w.c, w.z)
+        for index, w in frame_places(run_dir).items()
+        if index in acquisition and w.series in arrays
+    )
+    raw_snr: list[float] = []
+    raw_noise: list[float] = []
+    den_snr: list[float] = []
+    den_noise: list[float] = []
+    gain: list[float] = []
+    block: tuple[str, int] | None = None
+    t0 = 0
+    raws = labels = denoiseds = np.zeros((0,))
+    for series, t, c, z in places:
+        if block != (series, t // _READ_BLOCK):
+            # one read per block of time points: per-plane reads cost more in
+            # zarr's call overhead than in decompression
+            block = (series, t // _READ_BLOCK)
+            t0 = block[1] * _READ_BLOCK
+            raw_a, labels_a, den_a = arrays[series]
+            raws = np.asarray(raw_a[t0 : t0 + _READ_BLOCK])
+            labels = np.asarray(labels_a[t0 : t0 + _READ_BLOCK])
+            denoiseds = (
+                np.zeros((0,))
+                if den_a is None
+                else np.asarray(den_a[t0 : t0 + _READ_BLOCK])
+            )
+        raw = raws[t - t0, c, z]
+        denoised = denoiseds[t - t0, c, z] if denoiseds.size else None
+        objects = labels[t - t0, c, z] > 0
+        background = ndi.distance_transform_edt(~objects) > margin_um / pixel_um[series]
+        if not objects.any() or background.sum() < 2:
+            continue
+        s, n = snr(raw, objects, background)
+        sd, nd = (
+            (np.nan, np.nan) if denoised is None else snr(denoised, objects, background)
+        )
+        if np.isnan(s) or (denoised is not None and np.isnan(sd)):
+            continue  # a flat background: no noise to measure
+        raw_snr.append(s)
+        raw_noise.append(n)
+        if denoised is not None:
+            den_snr.append(sd)
+            den_noise.append(nd)
+            gain.append(sd / s)
+    if not raw_snr:
+        raise SmartscopeError(
+            f"{run_dir}: no frame with stored labels and objects to measure the "
+            "SNR on (the protocol needs `save: {labels: true}`)"
+        )
+
+    def med(values: list[float]) -> float | None:
+        return float(np.median(values)) if values else None
+
+    return ModelReport(
+        segmenter=str(analysis.model) if analysis.segmenter == "model" else "classical",
+        denoiser=analysis.denoise,
+        frames_analysed=len(n_objects),
+        objects_median=float(np.median(n_objects)),
+        objects_min=min(n_objects),
+        objects_max=max(n_objects),
+        background_margin_um=margin_um,
+        snr_frames=len(raw_snr),
+        snr_raw=float(np.median(raw_snr)),
+        noise_raw_adu=float(np.median(raw_noise)),
+        snr_denoised=med(den_snr),
+        noise_denoised_adu=med(den_noise),
+        snr_gain=med(gain),
+        actions=actions,
     )
