@@ -12,11 +12,13 @@ from smartscope.reactions.base import (
     register,
 )
 from smartscope.reactions.center_on import CenterOn
+from smartscope.reactions.event_rate import EventRate
 
 __all__ = [
     "REGISTRY",
     "AdaptiveExposure",
     "CenterOn",
+    "EventRate",
     "KeepFocus",
     "Reaction",
     "ReactionParams",
