@@ -72,6 +72,8 @@ def test_the_simulator_in_napari_micromanager(tmp_path: Path) -> None:
     out = _in_a_window(
         """
         import json
+        import os
+        import sys
         import napari, useq
         from qtpy.QtWidgets import QApplication
         from napari_micromanager import MainWindow
@@ -100,6 +102,8 @@ def test_the_simulator_in_napari_micromanager(tmp_path: Path) -> None:
             "dose_mj": get_simulator(core).light_dose_mj,
         }))
         viewer.close()
+        sys.stdout.flush()
+        os._exit(0)  # no Qt/GL teardown at exit: Mesa under Xvfb may crash there
         """,
         tmp_path,
     )
@@ -115,6 +119,8 @@ def test_smartscope_view_renders_in_a_napari_window(tmp_path: Path) -> None:
     out = _in_a_window(
         """
         import json
+        import os
+        import sys
         import napari
         import numpy as np
         from smartscope._data import data_dir
@@ -153,6 +159,8 @@ def test_smartscope_view_renders_in_a_napari_window(tmp_path: Path) -> None:
             "nothing": nothing,
         }))
         viewer.close()
+        sys.stdout.flush()
+        os._exit(0)  # no Qt/GL teardown at exit: Mesa under Xvfb may crash there
         """,
         tmp_path,
     )
