@@ -20,6 +20,7 @@ import numpy as np
 from smartscope.controller import records as R
 from smartscope.errors import SmartscopeError
 from smartscope.report_data import RunData, load_run
+from smartscope.sim.truth import CELLS_CSV_HEADER
 
 if TYPE_CHECKING:
     from smartscope.sim.scene import ScenePreset
@@ -176,17 +177,7 @@ def _read_truth_rows(
 ) -> TruthRows | None:
     """``cells.csv`` rows of the logged frames (a killed run may have truth
     of a frame its log never recorded; a row cut short is left out)."""
-    names = (
-        "frame",
-        "t_s",
-        "cell_id",
-        "parent_id",
-        "x_um",
-        "y_um",
-        "radius_um",
-        "state",
-        "dose",
-    )
+    names = CELLS_CSV_HEADER  # the simulator's own columns, in its order
     kinds = (int, float, int, int, float, float, float, str, float)
     cols: list[list[Any]] = [[] for _ in names]
     unlogged = 0
