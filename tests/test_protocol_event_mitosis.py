@@ -205,10 +205,13 @@ def test_the_detector_calls_mitotic_nuclei_against_the_truth(
     assert recall >= 0.9
 
 
-def test_the_reaction_goes_fast_on_a_mitosis_and_slow_after_it() -> None:
+@pytest.mark.parametrize("per_position", [True, False])
+def test_the_reaction_goes_fast_on_a_mitosis_and_slow_after_it(
+    per_position: bool,
+) -> None:
     # a nucleus that doubles in brightness and shrinks: mitotic; then two
     # daughters of normal brightness: the event is over
-    r = EventRate(slow_interval_s=300, fast_interval_s=20)
+    r = EventRate(slow_interval_s=300, fast_interval_s=20, per_position=per_position)
     frame = FrameInput(
         image=np.zeros((4, 4), np.uint16),
         frame_index=0,
@@ -257,15 +260,19 @@ def test_the_reaction_goes_fast_on_a_mitosis_and_slow_after_it() -> None:
         run = RunView(state, {}, (333.0, 333.0), k, f.t_s)
         return r.react(res, run)
 
+    def asked(actions: Any) -> list[tuple[float, str | None]]:
+        assert all(isinstance(a, SetInterval) for a in actions)
+        return [(a.interval_s, a.position) for a in actions]
+
+    # per position: the position's own rate, then the run's (the tick)
+    own = (lambda v: [(v, "a")]) if per_position else (lambda v: [])
     normal = [(1, 120.0, 600.0), (2, 110.0, 550.0)]
-    assert result(0, normal, 300) == ()
-    (a,) = result(1, [(1, 80.0, 1100.0), (2, 110.0, 550.0)], 300)
-    assert isinstance(a, SetInterval)
-    assert a.interval_s == 20
-    assert result(2, [(1, 78.0, 1120.0), (2, 110.0, 550.0)], 20) == ()
-    (b,) = result(3, [(3, 60.0, 600.0), (4, 60.0, 600.0), (2, 110.0, 550.0)], 20)
-    assert isinstance(b, SetInterval)
-    assert b.interval_s == 300
+    assert asked(result(0, normal, 300)) == own(300)
+    mitotic = [(1, 80.0, 1100.0), (2, 110.0, 550.0)]
+    assert asked(result(1, mitotic, 300)) == [*own(20), (20, None)]
+    assert asked(result(2, [(1, 78.0, 1120.0), (2, 110.0, 550.0)], 20)) == []
+    after = [(3, 60.0, 600.0), (4, 60.0, 600.0), (2, 110.0, 550.0)]
+    assert asked(result(3, after, 20)) == [*own(300), (300, None)]
 
 
 def test_the_protocol_files_pair_the_reaction_with_its_comparison() -> None:

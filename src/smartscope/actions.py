@@ -22,9 +22,11 @@ __all__ = [
     "Autofocus",
     "MoveFocus",
     "MoveStage",
+    "RemovePosition",
     "SetExposure",
     "SetInterval",
     "SetLaserPower",
+    "SetObjective",
     "SetProperty",
     "Stop",
 ]
@@ -179,11 +181,20 @@ class SetProperty(Action):
 
 @dataclass(frozen=True, kw_only=True)
 class SetInterval(Action):
-    """Time between time points from now on, s."""
+    """Time between time points from now on, s; or, with ``position``, the
+    time between that position's visits.
+
+    A position's own interval makes the run skip it at time points that come
+    sooner than ``interval_s`` after its last visit (the run's interval is the
+    tick: a position is visited at the first time point at least its interval
+    after the last one). Positions with a shorter interval of their own are
+    visited first within a time point.
+    """
 
     kind: ClassVar[str] = "SetInterval"
     _numbers: ClassVar[tuple[str, ...]] = ("interval_s",)
     interval_s: float
+    position: str | None = None
 
     def problems(self) -> list[str]:
         out = super().problems()
@@ -203,6 +214,37 @@ class AddPosition(Action):
     y_um: float
     z_um: float | None = None
     name: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemovePosition(Action):
+    """Stop visiting ``position`` (its frames stay on disk and in the log)."""
+
+    kind: ClassVar[str] = "RemovePosition"
+    position: str
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if not isinstance(self.position, str) or not self.position:
+            out.append(f"position must be a non-empty string, got {self.position!r}")
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class SetObjective(Action):
+    """Switch to ``objective`` (a preset of the protocol's objective group)
+    from the next block: the pixel size follows, and the objective offsets of
+    the protocol (``devices.objective_offsets``) keep every position on the
+    same sample point and in focus."""
+
+    kind: ClassVar[str] = "SetObjective"
+    objective: str
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if not isinstance(self.objective, str) or not self.objective:
+            out.append(f"objective must be a non-empty string, got {self.objective!r}")
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -248,6 +290,8 @@ ACTION_TYPES: tuple[type[Action], ...] = (
     SetProperty,
     SetInterval,
     AddPosition,
+    RemovePosition,
+    SetObjective,
     Autofocus,
     Stop,
 )

@@ -21,9 +21,11 @@ from smartscope.actions import (
     Autofocus,
     MoveFocus,
     MoveStage,
+    RemovePosition,
     SetExposure,
     SetInterval,
     SetLaserPower,
+    SetObjective,
     SetProperty,
     Stop,
 )
@@ -94,6 +96,11 @@ class SafetyLimits(BaseModel):
     )
     allowed_properties: tuple[str, ...] = Field(
         (), description='"Device.Property" pairs a SetProperty action may change'
+    )
+    objectives: tuple[str, ...] | None = Field(
+        None,
+        description="objective presets a SetObjective action may switch to "
+        "(None: any preset of the objective group)",
     )
 
     @field_validator("xy_box_um")
@@ -387,4 +394,17 @@ class SafetyLimits(BaseModel):
         return Verdict("applied", out)
 
     def _check_Stop(self, a: Stop, s: HardwareState) -> Verdict:
+        return Verdict("applied", a)
+
+    def _check_RemovePosition(self, a: RemovePosition, s: HardwareState) -> Verdict:
+        return Verdict("applied", a)  # less light, no movement
+
+    def _check_SetObjective(self, a: SetObjective, s: HardwareState) -> Verdict:
+        if self.objectives is not None and a.objective not in self.objectives:
+            return Verdict(
+                "refused",
+                None,
+                f"objective {a.objective!r} is not in limits.objectives "
+                f"{list(self.objectives)}",
+            )
         return Verdict("applied", a)

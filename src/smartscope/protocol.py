@@ -52,6 +52,7 @@ __all__ = [
     "DeviceRoles",
     "ErrorPolicy",
     "FaultPolicy",
+    "ObjectiveOffset",
     "Protocol",
     "ProtocolError",
     "ReactionPolicy",
@@ -174,6 +175,18 @@ class ErrorPolicy(_Frozen):
     reaction: ReactionPolicy = ReactionPolicy()
 
 
+class ObjectiveOffset(_Frozen):
+    """Where an objective's field centre and focus lie against the reference
+    objective's (the one whose offsets are all 0), from a calibration: with
+    this objective in, the sample point the reference objective centres at
+    stage (x, y) is at the centre with the stage at (x - x_um, y - y_um), and
+    in focus with the focus drive at z + z_um."""
+
+    x_um: float = Field(0.0, ge=-5000, le=5000)
+    y_um: float = Field(0.0, ge=-5000, le=5000)
+    z_um: float = Field(0.0, ge=-1000, le=1000)
+
+
 class DeviceRoles(_Frozen):
     """Which devices play which part, by their labels in the configuration
     (the simulator's labels are the defaults)."""
@@ -187,6 +200,18 @@ class DeviceRoles(_Frozen):
     objective_group: str = Field(
         "Objective", description="the config group whose presets are the objectives"
     )
+    objective_offsets: dict[str, ObjectiveOffset] = Field(
+        default_factory=dict,
+        description="per objective preset, its offsets from the reference "
+        "objective (parfocality and centring, µm); presets not named: 0. "
+        "Positions and every coordinate in the run's records are sample "
+        "coordinates as the reference objective sees them.",
+    )
+
+    def offset_um(self, objective: str | None) -> tuple[float, float, float]:
+        """(x_um, y_um, z_um) offsets of ``objective`` (0 where not given)."""
+        o = self.objective_offsets.get(objective or "")
+        return (0.0, 0.0, 0.0) if o is None else (o.x_um, o.y_um, o.z_um)
 
 
 class StopConditions(_Frozen):
@@ -329,7 +354,11 @@ class Protocol(_Frozen):
 
 # --------------------------------------------------------------------- loading
 
-_KIND_WORDS = {"segment": "segmentation", "denoise": "denoising"}
+_KIND_WORDS = {
+    "segment": "segmentation",
+    "denoise": "denoising",
+    "event": "mitosis classification",
+}
 _KIND_OF = {
     list: "a list",
     str: "text",

@@ -45,6 +45,15 @@ class FrameInput:
     image_at : dict or None
         Where the frame is stored in ``data.ome.zarr``: ``series``, ``t``,
         ``c``, ``z`` (None: not stored, e.g. outside a run).
+    objective : str or None
+        The objective preset in use (None: not known).
+    last_in_block : bool
+        The last frame of its position's block at its time point (every
+        channel, grid tile and plane of the position is then acquired).
+
+    Stage coordinates are sample coordinates as the protocol's reference
+    objective sees them (``devices.objective_offsets``): the same sample point
+    has the same coordinates whichever objective took the frame.
     """
 
     image: np.ndarray
@@ -61,6 +70,8 @@ class FrameInput:
     event_index: dict[str, int] = field(default_factory=dict)
     laser_mw: float = 0.0
     image_at: dict[str, Any] | None = None
+    objective: str | None = None
+    last_in_block: bool = False
 
     def pixel_to_stage(self, row: float, col: float) -> tuple[float, float]:
         """Stage coordinates (x_um, y_um) of image pixel (row, col).

@@ -18,6 +18,7 @@ import useq
 
 from smartscope.controller.autofocus import Sweep
 from smartscope.controller.executor import Executor, Outcome
+from smartscope.controller.frames import BLOCK_END_KEY
 from smartscope.controller.gate import RunGate
 from smartscope.controller.plan import Plan
 from smartscope.controller.records import Record
@@ -82,9 +83,14 @@ class Acquisition:
             self.apply_pending()
             if (yield from self._sweep_events()) or self.check_stop():
                 return
-            for ev in block.events():
+            events = block.events()
+            for i, ev in enumerate(events):
                 if self.gate.hold() or self.check_stop():
                     return
+                if i == len(events) - 1:
+                    ev = ev.model_copy(
+                        update={"metadata": {**ev.metadata, BLOCK_END_KEY: True}}
+                    )
                 yield ev
 
     def _before_timepoint(self, t_index: int | None, due_s: float | None) -> None:
@@ -99,6 +105,7 @@ class Acquisition:
                 timeout = max(0.0, (due_s or 0.0) - self._sample_time() - 0.005)
             self.gate.wait_caught_up(timeout)
         self.apply_pending()
+        self.check_stop()
 
     def check_stop(self) -> bool:
         """Whether the run is ending; asks it to when a stop condition is met."""
@@ -113,6 +120,8 @@ class Acquisition:
             self._sample_time() >= st.max_sample_time_s
         ):
             why = f"max_sample_time_s {st.max_sample_time_s:g} reached"
+        elif self.plan.dynamic and self.plan.n_active == 0:
+            why = "no position left to image (every position was removed)"
         elif (
             st.when_dose_budget_spent
             and budget is not None

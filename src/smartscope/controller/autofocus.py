@@ -78,8 +78,13 @@ class Sweep:
         y_um: float | None,
         channel: useq.Channel | None,
         exposure_ms: float,
+        offset_um: tuple[float, float, float] = (0.0, 0.0, 0.0),
     ) -> list[useq.MDAEvent]:
-        """Build (and keep in ``planned``) the sweep's events, bottom to top."""
+        """Build (and keep in ``planned``) the sweep's events, bottom to top.
+        ``x_um``, ``y_um`` and the planes are sample coordinates; the events
+        go to the stage at x - dx, y - dy, z + dz of the objective's
+        ``offset_um``."""
+        dx, dy, dz = offset_um
         ch = (
             None
             if channel is None
@@ -87,9 +92,9 @@ class Sweep:
         )
         self.planned = [
             useq.MDAEvent(
-                x_pos=x_um,
-                y_pos=y_um,
-                z_pos=float(z),
+                x_pos=None if x_um is None else x_um - dx,
+                y_pos=None if y_um is None else y_um - dy,
+                z_pos=float(z) + dz,
                 channel=ch,
                 exposure=exposure_ms,
                 pos_name=self.position,

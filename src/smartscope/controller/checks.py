@@ -78,6 +78,28 @@ def check_hardware(core: CMMCorePlus, p: Protocol) -> None:
                     f"(devices.objective_group; presets: {list(core.getAvailableConfigs(group))})",
                 )
             )
+    named = [*roles.objective_offsets, *(p.limits.objectives or ())]
+    if named:
+        group = roles.objective_group
+        presets = (
+            list(core.getAvailableConfigs(group))
+            if group in core.getAvailableConfigGroups()
+            else []
+        )
+        for label in named:
+            if label not in presets:
+                fld = (
+                    f"devices.objective_offsets.{label}"
+                    if label in roles.objective_offsets
+                    else "limits.objectives"
+                )
+                problems.append(
+                    (
+                        fld,
+                        f"{label!r} is not a preset of the {group!r} group "
+                        f"(devices.objective_group; presets: {presets})",
+                    )
+                )
     light, prop = roles.light_source, roles.power_property
     if light is not None:
         if light not in core.getLoadedDevices():

@@ -280,6 +280,8 @@ class Controller:
             t_s=self._sample_time(),
             laser_mw=power,
             image_at=meta.get(IMAGE_META_KEY),
+            objective=self.plan.objective,
+            offset_um=self.plan.offset_um,
         )
         role = frame_role(event)
         self.acquisition.last_position = frame.position
@@ -298,8 +300,10 @@ class Controller:
             ):
                 self.acquisition.active_sweep.add(role["plane"], img, index)
         elif self._pipeline is not None:
+            h, w = img.shape[:2]
+            px = frame.pixel_size_um
             self._views[index] = snapshot(
-                frame, self.plan.view(), self.executor.dose_mj, self._fov_um
+                frame, self.plan.view(), self.executor.dose_mj, (w * px, h * px)
             )
             self.gate.submitted()
             self._pipeline.submit(frame)

@@ -13,7 +13,7 @@ events, and is the only caller of the core for an action.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,9 +25,11 @@ from smartscope.actions import (
     Autofocus,
     MoveFocus,
     MoveStage,
+    RemovePosition,
     SetExposure,
     SetInterval,
     SetLaserPower,
+    SetObjective,
     SetProperty,
     Stop,
 )
@@ -140,12 +142,14 @@ class Executor:
         x = y = z = None
         if p_index is not None:
             x, y, z = plan.coords(p_index)
+        ox, oy, oz = plan.offset_um  # hardware reads are stage coordinates
         if x is None or y is None:
             x, y = core.getXYPosition() if core.getXYStageDevice() else (0.0, 0.0)
+            x, y = x + ox, y + oy
         if z_um is not None:
             z = z_um
         if z is None:
-            z = core.getZPosition() if core.getFocusDevice() else 0.0
+            z = core.getZPosition() - oz if core.getFocusDevice() else 0.0
         if channel is None and plan.channels():
             exposure = min(plan.exposure_ms(c) for c in plan.channels())
         else:
@@ -209,6 +213,11 @@ class Executor:
         if isinstance(meant, Autofocus) and self.plan.channels():
             channel = self.plan.channels()[0]  # the sweep's channel
         state = self.state(p_index, channel, z_um=z_from_um)
+        if isinstance(meant, SetInterval) and meant.position is not None:
+            own = self.plan.view().position_intervals.get(meant.position)
+            state = replace(
+                state, interval_s=own if own is not None else state.interval_s
+            )
         verdict = self.limits.check(meant, state)
         if not verdict.allowed or verdict.action is None:
             return _refused(action, verdict.reason)
@@ -251,7 +260,10 @@ class Executor:
 
     def _plan_can(self, a: Action) -> str | None:
         plan = self.plan
-        if isinstance(a, (SetInterval, AddPosition)) and not plan.dynamic:
+        if (
+            isinstance(a, (SetInterval, AddPosition, RemovePosition))
+            and not plan.dynamic
+        ):
             return (
                 f"axis_order {plan.sequence.axis_order!r} runs time inside another "
                 f"axis; {a.kind} needs time as the outermost axis"
@@ -264,20 +276,31 @@ class Executor:
                 return f"no channel {a.channel!r} in the plan (channels: {chans})"
         if isinstance(a, SetLaserPower) and self.roles.light_source is None:
             return "no light source is named in the protocol (devices.light_source)"
+        if isinstance(a, SetObjective):
+            group = self.roles.objective_group
+            if group not in self.core.getAvailableConfigGroups():
+                return f"no config group {group!r} (devices.objective_group)"
+            presets = list(self.core.getAvailableConfigs(group))
+            if a.objective not in presets:
+                return (
+                    f"{a.objective!r} is not a preset of the {group!r} group "
+                    f"(presets: {presets})"
+                )
         return None
 
     def _execute(
         self, a: Action, s: HardwareState, p: int | None, name: str | None
     ) -> tuple[Any, Any, Sweep | None]:
         core, plan = self.core, self.plan
+        ox, oy, oz = plan.offset_um  # actions are in sample coordinates
         if isinstance(a, MoveStage):
             if p is None or not plan.move(p, x_um=a.x_um, y_um=a.y_um):
-                core.setXYPosition(a.x_um, a.y_um)
+                core.setXYPosition(a.x_um - ox, a.y_um - oy)
                 core.waitForDevice(core.getXYStageDevice())
             return [s.x_um, s.y_um], [a.x_um, a.y_um], None
         if isinstance(a, MoveFocus):
             if p is None or not plan.move(p, z_um=a.z_um):
-                core.setZPosition(a.z_um)
+                core.setZPosition(a.z_um + oz)
                 core.waitForDevice(core.getFocusDevice())
             return s.z_um, a.z_um, None
         if isinstance(a, SetExposure):
@@ -288,7 +311,15 @@ class Executor:
             core.setProperty(r.light_source, r.power_property, a.power_mw)
             return s.laser_mw, self.light_power_mw(), None
         if isinstance(a, SetInterval):
+            if a.position is not None and p is not None:
+                return plan.set_position_interval(p, a.interval_s), a.interval_s, None
             return plan.set_interval(a.interval_s), a.interval_s, None
+        if isinstance(a, RemovePosition):
+            assert p is not None  # checked: the position exists
+            plan.remove_position(p)
+            return a.position, None, None
+        if isinstance(a, SetObjective):
+            return *self._switch_objective(a.objective), None
         if isinstance(a, AddPosition):
             plan.ensure_indexed()
             new = plan.add_position(x_um=a.x_um, y_um=a.y_um, z_um=a.z_um, name=a.name)
@@ -307,6 +338,30 @@ class Executor:
             return None, None, None
         raise TypeError(f"no executor for action {a.kind}")
 
+    def _switch_objective(self, objective: str) -> tuple[Any, Any]:
+        """Switch the objective; the stage follows its offsets where no
+        position of the plan will move it (runner thread)."""
+        core, plan, group = self.core, self.plan, self.roles.objective_group
+        before = core.getCurrentConfig(group)
+        old = plan.offset_um
+        new = self.roles.offset_um(objective)
+        core.setConfig(group, objective)
+        core.waitForConfig(group, objective)
+        plan.set_objective(objective, new)
+        dx, dy, dz = (n - o for n, o in zip(new, old, strict=True))
+        if (dx or dy) and core.getXYStageDevice():
+            x, y = core.getXYPosition()
+            core.setXYPosition(x - dx, y - dy)
+            core.waitForDevice(core.getXYStageDevice())
+        if dz and core.getFocusDevice():
+            core.setZPosition(core.getZPosition() + dz)
+            core.waitForDevice(core.getFocusDevice())
+        return before, {
+            "objective": objective,
+            "pixel_size_um": core.getPixelSizeUm(),
+            "offset_um": list(new),
+        }
+
     def _sweep(
         self, a: Autofocus, s: HardwareState, p: int | None, name: str | None
     ) -> Sweep:
@@ -321,6 +376,7 @@ class Executor:
             y_um=s.y_um if self.core.getXYStageDevice() else None,
             channel=ch,
             exposure_ms=self.plan.exposure_ms(ch.config if ch else None),
+            offset_um=self.plan.offset_um,
         )
         # granted at the most power the light may have when the sweep runs
         power = max(s.laser_mw, self.limits.max_laser_mw or 0.0)

@@ -342,6 +342,9 @@ def _set_initial_state(ctl: Controller) -> Callable[[], None]:
             _check_space(ctl)  # a grid's size depends on the field of view
         if light is not None:
             core.setProperty(light, roles.power_property, p.laser_power_mw)
+        if group in core.getAvailableConfigGroups():
+            current = core.getCurrentConfig(group)
+            ctl.plan.set_objective(current, roles.offset_um(current))
     except BaseException:
         with shielded():
             restore()
@@ -406,7 +409,8 @@ def _finish(ctl: Controller, error: BaseException | None) -> dict[str, Any]:
         sample_time_s=round(ctl._sample_time(), 3) if ctl._t0 else 0.0,
         positions=[
             {"name": k, "x_um": x, "y_um": y, "z_um": z}
-            for k, (x, y, z) in ctl.plan.view().positions.items()
+            | ({} if active else {"removed": True})
+            for k, (x, y, z), active in ctl.plan.all_positions()
         ],
         time_mode=sim.time_mode if sim is not None else "realtime",
         sample_clock_s=None if sim is None else round(sim.clock_s, 3),

@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import useq
@@ -52,9 +52,12 @@ class PlanView:
     """A snapshot of the plan: what a reaction and the limits may know."""
 
     #: position name -> (x_um, y_um, z_um); None where the plan does not set it
+    #: (positions still visited; removed ones are left out)
     positions: dict[str, tuple[float | None, float | None, float | None]]
     interval_s: float
     n_positions: int
+    #: position name -> its own interval, s (positions that have one)
+    position_intervals: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -112,6 +115,10 @@ class Plan:
         self._interval_override: float | None = None
         self._interval_now = 0.0
         self._focus = focus_um
+        #: the objective in use and its offsets (x, y, z µm) from the
+        #: reference objective: events go to the stage at x - dx, y - dy, z + dz
+        self.objective: str | None = None
+        self._offset = (0.0, 0.0, 0.0)
         if seq.stage_positions:
             self._positions = [
                 plan_position(p.name or f"p{i}", p, seq, focus_um)
@@ -131,16 +138,41 @@ class Plan:
 
     def view(self) -> PlanView:
         with self._lock:
+            live = [p for p in self._positions if p.active]
             return PlanView(
-                positions={p.name: p.coords() for p in self._positions},
+                positions={p.name: p.coords() for p in live},
                 interval_s=self._interval_now,
-                n_positions=len(self._positions),
+                n_positions=len(live),
+                position_intervals={
+                    p.name: p.interval_s for p in live if p.interval_s is not None
+                },
             )
 
+    def all_positions(
+        self,
+    ) -> list[tuple[str, tuple[float | None, float | None, float | None], bool]]:
+        """(name, (x_um, y_um, z_um), still visited) of every position, removed
+        ones included."""
+        with self._lock:
+            return [(p.name, p.coords(), p.active) for p in self._positions]
+
+    @property
+    def n_active(self) -> int:
+        """Positions still visited."""
+        with self._lock:
+            return sum(p.active for p in self._positions)
+
+    @property
+    def offset_um(self) -> tuple[float, float, float]:
+        """(dx, dy, dz) of the objective in use from the reference objective, µm."""
+        with self._lock:
+            return self._offset
+
     def position_index(self, name: str | None) -> int | None:
+        """The index of the position named ``name`` still visited (None: none)."""
         with self._lock:
             for i, p in enumerate(self._positions):
-                if p.name == name:
+                if p.name == name and p.active:
                     return i
         return None
 
@@ -284,6 +316,28 @@ class Plan:
             self._interval_now = float(interval_s)
             return before
 
+    def set_position_interval(self, index: int, interval_s: float) -> float | None:
+        """Time between position ``index``'s visits from now on; the previous
+        value (None: it had none, every time point)."""
+        with self._lock:
+            pos = self._positions[index]
+            before, pos.interval_s = pos.interval_s, float(interval_s)
+            return before
+
+    def remove_position(self, index: int) -> None:
+        """Stop visiting position ``index`` (from the next block)."""
+        with self._lock:
+            self._positions[index].active = False
+
+    def set_objective(
+        self, objective: str, offset_um: tuple[float, float, float]
+    ) -> None:
+        """The objective in use from the next block, and its offsets (x, y, z
+        µm) from the reference objective."""
+        with self._lock:
+            self.objective = objective
+            self._offset = tuple(float(v) for v in offset_um)  # type: ignore[assignment]
+
     def add_position(
         self, *, x_um: float, y_um: float, z_um: float | None, name: str | None
     ) -> str:
@@ -334,12 +388,47 @@ class Plan:
     ) -> Iterator[Block]:
         for t_index, due in self._timepoints():
             before(t_index, due)
+            if not self.n_active:  # every position removed: nothing more to do
+                return
             first = True
-            for events in self._template():
-                if not events:
-                    continue
+            for events in self._visits(self._template(), due):
                 yield Block(t_index, _p_index(events[0][0]), first, due, self, events)
                 first = False
+
+    def _visits(
+        self, blocks: list[list[tuple[useq.MDAEvent, int]]], due: float | None
+    ) -> Iterator[list[tuple[useq.MDAEvent, int]]]:
+        """The blocks of a time point due at ``due`` s that are to be acquired:
+        positions still in the plan whose own interval has passed since their
+        last visit, those with the shortest interval first (the order is
+        useq's among equals). Each is marked visited as it is handed out."""
+        with self._lock:
+            run = self._interval_now
+            todo = []
+            for events in blocks:
+                if not events:
+                    continue
+                pos = self._positions[_p_index(events[0][0]) or 0]
+                if not pos.active:
+                    continue
+                if (
+                    pos.interval_s is not None
+                    and due is not None
+                    and pos.last_due_s is not None
+                    # a tick's worth of rounding: due times are sums of floats
+                    and due - pos.last_due_s < pos.interval_s - 1e-6
+                ):
+                    continue
+                todo.append(
+                    (pos.interval_s if pos.interval_s is not None else run, pos, events)
+                )
+            todo.sort(key=lambda x: x[0])
+        for _, pos, events in todo:
+            with self._lock:
+                if not pos.active:  # removed while this time point ran
+                    continue
+                pos.last_due_s = due
+            yield events
 
     def _timepoints(self) -> Iterator[tuple[int | None, float | None]]:
         tp = self.sequence.time_plan
@@ -408,6 +497,10 @@ class Plan:
         pos = self._positions[_p_index(ev) or 0]
         dx, dy, dz = pos.shift
         dz += pos.add_z
+        # the positions are sample coordinates as the reference objective
+        # sees them; the objective in use sees them at the stage minus its offset
+        ox, oy, oz = self._offset
+        dx, dy, dz = dx - ox, dy - oy, dz + oz
         ch = ev.channel.config if ev.channel is not None else None
         upd: dict[str, Any] = {"exposure": self._exposure_for(ch, ev.exposure)}
         if ev.x_pos is not None and dx:

@@ -26,6 +26,12 @@ class PlanPosition:
     add_z: float = 0.0
     #: shift of every event of this position from the template, µm
     shift: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    #: time between this position's visits, s (None: every time point)
+    interval_s: float | None = None
+    #: when the time point of its last visit was due, s (None: not visited)
+    last_due_s: float | None = None
+    #: False once removed from the plan (its frames stay)
+    active: bool = True
 
     def coords(self) -> tuple[float | None, ...]:
         s = self.source

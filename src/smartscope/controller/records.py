@@ -58,7 +58,7 @@ class RunStartedRecord(Record):
     positions: list[str]
     time_mode: str
     plan_mode: Literal["dynamic", "verbatim"]
-    devices: dict[str, str | None]
+    devices: dict[str, Any]
     #: the simulator as the run found it (seed, scene); None on real hardware
     simulator: dict[str, Any] | None = None
 
@@ -82,6 +82,9 @@ class FrameRecord(Record):
     t_frame: float
     #: where the frame is stored in data.ome.zarr: series, t, c, z
     image: dict[str, Any] | None = None
+    #: the objective preset in use and the image's pixel size, µm
+    objective: str | None = None
+    pixel_size_um: float | None = None
 
 
 class AnalysisRecord(Record):
@@ -316,6 +319,8 @@ def frame_record(frame: Any, *, role: str, dose_mj: float, t0: float) -> FrameRe
         t_s=round(frame.t_s, 4),
         t_frame=round(frame.t_frame - t0, 6),
         image=frame.image_at,
+        objective=frame.objective,
+        pixel_size_um=frame.pixel_size_um,
     )
 
 

@@ -13,6 +13,7 @@ from smartscope.reactions.base import (
 )
 from smartscope.reactions.center_on import CenterOn
 from smartscope.reactions.event_rate import EventRate
+from smartscope.reactions.scan_then_zoom import ScanThenZoom
 
 __all__ = [
     "REGISTRY",
@@ -23,6 +24,7 @@ __all__ = [
     "Reaction",
     "ReactionParams",
     "RunView",
+    "ScanThenZoom",
     "create_reaction",
     "reaction_class",
     "register",

@@ -4,18 +4,20 @@ Event-driven acquisition after Mahecic et al. (2022, Nat. Methods): each
 position's frames go through a :class:`~smartscope.analysis.mitosis.
 MitosisDetector`; a position is *in an event* from the frame where a nucleus
 looks mitotic until ``end_after_frames`` of its frames in a row show none.
-The run goes to ``fast_interval_s`` while any position is in an event and
-back to ``slow_interval_s`` when none is.
 
-The interval is the run's, not a position's: the controller's
-:class:`~smartscope.actions.SetInterval` sets the time between time points,
-and every time point visits every position. So while one position is in an
-event all positions are imaged fast; the light saved scales with the share of
-time no position is in an event.
+Each position has its own rate (``per_position: true``, the default): a
+position in an event is imaged every ``fast_interval_s``, the others every
+``slow_interval_s`` (:class:`~smartscope.actions.SetInterval` with a
+``position``). The run's interval, the tick at which positions are visited,
+is the fast one while any position is in an event and the slow one when none
+is. Within a time point the positions in an event come first, so when time
+is short (realtime, a slow stage) the event is imaged on time and the slow
+positions wait. With ``per_position: false`` every position follows the
+run's interval: all are imaged fast while one of them is in an event.
 
 A nucleus that stays "mitotic" for longer than ``max_event_s`` (a dead,
 condensed nucleus, or a misdetection that does not go away) stops counting,
-so one bright object cannot hold the run at the fast rate.
+so one bright object cannot hold a position at the fast rate.
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ class EventRateParams(ReactionParams):
         None, description="detect on frames of this channel only (None: every frame)"
     )
     detector: MitosisDetectorSettings = MitosisDetectorSettings()
+    per_position: bool = Field(
+        True,
+        description="each position at its own rate (fast only where an event is "
+        "under way); false: every position at the run's rate",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> EventRateParams:
@@ -84,6 +91,8 @@ class EventRate(Reaction):
         #: (position, track id) -> sample time first flagged, s
         self._first_seen: dict[tuple[str, int], float] = {}
         self._asked: float | None = None
+        #: position -> the interval last asked for it, s
+        self._asked_at: dict[str, float] = {}
         #: (t_s, position, mitotic track ids) per frame analysed, for audit
         self.detections: list[tuple[float, str, tuple[int, ...]]] = []
 
@@ -112,23 +121,33 @@ class EventRate(Reaction):
         self.detections.append((frame.t_s, pos, tuple(live)))
         self._quiet[pos] = 0 if live else self._quiet.get(pos, p.end_after_frames) + 1
         busy = self.in_event
+        stamp = {
+            "source": self.name,
+            "frame_index": frame.frame_index,
+            "t_frame": frame.t_frame,
+        }
+        out: list[Action] = []
+        if p.per_position:
+            mine = p.fast_interval_s if pos in busy else p.slow_interval_s
+            if self._asked_at.get(pos) != mine:
+                self._asked_at[pos] = mine
+                why = (
+                    f"mitosis at {pos} (tracks {live})"
+                    if pos in busy
+                    else f"no mitosis at {pos}"
+                )
+                out.append(
+                    SetInterval(interval_s=mine, position=pos, reason=why, **stamp)
+                )
         want = p.fast_interval_s if busy else p.slow_interval_s
         # ask once per change (the controller applies it after this frame)
         current = run.state.interval_s if self._asked is None else self._asked
         self._asked = want
-        if want == current:
-            return ()
-        reason = (
-            f"mitosis at {', '.join(sorted(busy))} (tracks {live} at {pos})"
-            if busy
-            else f"no mitosis at any position (last frame: {pos})"
-        )
-        return (
-            SetInterval(
-                interval_s=want,
-                source=self.name,
-                reason=reason,
-                frame_index=frame.frame_index,
-                t_frame=frame.t_frame,
-            ),
-        )
+        if want != current:
+            reason = (
+                f"mitosis at {', '.join(sorted(busy))} (tracks {live} at {pos})"
+                if busy
+                else f"no mitosis at any position (last frame: {pos})"
+            )
+            out.append(SetInterval(interval_s=want, reason=reason, **stamp))
+        return out
