@@ -305,3 +305,52 @@ def test_the_full_protocol_meets_the_bar(tmp_path: Path, seed: int) -> None:
     assert ev["events"]["fraction_with_5_time_points"] >= WELL_IMAGED_FRACTION
     assert ev["light"]["total_mj"] <= LIGHT_FRACTION * fast["light"]["total_mj"]
     assert ev["light"]["phototoxic_deaths"] < fast["light"]["phototoxic_deaths"]
+
+
+def test_the_reaction_stops_the_run_after_n_events() -> None:
+    r = EventRate(slow_interval_s=300, fast_interval_s=20, stop_after_events=1)
+    frame = FrameInput(
+        image=np.zeros((4, 4), np.uint16),
+        frame_index=0,
+        position="a",
+        stage_x_um=0,
+        stage_y_um=0,
+        z_um=0,
+        pixel_size_um=0.65,
+        exposure_ms=40,
+        t_frame=0,
+        t_s=0,
+    )
+    state = HardwareState(0, 0, 0, 40, 5, 0, 1, 300)
+
+    def kinds(k: int, objs: list[tuple[int, float, float]]) -> list[str]:
+        f = FrameInput(**{**frame.__dict__, "frame_index": k, "t_s": 300.0 * k})
+        res = FrameResult(
+            f,
+            tuple(
+                ObjectMeasurement(
+                    label=i + 1,
+                    track_id=t,
+                    x_um=0,
+                    y_um=0,
+                    row=0,
+                    col=0,
+                    area_um2=a,
+                    mean_intensity=m,
+                )
+                for i, (t, a, m) in enumerate(objs)
+            ),
+            None,
+            None,
+            100.0,
+            0.0,
+        )
+        return [
+            a.kind for a in r.react(res, RunView(state, {}, (333.0, 333.0), k, f.t_s))
+        ]
+
+    kinds(0, [(1, 120.0, 600.0), (2, 110.0, 550.0)])
+    assert "Stop" not in kinds(1, [(1, 80.0, 1100.0), (2, 110.0, 550.0)])
+    assert kinds(2, [(3, 60.0, 600.0), (4, 60.0, 600.0)]).count("Stop") == 1
+    assert r.events_ended == 1
+    assert "Stop" not in kinds(3, [(3, 60.0, 600.0), (4, 60.0, 600.0)])

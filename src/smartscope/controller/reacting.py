@@ -129,6 +129,7 @@ def snapshot(
         fov_um=fov_um,
         frames_acquired=f.frame_index + 1,
         t_s=f.t_s,
+        position_intervals=MappingProxyType(dict(plan.position_intervals)),
     )
 
 

@@ -12,6 +12,7 @@ from smartscope.reactions.base import (
     register,
 )
 from smartscope.reactions.center_on import CenterOn
+from smartscope.reactions.dose_budget import DoseBudget
 from smartscope.reactions.event_rate import EventRate
 from smartscope.reactions.scan_then_zoom import ScanThenZoom
 
@@ -19,6 +20,7 @@ __all__ = [
     "REGISTRY",
     "AdaptiveExposure",
     "CenterOn",
+    "DoseBudget",
     "EventRate",
     "KeepFocus",
     "Reaction",

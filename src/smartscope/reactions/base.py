@@ -13,8 +13,8 @@ files only name them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict
@@ -50,6 +50,9 @@ class RunView:
     fov_um: tuple[float, float]
     frames_acquired: int
     t_s: float
+    #: position name -> its own interval, s (positions that have one; the
+    #: others follow ``state.interval_s``)
+    position_intervals: Mapping[str, float] = field(default_factory=dict)
 
 
 P = TypeVar("P", bound=ReactionParams)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from pydantic import Field, model_validator
 
-from smartscope.actions import Action, SetInterval
+from smartscope.actions import Action, SetInterval, Stop
 from smartscope.analysis.mitosis import MitosisDetector, MitosisDetectorSettings
 from smartscope.analysis.result import FrameResult
 from smartscope.reactions.base import Reaction, ReactionParams, RunView, register
@@ -51,6 +51,12 @@ class EventRateParams(ReactionParams):
         3600.0,
         gt=0,
         description="a nucleus flagged for longer than this no longer counts, s",
+    )
+    stop_after_events: int | None = Field(
+        None,
+        ge=1,
+        description="end the run when this many events have ended (an event: a "
+        "position from its first mitotic frame to the end of its fast imaging)",
     )
     channel: str | None = Field(
         None, description="detect on frames of this channel only (None: every frame)"
@@ -91,6 +97,9 @@ class EventRate(Reaction):
         #: (position, track id) -> sample time first flagged, s
         self._first_seen: dict[tuple[str, int], float] = {}
         self._asked: float | None = None
+        #: events that have ended (a position back to the slow rate)
+        self.events_ended = 0
+        self._stop_asked = False
         #: position -> the interval last asked for it, s
         self._asked_at: dict[str, float] = {}
         #: (t_s, position, mitotic track ids) per frame analysed, for audit
@@ -119,8 +128,11 @@ class EventRate(Reaction):
             if frame.t_s - t0 <= p.max_event_s:
                 live.append(o.track_id)
         self.detections.append((frame.t_s, pos, tuple(live)))
+        was_busy = pos in self.in_event
         self._quiet[pos] = 0 if live else self._quiet.get(pos, p.end_after_frames) + 1
         busy = self.in_event
+        if was_busy and pos not in busy:
+            self.events_ended += 1
         stamp = {
             "source": self.name,
             "frame_index": frame.frame_index,
@@ -150,4 +162,8 @@ class EventRate(Reaction):
                 else f"no mitosis at any position (last frame: {pos})"
             )
             out.append(SetInterval(interval_s=want, reason=reason, **stamp))
+        n = p.stop_after_events
+        if n is not None and self.events_ended >= n and not self._stop_asked:
+            self._stop_asked = True
+            out.append(Stop(reason=f"{self.events_ended} event(s) imaged", **stamp))
         return out
