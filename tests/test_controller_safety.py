@@ -349,10 +349,15 @@ class _Slow(Reaction):
 def test_run_returns_after_analysis_ended_and_every_frame_has_a_fate(
     run_dir: Path, interrupt: bool
 ) -> None:
-    # one time point at 12 positions: nothing waits for the analysis, so the
-    # slow reaction leaves frames queued when the run is interrupted
+    # one time point, one position, a 12-plane stack: inside a block nothing
+    # waits for the analysis (virtual time waits between blocks), so the slow
+    # reaction leaves frames queued when the run is interrupted
     proto = _proto(
-        sequence={"stage_positions": [{"x": 10.0 * i, "y": 0} for i in range(12)]},
+        sequence={
+            "channels": [{"config": "DAPI", "exposure": 20}],
+            "stage_positions": [{"name": "a", "x": 0, "y": 0}],
+            "z_plan": {"range": 11, "step": 1},
+        },
         analysis={"queue_size": 20},
     )
     core = load_core()

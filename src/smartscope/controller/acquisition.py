@@ -24,7 +24,11 @@ from smartscope.controller.plan import Plan
 from smartscope.controller.records import Record
 from smartscope.protocol import Protocol
 
-__all__ = ["Acquisition"]
+__all__ = ["VIRTUAL_WAIT_S", "Acquisition"]
+
+#: in virtual time, the longest the acquisition waits for the analysis (wall
+#: s): a frame's analysis that takes longer than this is left behind
+VIRTUAL_WAIT_S = 60.0
 
 
 class Acquisition:
@@ -68,7 +72,8 @@ class Acquisition:
         #: position of the last frame: where an action naming none applies
         self.last_position: str | None = None
         #: how long to let the analysis catch up before a time point (set at
-        #: start: None without analysis; "virtual" waits until it has)
+        #: start: None without analysis; "virtual" waits until it has, before
+        #: every block, so that a seeded run does not depend on the host)
         self.analysis_wait: str | None = None
 
     def put(self, action: Any, position: str | None, t_frame: float | None) -> None:
@@ -80,6 +85,11 @@ class Acquisition:
     def events(self) -> Iterator[useq.MDAEvent]:
         """The events to acquire, from the (changing) plan (runner thread)."""
         for block in self.plan.blocks(self._before_timepoint):
+            if self.analysis_wait == "virtual" and not block.new_timepoint:
+                # the sample clock waits for the analysis: every action the
+                # frames so far call for is applied before the next block,
+                # however fast the host is
+                self.gate.wait_caught_up(VIRTUAL_WAIT_S)
             self.apply_pending()
             if (yield from self._sweep_events()) or self.check_stop():
                 return
@@ -100,7 +110,7 @@ class Acquisition:
         reactions decided."""
         if t_index and self.analysis_wait is not None:
             if self.analysis_wait == "virtual":
-                timeout = 60.0
+                timeout = VIRTUAL_WAIT_S
             else:
                 timeout = max(0.0, (due_s or 0.0) - self._sample_time() - 0.005)
             self.gate.wait_caught_up(timeout)

@@ -32,7 +32,7 @@ from psygnal import Signal
 from smartscope.actions import Action
 from smartscope.analysis.result import FrameInput, FrameResult
 from smartscope.controller import records as R
-from smartscope.controller.acquisition import Acquisition
+from smartscope.controller.acquisition import VIRTUAL_WAIT_S, Acquisition
 from smartscope.controller.autofocus import frame_role
 from smartscope.controller.checks import check_hardware, check_plan
 from smartscope.controller.engine import IMAGE_META_KEY, LASER_META_KEY, DeviceFailure
@@ -305,6 +305,12 @@ class Controller:
             self._views[index] = snapshot(
                 frame, self.plan.view(), self.executor.dose_mj, (w * px, h * px)
             )
+            if self.acquisition.analysis_wait == "virtual":
+                # virtual time: no frame is dropped from analysis for want of
+                # room; the sample clock waits instead
+                self.gate.wait_lag_below(
+                    self.protocol.analysis.queue_size, VIRTUAL_WAIT_S
+                )
             self.gate.submitted()
             self._pipeline.submit(frame)
         self._emit(self.frame_acquired, frame)

@@ -83,6 +83,15 @@ class RunGate:
             self._settled += 1
             self._cond.notify_all()
 
+    def wait_lag_below(self, n: int, timeout_s: float) -> bool:
+        """Wait until fewer than ``n`` frames are handed to the analysis and not
+        yet settled (or the run stops), at most ``timeout_s``; True when so."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self._submitted - self._settled < n or self.stopping,
+                timeout_s,
+            )
+
     def wait_caught_up(self, timeout_s: float) -> bool:
         """Wait until the analysis has caught up (or the run stops), at most
         ``timeout_s``; True when caught up."""
