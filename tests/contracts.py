@@ -12,4 +12,5 @@ CELLS_CSV_COLUMNS = [
     "radius_um",
     "state",
     "dose",
+    "target",
 ]

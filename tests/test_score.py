@@ -29,7 +29,7 @@ from smartscope.metrics import match_instances
 from smartscope.protocol import Protocol
 from smartscope.reactions.base import Reaction, RunView
 from smartscope.recover import recover_run
-from smartscope.score import ScoreError, score_run
+from smartscope.score import ScoreError, score_rows, score_run
 from smartscope.score_inputs import read_inputs
 from smartscope.score_segmentation import truth_disc_labels
 from smartscope.sim import get_simulator
@@ -463,6 +463,201 @@ def test_a_killed_run_is_scored_on_what_it_logged_then_after_recover(
     assert again["frames"]["acquisition"] == 20
 
 
+# ------------------------------------------------------------------ targets
+
+#: 2 x 2 tiles at 4x (512 px of 1.625 µm): 1.66 mm square
+HALF_FIELD_4X_UM = 512 * 6.5 / 4 / 2
+SCAN_TILES = [
+    (-HALF_FIELD_4X_UM, -HALF_FIELD_4X_UM),
+    (HALF_FIELD_4X_UM, -HALF_FIELD_4X_UM),
+    (-HALF_FIELD_4X_UM, HALF_FIELD_4X_UM),
+    (HALF_FIELD_4X_UM, HALF_FIELD_4X_UM),
+]
+
+
+@pytest.fixture(scope="module")
+def scan_zoom(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A scan-then-zoom run built by hand: 2 x 2 tiles at 4x in mCherry over
+    the rare_targets scene, then 40x at every target the scan holds, each
+    with the 40x objective's offset corrected but the last, which is imaged
+    at the uncorrected stage position (about 17 µm off, more than a quarter
+    of the 40x half field). The objective is switched between the scan and
+    the zoom behind the controller's back; the live truth of every frame is
+    kept."""
+    from smartscope.sim.turrets import objective_spec
+
+    seed, scene = 4, "rare_targets"
+    o4, o40 = objective_spec("4x"), objective_spec("40x")
+    core = load_core(seed=seed, scene=scene)
+    try:
+        cells = [c for c in get_simulator(core).cells() if c.target]
+    finally:
+        release_core(core)
+    # at t = 0 (cells move well under a micrometre during the run)
+    targets = [
+        c
+        for c in cells
+        if any(
+            abs(c.x_um - x - o4.offset_x_um) <= HALF_FIELD_4X_UM
+            and abs(c.y_um - y - o4.offset_y_um) <= HALF_FIELD_4X_UM
+            for x, y in SCAN_TILES
+        )
+    ]
+    positions = [
+        {"name": f"scan{i}", "x": x, "y": y} for i, (x, y) in enumerate(SCAN_TILES)
+    ]
+    positions += [
+        {
+            "name": f"zoom{i}",
+            "x": c.x_um - o40.offset_x_um,
+            "y": c.y_um - o40.offset_y_um,
+        }
+        for i, c in enumerate(targets[:-1])
+    ]
+    positions.append(
+        {"name": "uncorrected", "x": targets[-1].x_um, "y": targets[-1].y_um}
+    )
+    live: dict[int, Any] = {}
+
+    def on_frame(f: Any, sim: Any) -> None:
+        live[f.frame_index] = sim.truth()
+        if f.position == f"scan{len(SCAN_TILES) - 1}":
+            sim.core.setConfig("Objective", "40x")
+
+    proto = _protocol(
+        seed=seed,
+        scene=scene,
+        objective="4x",
+        sequence={
+            "channels": [{"config": "mCherry", "exposure": 20}],
+            "stage_positions": positions,
+        },
+    )
+    out = tmp_path_factory.mktemp("score") / "scan_zoom"
+    _run(out, proto, on_frame=on_frame)
+    return {"run": out, "score": score_run(out), "live": live, "targets": targets}
+
+
+def test_targets_found_and_centred_at_high_magnification(
+    scan_zoom: dict[str, Any],
+) -> None:
+    ta, live = scan_zoom["score"]["targets"], scan_zoom["live"]
+    scan = [t for t in live.values() if t.objective == "4x"]
+    zoom = [t for t in live.values() if t.objective == "40x"]
+    assert len(scan) == 4
+    assert len(zoom) == len(scan_zoom["targets"])
+    # the targets whose centre was in a scan field, from the live truth
+    in_scan = set()
+    for t in scan:
+        h, w = t.labels.shape
+        hw, hh = w * t.pixel_size_um / 2, h * t.pixel_size_um / 2
+        in_scan |= {
+            c.id
+            for c in t.cells
+            if c.target
+            and abs(c.x_um - t.center_x_um) <= hw
+            and abs(c.y_um - t.center_y_um) <= hh
+        }
+    assert in_scan == {c.id for c in scan_zoom["targets"]}
+    assert ta["scan_frames"] == 4
+    assert ta["scan_objective"] == "4x"
+    assert ta["scanned_area_mm2"] == pytest.approx((4 * HALF_FIELD_4X_UM) ** 2 * 1e-6)
+    assert ta["targets_in_scan"] == len(in_scan) >= 10
+    # every corrected zoom frame centres its target; the uncorrected one not
+    quarter = 0.25 * 512 * 6.5 / 40 / 2
+    assert ta["quarter_half_field_um"] == pytest.approx(quarter)
+    centred = []
+    for t in zoom:
+        d = [
+            np.hypot(c.x_um - t.center_x_um, c.y_um - t.center_y_um)
+            for c in t.cells
+            if c.target
+        ]
+        centred.append(bool(d) and min(d) <= quarter)
+    assert centred == [True] * (len(zoom) - 1) + [False]
+    assert ta["zoom_frames"] == len(zoom)
+    assert ta["zoom_frames_centred"] == len(zoom) - 1
+    assert ta["zoom_frames_centred_fraction"] == pytest.approx(1 - 1 / len(zoom))
+    assert ta["found"] == len(in_scan) - 1
+    assert ta["found_fraction"] == pytest.approx(1 - 1 / len(in_scan))
+    assert ta["missed_cell_ids"] == [scan_zoom["targets"][-1].id]
+    # the uncorrected frame missed by the 40x objective's offset
+    d_last = ta["distance_um_by_zoom_frame"][-1][1]
+    assert d_last == pytest.approx(np.hypot(14.0, 9.0), abs=1.0)
+    rows = dict(score_rows(scan_zoom["score"]))["targets"]
+    assert ("targets in scan", str(len(in_scan))) in rows
+
+
+def test_frame_centres_take_the_true_offsets_and_undo_the_calibrated_ones() -> None:
+    """A record's x/y are sample coordinates by the protocol's calibration
+    (stage + calibrated offset); the true image centre is stage + the
+    objective's true offset, whatever the calibration said."""
+    from smartscope.controller.records import FrameRecord
+    from smartscope.score_inputs import ImagedFrame
+    from smartscope.sim.turrets import objective_spec
+
+    o40 = objective_spec("40x")
+    stage = (100.0, -50.0)
+
+    def frame(cal: tuple[float, float, float]) -> ImagedFrame:
+        rec = FrameRecord(
+            index=0,
+            position="p",
+            event_index={},
+            channel="DAPI",
+            x_um=stage[0] + cal[0],
+            y_um=stage[1] + cal[1],
+            z_um=0.0,
+            exposure_ms=10,
+            laser_mw=1,
+            dose_mj=0,
+            t_s=0,
+            t_frame=0,
+        )
+        return ImagedFrame(
+            record=rec,
+            shape_yx=(512, 512),
+            pixel_um=6.5 / 40,
+            objective=o40,
+            calibrated_offset_um=cal,
+        )
+
+    for cal in ((0.0, 0.0, 0.0), (o40.offset_x_um, o40.offset_y_um, 3.5), (5, 5, 0)):
+        f = frame(cal)
+        assert (f.stage_x_um, f.stage_y_um) == pytest.approx(stage)
+        assert (f.center_x_um, f.center_y_um) == pytest.approx(
+            (stage[0] + o40.offset_x_um, stage[1] + o40.offset_y_um)
+        )
+
+
+def test_a_run_without_targets_or_zoom_has_null_target_metrics(
+    slow: Path, tmp_path: Path
+) -> None:
+    ta = score_run(slow)["targets"]
+    assert ta["scan_frames"] == 3
+    assert ta["targets_in_scan"] == 0
+    assert ta["zoom_frames"] == 0
+    assert ta["found_fraction"] is None
+    assert ta["zoom_frames_centred_fraction"] is None
+    # a cells.csv from before the target column is read, with no target
+    run = tmp_path / "old"
+    shutil.copytree(slow, run)
+    path = run / "truth" / "cells.csv"
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, [k for k in rows[0] if k != "target"])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: v for k, v in r.items() if k != "target"})
+    truth = read_inputs(run).truth
+    assert truth is not None
+    assert len(truth) == len(rows)
+    assert not truth.target.any()
+    score = score_run(run)
+    assert any("marks no target cell" in n for n in score["notes"])
+
+
 # ------------------------------------------------------------------ command line
 
 
@@ -473,7 +668,7 @@ def test_score_command_prints_a_table_and_json_and_writes_score_json(
     shutil.copytree(slow, run)
     table = runner.invoke(cli.app, ["score", str(run)])
     assert table.exit_code == 0, table.output
-    for group in ("events", "light", "focus", "centring", "segmentation"):
+    for group in ("events", "light", "focus", "centring", "segmentation", "targets"):
         assert group in table.output
     assert "no stage move aimed at an object" in table.output
     written = json.loads((run / "score.json").read_text())

@@ -18,6 +18,7 @@ from skimage.measure import regionprops
 from contracts import CELLS_CSV_COLUMNS
 from smartscope.errors import ConfigError, SimulatorError
 from smartscope.sim import ScenePreset, load_scene_preset
+from smartscope.sim.turrets import objective_spec
 
 # a culture that divides every hour, so divisions show within simulated hours
 FAST_CYCLE = ScenePreset(cycle_h_mean=1.0, cycle_h_sd=0.1, mitosis_min=20.0)
@@ -79,6 +80,9 @@ def test_label_centroids_match_cell_positions(core, sim, objective, xy):
     h, w = truth.labels.shape
     px = core.getPixelSizeUm()
     sx, sy = core.getXYPosition()
+    # the image centre shows stage + the objective's offset (40x: off axis)
+    spec = objective_spec(objective)
+    sx, sy = sx + spec.offset_x_um, sy + spec.offset_y_um
     errors = []
     for rp, cell in _isolated_regions(truth):
         row, col = rp.centroid

@@ -7,8 +7,10 @@ settings by, as one JSON-able dict with stable keys: ``events`` (mitoses
 started in view and how many time points caught them), ``light`` (total, per
 position, per cell, phototoxic deaths), ``focus`` (error against the
 simulated focal plane, depth of field, autofocus share of the light),
-``centring`` (the followed cell's distance from the field centre) and
-``segmentation`` (average precision of the stored labels). A metric the run
+``centring`` (the followed cell's distance from the field centre),
+``segmentation`` (average precision of the stored labels) and ``targets``
+(a scan-then-zoom run: rare targets in the scanned area found and centred at
+high magnification). A metric the run
 has not what it needs for is null, and ``notes`` says why. ``docs/score.md``
 documents every key; ``smartscope score RUN_DIR`` prints them and writes
 ``RUN_DIR/score.json`` (:func:`write_score`).
@@ -51,6 +53,7 @@ def score_run(run_dir: str | Path) -> dict[str, Any]:
     from smartscope.score_events import score_events
     from smartscope.score_focus import score_focus
     from smartscope.score_segmentation import score_segmentation
+    from smartscope.score_targets import score_targets
 
     inputs = read_inputs(run_dir)
     data = inputs.data
@@ -71,6 +74,7 @@ def score_run(run_dir: str | Path) -> dict[str, Any]:
         "focus": score_focus(inputs),
         "centring": _score_centring(inputs),
         "segmentation": score_segmentation(inputs),
+        "targets": score_targets(inputs),
         "notes": inputs.notes,
     }
 
@@ -200,7 +204,10 @@ def _score_centring(inputs: ScoreInputs) -> dict[str, Any]:
             within.append(False)
             continue
         d = float(
-            np.hypot(truth.x_um[rows] - rec.x_um, truth.y_um[rows] - rec.y_um).min()
+            np.hypot(
+                truth.x_um[rows] - frame.center_x_um,
+                truth.y_um[rows] - frame.center_y_um,
+            ).min()
         )
         by_frame.append([rec.index, round(d, 3)])
         within.append(d <= q)
@@ -267,6 +274,7 @@ def score_rows(score: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]
         score["centring"],
         score["segmentation"],
     )
+    ta = score.get("targets") or {}
     per_pos = li["per_position_mj"] or {}
     dof = fo["depth_of_field_um"] or {}
     af_share = _pct(fo["autofocus_light_fraction"])
@@ -360,6 +368,29 @@ def score_rows(score: dict[str, Any]) -> list[tuple[str, list[tuple[str, str]]]]
                     "objects",
                     f"true {_num(se['true_objects'], 'd')}, "
                     f"predicted {_num(se['predicted_objects'], 'd')}",
+                ),
+            ],
+        ),
+        (
+            "targets",
+            [
+                (
+                    "scan",
+                    f"{_num(ta.get('scan_frames'), 'd')} frames at "
+                    f"{ta.get('scan_objective') or 'n/a'}, "
+                    f"{_num(ta.get('scanned_area_mm2'), '.3g', ' mm²')}",
+                ),
+                ("targets in scan", _num(ta.get("targets_in_scan"), "d")),
+                (
+                    "found",
+                    f"{_num(ta.get('found'), 'd')} ({_pct(ta.get('found_fraction'))})",
+                ),
+                (
+                    "zoom frames centred",
+                    f"{_num(ta.get('zoom_frames_centred'), 'd')} of "
+                    f"{_num(ta.get('zoom_frames'), 'd')} "
+                    f"({_pct(ta.get('zoom_frames_centred_fraction'))}, "
+                    f"≤ {_num(ta.get('quarter_half_field_um'), '.3g', ' µm')})",
                 ),
             ],
         ),

@@ -127,7 +127,10 @@ def score_focus(inputs: ScoreInputs) -> dict[str, Any]:
             no_time += 1
             continue
         t_s = float(truth.t_s[rows[0]])
-        err = rec.z_um - focal_plane_z_um(preset, rec.x_um, rec.y_um, t_s)
+        # the drive against the true focus of this objective at the true
+        # image centre (the objectives' offsets: docs/simulator.md)
+        plane = focal_plane_z_um(preset, frame.center_x_um, frame.center_y_um, t_s)
+        err = frame.stage_z_um - frame.parfocal_z_um - plane
         errors.append((rec.index, round(err, 4)))
         dye = preset.channels.get(rec.channel)
         obj = _objective_of(frame, named)

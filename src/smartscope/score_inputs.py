@@ -24,12 +24,14 @@ from smartscope.sim.truth import CELLS_CSV_HEADER
 
 if TYPE_CHECKING:
     from smartscope.sim.scene import ScenePreset
+    from smartscope.sim.turrets import ObjectiveSpec
 
 __all__ = [
     "ImagedFrame",
     "ScoreError",
     "ScoreInputs",
     "TruthRows",
+    "objective_of",
     "read_inputs",
 ]
 
@@ -54,6 +56,9 @@ class TruthRows:
     state: np.ndarray  # str: interphase | mitosis | dead
     #: fluence received before this frame's exposure, J/cm² (cumulative)
     dose_j_cm2: np.ndarray
+    #: bool, the cell is one of the scene's rare targets (all False in a
+    #: cells.csv written before the column existed)
+    target: np.ndarray
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -80,6 +85,49 @@ class ImagedFrame:
     #: image size (rows, columns) and pixel size, µm (from data.ome.zarr)
     shape_yx: tuple[int, int]
     pixel_um: float
+    #: the simulator objective that took it (the record's ``objective``, else
+    #: the one whose pixel size fits); None where unknown (taken as aligned)
+    objective: ObjectiveSpec | None = None
+    #: the offsets (x, y, z µm) the protocol's calibration gave the record's
+    #: objective (``devices.objective_offsets``), which the record's
+    #: coordinates include; 0 where it gave none
+    calibrated_offset_um: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    @property
+    def stage_x_um(self) -> float:
+        """The XY stage position (the record's sample coordinates less the
+        calibrated offset)."""
+        return self.record.x_um - self.calibrated_offset_um[0]
+
+    @property
+    def stage_y_um(self) -> float:
+        return self.record.y_um - self.calibrated_offset_um[1]
+
+    @property
+    def stage_z_um(self) -> float:
+        """The focus drive's position (the record's ``z_um`` is the sample
+        coordinate: the drive less the calibrated z offset)."""
+        return self.record.z_um + self.calibrated_offset_um[2]
+
+    @property
+    def parfocal_z_um(self) -> float:
+        """The objective's true focus offset from the reference, µm: the drive
+        is in focus at the scene's focal plane plus this."""
+        o = self.objective
+        return o.parfocal_z_um if o is not None else 0.0
+
+    @property
+    def center_x_um(self) -> float:
+        """x of the sample point really at the image centre, in the truth's
+        coordinates: the stage position plus the objective's true offset
+        (equal to the record's ``x_um`` when the calibration is right)."""
+        o = self.objective
+        return self.stage_x_um + (o.offset_x_um if o is not None else 0.0)
+
+    @property
+    def center_y_um(self) -> float:
+        o = self.objective
+        return self.stage_y_um + (o.offset_y_um if o is not None else 0.0)
 
     @property
     def half_w_um(self) -> float:
@@ -97,10 +145,10 @@ class ImagedFrame:
         return rec.position, int(rec.event_index.get("t", -1 - rec.index))
 
     def contains(self, x_um: np.ndarray, y_um: np.ndarray) -> np.ndarray:
-        """(N,) bool: which stage points lie inside the field (x/y ± half size)."""
-        rec = self.record
-        return (np.abs(np.asarray(x_um) - rec.x_um) <= self.half_w_um) & (
-            np.abs(np.asarray(y_um) - rec.y_um) <= self.half_h_um
+        """(N,) bool: which stage points lie inside the field (centre ± half
+        size)."""
+        return (np.abs(np.asarray(x_um) - self.center_x_um) <= self.half_w_um) & (
+            np.abs(np.asarray(y_um) - self.center_y_um) <= self.half_h_um
         )
 
 
@@ -156,7 +204,8 @@ def read_inputs(run_dir: str | Path) -> ScoreInputs:
     notes = list(data.notes)
     logged = {f.index for f in data.frames}
     truth = _read_truth_rows(cells_csv, logged, notes)
-    imaged = _imaged_frames(run_dir, data.frames, notes)
+    protocol = _protocol_fields(run_dir / "protocol.yaml", notes)
+    imaged = _imaged_frames(run_dir, data.frames, notes, _calibration(protocol))
     rows_of = truth.rows_by_frame() if truth is not None else {}
     if truth is not None and not _truth_lines_up(truth, rows_of, imaged, notes):
         truth, rows_of = None, {}
@@ -167,7 +216,7 @@ def read_inputs(run_dir: str | Path) -> ScoreInputs:
         rows_of=rows_of,
         imaged=imaged,
         preset=_scene_preset(data, notes),
-        protocol=_protocol_fields(run_dir / "protocol.yaml", notes),
+        protocol=protocol,
         notes=notes,
     )
 
@@ -177,15 +226,18 @@ def _read_truth_rows(
 ) -> TruthRows | None:
     """``cells.csv`` rows of the logged frames (a killed run may have truth
     of a frame its log never recorded; a row cut short is left out)."""
-    names = CELLS_CSV_HEADER  # the simulator's own columns, in its order
+    # the simulator's own columns, in its order; "target" came last and later:
+    # a file without it has no targets
+    names = CELLS_CSV_HEADER[:-1]
     kinds = (int, float, int, int, float, float, float, str, float)
-    cols: list[list[Any]] = [[] for _ in names]
+    cols: list[list[Any]] = [[] for _ in CELLS_CSV_HEADER]
     unlogged = 0
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             for row in csv.DictReader(fh):
                 try:
                     values = [k(row[n]) for k, n in zip(kinds, names, strict=True)]
+                    values.append(int(row.get("target") or 0) != 0)
                 except (KeyError, TypeError, ValueError):
                     continue
                 if values[0] not in logged:
@@ -212,11 +264,35 @@ def _read_truth_rows(
         radius_um=np.asarray(cols[6], f64),
         state=np.asarray(cols[7], dtype=str),
         dose_j_cm2=np.asarray(cols[8], f64),
+        target=np.asarray(cols[9], bool),
     )
 
 
+def _calibration(protocol: dict[str, Any]) -> dict[str, tuple[float, float, float]]:
+    """The protocol's ``devices.objective_offsets``: objective preset ->
+    (x, y, z) µm (entries that are not numbers are left out)."""
+    devices = protocol.get("devices")
+    table = devices.get("objective_offsets") if isinstance(devices, dict) else None
+    out: dict[str, tuple[float, float, float]] = {}
+    if not isinstance(table, dict):
+        return out
+    for name, o in table.items():
+        if not isinstance(o, dict):
+            continue
+        try:
+            out[str(name)] = tuple(  # type: ignore[assignment]
+                float(o.get(k, 0.0)) for k in ("x_um", "y_um", "z_um")
+            )
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
 def _imaged_frames(
-    run_dir: Path, frames: list[R.FrameRecord], notes: list[str]
+    run_dir: Path,
+    frames: list[R.FrameRecord],
+    notes: list[str],
+    calibration: dict[str, tuple[float, float, float]],
 ) -> dict[int, ImagedFrame]:
     """Each frame with its image size and pixel size (from its series in
     data.ome.zarr); frames whose image is not stored are left out."""
@@ -242,6 +318,10 @@ def _imaged_frames(
             record=f,
             shape_yx=(int(info.shape[-2]), int(info.shape[-1])),
             pixel_um=px,
+            objective=objective_of(f, px),
+            calibrated_offset_um=calibration.get(
+                str(getattr(f, "objective", None)), (0.0, 0.0, 0.0)
+            ),
         )
     if missing:
         notes.append(
@@ -249,6 +329,31 @@ def _imaged_frames(
             "non-square pixels): their field of view is unknown and they are not scored"
         )
     return out
+
+
+def objective_of(record: R.FrameRecord, pixel_um: float) -> ObjectiveSpec | None:
+    """The simulator objective behind a frame: the record's ``objective``
+    label where it names one whose magnification gives the image's
+    ``pixel_um`` (with some binning), else the one that gives it unbinned,
+    else the only one that gives it with some binning; None when none (or
+    several) fit."""
+    from smartscope.sim.camera import BINNINGS, SimCamera
+    from smartscope.sim.turrets import OBJECTIVES
+
+    def fits(o: ObjectiveSpec, binning: int) -> bool:
+        px = SimCamera.pixel_pitch_um * binning / o.magnification
+        return abs(px - pixel_um) <= 1e-6 * pixel_um
+
+    label = getattr(record, "objective", None)
+    for o in OBJECTIVES:
+        if o.label == label and any(fits(o, b) for b in BINNINGS):
+            return o
+
+    for binnings in ((1,), BINNINGS):
+        found = [o for o in OBJECTIVES if any(fits(o, b) for b in binnings)]
+        if len(found) == 1:
+            return found[0]
+    return None
 
 
 def _truth_lines_up(
@@ -266,11 +371,10 @@ def _truth_lines_up(
         frame = imaged.get(index)
         if frame is None:
             continue
-        rec = frame.record
         margin = 2.0 * truth.radius_um[rows] + frame.pixel_um
-        ok = (np.abs(truth.x_um[rows] - rec.x_um) <= frame.half_w_um + margin) & (
-            np.abs(truth.y_um[rows] - rec.y_um) <= frame.half_h_um + margin
-        )
+        ok = (
+            np.abs(truth.x_um[rows] - frame.center_x_um) <= frame.half_w_um + margin
+        ) & (np.abs(truth.y_um[rows] - frame.center_y_um) <= frame.half_h_um + margin)
         checked += rows.size
         inside += int(ok.sum())
     if checked and inside < 0.9 * checked:

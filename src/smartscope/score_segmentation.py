@@ -34,8 +34,9 @@ def truth_disc_labels(
     from smartscope.sim.optics import View, render_nuclei
 
     h, w = frame.shape_yx
+    # the true image centre: stage + the objective's true offset
     view = View(
-        frame.record.x_um, frame.record.y_um, frame.pixel_um, w, h, (0, 0, w, h)
+        frame.center_x_um, frame.center_y_um, frame.pixel_um, w, h, (0, 0, w, h)
     )
     n = rows.size
     r = truth.radius_um[rows]

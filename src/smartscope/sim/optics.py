@@ -25,7 +25,9 @@ class View:
     Attributes
     ----------
     center_x_um, center_y_um : float
-        Stage position (the sample point at the centre of the full sensor).
+        The sample point at the centre of the full sensor, in the scene's
+        stage coordinates: the stage position plus the objective's offset
+        (zero for the reference objective).
     pixel_um : float
         Size of one (binned) image pixel in the sample, µm.
     full_w, full_h : int

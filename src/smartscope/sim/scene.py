@@ -8,7 +8,13 @@ sample clock. Everything is vectorised over cells (struct of arrays) so that a
 few thousand nuclei cost microseconds per step.
 
 Coordinates: ``x_um``/``y_um`` of a cell is the XY stage position that puts the
-cell at the centre of the field of view.
+cell at the centre of the field of view of the reference (10x) objective; the
+other objectives' optical axes are a few micrometres off it (see
+``smartscope.sim.turrets.OBJECTIVES``).
+
+Rare targets: with ``target_fraction`` > 0 a share of the cells carry a marker
+(``Scene.target``, inherited on division) that makes them bright in
+``target_channel``.
 """
 
 from __future__ import annotations
@@ -140,6 +146,23 @@ class ScenePreset(BaseModel):
     tilt_y_um_per_mm: float = Field(-0.3)
     focus_drift_um_per_min: float = Field(0.02)
     channels: dict[str, DyeSpec] = Field(default_factory=_default_channels)
+    target_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of the cells that are rare targets (a marker their "
+        "daughters inherit); drawn from a generator of its own, so the rest of "
+        "the scene is the same for a seed whatever this is",
+    )
+    target_channel: str = Field(
+        "mCherry", description="the dye in which targets stand out (one of channels)"
+    )
+    target_brightness: float = Field(
+        1.0,
+        ge=0,
+        description="relative nucleus brightness of a target in target_channel "
+        "(other cells keep the dye's nucleus_brightness)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ScenePreset:
@@ -150,6 +173,13 @@ class ScenePreset(BaseModel):
             )
         if not self.channels:
             raise ValueError("channels must name at least one dye")
+        if (
+            self.target_fraction > 0 or "target_channel" in self.model_fields_set
+        ) and self.target_channel not in self.channels:
+            raise ValueError(
+                f"target_channel {self.target_channel!r} is not one of the "
+                f"channels {sorted(self.channels)}"
+            )
         return self
 
 
@@ -206,7 +236,12 @@ _ARRAYS = (
     "t_state",
     "phase1",
     "phase2",
+    "target",
 )
+
+#: second key of the generator that draws the target marker (the scene's own
+#: generator is keyed 0x5CE7E and never draws it, so scenes are unchanged)
+_TARGET_STREAM = 0x7A26E7
 
 
 class Scene:
@@ -264,6 +299,8 @@ class Scene:
         self.t_state = np.zeros(n)
         self.phase1 = rng.uniform(0, 2 * np.pi, n)
         self.phase2 = rng.uniform(0, 2 * np.pi, n)
+        marker_rng = np.random.default_rng([self.seed, _TARGET_STREAM])
+        self.target = marker_rng.random(n) < p.target_fraction
 
     def _draw_cycles(self, n: int) -> np.ndarray:
         p = self.preset
@@ -439,9 +476,16 @@ class Scene:
         return np.sqrt(a * b)
 
     def brightness(self, dye: str) -> np.ndarray:
-        """(N,) relative fluorophore brightness of each nucleus in channel ``dye``."""
-        spec = self.preset.channels[dye]
-        f = self.bright * spec.nucleus_brightness
+        """(N,) relative fluorophore brightness of each nucleus in channel ``dye``
+        (targets carry ``target_brightness`` in the preset's ``target_channel``)."""
+        p = self.preset
+        spec = p.channels[dye]
+        if dye == p.target_channel and self.target.any():
+            f = self.bright * np.where(
+                self.target, p.target_brightness, spec.nucleus_brightness
+            )
+        else:
+            f = self.bright * spec.nucleus_brightness
         f = f * np.exp(-self.preset.bleach_per_j_cm2 * spec.bleach_scale * self.dose)
         f = np.where(self.state == MITOSIS, f * self.preset.mitosis_brightness, f)
         return np.where(self.state == DEAD, f * 1.8, f)

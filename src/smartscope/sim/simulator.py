@@ -320,16 +320,23 @@ class Simulator:
 
     # -------------------------------------------------------------- light
 
+    def _view_center_um(self) -> tuple[float, float]:
+        """The sample point at the image centre, in the scene's coordinates
+        (physical stage position plus the objective's offset)."""
+        x, y = self._devices["xy"].physical_position_um()
+        obj = self._devices.get("objective")
+        if obj is None:
+            return x, y
+        ox, oy = obj.offset_um
+        return x + ox, y + oy
+
     def _field_um(self) -> tuple[float, float, float, float]:
-        """Illuminated box (x0, x1, y0, y1) in stage µm: the full sensor's field."""
-        cam, obj, xy = (
-            self._devices["camera"],
-            self._devices["objective"],
-            self._devices["xy"],
-        )
+        """Illuminated box (x0, x1, y0, y1) in the scene's µm: the full
+        sensor's field, around the objective's optical axis."""
+        cam, obj = self._devices["camera"], self._devices["objective"]
         w_um = cam.sensor_width_px * cam.pixel_pitch_um / obj.magnification
         h_um = cam.sensor_height_px * cam.pixel_pitch_um / obj.magnification
-        x, y = xy.physical_position_um()
+        x, y = self._view_center_um()
         return (x - w_um / 2, x + w_um / 2, y - h_um / 2, y + h_um / 2)
 
     def _lit(self) -> bool:
@@ -376,7 +383,9 @@ class Simulator:
     # -------------------------------------------------------------- focus
 
     def focus_z_um(self, x_um: float | None = None, y_um: float | None = None) -> float:
-        """Z stage position that is in focus at stage (x, y) (default: here), now.
+        """Z stage position that is in focus at stage (x, y) (default: here), now,
+        with the current objective (its XY offset and ``parfocal_z_um``
+        included: see ``smartscope.sim.turrets.ObjectiveSpec``).
 
         Stage coordinates, as the core reads and sets them (origins included).
         """
@@ -386,9 +395,14 @@ class Simulator:
                 x_um, y_um = xy.physical_position_um()
             else:
                 x_um, y_um = x_um + xy.origin_um[0], y_um + xy.origin_um[1]
+            obj = self._devices.get("objective")
+            parfocal = 0.0
+            if obj is not None:
+                ox, oy = obj.offset_um
+                x_um, y_um, parfocal = x_um + ox, y_um + oy, obj.parfocal_z_um
             z = self.scene.focus_z_um(x_um, y_um, self.clock.now())
             z_origin = zdev.position_um - zdev.get_position_um()
-            return z + self._focus_offset_um - z_origin
+            return z + parfocal + self._focus_offset_um - z_origin
 
     # -------------------------------------------------------------- faults
 
@@ -496,6 +510,7 @@ class Simulator:
                 state=STATE_NAMES[s.state[i]],
                 dose=float(s.dose[i]),
                 parent_id=int(s.parent[i]),
+                target=bool(s.target[i]),
             )
             for i in idx
         )
@@ -511,7 +526,7 @@ class Simulator:
 
     def write_truth(self, path: str | Path) -> Path:
         """Write ``cells.csv`` (frame, t_s, cell id, parent id, x_um, y_um,
-        radius_um, state, dose) for every frame since the last reset."""
+        radius_um, state, dose, target) for every frame since the last reset."""
         import csv
 
         path = Path(path)
@@ -532,6 +547,7 @@ class Simulator:
                             f"{row[6]:.3f}",
                             STATE_NAMES[int(row[7])],
                             f"{row[8]:.4f}",
+                            int(row[9]),
                         )
                     )
         return path
@@ -574,9 +590,12 @@ class Simulator:
         binning = cam.binning
         pixel_um = cam.pixel_pitch_um * binning / obj.magnification
         sx, sy = xy.physical_position_um()
+        # the objective's optical axis is off the reference's: the image
+        # centre shows the sample at the stage position plus its offset
+        cx, cy = self._view_center_um()
         view = View(
-            sx,
-            sy,
+            cx,
+            cy,
             pixel_um,
             cam.sensor_width_px // binning,
             cam.sensor_height_px // binning,
@@ -589,7 +608,11 @@ class Simulator:
                 f"filter {dye_name!r} has no dye in scene preset; known: "
                 f"{sorted(self._preset.channels)}"
             )
-        focus = scene.focus_z_um(sx, sy, t_start) + self._focus_offset_um
+        focus = (
+            scene.focus_z_um(cx, cy, t_start)
+            + obj.parfocal_z_um
+            + self._focus_offset_um
+        )
         z_um = z.position_um
         sigma = blur_sigma_px(
             emission_nm=dye.emission_nm,
@@ -609,8 +632,8 @@ class Simulator:
         idx = scene.in_box(*view.bounds_um(margin))
         rx, ry, rw, rh = view.roi
         padded = View(
-            sx,
-            sy,
+            cx,
+            cy,
             pixel_um,
             view.full_w,
             view.full_h,
@@ -698,9 +721,12 @@ class Simulator:
             frame_index=self._frame_index,
             stage_x_um=sx - ox,
             stage_y_um=sy - oy,
+            center_x_um=cx - ox,
+            center_y_um=cy - oy,
             z_um=z.get_position_um(),  # stage coordinates, as the core reads Z
             focus_z_um=focus - (z_um - z.get_position_um()),
             pixel_size_um=pixel_um,
+            objective=obj.spec.label,
             exposure_ms=exposure_s * 1000.0,
             channel=dye_name,
             laser_mw=laser.power_mw,
@@ -710,7 +736,7 @@ class Simulator:
         self._last_truth = truth
         if self.keep_history:
             sel = idx[drawn]
-            block = np.empty((sel.size, 9))
+            block = np.empty((sel.size, 10))
             block[:, 0] = truth.frame_index
             block[:, 1] = t_start
             block[:, 2] = scene.id[sel]
@@ -720,6 +746,7 @@ class Simulator:
             block[:, 6] = np.sqrt(a[sel] * b[sel])
             block[:, 7] = scene.state[sel]
             block[:, 8] = scene.dose[sel]
+            block[:, 9] = scene.target[sel]
             self._history.append(block)
         for rec in self._recorders:
             rec.write(truth)

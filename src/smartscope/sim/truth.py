@@ -21,6 +21,7 @@ CELLS_CSV_HEADER = (
     "radius_um",
     "state",
     "dose",
+    "target",
 )
 
 
@@ -29,8 +30,12 @@ class CellTruth:
     """One nucleus.
 
     ``x_um``/``y_um`` are stage coordinates: the XY stage position that puts the
-    cell at the centre of the field of view. ``dose`` is the light fluence the
-    cell has received, J/cm². ``state`` is "interphase", "mitosis" or "dead".
+    cell at the centre of the field of view of the reference (10x) objective
+    (with another objective, at stage ``x_um - offset_x_um``: see
+    ``smartscope.sim.turrets.ObjectiveSpec``). ``dose`` is the light fluence
+    the cell has received, J/cm². ``state`` is "interphase", "mitosis" or
+    "dead". ``target`` marks the scene's rare target cells (bright in the
+    preset's ``target_channel``).
     """
 
     id: int
@@ -40,6 +45,7 @@ class CellTruth:
     state: str
     dose: float
     parent_id: int = 0
+    target: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,14 @@ class FrameTruth:
         The nuclei that appear in the image (at least one labelled pixel).
     t_s : float
         Sample clock at the start of the exposure, seconds.
+    stage_x_um, stage_y_um : float
+        XY stage position, as the core reads it.
+    center_x_um, center_y_um : float
+        The sample point at the image centre in the cells' coordinates: the
+        stage position plus the objective's offset (``objective``).
+    z_um, focus_z_um : float
+        Z stage position and the Z that is in focus here with this objective
+        (the scene's focal plane plus the objective's ``parfocal_z_um``).
     """
 
     expected_adu: np.ndarray
@@ -67,9 +81,12 @@ class FrameTruth:
     frame_index: int
     stage_x_um: float
     stage_y_um: float
+    center_x_um: float
+    center_y_um: float
     z_um: float
     focus_z_um: float
     pixel_size_um: float
+    objective: str
     exposure_ms: float
     channel: str
     laser_mw: float
@@ -118,6 +135,7 @@ class TruthRecorder:
                     f"{c.radius_um:.3f}",
                     c.state,
                     f"{c.dose:.4f}",
+                    int(c.target),
                 )
             )
         self._fh.flush()
