@@ -69,6 +69,30 @@ def test_tiled_prediction_matches_whole_frame(segmenter_dir):
     assert np.mean(np.abs(fw - ft)) < 0.02
 
 
+@pytest.mark.parametrize("n", [300, 1025, 1109, 2048, 2218, 4436])
+def test_tiles_are_sized_to_the_frame(n):
+    """Each axis is covered once by the kept parts of as few tiles as
+    ``tile_px`` allows, each tile keeping at least half the overlap from its
+    inner edges, and the tiles hold at most 10 % more pixels than the axis
+    (a 1109-px side was two 1024-px tiles, 85 % more)."""
+    from torch import nn
+
+    from smartscope.nn.predictor import Predictor
+
+    p = Predictor(nn.Identity(), device="cpu", tile_px=1024, overlap_px=64)
+    tiles = p._layout(n)
+    assert len(tiles) == max(1, -(-(n - 64) // (1024 - 64)))
+    kept = np.zeros(n, int)
+    for start, size, k0, k1 in tiles:
+        assert size <= 1024
+        assert start <= k0 < k1 <= start + size <= n
+        assert start == 0 or k0 - start >= 32
+        assert start + size == n or start + size - k1 >= 32
+        kept[k0:k1] += 1
+    assert (kept == 1).all()
+    assert sum(size for _, size, _, _ in tiles) <= 1.1 * n
+
+
 def test_segmenter_returns_int32_labels_and_rescales(segmenter_dir):
     model = load_model(segmenter_dir, device="cpu")
     img = np.random.default_rng(2).random((96, 128)).astype(np.float32)

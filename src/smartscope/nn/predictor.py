@@ -141,29 +141,30 @@ class Predictor:
 
     def _run_tiled(self, x: np.ndarray) -> np.ndarray:
         h, w = x.shape
-        t, o = self.tile_px, self.overlap_px
-        step = t - o
+        rows, cols = self._layout(h), self._layout(w)
         out: np.ndarray | None = None
-
-        def starts(n: int) -> list[int]:
-            if n <= t:
-                return [0]
-            s = [*list(range(0, n - t, step)), n - t]
-            return sorted(set(s))
-
-        for y0 in starts(h):
-            for x0 in starts(w):
-                tile = x[y0 : y0 + t, x0 : x0 + t]
-                res = self._run_padded(tile)
+        for y0, th, ky0, ky1 in rows:
+            for x0, tw, kx0, kx1 in cols:
+                res = self._run_padded(x[y0 : y0 + th, x0 : x0 + tw])
                 if out is None:
                     out = np.empty((res.shape[0], h, w), np.float32)
-                th, tw = tile.shape
-                # keep the tile's centre; the frame's own borders keep their edge
-                ky0 = 0 if y0 == 0 else o // 2
-                kx0 = 0 if x0 == 0 else o // 2
-                ky1 = th if y0 + th >= h else th - o // 2
-                kx1 = tw if x0 + tw >= w else tw - o // 2
-                out[:, y0 + ky0 : y0 + ky1, x0 + kx0 : x0 + kx1] = res[
-                    :, ky0:ky1, kx0:kx1
+                out[:, ky0:ky1, kx0:kx1] = res[
+                    :, ky0 - y0 : ky1 - y0, kx0 - x0 : kx1 - x0
                 ]
         return out if out is not None else np.empty((0, h, w), np.float32)
+
+    def _layout(self, n: int) -> list[tuple[int, int, int, int]]:
+        """Tiles along one axis of ``n`` pixels: (start, size, keep_from,
+        keep_to) each. As few tiles as ``tile_px`` allows, sized to the frame
+        (not ``tile_px`` each: a 1109-px side is two 592-px tiles, not two of
+        1024) and overlapping by at least ``overlap_px``; each keeps the
+        pixels up to the middle of its overlaps with its neighbours."""
+        t, o, m = self.tile_px, self.overlap_px, self.size_multiple
+        if n <= t:
+            return [(0, n, 0, n)]
+        k = -(-(n - o) // (t - o))
+        size = -(-(n + (k - 1) * o) // k)
+        size = min(t, -(-size // m) * m, n)
+        starts = [round(i * (n - size) / (k - 1)) for i in range(k)]
+        cuts = [0, *((a + size + b) // 2 for a, b in itertools.pairwise(starts)), n]
+        return [(s, size, cuts[i], cuts[i + 1]) for i, s in enumerate(starts)]
