@@ -24,6 +24,7 @@ from smartscope.analysis.normalize import estimate_background
 from smartscope.analysis.result import FrameInput, FrameResult, ObjectMeasurement
 from smartscope.analysis.segment import filter_by_area, segment_nuclei
 from smartscope.analysis.settings import AnalysisSettings
+from smartscope.analysis.threads import ThreadTuner, thread_candidates
 from smartscope.analysis.track import Tracker, TrackIdCounter
 
 __all__ = ["FrameAnalyser"]
@@ -52,6 +53,10 @@ class FrameAnalyser:
         self._segmenter: AnalysisModel | None = None
         self._track_ids = TrackIdCounter()
         self._trackers: dict[str, Tracker] = {}
+        #: chooses the models' CPU threads (None: a fixed count, or no model
+        #: on the CPU); the count in effect
+        self.thread_tuner: ThreadTuner | None = None
+        self._threads: int | None = None
 
     @property
     def settings(self) -> AnalysisSettings:
@@ -82,7 +87,24 @@ class FrameAnalyser:
                 s.model, role="segmenter", device=self._device
             )
         self._denoiser, self._segmenter = denoiser, segmenter
+        if (denoiser or segmenter) is not None and _on_cpu(self._device):
+            if s.threads == "auto":
+                self.thread_tuner = ThreadTuner(thread_candidates())
+            else:
+                self._set_threads(s.threads)
         self._models_loaded = True
+
+    def _set_threads(self, n: int) -> None:
+        if n != self._threads:
+            import torch
+
+            torch.set_num_threads(n)
+            self._threads = n
+
+    @property
+    def threads(self) -> int | None:
+        """The models' CPU threads in effect (None: not set by the analysis)."""
+        return self._threads
 
     def reset_tracks(self) -> None:
         """End every track of every position (new objects get new ids)."""
@@ -111,8 +133,14 @@ class FrameAnalyser:
             if image.ndim != 2:
                 raise ValueError(f"expected a (Y, X) frame, got shape {image.shape}")
             background, _ = estimate_background(image)
+            tuner = self.thread_tuner
+            if tuner is not None:
+                self._set_threads(tuner.threads())
+            t_models = time.perf_counter()
             denoised = self._denoise(image, frame)
             labels = self._segment(image if denoised is None else denoised, frame)
+            if tuner is not None and self._threads is not None:
+                tuner.record(self._threads, (time.perf_counter() - t_models) * 1000)
             table = measure_objects(labels, image, frame)
             tracker = self._trackers.get(frame.position)
             if tracker is None:
@@ -159,7 +187,7 @@ class FrameAnalyser:
             denoised=denoised,
             background=background,
             t_result=t1,
-            extra={"analysis_ms": (t1 - t0) * 1000.0},
+            extra={"analysis_ms": (t1 - t0) * 1000.0, "threads": self._threads},
         )
 
     def _new_tracker(self) -> Tracker:
@@ -203,3 +231,10 @@ class FrameAnalyser:
             min_area_um2=s.min_area_um2,
             max_area_um2=s.max_area_um2,
         )
+
+
+def _on_cpu(device: str) -> bool:
+    """Whether models loaded for ``device`` run on the CPU."""
+    from smartscope.nn.predictor import resolve_device
+
+    return resolve_device(device).type == "cpu"

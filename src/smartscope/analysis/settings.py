@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -95,6 +95,12 @@ class AnalysisSettings(BaseModel):
         True,
         description="predict each track's position from its last velocity "
         "before linking",
+    )
+    threads: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = Field(
+        "auto",
+        description="CPU threads of the models (torch intra-op threads); 'auto': "
+        "chosen while the run goes from the models' time per frame, tried again "
+        "when the machine gets busier or quieter (smartscope.analysis.threads)",
     )
     queue_size: int = Field(
         4,
