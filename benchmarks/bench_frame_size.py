@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SIZES = (512, 1024, 2048)
 
 
-def _legacy_layout(self, n: int) -> list[tuple[int, int, int, int]]:
+def _legacy_layout(self, n: int, *, axis: int = 0) -> list[tuple[int, int, int, int]]:
     """The layout before frame-sized tiles, as (start, size, keep_from, keep_to)."""
     t, o = self.tile_px, self.overlap_px
     if n <= t:

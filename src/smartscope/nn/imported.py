@@ -101,6 +101,9 @@ class _SizedPredictor(Predictor):
         self.network = self.network.to(memory_format=torch.contiguous_format)
         self.size_y, self.size_x = size_y, size_x
 
+    def _tile_size(self, size: int, *, axis: int) -> int:
+        return (self.size_y if axis == 0 else self.size_x).valid(size)
+
     def _run_padded(self, x: np.ndarray) -> np.ndarray:
         h, w = x.shape
         ph, pw = self.size_y.valid(h) - h, self.size_x.valid(w) - w

@@ -141,7 +141,7 @@ class Predictor:
 
     def _run_tiled(self, x: np.ndarray) -> np.ndarray:
         h, w = x.shape
-        rows, cols = self._layout(h), self._layout(w)
+        rows, cols = self._layout(h, axis=0), self._layout(w, axis=1)
         out: np.ndarray | None = None
         for y0, th, ky0, ky1 in rows:
             for x0, tw, kx0, kx1 in cols:
@@ -153,18 +153,24 @@ class Predictor:
                 ]
         return out if out is not None else np.empty((0, h, w), np.float32)
 
-    def _layout(self, n: int) -> list[tuple[int, int, int, int]]:
+    def _tile_size(self, size: int, *, axis: int) -> int:
+        """The smallest size at least ``size`` the network takes along
+        ``axis`` (0: y, 1: x)."""
+        m = self.size_multiple
+        return -(-size // m) * m
+
+    def _layout(self, n: int, *, axis: int = 0) -> list[tuple[int, int, int, int]]:
         """Tiles along one axis of ``n`` pixels: (start, size, keep_from,
         keep_to) each. As few tiles as ``tile_px`` allows, sized to the frame
         (not ``tile_px`` each: a 1109-px side is two 592-px tiles, not two of
         1024) and overlapping by at least ``overlap_px``; each keeps the
         pixels up to the middle of its overlaps with its neighbours."""
-        t, o, m = self.tile_px, self.overlap_px, self.size_multiple
+        t, o = self.tile_px, self.overlap_px
         if n <= t:
             return [(0, n, 0, n)]
         k = -(-(n - o) // (t - o))
         size = -(-(n + (k - 1) * o) // k)
-        size = min(t, -(-size // m) * m, n)
+        size = min(t, self._tile_size(size, axis=axis), n)
         starts = [round(i * (n - size) / (k - 1)) for i in range(k)]
         cuts = [0, *((a + size + b) // 2 for a, b in itertools.pairwise(starts)), n]
         return [(s, size, cuts[i], cuts[i + 1]) for i, s in enumerate(starts)]
