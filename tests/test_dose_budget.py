@@ -16,8 +16,10 @@ from smartscope.hardware import load_core, release_core
 from smartscope.protocol import Protocol
 from smartscope.reactions import DoseBudget
 
-# 20x: a 166.4 µm field; 5 mW x 30 ms = 0.15 mJ a frame = 0.54 J/cm²
-FRAME_J_CM2 = 5e-3 * 0.030 / (512 * 0.325) ** 2 / 1e-8
+# 20x, a 256-px sensor (for speed): an 83.2 µm field; 5 mW x 30 ms = 0.15 mJ
+# a frame = 2.17 J/cm²
+SENSOR_PX = 256
+FRAME_J_CM2 = 5e-3 * 0.030 / (SENSOR_PX * 0.325) ** 2 / 1e-8
 
 
 def _protocol(budget: dict[str, Any], loops: int = 12) -> Protocol:
@@ -46,6 +48,8 @@ def _protocol(budget: dict[str, Any], loops: int = 12) -> Protocol:
 
 def _run(out: Path, proto: Protocol) -> dict[str, Any]:
     core = load_core(seed=proto.seed, time_mode="virtual")
+    core.setProperty("Camera", "SensorWidth_px", SENSOR_PX)
+    core.setProperty("Camera", "SensorHeight_px", SENSOR_PX)
     try:
         return Controller(core, proto, out_dir=out).run()
     finally:

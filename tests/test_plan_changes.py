@@ -69,8 +69,16 @@ class _Script(Reaction):
         return out
 
 
-def _run(tmp_path: Path, proto: Protocol, reaction: Reaction) -> dict[str, Any]:
+def _small_core() -> Any:
+    """The demo microscope with a 256-px sensor (for speed)."""
     core = load_core()
+    core.setProperty("Camera", "SensorWidth_px", 256)
+    core.setProperty("Camera", "SensorHeight_px", 256)
+    return core
+
+
+def _run(tmp_path: Path, proto: Protocol, reaction: Reaction) -> dict[str, Any]:
+    core = _small_core()
     try:
         return Controller(core, proto, out_dir=tmp_path, reactions=[reaction]).run()
     finally:
@@ -142,7 +150,7 @@ def test_objective_switch_keeps_positions_on_the_sample_with_the_offsets(
             SetObjective(objective="40x"),
         ],
     )
-    core = load_core()
+    core = _small_core()
     try:
         z0 = core.getZPosition()
         Controller(core, proto, out_dir=tmp_path, reactions=[script]).run()
@@ -172,7 +180,7 @@ def test_objective_switch_keeps_positions_on_the_sample_with_the_offsets(
 
 def test_objective_offsets_must_name_presets(tmp_path: Path) -> None:
     proto = _protocol(devices={"objective_offsets": {"63x": {"x_um": 1}}})
-    core = load_core()
+    core = _small_core()
     try:
         with pytest.raises(Exception, match=r"devices.objective_offsets.63x"):
             Controller(core, proto, out_dir=tmp_path).run()

@@ -64,6 +64,8 @@ class _Slow(Reaction):
 
 def _run(out: Path, proto: Protocol, extra: list[Reaction]) -> dict[str, Any]:
     core = load_core(seed=proto.seed, time_mode="virtual")
+    core.setProperty("Camera", "SensorWidth_px", 256)  # for speed
+    core.setProperty("Camera", "SensorHeight_px", 256)
     try:
         summary = Controller(core, proto, out_dir=out, reactions=extra).run()
     finally:
