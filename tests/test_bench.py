@@ -16,6 +16,7 @@ def test_quick_bench_reports_simulator_and_controller(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     results = run(json_path=out, quick=True)
     on_disk = json.loads(out.read_text())
+    assert on_disk["schema_version"] == 1
     assert on_disk["machine"]["cpus_usable"] >= 1
     sim = on_disk["simulator"]
     assert sim["snap_512"]["frame_shape"] == [512, 512]
@@ -25,3 +26,24 @@ def test_quick_bench_reports_simulator_and_controller(tmp_path: Path) -> None:
     assert set(ctl["overhead"]["ms_per_frame"]) == {"plain", "plain_zarr", "controller"}
     assert ctl["overhead"]["ratio_controller_to_plain_zarr"] > 0
     assert ctl["analysis_classical"]["objects_per_frame"] > 5
+
+
+def test_scaling_reports_each_size_stage_by_stage() -> None:
+    from smartscope.bench_scaling import measure_scaling, scaling_table
+
+    r = measure_scaling(frames=2, sizes=(256, 512), device="cpu")
+    assert set(r["sizes"]) == {"256", "512"}
+    for e in r["sizes"].values():
+        assert e["frames"] == 2
+        assert set(e["stages_ms"]) == {
+            "background",
+            "denoise",
+            "segment",
+            "measure",
+            "track",
+        }
+        # the stages account for the frame's time (the rest: building the result)
+        assert sum(e["stages_ms"].values()) <= e["ms"]["median"] * 1.05 + 1
+        assert e["peak_rss_mb"] > 0
+    assert r["sizes"]["512"]["ratio_to_512"] == 1.0
+    assert scaling_table(r).row_count == 2

@@ -39,6 +39,10 @@ _QUICK = (1, 5, 1, 10, 1)
 _DEFOCUS_UM = (0.0, 5.0, 20.0)
 
 
+#: layout of the JSON written with --json (1: adds "scaling")
+SCHEMA_VERSION = 1
+
+
 def machine_info() -> dict[str, Any]:
     """Where and when the figures were measured: platform, CPUs, versions, date."""
     import os
@@ -364,6 +368,7 @@ def run(
     defocus: bool = False,
     controller: bool = True,
     long: bool = False,
+    scaling: bool = False,
 ) -> dict[str, Any]:
     """Measure the simulator, print a table, and optionally write the figures as JSON.
 
@@ -389,13 +394,16 @@ def run(
         with analysis off against a plain MDA of the same sequence),
         ``analysis_classical`` / ``analysis_models`` (ms and frames/s at
         512 × 512), ``demo_latency`` and, with ``long``, ``memory`` over 10,000
-        frames.
+        frames; with ``scaling``, ``scaling`` (the models-in-the-loop analysis
+        at 256² to 2048², :mod:`smartscope.bench_scaling`). ``schema_version``
+        says how the JSON is laid out.
     """
     from rich.console import Console
 
     console = Console()
     warmup, rep_512, rep_2048, timepoints, runs = _QUICK if quick else _FULL
     results: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
         "machine": machine_info(),
         "source": _source_state(),
         "quick": quick,
@@ -415,6 +423,11 @@ def run(
             quick=quick, long=long, console=console
         )
         _print_controller(results["controller"], console)
+    if scaling:
+        from smartscope.bench_scaling import measure_scaling, scaling_table
+
+        results["scaling"] = measure_scaling(frames=5 if quick else 20)
+        console.print(scaling_table(results["scaling"]))
     if json_path is not None:
         path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -713,6 +713,14 @@ def bench(
             "--long", help="Also measure memory over 10,000 frames (minutes)."
         ),
     ] = False,
+    scaling: Annotated[
+        bool,
+        typer.Option(
+            "--scaling",
+            help="Also time the analysis with the models at 256² to 2048² frames, "
+            "stage by stage (minutes on a CPU).",
+        ),
+    ] = False,
 ) -> None:
     """Measure speed (simulator, acquisition, analysis) and print a table."""
     try:
@@ -726,7 +734,9 @@ def bench(
             code=1,
         )
     with _reported_errors():
-        bench_module.run(json_path=json_path, quick=quick, long=long)  # prints tables
+        bench_module.run(
+            json_path=json_path, quick=quick, long=long, scaling=scaling
+        )  # prints tables
 
 
 def _module_installed(module: str) -> bool:

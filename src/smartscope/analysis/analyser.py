@@ -136,12 +136,15 @@ class FrameAnalyser:
             tuner = self.thread_tuner
             if tuner is not None:
                 self._set_threads(tuner.threads())
-            t_models = time.perf_counter()
+            t_bg = time.perf_counter()
             denoised = self._denoise(image, frame)
+            t_dn = time.perf_counter()
             labels = self._segment(image if denoised is None else denoised, frame)
+            t_seg = time.perf_counter()
             if tuner is not None and self._threads is not None:
-                tuner.record(self._threads, (time.perf_counter() - t_models) * 1000)
+                tuner.record(self._threads, (t_seg - t_bg) * 1000)
             table = measure_objects(labels, image, frame)
+            t_meas = time.perf_counter()
             tracker = self._trackers.get(frame.position)
             if tracker is None:
                 tracker = self._new_tracker()
@@ -187,7 +190,19 @@ class FrameAnalyser:
             denoised=denoised,
             background=background,
             t_result=t1,
-            extra={"analysis_ms": (t1 - t0) * 1000.0, "threads": self._threads},
+            extra={
+                "analysis_ms": (t1 - t0) * 1000.0,
+                "threads": self._threads,
+                # where the time went, ms: the segment stage includes the
+                # model's rescaling, normalisation and post-processing
+                "stages_ms": {
+                    "background": (t_bg - t0) * 1000.0,
+                    "denoise": (t_dn - t_bg) * 1000.0,
+                    "segment": (t_seg - t_dn) * 1000.0,
+                    "measure": (t_meas - t_seg) * 1000.0,
+                    "track": (t1 - t_meas) * 1000.0,
+                },
+            },
         )
 
     def _new_tracker(self) -> Tracker:

@@ -1,0 +1,164 @@
+"""How the models-in-the-loop analysis scales with the frame size.
+
+``smartscope bench --scaling``: for each frame size, one simulated DAPI frame
+(10x, the demo camera's sensor set to that size) is analysed again and again
+by :class:`~smartscope.analysis.analyser.FrameAnalyser` with the demo's
+models (``denoise-care``, then ``nuclei-seg``, measure, track), on the device
+the analysis would use. Reported per size: frames/s sustained, the time per
+frame (median, p95), where it goes (``stages_ms``: background, denoise,
+segment with its rescaling and post-processing, measure, track; medians),
+the ratio to 512², the threads the analysis chose, and the peak resident
+memory of the process. Virtual time, no acquisition: this is the analysis
+alone; ``controller`` in the same JSON measures it inside a run.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+__all__ = ["SIZES", "measure_scaling"]
+
+SIZES = (256, 512, 1024, 2048)
+
+
+def _frame(size: int) -> np.ndarray:
+    from smartscope.hardware import load_core, release_core
+
+    core = load_core(seed=1, time_mode="virtual")
+    try:
+        core.setProperty("Camera", "SensorWidth_px", size)
+        core.setProperty("Camera", "SensorHeight_px", size)
+        core.setConfig("Objective", "10x")
+        core.setProperty("Laser", "Power_mW", 5)
+        core.setExposure(20)
+        core.snapImage()
+        return core.getImage()
+    finally:
+        release_core(core)
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
+
+
+def measure_scaling(
+    *, frames: int = 20, sizes: tuple[int, ...] = SIZES, device: str = "auto"
+) -> dict[str, Any]:
+    """Analyse ``frames`` frames (after 3 warm-up frames) at each size.
+
+    Returns
+    -------
+    dict
+        ``settings`` and ``sizes``: one entry per size with ``frames``,
+        ``frames_per_s``, ``ms`` (median, p95), ``stages_ms`` (medians),
+        ``ratio_to_512`` (median time), ``threads`` (counts used) and
+        ``peak_rss_mb``.
+    """
+    from smartscope.analysis.analyser import FrameAnalyser
+    from smartscope.analysis.result import FrameInput
+    from smartscope.analysis.settings import AnalysisSettings
+
+    settings = AnalysisSettings(
+        denoise="denoise-care", segmenter="model", model="nuclei-seg", diameter_um=12
+    )
+    out: dict[str, Any] = {
+        "settings": {
+            "denoise": settings.denoise,
+            "model": settings.model,
+            "device": device,
+            "frames": frames,
+            "objective": "10x",
+        },
+        "sizes": {},
+    }
+    for size in sizes:
+        img = _frame(size)
+        analyser = FrameAnalyser(settings, device=device)
+        analyser.load_models()
+        times: list[float] = []
+        stages: dict[str, list[float]] = {}
+        threads: list[Any] = []
+        t_start = 0.0
+        for k in range(frames + 3):
+            if k == 3:
+                t_start = time.perf_counter()
+            f = FrameInput(
+                image=img,
+                frame_index=k,
+                position="a",
+                stage_x_um=0.0,
+                stage_y_um=0.0,
+                z_um=0.0,
+                pixel_size_um=6.5 / 10,
+                exposure_ms=20,
+                t_frame=time.perf_counter(),
+                t_s=float(k),
+            )
+            t0 = time.perf_counter()
+            r = analyser.analyse(f)
+            if r.error is not None:
+                raise RuntimeError(f"analysis of a {size}² frame failed: {r.error}")
+            if k >= 3:
+                times.append((time.perf_counter() - t0) * 1000.0)
+                threads.append(r.extra.get("threads"))
+                for name, ms in r.extra.get("stages_ms", {}).items():
+                    stages.setdefault(name, []).append(ms)
+        wall = time.perf_counter() - t_start
+        out["sizes"][str(size)] = {
+            "frames": len(times),
+            "frames_per_s": round(len(times) / wall, 2),
+            "ms": {
+                "median": round(float(np.median(times)), 1),
+                "p95": round(float(np.percentile(times, 95)), 1),
+            },
+            "stages_ms": {k: round(float(np.median(v)), 1) for k, v in stages.items()},
+            "threads": {
+                str(n): threads.count(n) for n in sorted(set(threads), key=str)
+            },
+            "peak_rss_mb": round(_peak_rss_mb(), 1),
+        }
+    base = out["sizes"].get("512")
+    for entry in out["sizes"].values():
+        entry["ratio_to_512"] = (
+            round(entry["ms"]["median"] / base["ms"]["median"], 2) if base else None
+        )
+    return out
+
+
+def scaling_table(scaling: dict[str, Any]) -> Any:
+    """A rich table of :func:`measure_scaling`'s result."""
+    from rich.table import Table
+
+    stages = ("background", "denoise", "segment", "measure", "track")
+    t = Table(
+        title="Analysis with models by frame size (denoise-care + nuclei-seg), ms"
+    )
+    for col in (
+        "size",
+        "frames/s",
+        "median",
+        "p95",
+        "× 512²",
+        *stages,
+        "threads",
+        "RSS MB",
+    ):
+        t.add_column(col, justify="right")
+    for size, e in scaling["sizes"].items():
+        t.add_row(
+            f"{size}²",
+            f"{e['frames_per_s']:g}",
+            f"{e['ms']['median']:g}",
+            f"{e['ms']['p95']:g}",
+            "" if e["ratio_to_512"] is None else f"{e['ratio_to_512']:g}",
+            *(f"{e['stages_ms'].get(k, 0):g}" for k in stages),
+            ", ".join(f"{k}:{v}" for k, v in e["threads"].items()),
+            f"{e['peak_rss_mb']:g}",
+        )
+    return t
