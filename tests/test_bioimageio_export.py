@@ -192,3 +192,19 @@ def test_shipped_card_passes_the_spec(name) -> None:
 def test_shipped_card_passes_test_model(name) -> None:
     summary = bioimageio.core.test_model(data_dir("models") / name / "rdf.yaml")
     assert summary.status == "passed", summary.format()
+
+
+def test_shipped_mitosis_classifier_passes_the_spec_and_test_model() -> None:
+    """The crop classifier (kind: event) is a bioimage.io model too: crops
+    (batch, channel, y, x) in, one probability per crop out."""
+    folder = data_dir("models") / "mitosis-clf"
+    descr = load_description(folder / "rdf.yaml")
+    assert isinstance(descr, v0_5.ModelDescr), descr.validation_summary.format()
+    assert descr.validation_summary.status == "valid-format"
+    assert descr.inputs[0].test_tensor is not None
+    assert descr.covers
+    size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+    assert size < 3 * 1024 * 1024
+    assert load_model("mitosis-clf", device="cpu").card.kind == "event"
+    summary = bioimageio.core.test_model(folder / "rdf.yaml")
+    assert summary.status == "passed", summary.format()

@@ -1,4 +1,4 @@
-"""``smartscope train {care,n2v,segment}``: train a model and write it with its card.
+"""``smartscope train {care,n2v,segment,mitosis}``: train a model and write it with its card.
 
 A typer sub-app (``train_app``) that the main CLI mounts as ``train``; it also
 runs on its own as ``python -m smartscope.nn.cli``. Each command trains on
@@ -20,7 +20,8 @@ __all__ = ["train_app"]
 
 train_app = typer.Typer(
     name="train",
-    help="Train denoising (CARE, Noise2Void) and nuclei segmentation models.",
+    help="Train denoising (CARE, Noise2Void), nuclei segmentation and mitosis "
+    "classification models.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -231,6 +232,122 @@ def segment(
     _train("segment", locals())
 
 
+@train_app.command("mitosis")
+def mitosis(
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="model folder to write (e.g. models/mitosis-clf); required, so a "
+            "trial run never overwrites a shipped model",
+        ),
+    ],
+    steps: Steps = 600,
+    batch: Annotated[int, typer.Option(help="crops per step")] = 128,
+    seed: Annotated[
+        int, typer.Option(help="seed of initialisation and augmentation")
+    ] = 0,
+    width: Annotated[int, typer.Option(help="CNN channels of the first block")] = 16,
+    train_runs: Annotated[
+        int,
+        typer.Option(help="simulated training time-lapses (seeds from --train-seed)"),
+    ] = 24,
+    train_seed: Annotated[int, typer.Option(help="first training seed")] = 1000,
+    tune_runs: Annotated[
+        int, typer.Option(help="runs that choose the best step and threshold")
+    ] = 4,
+    tune_seed: Annotated[int, typer.Option(help="first tuning seed")] = 2000,
+    val_runs: Annotated[int, typer.Option(help="training-like validation runs")] = 6,
+    val_seed: Annotated[int, typer.Option(help="first validation seed")] = 5200,
+    protocol_val_runs: Annotated[
+        int, typer.Option(help="6-h validation runs of the event protocol's scene")
+    ] = 5,
+    protocol_val_seed: Annotated[
+        int, typer.Option(help="first event-protocol validation seed")
+    ] = 6200,
+    time_points: Annotated[
+        int, typer.Option(help="time points per training and tuning run")
+    ] = 24,
+    val_every: Annotated[int, typer.Option(help="steps between tuning checks")] = 100,
+    threads: Threads = 2,
+    name: Name = None,
+) -> None:
+    """Mitosis classifier on nucleus crops, trained on simulated time-lapses with
+    truth; QC (per-frame and per-event precision and recall, against the
+    threshold detector) on separate seeded runs. Used by the event_rate
+    reaction with `detector: {method: model, model: OUT}`."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from smartscope.nn.errors import ModelError
+    from smartscope.nn.mitosis_train import (
+        MitosisTrainConfig,
+        train_mitosis,
+        write_mitosis_model,
+    )
+
+    console = Console(stderr=True)
+    options = dict(locals())
+    kw = {
+        k: options[k]
+        for k in MitosisTrainConfig.model_fields
+        if k in options and k != "crop"
+    }
+    kw["batch_size"] = batch
+    try:
+        config = MitosisTrainConfig(**kw)
+        config.check_seeds()
+    except Exception as e:
+        console.print(f"[red]invalid training settings:[/red] {e}")
+        raise typer.Exit(2) from e
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("simulating", total=config.steps, info="")
+
+        def progress(phase: str, done: int, total: int, info: dict[str, float]) -> None:
+            if phase == "train":
+                text = (
+                    f"loss {info['train_loss']:.3g} tune F1 {info['tune_f1']:.3f}"
+                    if info
+                    else None
+                )
+                if text and not console.is_terminal:
+                    console.print(f"step {done}/{total}: {text}", highlight=False)
+                bar.update(
+                    task,
+                    description="training",
+                    total=total,
+                    completed=done,
+                    **({"info": text} if text else {}),
+                )
+            else:
+                bar.update(task, description=phase, total=max(total, 1), completed=done)
+
+        try:
+            result = train_mitosis(config, command=_command_line(), progress=progress)
+        except (ModelError, ValueError) as e:
+            console.print(f"[red]{e}[/red]")
+            raise typer.Exit(1) from e
+    write_mitosis_model(result, out, name=name)
+    for which, m in result.metrics.items():
+        a, b = m["model"], m["threshold_detector"]
+        console.print(
+            f"{which} (seeds {m['seeds'][0]}-{m['seeds'][-1]}): per frame P/R "
+            f"{a['frame_precision']}/{a['frame_recall']} (threshold rule "
+            f"{b['frame_precision']}/{b['frame_recall']}); per event P/R "
+            f"{a['event_precision']}/{a['event_recall']} (threshold rule "
+            f"{b['event_precision']}/{b['event_recall']}), {a['events']} events",
+            highlight=False,
+        )
+    console.print(f"model written to {out}")
+
+
 @train_app.command("export")
 def export(
     model: Annotated[str, typer.Argument(help="shipped model name or model folder")],
@@ -251,9 +368,14 @@ def export(
 
     console = Console(stderr=True)
     try:
-        path = export_model(
-            load_model(model, device="cpu"), out, torchscript=torchscript
-        )
+        loaded = load_model(model, device="cpu")
+        if loaded.kind == "event":
+            raise ModelError(
+                f"{model!r} is the mitosis classifier: its folder is already a "
+                "bioimage.io model (rdf.yaml, weights.pt, test tensors); export "
+                "packages the U-Net models"
+            )
+        path = export_model(loaded, out, torchscript=torchscript)
     except ModelError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(1) from e

@@ -22,7 +22,7 @@ from smartscope.nn.errors import ModelError
 __all__ = ["ModelFiles", "available_models", "check_model_files", "resolve_model_path"]
 
 RDF_NAME = "rdf.yaml"
-Kind = Literal["denoise", "segment"]
+Kind = Literal["denoise", "segment", "event"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ class ModelFiles:
     """What a model's files say it is."""
 
     kind: Kind
-    """``config.smartscope.kind`` of its card: "denoise" or "segment"."""
+    """``config.smartscope.kind`` of its card: "denoise", "segment" or "event"
+    (the mitosis classifier, :mod:`smartscope.nn.mitosis_model`)."""
     path: Path
     """The model folder, or its ``.zip`` package."""
     name: str
@@ -79,7 +80,7 @@ def check_model_files(name_or_path: str | Path) -> ModelFiles:
     """Find a model and check its card and weights file, without torch.
 
     Checks: the card is strict YAML with ``type: model`` and a
-    ``config.smartscope.kind`` of "denoise" or "segment" (or, for a
+    ``config.smartscope.kind`` of "denoise", "segment" or "event" (or, for a
     bioimage.io package smartscope did not write, a description
     :func:`smartscope.nn.description.describe_model` accepts, which gives
     the kind); it names weights (``pytorch_state_dict`` or ``torchscript``)
@@ -201,9 +202,10 @@ def _card_kind(rdf: dict[str, Any], where: Path) -> Kind:
             "no 'config.smartscope' section: not a smartscope model card", path=where
         )
     kind = section.get("kind")
-    if kind not in ("denoise", "segment"):
+    if kind not in ("denoise", "segment", "event"):
         raise ModelError(
-            f"config.smartscope.kind must be 'denoise' or 'segment', got {kind!r}",
+            "config.smartscope.kind must be 'denoise', 'segment' or 'event', "
+            f"got {kind!r}",
             path=where,
         )
     return kind  # type: ignore[no-any-return]

@@ -45,6 +45,7 @@ from smartscope.nn.unet import UNet
 
 if TYPE_CHECKING:
     from smartscope.nn.imported import ImportedModel
+    from smartscope.nn.mitosis_model import MitosisClassifier
 
 __all__ = [
     "DenoiseModel",
@@ -354,7 +355,7 @@ def _load_network(
 
 def _read_folder(
     folder: Path, card_file: str | None, *, source: Path, **options: Any
-) -> Model | ImportedModel:
+) -> Model | ImportedModel | MitosisClassifier:
     """Load the model in ``folder`` (its card ``card_file``, or found there):
     by its ``config.smartscope`` section, or else as a foreign bioimage.io
     package, as its card describes it."""
@@ -368,6 +369,14 @@ def _read_folder(
     rdf = read_card(rdf_path)
     config = rdf.get("config")
     if isinstance(config, dict) and "smartscope" in config:
+        section = config["smartscope"]
+        if isinstance(section, dict) and section.get("kind") == "event":
+            # the mitosis classifier: crops in, a probability out (no U-Net)
+            from smartscope.nn.mitosis_model import load_classifier_folder
+
+            return load_classifier_folder(
+                folder, rdf, rdf_path, source=source, device=options["device"]
+            )
         rdf, card = read_rdf(rdf_path)
         net = _load_network(folder, rdf, card, rdf_path)
         name = str(rdf.get("name") or source.stem)
@@ -400,12 +409,14 @@ def load_model(
     precision: Precision = "auto",
     tile_px: int = 1024,
     warm_up: bool = False,
-) -> Model | ImportedModel:
+) -> Model | ImportedModel | MitosisClassifier:
     """Load a model by shipped name (``"nuclei-seg"``, ``"denoise-care"``,
     ``"denoise-n2v"``) or by path (model folder, its ``rdf.yaml``, or a
     bioimage.io ``.zip`` package).
 
-    A card with a ``config.smartscope`` section gives a :class:`Model`; any
+    A card with a ``config.smartscope`` section gives a :class:`Model` (or,
+    for ``kind: event``, a
+    :class:`~smartscope.nn.mitosis_model.MitosisClassifier`); any
     other bioimage.io model (format 0.5, 2D, one input and one output,
     torchscript or pytorch_state_dict weights) gives an
     :class:`~smartscope.nn.imported.ImportedModel` run as its card says (see

@@ -121,7 +121,13 @@ class EventRate(Reaction):
         det = self._detectors.get(pos)
         if det is None:
             det = self._detectors[pos] = MitosisDetector(p.detector)
-        found = det.update(result.objects, background=result.background)
+        found = det.update(
+            result.objects,
+            background=result.background,
+            image=frame.image,
+            labels=result.labels,
+            pixel_size_um=frame.pixel_size_um,
+        )
         live = []
         for o in found:
             t0 = self._first_seen.setdefault((pos, o.track_id), frame.t_s)
