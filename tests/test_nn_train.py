@@ -200,3 +200,28 @@ def test_same_config_same_weights():
     ):
         assert torch.equal(va, vb), k
     assert a.metrics == b.metrics
+
+
+@pytest.mark.parametrize("kind", ["care", "n2v", "segment", "mitosis"])
+def test_train_never_writes_into_models_unless_asked(kind):
+    """No default output folder: a trial run cannot overwrite a shipped model."""
+    res = CliRunner().invoke(train_app, [kind, "--steps", "1"])
+    assert res.exit_code == 2
+    assert "--out" in res.output
+
+
+def test_tiny_step_counts_have_a_schedule():
+    """torch's OneCycleLR divides by zero when its warm-up or decay is one
+    step (10 steps at a 10% warm-up crashed `smartscope train segment
+    --steps 10`)."""
+    from smartscope.nn.train import warmup_fraction
+
+    for steps in range(1, 300):
+        p = [torch.nn.Parameter(torch.zeros(1))]
+        opt = torch.optim.AdamW(p, lr=1e-3)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=1e-3, total_steps=steps, pct_start=warmup_fraction(steps)
+        )
+        for _ in range(steps - 1):
+            opt.step()
+            sched.step()

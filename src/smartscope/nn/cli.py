@@ -35,7 +35,15 @@ _DESCRIPTIONS = {
     ),
 }
 
-Out = Annotated[Path, typer.Option("--out", "-o", help="model folder to write")]
+Out = Annotated[
+    Path,
+    typer.Option(
+        "--out",
+        "-o",
+        help="model folder to write (e.g. models/NAME to replace a shipped model); "
+        "required, so a trial run never overwrites a shipped model",
+    ),
+]
 Data = Annotated[
     Path | None,
     typer.Option(
@@ -170,7 +178,7 @@ def _run(method: str, out: Path, name: str | None, **kw: Any) -> None:
 
 @train_app.command("care")
 def care(
-    out: Out = Path("models/denoise-care"),
+    out: Out,
     data: Data = None,
     steps: Steps = 2000,
     batch: Batch = 16,
@@ -190,7 +198,7 @@ def care(
 
 @train_app.command("n2v")
 def n2v(
-    out: Out = Path("models/denoise-n2v"),
+    out: Out,
     data: Data = None,
     steps: Steps = 2000,
     batch: Batch = 16,
@@ -214,7 +222,7 @@ def n2v(
 
 @train_app.command("segment")
 def segment(
-    out: Out = Path("models/nuclei-seg"),
+    out: Out,
     data: Data = None,
     steps: Steps = 2500,
     batch: Batch = 16,

@@ -79,6 +79,13 @@ SEGMENT_VAL_SPEC = SimDataSpec(
 )
 
 
+def warmup_fraction(steps: int) -> float:
+    """The share of ``steps`` the one-cycle schedule warms up for: a tenth,
+    but at least 2.5 steps and at most 40% (torch's OneCycleLR divides by
+    zero when the warm-up or the decay is exactly one step: 10 steps at 10%)."""
+    return min(0.4, max(0.1, 2.5 / steps))
+
+
 class TrainConfig(BaseModel):
     """One training run. Units are in the field names."""
 
@@ -193,7 +200,10 @@ def fit(
         network.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1
+        opt,
+        max_lr=config.lr,
+        total_steps=config.steps,
+        pct_start=warmup_fraction(config.steps),
     )
     loader = torch.utils.data.DataLoader(
         _Stream(sampler, config.batch_size, config.seed),
