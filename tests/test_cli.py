@@ -322,7 +322,12 @@ def test_bench_forwards_options(monkeypatch, tmp_path):
     target = tmp_path / "bench.json"
     result = runner.invoke(cli.app, ["bench", "--json", str(target), "--quick"])
     assert result.exit_code == 0, result.output
-    assert calls == [{"json_path": target, "quick": True, "long": False}]
+    assert calls == [
+        {"json_path": target, "quick": True, "long": False, "scaling": False}
+    ]
+    result = runner.invoke(cli.app, ["bench", "--scaling"])
+    assert result.exit_code == 0, result.output
+    assert calls[-1]["scaling"] is True
 
 
 def test_bench_smartscope_error_exits_2(monkeypatch):
