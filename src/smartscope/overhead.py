@@ -30,10 +30,14 @@ def _rss_mb() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
-def measure_memory(*, n_frames: int = 10_000, sensor_px: int = 256) -> dict[str, Any]:
+def measure_memory(
+    *, n_frames: int = 10_000, sensor_px: int = 256, models: bool = False
+) -> dict[str, Any]:
     """Run ``n_frames`` through the controller with analysis and a reaction on
     (virtual time, a small sensor to keep it quick) and sample the process
-    memory every 5% of the run."""
+    memory every 5% of the run. ``models``: the demo's models in the loop
+    (denoise-care, nuclei-seg; denoised images saved) instead of the classical
+    segmenter."""
     from smartscope.controller import Controller
     from smartscope.hardware import load_core, release_core
     from smartscope.protocol import Protocol
@@ -51,7 +55,19 @@ def measure_memory(*, n_frames: int = 10_000, sensor_px: int = 256) -> dict[str,
             },
             "reactions": [{"type": "center_on"}],
             "limits": {"xy_box_um": [-1400, 1400, -1400, 1400]},
-            "save": {"labels": True},
+            "save": {"labels": True, "denoised": models},
+            **(
+                {
+                    "analysis": {
+                        "denoise": "denoise-care",
+                        "segmenter": "model",
+                        "model": "nuclei-seg",
+                        "diameter_um": 12,
+                    }
+                }
+                if models
+                else {}
+            ),
         }
     )
     core = load_core(time_mode="virtual")
