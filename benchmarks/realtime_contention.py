@@ -1,0 +1,82 @@
+"""A realtime run of the demo's analysis at a given rate, beside N busy processes.
+
+Run from the repository root::
+
+    python benchmarks/realtime_contention.py INTERVAL_S LOOPS BURNERS THREADS OUT
+    python benchmarks/realtime_contention.py 0.1 600 2 auto /tmp/rt/b10
+
+``protocols/demo.yaml`` (denoise-care, nuclei-seg, center_on) in realtime at
+one frame every INTERVAL_S for LOOPS frames, 10 ms exposures (the adaptive
+exposure reaction left out so the rate stays the one asked for), nothing but
+the raw frames saved; BURNERS pure-Python busy loops in other processes;
+``analysis.threads`` THREADS (an integer or ``auto``). Prints the summary's
+frames, frames analysed and skipped, and the frame->result and
+frame->action latencies.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def burn(stop):
+    x = 0
+    while not stop.is_set():
+        for _ in range(100000):
+            x += 1
+
+
+def main(interval, loops, burners, threads, out):
+    d = yaml.safe_load((ROOT / "protocols" / "demo.yaml").read_text())
+    d["time_mode"] = "realtime"
+    d["sequence"]["time_plan"] = {"interval": interval, "loops": loops}
+    d["sequence"]["channels"][0]["exposure"] = 10
+    d["reactions"] = [d["reactions"][0]]  # center_on only: exposure stays 10 ms
+    d["stop"] = {}
+    d["save"] = {"labels": False, "denoised": False, "truth": False, "report": False}
+    d["analysis"]["threads"] = threads
+    out = Path(out)
+    shutil.rmtree(out, ignore_errors=True)
+    from smartscope.controller import Controller
+    from smartscope.hardware import load_core, release_core
+    from smartscope.protocol import Protocol
+
+    p = Protocol.model_validate(d)
+    stop = mp.Event()
+    procs = [mp.Process(target=burn, args=(stop,), daemon=True) for _ in range(burners)]
+    for q in procs:
+        q.start()
+    core = load_core(seed=p.seed, scene=p.scene, time_mode="realtime")
+    try:
+        s = Controller(core, p, out_dir=out).run()
+    finally:
+        release_core(core)
+        stop.set()
+    print(
+        json.dumps(
+            {
+                "interval": interval,
+                "burners": burners,
+                "threads": threads,
+                "frames": s["frames_acquired"],
+                "analysed": s["frames_analysed"],
+                "skipped": s["frames_skipped_analysis"],
+                "f2r": s["latency_frame_to_result_ms"],
+                "f2a": s["latency_frame_to_action_ms"],
+                "wall_s": s["wall_time_s"],
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    main(float(a[0]), int(a[1]), int(a[2]), a[3] if a[3] == "auto" else int(a[3]), a[4])
