@@ -205,16 +205,15 @@ def test_the_detector_calls_mitotic_nuclei_against_the_truth(
     assert recall >= 0.9
 
 
-@pytest.mark.parametrize("per_position", [True, False])
-def test_the_reaction_goes_fast_on_a_mitosis_and_slow_after_it(
-    per_position: bool,
-) -> None:
-    # a nucleus that doubles in brightness and shrinks: mitotic; then two
-    # daughters of normal brightness: the event is over
-    r = EventRate(slow_interval_s=300, fast_interval_s=20, per_position=per_position)
-    frame = FrameInput(
+def _react(
+    r: EventRate, k: int, objs: list[tuple[int, float, float]], interval: float
+) -> Any:
+    """``r``'s actions for frame ``k`` of position "a" (300 s apart) holding
+    ``objs`` as (track id, area µm², mean intensity), at a run interval of
+    ``interval`` s (background 100 ADU)."""
+    f = FrameInput(
         image=np.zeros((4, 4), np.uint16),
-        frame_index=0,
+        frame_index=k,
         position="a",
         stage_x_um=0,
         stage_y_um=0,
@@ -222,43 +221,42 @@ def test_the_reaction_goes_fast_on_a_mitosis_and_slow_after_it(
         pixel_size_um=0.65,
         exposure_ms=40,
         t_frame=0,
-        t_s=0,
+        t_s=300.0 * k,
     )
+    res = FrameResult(
+        f,
+        tuple(
+            ObjectMeasurement(
+                label=i + 1,
+                track_id=t,
+                x_um=0,
+                y_um=0,
+                row=0,
+                col=0,
+                area_um2=a,
+                mean_intensity=m,
+            )
+            for i, (t, a, m) in enumerate(objs)
+        ),
+        None,
+        None,
+        100.0,
+        0.0,
+    )
+    state = HardwareState(0, 0, 0, 40, 5, 0, 1, interval)
+    return r.react(res, RunView(state, {}, (333.0, 333.0), k, f.t_s))
+
+
+@pytest.mark.parametrize("per_position", [True, False])
+def test_the_reaction_goes_fast_on_a_mitosis_and_slow_after_it(
+    per_position: bool,
+) -> None:
+    # a nucleus that doubles in brightness and shrinks: mitotic; then two
+    # daughters of normal brightness: the event is over
+    r = EventRate(slow_interval_s=300, fast_interval_s=20, per_position=per_position)
 
     def result(k: int, objs: list[tuple[int, float, float]], interval: float) -> Any:
-        f = FrameInput(**{**frame.__dict__, "frame_index": k, "t_s": 300.0 * k})
-        res = FrameResult(
-            f,
-            tuple(
-                ObjectMeasurement(
-                    label=i + 1,
-                    track_id=t,
-                    x_um=0,
-                    y_um=0,
-                    row=0,
-                    col=0,
-                    area_um2=a,
-                    mean_intensity=m,
-                )
-                for i, (t, a, m) in enumerate(objs)
-            ),
-            None,
-            None,
-            100.0,
-            0.0,
-        )
-        state = HardwareState(
-            x_um=0,
-            y_um=0,
-            z_um=0,
-            exposure_ms=40,
-            laser_mw=5,
-            light_dose_mj=0,
-            n_positions=1,
-            interval_s=interval,
-        )
-        run = RunView(state, {}, (333.0, 333.0), k, f.t_s)
-        return r.react(res, run)
+        return _react(r, k, objs, interval)
 
     def asked(actions: Any) -> list[tuple[float, str | None]]:
         assert all(isinstance(a, SetInterval) for a in actions)
@@ -309,45 +307,9 @@ def test_the_full_protocol_meets_the_bar(tmp_path: Path, seed: int) -> None:
 
 def test_the_reaction_stops_the_run_after_n_events() -> None:
     r = EventRate(slow_interval_s=300, fast_interval_s=20, stop_after_events=1)
-    frame = FrameInput(
-        image=np.zeros((4, 4), np.uint16),
-        frame_index=0,
-        position="a",
-        stage_x_um=0,
-        stage_y_um=0,
-        z_um=0,
-        pixel_size_um=0.65,
-        exposure_ms=40,
-        t_frame=0,
-        t_s=0,
-    )
-    state = HardwareState(0, 0, 0, 40, 5, 0, 1, 300)
 
     def kinds(k: int, objs: list[tuple[int, float, float]]) -> list[str]:
-        f = FrameInput(**{**frame.__dict__, "frame_index": k, "t_s": 300.0 * k})
-        res = FrameResult(
-            f,
-            tuple(
-                ObjectMeasurement(
-                    label=i + 1,
-                    track_id=t,
-                    x_um=0,
-                    y_um=0,
-                    row=0,
-                    col=0,
-                    area_um2=a,
-                    mean_intensity=m,
-                )
-                for i, (t, a, m) in enumerate(objs)
-            ),
-            None,
-            None,
-            100.0,
-            0.0,
-        )
-        return [
-            a.kind for a in r.react(res, RunView(state, {}, (333.0, 333.0), k, f.t_s))
-        ]
+        return [a.kind for a in _react(r, k, objs, 300)]
 
     kinds(0, [(1, 120.0, 600.0), (2, 110.0, 550.0)])
     assert "Stop" not in kinds(1, [(1, 80.0, 1100.0), (2, 110.0, 550.0)])

@@ -185,6 +185,24 @@ def package_sizes(unet: UNetConfig) -> tuple[int, int, int]:
     return 2 * halo + step, step, halo
 
 
+def training_data_entry(name: str, training: dict[str, Any]) -> dict[str, Any] | None:
+    """The card's ``training_data`` (an inline bioimage.io dataset description)
+    from the smartscope card's ``training`` section; None when it says nothing
+    about its data."""
+    data = str(training.get("data", "")).strip()
+    if not data:
+        return None
+    return {
+        "type": "dataset",
+        "format_version": "0.3.0",
+        "name": bioimageio_name(f"{name} training data"),
+        "description": data[:1024],
+        "authors": [{"name": "smartscope contributors"}],
+        "license": "BSD-3-Clause",
+        "tags": ["fluorescence", "nuclei", "2d", "simulated"],
+    }
+
+
 def bioimageio_name(name: str) -> str:
     """``name`` as bioimage.io allows it: 5-128 letters, digits, spaces, ``_+-()``."""
     clean = re.sub(r"[^A-Za-z0-9_+\- ()]", "-", name).strip() or "model"
@@ -339,17 +357,9 @@ def write_rdf(
         rdf["tags"].append(card.method)
     if not covers:
         del rdf["covers"]
-    data = str(card.training.get("data", "")).strip()
-    if data:
-        rdf["training_data"] = {
-            "type": "dataset",
-            "format_version": "0.3.0",
-            "name": bioimageio_name(f"{name} training data"),
-            "description": data[:1024],
-            "authors": [{"name": "smartscope contributors"}],
-            "license": "BSD-3-Clause",
-            "tags": ["fluorescence", "nuclei", "2d", "simulated"],
-        }
+    data = training_data_entry(name, card.training)
+    if data is not None:
+        rdf["training_data"] = data
     rdf["config"] = {"smartscope": card.model_dump(mode="json")}
     path = folder / RDF_NAME
     path.write_text(yaml.safe_dump(rdf, sort_keys=False, width=100))

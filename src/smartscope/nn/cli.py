@@ -91,8 +91,8 @@ def _train(method: str, options: dict[str, Any]) -> None:
     _run(method, kw.pop("out"), kw.pop("name"), **kw)
 
 
-def _run(method: str, out: Path, name: str | None, **kw: Any) -> None:
-    from rich.console import Console
+def _progress_bar(console: Any) -> Any:
+    """The training commands' progress bar: phase, bar, losses, elapsed, ETA."""
     from rich.progress import (
         BarColumn,
         Progress,
@@ -100,6 +100,19 @@ def _run(method: str, out: Path, name: str | None, **kw: Any) -> None:
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+
+def _run(method: str, out: Path, name: str | None, **kw: Any) -> None:
+    from rich.console import Console
 
     from smartscope.nn.errors import ModelError
     from smartscope.nn.model import save_model
@@ -112,14 +125,7 @@ def _run(method: str, out: Path, name: str | None, **kw: Any) -> None:
     except Exception as e:
         console.print(f"[red]invalid training settings:[/red] {e}")
         raise typer.Exit(2) from e
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    ) as bar:
+    with _progress_bar(console) as bar:
         task = bar.add_task("making data", total=config.steps, info="")
 
         def progress(phase: str, done: int, total: int, info: dict[str, float]) -> None:
@@ -286,7 +292,6 @@ def mitosis(
     threshold detector) on separate seeded runs. Used by the event_rate
     reaction with `detector: {method: model, model: OUT}`."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from smartscope.nn.errors import ModelError
     from smartscope.nn.mitosis_train import (
@@ -309,13 +314,7 @@ def mitosis(
     except Exception as e:
         console.print(f"[red]invalid training settings:[/red] {e}")
         raise typer.Exit(2) from e
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as bar:
+    with _progress_bar(console) as bar:
         task = bar.add_task("simulating", total=config.steps, info="")
 
         def progress(phase: str, done: int, total: int, info: dict[str, float]) -> None:

@@ -43,6 +43,7 @@ from smartscope.nn.card import (
     WEIGHTS_NAME,
     bioimageio_name,
     sha256_of,
+    training_data_entry,
 )
 from smartscope.nn.errors import ModelError
 
@@ -593,17 +594,9 @@ def _rdf(
             }
         },
     }
-    data = str(card.training.get("data", "")).strip()
-    if data:
-        rdf["training_data"] = {
-            "type": "dataset",
-            "format_version": "0.3.0",
-            "name": bioimageio_name(f"{name} training data"),
-            "description": data[:1024],
-            "authors": [{"name": "smartscope contributors"}],
-            "license": "BSD-3-Clause",
-            "tags": ["fluorescence", "nuclei", "2d", "simulated"],
-        }
+    data = training_data_entry(name, card.training)
+    if data is not None:
+        rdf["training_data"] = data
     rdf["config"] = {"smartscope": card.model_dump(mode="json")}
     return rdf
 

@@ -90,6 +90,8 @@ class DoseBudget(Reaction):
         self.position_mj: dict[str, float] = {}
         #: fluence per (position, track id) so far, J/cm²
         self.cell_j_cm2: dict[tuple[str, int], float] = {}
+        #: per position, the most fluence one of its tracks got: (J/cm², track)
+        self._worst: dict[str, tuple[float, int]] = {}
         #: positions whose budget is spent, with why
         self.spent: dict[str, str] = {}
         self.total_spent = False
@@ -103,9 +105,13 @@ class DoseBudget(Reaction):
         area_cm2 = w * h * 1e-8
         if area_cm2 > 0:
             fluence = mj * 1e-3 / area_cm2
+            worst = self._worst.get(pos, (0.0, 0))
             for o in result.objects:
                 key = (pos, o.track_id)
-                self.cell_j_cm2[key] = self.cell_j_cm2.get(key, 0.0) + fluence
+                v = self.cell_j_cm2[key] = self.cell_j_cm2.get(key, 0.0) + fluence
+                if v > worst[0]:
+                    worst = (v, o.track_id)
+            self._worst[pos] = worst
         stamp = {
             "source": self.name,
             "frame_index": f.frame_index,
@@ -155,14 +161,14 @@ class DoseBudget(Reaction):
         used = self.position_mj.get(pos, 0.0)
         if p.per_position_mj is not None and used >= p.per_position_mj:
             return f"{pos}: {used:.4g} mJ reached per_position_mj {p.per_position_mj:g}"
-        if p.per_cell_j_cm2 is not None:
-            worst = max(
-                ((v, t) for (q, t), v in self.cell_j_cm2.items() if q == pos),
-                default=None,
+        worst = self._worst.get(pos)
+        if (
+            p.per_cell_j_cm2 is not None
+            and worst is not None
+            and worst[0] >= p.per_cell_j_cm2
+        ):
+            return (
+                f"{pos}: track {worst[1]} received {worst[0]:.4g} J/cm², "
+                f"per_cell_j_cm2 {p.per_cell_j_cm2:g}"
             )
-            if worst is not None and worst[0] >= p.per_cell_j_cm2:
-                return (
-                    f"{pos}: track {worst[1]} received {worst[0]:.4g} J/cm², "
-                    f"per_cell_j_cm2 {p.per_cell_j_cm2:g}"
-                )
         return None
