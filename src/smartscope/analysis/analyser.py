@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from smartscope.analysis.measure import measure_objects
 from smartscope.analysis.models import (
     AnalysisModel,
+    ModelLoadError,
     load_analysis_model,
     predict_denoised,
     predict_labels,
@@ -26,6 +28,9 @@ from smartscope.analysis.segment import filter_by_area, segment_nuclei
 from smartscope.analysis.settings import AnalysisSettings
 from smartscope.analysis.threads import ThreadTuner, thread_candidates
 from smartscope.analysis.track import Tracker, TrackIdCounter
+
+if TYPE_CHECKING:
+    from smartscope.nn.adapt import DenoiserAdapter
 
 __all__ = ["FrameAnalyser"]
 
@@ -57,6 +62,9 @@ class FrameAnalyser:
         #: on the CPU); the count in effect
         self.thread_tuner: ThreadTuner | None = None
         self._threads: int | None = None
+        #: fine-tunes the denoiser during the run (``denoise_adapt``), from
+        #: :meth:`start_adaptation` to :meth:`stop_adaptation`
+        self.adapter: DenoiserAdapter | None = None
 
     @property
     def settings(self) -> AnalysisSettings:
@@ -86,6 +94,8 @@ class FrameAnalyser:
             segmenter = load_analysis_model(
                 s.model, role="segmenter", device=self._device
             )
+        if denoiser is not None and s.denoise_adapt is not None:
+            _check_adaptable(denoiser, s.denoise or "?")
         self._denoiser, self._segmenter = denoiser, segmenter
         if (denoiser or segmenter) is not None and _on_cpu(self._device):
             if s.threads == "auto":
@@ -109,6 +119,24 @@ class FrameAnalyser:
     def reset_tracks(self) -> None:
         """End every track of every position (new objects get new ids)."""
         self._trackers.clear()
+
+    def start_adaptation(self, *, paced: bool) -> None:
+        """Start fine-tuning the denoiser on the frames analysed from now on
+        (when the settings ask for it; see :mod:`smartscope.nn.adapt`).
+        ``paced``: the pacing ``auto`` means (the simulator's virtual time)."""
+        s = self._settings.denoise_adapt
+        if s is None or self.adapter is not None:
+            return
+        self.load_models()
+        from smartscope.nn.adapt import DenoiserAdapter
+
+        self.adapter = DenoiserAdapter(self._denoiser, s, paced=paced)  # type: ignore[arg-type]
+
+    def stop_adaptation(self) -> None:
+        """End the training process; the adapted weights stay in use and in
+        :attr:`adapter` (to save)."""
+        if self.adapter is not None:
+            self.adapter.close()
 
     # -------------------------------------------------------------- analysis
 
@@ -136,9 +164,13 @@ class FrameAnalyser:
             tuner = self.thread_tuner
             if tuner is not None:
                 self._set_threads(tuner.threads())
+            adapter = self.adapter
+            update = adapter.before_frame() if adapter is not None else None
             t_bg = time.perf_counter()
             denoised = self._denoise(image, frame)
             t_dn = time.perf_counter()
+            if adapter is not None:
+                adapter.add_frame(image)
             labels = self._segment(image if denoised is None else denoised, frame)
             t_seg = time.perf_counter()
             if tuner is not None and self._threads is not None:
@@ -183,6 +215,12 @@ class FrameAnalyser:
                 error=message,
             )
         t1 = time.perf_counter()
+        adapted: dict[str, object] = {}
+        if adapter is not None:
+            # the weights that denoised this frame; a new version with its stats
+            adapted["denoiser_version"] = adapter.version
+            if update is not None:
+                adapted["denoiser_update"] = update.as_dict()
         return FrameResult(
             frame=frame,
             objects=objects,
@@ -191,6 +229,7 @@ class FrameAnalyser:
             background=background,
             t_result=t1,
             extra={
+                **adapted,
                 "analysis_ms": (t1 - t0) * 1000.0,
                 "threads": self._threads,
                 # where the time went, ms: the segment stage includes the
@@ -245,6 +284,27 @@ class FrameAnalyser:
             threshold=s.threshold,
             min_area_um2=s.min_area_um2,
             max_area_um2=s.max_area_um2,
+        )
+
+
+def _check_adaptable(model: AnalysisModel, name: str) -> None:
+    """Refuse a denoiser that ``denoise_adapt`` cannot fine-tune, at load time."""
+    card = getattr(model, "card", None)
+    if card is None or getattr(card, "method", None) != "n2v":
+        method = getattr(card, "method", "unknown")
+        raise ModelLoadError(
+            f"denoise.adapt needs a Noise2Void denoiser (card method n2v), which "
+            f"learns from the run's noisy frames alone; {name!r} is {method!r} "
+            "(e.g. use denoise-n2v)",
+            model=name,
+            role="denoiser",
+        )
+    if getattr(model, "source_state", None) is None:
+        raise ModelLoadError(
+            f"denoise.adapt needs PyTorch state-dict weights to fine-tune; {name!r} "
+            "has TorchScript weights only",
+            model=name,
+            role="denoiser",
         )
 
 

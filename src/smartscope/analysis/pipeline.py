@@ -104,6 +104,9 @@ class AnalysisPipeline(FrameAnalyser):
         self._analysed = 0
         self._skipped = 0
         self._failed = 0
+        #: what the adaptation's pacing "auto" means for this run (True in the
+        #: simulator's virtual time); set before :meth:`start`
+        self.adapt_paced = False
 
     # ------------------------------------------------------------ properties
 
@@ -174,6 +177,7 @@ class AnalysisPipeline(FrameAnalyser):
             self._stopping = False  # also revives a worker still finishing a stop
         if self.is_running:
             return
+        self.start_adaptation(paced=self.adapt_paced)
         self._thread = threading.Thread(
             target=self._run, name="smartscope-analysis", daemon=True
         )
@@ -240,6 +244,7 @@ class AnalysisPipeline(FrameAnalyser):
             )
             return False
         self._thread = None
+        self.stop_adaptation()
         if self.remote is not None:
             self.remote.close()
         return True

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["AnalysisSettings", "RaySettings"]
+__all__ = ["AdaptSettings", "AnalysisSettings", "RaySettings"]
 
 
 class RaySettings(BaseModel):
@@ -45,6 +45,58 @@ class RaySettings(BaseModel):
     )
 
 
+class AdaptSettings(BaseModel):
+    """Fine-tuning the Noise2Void denoiser on the run's own frames
+    (``analysis.denoise: {model: denoise-n2v, adapt: true}``).
+
+    A separate low-priority process trains a copy of the denoiser on the
+    latest raw frames and sends back weight versions, which the analysis puts
+    in place between two frames (:mod:`smartscope.nn.adapt`). Units are in the
+    field names."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    steps_per_version: int = Field(
+        50, ge=1, le=100_000, description="training steps behind each weight version"
+    )
+    batch_size: int = Field(8, ge=1, le=256)
+    patch_px: int = Field(64, ge=16, le=512)
+    lr: float = Field(
+        5e-4, gt=0, le=0.1, description="AdamW learning rate (after a warm-up)"
+    )
+    mask_fraction: float = Field(
+        0.05, gt=0, le=0.25, description="blind-spot pixels per patch"
+    )
+    frames_kept: int = Field(
+        16, ge=1, le=10_000, description="the latest frames trained on"
+    )
+    pacing: Literal["auto", "paced", "background"] = Field(
+        "auto",
+        description="'background': train continuously and take each version as "
+        "it comes (the analysis never waits); 'paced': a version every "
+        "`frames_per_version` frames, which the analysis waits for one period "
+        "later (a seeded run adapts the same whatever the host's speed); "
+        "'auto': paced in the simulator's virtual time, else background",
+    )
+    frames_per_version: int = Field(
+        4, ge=1, le=10_000, description="paced: frames between two versions"
+    )
+    max_versions: int | None = Field(
+        None, ge=1, description="stop adapting after this many versions; None: never"
+    )
+    threads: int = Field(1, ge=1, le=64, description="CPU threads of the training")
+    nice: int = Field(
+        19, ge=0, le=19, description="the training process's niceness (19: lowest)"
+    )
+    seed: int = 0
+    version_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="paced: longest wait for a version; past it the run goes on "
+        "in the background pacing",
+    )
+
+
 class AnalysisSettings(BaseModel):
     """Settings of the analysis pipeline (normalise → denoise → segment →
     measure → track). Units are in the field names."""
@@ -65,7 +117,13 @@ class AnalysisSettings(BaseModel):
     denoise: str | None = Field(
         None,
         description="denoising model for smartscope.nn.load_model, run before "
-        "segmentation; None: no denoising",
+        "segmentation; None: no denoising. Also written as a mapping "
+        "{model: NAME, adapt: true | {AdaptSettings}}",
+    )
+    denoise_adapt: AdaptSettings | None = Field(
+        None,
+        description="fine-tune the (Noise2Void) denoiser on the run's frames; "
+        "None: the weights stay as loaded (see AdaptSettings)",
     )
     diameter_um: float = Field(
         12.0, gt=0, le=500, description="typical nucleus diameter at the sample, µm"
@@ -123,6 +181,40 @@ class AnalysisSettings(BaseModel):
         False, description="write denoised images to the run folder"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _denoise_mapping(cls, data: Any) -> Any:
+        """``denoise: {model: NAME, adapt: true | {...}}`` → ``denoise: NAME``
+        and ``denoise_adapt``."""
+        if not isinstance(data, dict) or not isinstance(data.get("denoise"), dict):
+            return data
+        spec = dict(data["denoise"])
+        unknown = sorted(set(spec) - {"model", "adapt"})
+        if unknown:
+            raise ValueError(
+                f"denoise: unknown field(s) {unknown}; a denoise mapping holds "
+                "`model` (a model name or path) and `adapt` (true, false or a "
+                "mapping of AdaptSettings)"
+            )
+        if "model" not in spec:
+            raise ValueError(
+                "denoise: a mapping needs `model`: the name or path of a denoiser"
+            )
+        if "denoise_adapt" in data:
+            raise ValueError(
+                "give the adaptation once: as denoise.adapt or as denoise_adapt"
+            )
+        adapt = spec.get("adapt", False)
+        if adapt is True:
+            adapt = {}
+        elif adapt is False or adapt is None:
+            adapt = None
+        elif not isinstance(adapt, dict):
+            raise ValueError(
+                f"denoise.adapt must be true, false or a mapping, got {adapt!r}"
+            )
+        return {**data, "denoise": spec["model"], "denoise_adapt": adapt}
+
     @field_validator("model", "denoise", mode="before")
     @classmethod
     def _path_to_str(cls, value: Any) -> Any:
@@ -153,6 +245,14 @@ class AnalysisSettings(BaseModel):
                 f"({self.min_area_um2:g}..{self.max_area_um2:g}); every typical "
                 "nucleus would be discarded"
             )
+        if self.denoise_adapt is not None:
+            if self.denoise is None:
+                raise ValueError("denoise_adapt needs a denoiser: set `denoise`")
+            if self.executor == "ray":
+                raise ValueError(
+                    "denoise.adapt runs beside the local analysis; it is not "
+                    "available with executor='ray'"
+                )
         if self.save_denoised and self.denoise is None:
             raise ValueError(
                 "save_denoised=True needs a denoiser: set `denoise` to a model "

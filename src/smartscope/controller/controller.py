@@ -348,6 +348,9 @@ class Controller:
         f = result.frame
         view = self._views.pop(f.frame_index, None)
         self._log(R.analysis_record(result, t0=self._t0))
+        update = result.extra.get("denoiser_update")
+        if update is not None:
+            self._log(R.DenoiserAdaptedRecord(index=f.frame_index, **update))
         if result.error is not None:
             self._log(R.AnalysisErrorRecord(index=f.frame_index, error=result.error))
         elif self._recorder is not None:

@@ -189,6 +189,7 @@ def _start(ctl: Controller) -> None:
         if ctl._pipeline is not None:
             virtual = sim is not None and sim.time_mode == "virtual"
             ctl.acquisition.analysis_wait = "virtual" if virtual else "realtime"
+            ctl._pipeline.adapt_paced = virtual
         if ctl._pipeline is not None:
             ctl._pipeline.frame_skipped.connect(ctl._on_skipped)
             ctl._pipeline.start()
@@ -372,6 +373,8 @@ def _finish(ctl: Controller, error: BaseException | None) -> dict[str, Any]:
                 )
             )
     _stop_analysis(ctl)
+    if rec is not None:
+        _save_adapted(ctl)
     # frames whose analysis never ended (a dead analysis thread): say so
     for index in sorted(ctl._views):
         with contextlib.suppress(Exception):
@@ -436,6 +439,34 @@ def _stop_analysis(ctl: Controller) -> None:
             drain = False
             name = signal_name(e)
             ctl.gate.request_stop(f"interrupted ({name})", "interrupted", signal=name)
+
+
+def _save_adapted(ctl: Controller) -> None:
+    """Write the denoiser fine-tuned during the run into the run folder
+    (``models/NAME-adapted``) and log where."""
+    pipe = ctl._pipeline
+    adapter = None if pipe is None else pipe.adapter
+    if adapter is None:
+        return
+    folder = ctl.out_dir / "models" / f"{adapter.base_name}-adapted"
+    error, path = adapter.error, None
+    try:
+        adapter.save(folder)
+        path = folder.relative_to(ctl.out_dir).as_posix()
+    except Exception as e:
+        logger.exception("cannot save the adapted denoiser")
+        error = f"saving to {folder}: {type(e).__name__}: {e}"
+    last = adapter.history[-1] if adapter.history else None
+    with contextlib.suppress(Exception):
+        ctl._log(
+            R.DenoiserSavedRecord(
+                path=path,
+                version=adapter.version,
+                steps=last.steps if last else 0,
+                frames_dropped=adapter.frames_dropped,
+                error=error,
+            )
+        )
 
 
 def _status(ctl: Controller, error: BaseException | None) -> tuple[str, str]:

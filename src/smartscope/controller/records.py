@@ -167,6 +167,37 @@ class AutofocusRecord(Record):
     outcome: str
 
 
+class DenoiserAdaptedRecord(Record):
+    """A new weight version of the denoiser fine-tuned during the run
+    (``analysis.denoise.adapt``), in use from frame ``index`` on."""
+
+    kind: Literal["denoiser_adapted"] = "denoiser_adapted"
+    index: int
+    version: int
+    #: training steps and frames offered to the training so far
+    steps: int
+    frames_seen: int
+    frames_kept: int
+    #: the version's mean blind-spot loss, dB (10·log10 of the masked MSE)
+    loss: float
+    #: the training process's CPU time for this version, s
+    seconds: float
+
+
+class DenoiserSavedRecord(Record):
+    """The adapted denoiser written as a model package in the run folder."""
+
+    kind: Literal["denoiser_saved"] = "denoiser_saved"
+    #: the package folder, relative to the run folder (None: not written)
+    path: str | None
+    version: int
+    steps: int
+    #: frames not offered to the training because it was behind
+    frames_dropped: int = 0
+    #: why the adaptation stopped early, or the package could not be written
+    error: str | None = None
+
+
 class RunErrorRecord(Record):
     kind: Literal["run_error"] = "run_error"
     error: str

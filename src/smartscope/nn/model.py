@@ -86,6 +86,13 @@ class Model(ABC):
         self.card = card
         self.path = path
         self.rdf = rdf or {}
+        #: the U-Net's weights before the predictor folds its batch norm (None
+        #: for TorchScript), what :mod:`smartscope.nn.adapt` fine-tunes
+        self.source_state: dict[str, torch.Tensor] | None = (
+            {k: v.detach().clone() for k, v in network.state_dict().items()}
+            if isinstance(network, UNet)
+            else None
+        )
         self.predictor = Predictor(
             network,
             size_multiple=card.unet.size_multiple,
@@ -96,6 +103,24 @@ class Model(ABC):
         )
         if warm_up:
             self.predictor.warm_up()
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Predict with new weights from now on: ``state`` is a U-Net state
+        dict (tensors or arrays) for this model's card. The new predictor is
+        built first and then swapped in, so a concurrent ``predict`` uses one
+        set of weights or the other."""
+        net = UNet(self.card.unet)
+        net.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+        old = self.predictor
+        self.predictor = Predictor(
+            net,
+            size_multiple=old.size_multiple,
+            device=str(old.device),
+            precision=old.precision,
+            tile_px=old.tile_px,
+            overlap_px=old.overlap_px,
+        )
+        self.source_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
 
     @property
     def kind(self) -> str:
