@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -101,7 +101,12 @@ class TrainConfig(BaseModel):
     depth: int = Field(3, ge=1, le=5)
     base_channels: int = Field(16, ge=4, le=128)
     pixel_unshuffle: Literal[1, 2] = 2
-    threads: int = Field(2, ge=1, le=256)
+    threads: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = Field(
+        2,
+        description="torch CPU threads; 'auto': chosen from the steps' own times "
+        "and tried again when the machine gets busier (ThreadTuner), since two "
+        "threads on two busy cores run several times slower than one",
+    )
     workers: int = Field(1, ge=0, le=16, description="data-loading processes")
     val_every: int = Field(250, ge=1)
     val_patches: int = Field(64, ge=1)
@@ -112,6 +117,11 @@ class TrainConfig(BaseModel):
     val_fields: int = Field(16, ge=1, description="simulated fields for validation")
     val_fraction: float = Field(0.15, gt=0, lt=1, description="of a TIFF folder")
     n2v_mask_fraction: float = Field(0.05, gt=0, le=0.25)
+    init: str | None = Field(
+        None,
+        description="model (name or path) whose weights training starts from; "
+        "its card's U-Net replaces depth and base_channels; None: random",
+    )
     train_diameter_px: float = Field(20.0, gt=0)
 
 
@@ -193,7 +203,9 @@ def fit(
     -------
     history : one dict per validation (step, train_loss, val_loss, lr, seconds)
     """
-    torch.set_num_threads(config.threads)
+    tuner = _thread_tuner(config)
+    threads = tuner.threads() if tuner is not None else int(config.threads)
+    torch.set_num_threads(threads)
     torch.manual_seed(config.seed)
     loss_fn = _loss_fn(config.method)
     opt = torch.optim.AdamW(
@@ -219,13 +231,19 @@ def fit(
     t0 = time.perf_counter()
     it = iter(loader)
     for step in range(1, config.steps + 1):
+        if tuner is not None and tuner.threads() != threads:
+            threads = tuner.threads()
+            torch.set_num_threads(threads)
         network.train()
         x, y = next(it)
+        t_step = time.perf_counter()
         loss = loss_fn(network(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
+        if tuner is not None:
+            tuner.record(threads, (time.perf_counter() - t_step) * 1000.0)
         running += float(loss.detach())
         n_run += 1
         if step % config.val_every == 0 or step == config.steps:
@@ -240,6 +258,7 @@ def fit(
                     )
                 )
             rec = {
+                "threads": threads,
                 "step": step,
                 "train_loss": running / n_run,
                 "val_loss": val,
@@ -273,6 +292,15 @@ def fit(
         network.load_state_dict(best[1])
     network.eval()
     return history
+
+
+def _thread_tuner(config: TrainConfig) -> Any:
+    """A ThreadTuner for ``threads: auto`` (None for a fixed count)."""
+    if config.threads != "auto":
+        return None
+    from smartscope.analysis.threads import ThreadTuner, thread_candidates
+
+    return ThreadTuner(thread_candidates(), probe_every=100)
 
 
 # ------------------------------------------------------------------ data
@@ -333,8 +361,9 @@ def _split(items: list, fraction: float, seed: int) -> tuple[list, list]:
     return train, val or train
 
 
-def _data(config: TrainConfig) -> tuple[list, list, str]:
-    """(train items, validation items, description) for the method.
+def _data(config: TrainConfig) -> tuple[list, list, str, str | None]:
+    """(train items, validation items, description, what was held out for
+    validation when the split is not by whole files) for the method.
 
     CARE: (noisy, clean) pairs; N2V: (noisy, clean or None) pairs (only noisy is
     trained on); segment: (image, labels) for training and (noisy image,
@@ -347,17 +376,20 @@ def _data(config: TrainConfig) -> tuple[list, list, str]:
             pairs = _folder_pairs(folder, "low", "high")
             desc = f"user TIFF pairs from {folder} (low/ and high/)"
         elif m == "n2v":
-            pairs = [(_read_tiff(p), None) for p in _tiffs(folder)]
-            if not pairs:
-                from smartscope.nn.errors import ModelError
+            from smartscope.nn.user_images import (
+                read_noisy_images,
+                split_for_validation,
+            )
 
-                raise ModelError("no .tif files to train Noise2Void on", path=folder)
-            desc = f"user TIFFs from {folder}"
+            images, desc = read_noisy_images(folder)
+            tr, va, held = split_for_validation(images, config.val_fraction, seed)
+            pairs_tr = [(a, None) for a in tr]
+            return pairs_tr, [(a, None) for a in va], f"{desc} ({held})", held
         else:
             pairs = _folder_pairs(folder, "images", "masks")
             desc = f"user image/mask TIFFs from {folder} (images/ and masks/)"
         train, val = _split(pairs, config.val_fraction, seed)
-        return train, val, desc
+        return train, val, desc, None
     if m in ("care", "n2v"):
         tr = simulate_frames(config.train_fields, DENOISE_SPEC, seed=seed + 1)
         va = simulate_frames(config.val_fields, DENOISE_SPEC, seed=seed + 100_001)
@@ -374,6 +406,7 @@ def _data(config: TrainConfig) -> tuple[list, list, str]:
             [(f.image, f.clean) for f in tr],
             [(f.image, f.clean) for f in va],
             desc,
+            None,
         )
     tr = simulate_frames(config.train_fields, SEGMENT_SPEC, seed=seed + 1)
     va = simulate_frames(config.val_fields, SEGMENT_VAL_SPEC, seed=seed + 100_001)
@@ -389,6 +422,7 @@ def _data(config: TrainConfig) -> tuple[list, list, str]:
         [(f.clean - f.offset_adu, f.labels) for f in tr],
         [(f.image, f.labels) for f in va],
         desc,
+        None,
     )
 
 
@@ -449,6 +483,31 @@ def _val_sampler(config: TrainConfig, val_items: Sequence) -> Any:
 
 
 # ------------------------------------------------------------------- train
+
+
+def _init_weights(
+    config: TrainConfig, unet: UNetConfig
+) -> tuple[UNetConfig, dict[str, torch.Tensor]]:
+    """The U-Net of ``config.init``'s card (this run's output heads and
+    residuals must match) and its weights."""
+    from smartscope.nn.errors import ModelError
+    from smartscope.nn.model import Model, load_model
+
+    start = load_model(config.init, device="cpu")
+    if not isinstance(start, Model) or start.source_state is None:
+        raise ModelError(
+            f"--init {config.init!r}: not a smartscope U-Net model with PyTorch "
+            "weights to start from"
+        )
+    got = start.card.unet
+    fixed = ("in_channels", "out_channels", "residual", "blind_residual")
+    if any(getattr(got, k) != getattr(unet, k) for k in fixed):
+        raise ModelError(
+            f"--init {config.init!r} is a {start.card.method!r} {start.card.kind} "
+            f"model; a {config.method} run can start only from a {config.method} "
+            "model (e.g. --init denoise-n2v for n2v, or --init none)"
+        )
+    return got, start.source_state
 
 
 def _card(config: TrainConfig, unet: UNetConfig, desc: str, command: str) -> ModelCard:
@@ -520,10 +579,11 @@ def train(
     from smartscope.nn import evaluate
 
     t0 = time.perf_counter()
-    torch.set_num_threads(config.threads)
+    if config.threads != "auto":
+        torch.set_num_threads(config.threads)
     if progress:
         progress("data", 0, 1, {})
-    train_items, val_items, desc = _data(config)
+    train_items, val_items, desc, held = _data(config)
     real = config.data_dir is not None
     sampler = _sampler(config, train_items, real=real)
     val_batch = _val_sampler(config, val_items).batch(
@@ -542,7 +602,12 @@ def train(
         pixel_unshuffle=config.pixel_unshuffle,
     )
     torch.manual_seed(config.seed)
-    net = UNet(unet)
+    if config.init is not None:
+        unet, start = _init_weights(config, unet)
+        net = UNet(unet)
+        net.load_state_dict(start)
+    else:
+        net = UNet(unet)
     history = fit(
         net,
         sampler,
@@ -571,7 +636,7 @@ def train(
         per_image, metrics = (
             evaluate.score_denoiser(model, val_items) if has_truth else ([], {})
         )
-    metrics["validation_data"] = f"{len(val_items)} held-out " + (
+    metrics["validation_data"] = held or f"{len(val_items)} held-out " + (
         "TIFFs" if real else "simulated frames (other seeds)"
     )
     card = card.model_copy(update={"validation": metrics})
