@@ -77,11 +77,17 @@ def run_ours(noisy_path: Path, out: Path, extra: list[str]) -> float:
 def run_careamics(
     python: str, script: str, noisy_path: Path, out: Path, budget_s: float
 ) -> tuple[np.ndarray, dict]:
+    # CAREamics predicts only sizes that are multiples of 2**depth: mirror-pad
+    # to a multiple of 16 and crop its output back
+    noisy = tifffile.imread(noisy_path)
+    h, w = noisy.shape
+    padded = out.with_name(out.stem + "_input.tif")
+    tifffile.imwrite(padded, np.pad(noisy, ((0, -h % 16), (0, -w % 16)), "reflect"))
     cmd = [
         python,
         script,
         "--noisy",
-        str(noisy_path),
+        str(padded),
         "--out",
         str(out),
         "--budget-s",
@@ -94,7 +100,7 @@ def run_careamics(
         if line.startswith("{"):
             info.update(json.loads(line))
             break
-    return tifffile.imread(out).astype(np.float32), info
+    return tifffile.imread(out).astype(np.float32)[:h, :w], info
 
 
 def main() -> None:

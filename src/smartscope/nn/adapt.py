@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import multiprocessing as mp
 import os
 import queue
@@ -148,10 +149,26 @@ def _train_loop(
         return True
 
     def train_version(v: int) -> None:
+        """Train one version's steps (none without frames) and send it: a
+        paced run waits for every version it asked for."""
         nonlocal steps
-        if not frames:
-            return
         t0 = time.process_time()
+        losses = [math.nan]
+        if frames:
+            losses = train_steps(v)
+        weights = {k: t.detach().numpy().copy() for k, t in net.state_dict().items()}
+        info = VersionInfo(
+            version=v,
+            steps=steps,
+            frames_seen=seen,
+            frames_kept=len(frames),
+            loss=float(np.mean(losses)),
+            seconds=time.process_time() - t0,
+        )
+        outbox.put(("version", info, weights))
+
+    def train_steps(v: int) -> list[float]:
+        nonlocal steps
         sampler = N2VSampler(
             frames,
             patch_px=int(s["patch_px"]),
@@ -170,28 +187,27 @@ def _train_loop(
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
-        weights = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
-        info = VersionInfo(
-            version=v,
-            steps=steps,
-            frames_seen=seen,
-            frames_kept=len(frames),
-            loss=float(np.mean(losses)),
-            seconds=time.process_time() - t0,
-        )
-        outbox.put(("version", info, weights))
+        return losses
 
-    while True:
-        if paced or not frames:
-            # paced: only asked-for versions; background: wait for a first frame
+    def wait() -> Any:
+        """The next message; None when the parent has gone."""
+        while True:
             try:
-                item = inbox.get(timeout=1.0)
+                return inbox.get(timeout=1.0)
             except queue.Empty:
                 if parent is not None and not parent.is_alive():
-                    return
-                continue
-            if not take(item):
+                    return None
+
+    done = False
+    while True:
+        if paced or not frames or done:
+            # paced: only asked-for versions; background: wait for a first
+            # frame; after max_versions: wait for the stop, dropping frames
+            item = wait()
+            if item is None or item[0] == "stop":
                 return
+            if not done:
+                take(item)
             continue
         # background: take whatever arrived, then train one more version
         while True:
@@ -203,10 +219,7 @@ def _train_loop(
                 return
         version += 1
         train_version(version)
-        if s["max_versions"] is not None and version >= int(s["max_versions"]):
-            while take(inbox.get()):  # wait for the stop, dropping frames
-                pass
-            return
+        done = s["max_versions"] is not None and version >= int(s["max_versions"])
 
 
 # ------------------------------------------------------------------ the parent
