@@ -56,9 +56,12 @@ def distance_targets(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def estimate_diameter_px(mask: np.ndarray, *, min_area_px: int = 12) -> float | None:
     """Typical nucleus diameter from a foreground mask, pixels (None if no objects).
 
-    Twice the median, over connected components, of the largest inscribed
-    radius (distance-transform maximum): touching nuclei merged into one
-    component still give one nucleus's radius, not the cluster's.
+    Twice the area-weighted median, over connected components, of the largest
+    inscribed radius (distance-transform maximum): touching nuclei merged into
+    one component still give one nucleus's radius, not the cluster's, and
+    weighting by area keeps specks of debris from outvoting the nuclei (a
+    plain median over components gave 9 px on real 8-bit images of 110 px
+    nuclei crowded with specks, which were then enlarged instead of shrunk).
     """
     # half resolution: four times cheaper, and exact enough to choose a scale
     step = 2 if min(mask.shape) >= 128 else 1
@@ -73,7 +76,10 @@ def estimate_diameter_px(mask: np.ndarray, *, min_area_px: int = 12) -> float | 
     keep = areas[1:] >= min_area_px
     if not keep.any():
         return None
-    return float(2.0 * np.median(peak[1:][keep]))
+    radius, weight = peak[1:][keep], areas[1:][keep].astype(np.float64)
+    order = np.argsort(radius)
+    cum = np.cumsum(weight[order])
+    return float(2.0 * radius[order][np.searchsorted(cum, 0.5 * cum[-1])])
 
 
 def relabel_sequential(labels: np.ndarray) -> np.ndarray:
