@@ -239,6 +239,10 @@ def test_the_adapted_stream_beats_the_loaded_weights(run: dict[str, Any]) -> Non
     adapted = np.mean([psnr(f["clean"], f["denoised"]) for f in end])
     loaded = np.mean([psnr(f["clean"], shipped.predict(f["raw"])) for f in end])
     assert adapted >= loaded + 1.0, (adapted, loaded)
+    # and the stream itself: its end against its start (the loaded weights)
+    start = [f for f in run["frames"] if f["version"] == 0]
+    began = np.mean([psnr(f["clean"], f["denoised"]) for f in start])
+    assert adapted >= began + 1.0, (adapted, began)
 
 
 def test_the_adapted_model_is_saved_and_loads(run: dict[str, Any]) -> None:

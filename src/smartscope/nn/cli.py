@@ -242,15 +242,18 @@ def n2v(
         typer.Option(
             help="model to start from (name or path; its U-Net replaces --width "
             "and --depth), 'none' for random weights, 'auto': the shipped "
-            "denoise-n2v with --data, random without"
+            "denoise-n2v with --data and the default --width/--depth, random "
+            "otherwise"
         ),
     ] = "auto",
 ) -> None:
     """Noise2Void: self-supervised denoising on noisy images alone, e.g. the
     image you want denoised itself (--data image.tif). One image is split: a
     band of its rows is held out for validation."""
-    if init == "auto":
-        init = "denoise-n2v" if data is not None else "none"
+    if init == "auto":  # the shipped model's U-Net is 16 wide, 3 deep
+        init = (
+            "denoise-n2v" if data is not None and (width, depth) == (16, 3) else "none"
+        )
     options = dict(locals())
     options["init"] = None if init == "none" else init
     _train("n2v", options)
