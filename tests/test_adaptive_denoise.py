@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from frames import snap_frame
 from smartscope.analysis.models import ModelLoadError
 from smartscope.analysis.pipeline import AnalysisPipeline
+from smartscope.analysis.result import FrameInput
 from smartscope.analysis.settings import AdaptSettings, AnalysisSettings
 from smartscope.controller import Controller
 from smartscope.hardware import load_core, release_core
@@ -88,19 +91,46 @@ def test_a_care_denoiser_is_refused_before_anything_runs() -> None:
     assert "'denoise-care'" in str(info.value)
 
 
-def test_background_pacing_delivers_versions_without_waiting() -> None:
-    """The pipeline on real frames in background pacing: frames are analysed
-    as they come, and weight versions arrive and are taken between frames."""
-    from smartscope.analysis.result import FrameInput
-
+def _textured_frame() -> FrameInput:
+    """One frame of the textured scene at 40x, as the controller describes it."""
     core = load_core(seed=3, scene="textured", time_mode="virtual")
     try:
         core.setConfig("Objective", "40x")
         core.setExposure(15)
-        core.snapImage()
-        frame = np.asarray(core.getImage()).copy()
+        return snap_frame(core)
     finally:
         release_core(core)
+
+
+def test_a_dead_training_process_leaves_the_analysis_running() -> None:
+    """The training process killed mid-run: every frame is still analysed with
+    the weights in use, and the adapter says why it stopped."""
+    frame = _textured_frame()
+    settings = AnalysisSettings(
+        denoise={"model": "denoise-n2v", "adapt": {"pacing": "background"}}
+    )
+    results: list = []
+    pipe = AnalysisPipeline(settings, device="cpu", on_result=results.append)
+    pipe.start()
+    try:
+        adapter = pipe.adapter
+        assert adapter is not None
+        adapter._process.kill()
+        adapter._process.join(30)
+        for i in range(3):
+            pipe.submit(replace(frame, frame_index=i))
+    finally:
+        pipe.stop()
+    assert len(results) == 3
+    assert all(r.error is None and r.denoised is not None for r in results)
+    assert adapter.error is not None
+    assert "ended unexpectedly" in adapter.error
+
+
+def test_background_pacing_delivers_versions_without_waiting() -> None:
+    """The pipeline on real frames in background pacing: frames are analysed
+    as they come, and weight versions arrive and are taken between frames."""
+    frame = _textured_frame()
     settings = AnalysisSettings(
         denoise={
             "model": "denoise-n2v",
@@ -120,20 +150,7 @@ def test_background_pacing_delivers_versions_without_waiting() -> None:
         deadline = time.monotonic() + 240  # a bound, not a timing assertion
         i = 0
         while (not versions or versions[-1] < 2) and time.monotonic() < deadline:
-            pipe.submit(
-                FrameInput(
-                    image=frame,
-                    frame_index=i,
-                    position="p0",
-                    stage_x_um=0.0,
-                    stage_y_um=0.0,
-                    z_um=0.0,
-                    pixel_size_um=0.1625,
-                    exposure_ms=15.0,
-                    t_frame=time.perf_counter(),
-                    t_s=float(i),
-                )
-            )
+            pipe.submit(replace(frame, frame_index=i, t_frame=time.perf_counter()))
             i += 1
             while pipe.pending:
                 time.sleep(0.05)

@@ -288,23 +288,14 @@ class FrameAnalyser:
 
 
 def _check_adaptable(model: AnalysisModel, name: str) -> None:
-    """Refuse a denoiser that ``denoise_adapt`` cannot fine-tune, at load time."""
-    card = getattr(model, "card", None)
-    if card is None or getattr(card, "method", None) != "n2v":
-        method = getattr(card, "method", "unknown")
+    """Refuse a denoiser that ``denoise_adapt`` cannot fine-tune, at load time
+    (before anything moves)."""
+    from smartscope.nn.adapt import why_not_adaptable
+
+    problem = why_not_adaptable(model)
+    if problem is not None:
         raise ModelLoadError(
-            f"denoise.adapt needs a Noise2Void denoiser (card method n2v), which "
-            f"learns from the run's noisy frames alone; {name!r} is {method!r} "
-            "(e.g. use denoise-n2v)",
-            model=name,
-            role="denoiser",
-        )
-    if getattr(model, "source_state", None) is None:
-        raise ModelLoadError(
-            f"denoise.adapt needs PyTorch state-dict weights to fine-tune; {name!r} "
-            "has TorchScript weights only",
-            model=name,
-            role="denoiser",
+            f"denoise.adapt: {name!r}: {problem}", model=name, role="denoiser"
         )
 
 

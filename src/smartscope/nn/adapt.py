@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from smartscope.analysis.settings import AdaptSettings
     from smartscope.nn.model import DenoiseModel
 
-__all__ = ["AdaptError", "DenoiserAdapter", "VersionInfo"]
+__all__ = ["AdaptError", "DenoiserAdapter", "VersionInfo", "why_not_adaptable"]
 
 logger = logging.getLogger(__name__)
 
@@ -244,14 +244,14 @@ class DenoiserAdapter:
     def __init__(
         self, model: DenoiseModel, settings: AdaptSettings, *, paced: bool = False
     ) -> None:
+        problem = why_not_adaptable(model)
+        if problem is not None:
+            raise AdaptError(f"{model.name!r}: {problem}")
         card = model.card
-        if card.kind != "denoise" or card.method != "n2v":
-            raise AdaptError(
-                f"{model.name!r} is a {card.method!r} {card.kind} model; adapting "
-                "during a run needs a Noise2Void denoiser (method n2v), which "
-                "learns from noisy frames alone"
-            )
-        weights = _state_of(model)
+        weights = {
+            k: v.detach().cpu().numpy().copy()
+            for k, v in model.source_state.items()  # type: ignore[union-attr]
+        }
         self.model = model
         self.settings = settings
         self.paced = paced if settings.pacing == "auto" else settings.pacing == "paced"
@@ -291,7 +291,9 @@ class DenoiserAdapter:
         """Offer one raw frame for training (never blocks in background pacing)."""
         if not self.active or self._process is None:
             return
-        a = np.ascontiguousarray(image, np.float32)
+        # a copy in the camera's dtype: the queue pickles it later, on its own
+        # thread, and the sampler makes it float32 in the training process
+        a = np.array(image, copy=True)
         if self.paced:
             self._inbox.put(("frame", a))
             self._sent += 1
@@ -340,10 +342,18 @@ class DenoiserAdapter:
             try:
                 msg = self._outbox.get_nowait()
             except queue.Empty:
-                return out
+                break
             got = self._message(msg)
             if got is not None:
                 out.append(got)
+        proc = self._process
+        if self.error is None and proc is not None and not proc.is_alive():
+            self.error = (
+                f"the training process ended unexpectedly (exit code "
+                f"{proc.exitcode}); the run goes on with version {self.version}"
+            )
+            logger.warning("denoiser adaptation stopped: %s", self.error)
+        return out
 
     def _wait_for(
         self, version: int, timeout_s: float
@@ -454,13 +464,22 @@ class DenoiserAdapter:
         )
 
 
-def _state_of(model: DenoiseModel) -> dict[str, np.ndarray]:
-    """The model's unfused U-Net weights (the predictor's network has its
-    batch norm folded into the convolutions)."""
-    state = getattr(model, "source_state", None)
-    if state is None:
-        raise AdaptError(
-            f"{model.name!r} has no PyTorch state dict (TorchScript weights "
-            "only) to fine-tune; adapting needs pytorch_state_dict weights"
+def why_not_adaptable(model: Any) -> str | None:
+    """Why ``model`` cannot be fine-tuned during a run, or None when it can:
+    it must be a Noise2Void denoiser (it learns from noisy frames alone) with
+    its U-Net's PyTorch weights (the predictor's copy has its batch norm
+    folded into the convolutions)."""
+    card = getattr(model, "card", None)
+    method = getattr(card, "method", None)
+    if getattr(card, "kind", None) != "denoise" or method != "n2v":
+        return (
+            f"adapting during a run needs a Noise2Void denoiser (card method n2v), "
+            f"which learns from the run's noisy frames alone; this one is "
+            f"{method!r} (use e.g. denoise-n2v)"
         )
-    return {k: v.detach().cpu().numpy().copy() for k, v in state.items()}
+    if getattr(model, "source_state", None) is None:
+        return (
+            "adapting during a run needs PyTorch state-dict weights to fine-tune; "
+            "this model has TorchScript weights only"
+        )
+    return None
