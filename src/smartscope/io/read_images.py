@@ -16,6 +16,7 @@ from smartscope.io.images import Where
 __all__ = [
     "ImageInfo",
     "frame_places",
+    "frame_roles",
     "frames_on_disk",
     "list_images",
     "read_derived",
@@ -124,7 +125,7 @@ def read_frames(run_dir: str | Path, *, role: str | None = None) -> np.ndarray:
     one size). ``role``: only frames of that role ("acquisition", "autofocus")."""
     places = frame_places(run_dir)
     if role is not None:
-        roles = _roles(run_dir)
+        roles = frame_roles(run_dir)
         places = {i: w for i, w in places.items() if roles.get(i) == role}
     root = _root(run_dir)
     arrays: dict[str, Any] = {}
@@ -162,7 +163,8 @@ def read_derived(run_dir: str | Path, index: int, kind: str) -> np.ndarray | Non
     return np.asarray(arr[where.t, where.c, where.z])
 
 
-def _roles(run_dir: str | Path) -> dict[int, str]:
+def frame_roles(run_dir: str | Path) -> dict[int, str]:
+    """Each frame record's role ("acquisition", "autofocus"), by frame index."""
     roles = {}
     with (Path(run_dir) / "events.jsonl").open("rb") as fh:
         for line in fh:

@@ -104,11 +104,11 @@ def _run_folder(p: Path) -> Path | None:
 
 
 def _run_frames(run: Path) -> list[np.ndarray]:
-    from smartscope.io.read_images import _roles, frame_places, read_frame
+    from smartscope.io.read_images import frame_places, frame_roles, read_frame
 
     try:
         places = frame_places(run)
-        roles = _roles(run)
+        roles = frame_roles(run)
     except (OSError, KeyError, ValueError) as e:
         raise ModelError(f"cannot read the run's frames: {e}", path=run) from e
     indices = sorted(i for i in places if roles.get(i, "acquisition") == "acquisition")
