@@ -53,22 +53,9 @@ def _legacy_layout(self, n: int, *, axis: int = 0) -> list[tuple[int, int, int, 
 
 
 def _frames() -> dict[int, np.ndarray]:
-    from smartscope.hardware import load_core, release_core
+    from smartscope.bench_scaling import demo_frame
 
-    frames = {}
-    for n in SIZES:
-        core = load_core(seed=1, time_mode="virtual")
-        try:
-            core.setProperty("Camera", "SensorWidth_px", n)
-            core.setProperty("Camera", "SensorHeight_px", n)
-            core.setConfig("Objective", "10x")
-            core.setProperty("Laser", "Power_mW", 5)
-            core.setExposure(20)
-            core.snapImage()
-            frames[n] = core.getImage()
-        finally:
-            release_core(core)
-    return frames
+    return {n: demo_frame(n) for n in SIZES}
 
 
 def main() -> None:

@@ -37,20 +37,6 @@ def _burn(stop: mp.Event) -> None:  # type: ignore[valid-type]
             x += 1
 
 
-def _frame() -> np.ndarray:
-    from smartscope.hardware import load_core, release_core
-
-    core = load_core(seed=1, time_mode="virtual")
-    try:
-        core.setConfig("Objective", "10x")
-        core.setProperty("Laser", "Power_mW", 5)
-        core.setExposure(20)
-        core.snapImage()
-        return core.getImage()
-    finally:
-        release_core(core)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=60)
@@ -61,8 +47,9 @@ def main() -> None:
     from smartscope.analysis.analyser import FrameAnalyser
     from smartscope.analysis.result import FrameInput
     from smartscope.analysis.settings import AnalysisSettings
+    from smartscope.bench_scaling import demo_frame
 
-    img = _frame()
+    img = demo_frame()
     rows = []
     for burners in (0, 1, 2):
         stop = mp.Event()
