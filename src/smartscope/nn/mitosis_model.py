@@ -455,22 +455,12 @@ def load_classifier_folder(
     and :func:`smartscope.nn.load_model`."""
     card = _card_of(rdf, rdf_path)
     entry = (rdf.get("weights") or {}).get("pytorch_state_dict") or {}
-    wpath = folder / str(entry.get("source") or WEIGHTS_NAME)
-    if not wpath.is_file():
-        raise ModelError(f"weights file named in {RDF_NAME} does not exist", path=wpath)
-    expected = entry.get("sha256")
-    if expected and sha256_of(wpath) != expected:
-        raise ModelError(
-            f"weights file is corrupt: its sha256 does not match the one in {RDF_NAME}",
-            path=wpath,
-        )
-    try:
-        state = torch.load(wpath, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ModelError(
-            f"cannot read weights (corrupt or not a PyTorch state dict): {e}",
-            path=wpath,
-        ) from e
+    from smartscope.nn.model import checked_weights_file, read_state_dict
+
+    wpath = checked_weights_file(
+        folder / str(entry.get("source") or WEIGHTS_NAME), entry.get("sha256")
+    )
+    state = read_state_dict(wpath)
     net = MitosisNet(len(CHANNELS), card.width)
     try:
         net.load_state_dict(state, strict=True)

@@ -321,6 +321,32 @@ class _NormalizedForward(torch.nn.Module):
         return self.scripted.forward_normalized(x)  # type: ignore[no-any-return]
 
 
+def checked_weights_file(wpath: Path, sha256: str | None) -> Path:
+    """``wpath``, once it exists and matches the card's ``sha256`` (if given)."""
+    if not wpath.is_file():
+        raise ModelError(f"weights file named in {RDF_NAME} does not exist", path=wpath)
+    if sha256 and sha256_of(wpath) != sha256:
+        raise ModelError(
+            f"weights file is corrupt: its sha256 does not match the one in {RDF_NAME}",
+            path=wpath,
+        )
+    return wpath
+
+
+def read_state_dict(wpath: Path) -> dict[str, Any]:
+    """The PyTorch state dict in ``wpath`` (weights only, on the CPU)."""
+    try:
+        state = torch.load(wpath, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelError(
+            f"cannot read weights (corrupt or not a PyTorch state dict): {e}",
+            path=wpath,
+        ) from e
+    if not isinstance(state, dict):
+        raise ModelError("weights file does not hold a state dict", path=wpath)
+    return state
+
+
 def _load_network(
     folder: Path, rdf: dict[str, Any], card: ModelCard, rdf_path: Path
 ) -> torch.nn.Module:
@@ -337,15 +363,7 @@ def _load_network(
     source = entry.get("source")
     if not source:
         raise ModelError(f"weights.{fmt}.source is missing", path=rdf_path)
-    wpath = folder / str(source)
-    if not wpath.is_file():
-        raise ModelError(f"weights file named in {RDF_NAME} does not exist", path=wpath)
-    expected = entry.get("sha256")
-    if expected and sha256_of(wpath) != expected:
-        raise ModelError(
-            f"weights file is corrupt: its sha256 does not match the one in {RDF_NAME}",
-            path=wpath,
-        )
+    wpath = checked_weights_file(folder / str(source), entry.get("sha256"))
     if fmt == "torchscript":
         try:
             with warnings.catch_warnings():
@@ -356,15 +374,7 @@ def _load_network(
         if card.kind == "denoise" and hasattr(scripted, "forward_normalized"):
             return _NormalizedForward(scripted)
         return scripted
-    try:
-        state = torch.load(wpath, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ModelError(
-            f"cannot read weights (corrupt or not a PyTorch state dict): {e}",
-            path=wpath,
-        ) from e
-    if not isinstance(state, dict):
-        raise ModelError("weights file does not hold a state dict", path=wpath)
+    state = read_state_dict(wpath)
     net = UNet(card.unet)
     try:
         net.load_state_dict(state, strict=True)
