@@ -118,6 +118,22 @@ def _progress_bar(console: Any) -> Any:
     )
 
 
+def _training_step(
+    console: Any, bar: Any, task: Any, done: int, total: int, text: str | None
+) -> None:
+    """Advance the bar to step ``done``; ``text``: the losses at a check (a
+    log file, not a terminal, also gets them as one line)."""
+    if text and not console.is_terminal:
+        console.print(f"step {done}/{total}: {text}", highlight=False)
+    bar.update(
+        task,
+        description="training",
+        total=total,
+        completed=done,
+        **({"info": text} if text else {}),
+    )
+
+
 def _run(method: str, out: Path, name: str | None, **kw: Any) -> None:
     from rich.console import Console
 
@@ -142,16 +158,7 @@ def _run(method: str, out: Path, name: str | None, **kw: Any) -> None:
                     if info
                     else None
                 )
-                if (
-                    text and not console.is_terminal
-                ):  # a log file gets one line per check
-                    console.print(f"step {done}/{total}: {text}", highlight=False)
-                bar.update(
-                    task,
-                    description="training",
-                    completed=done,
-                    **({"info": text} if text else {}),
-                )
+                _training_step(console, bar, task, done, total, text)
             elif phase == "validate":
                 bar.update(task, description="scoring validation frames")
 
@@ -357,15 +364,7 @@ def mitosis(
                     if info
                     else None
                 )
-                if text and not console.is_terminal:
-                    console.print(f"step {done}/{total}: {text}", highlight=False)
-                bar.update(
-                    task,
-                    description="training",
-                    total=total,
-                    completed=done,
-                    **({"info": text} if text else {}),
-                )
+                _training_step(console, bar, task, done, total, text)
             else:
                 bar.update(task, description=phase, total=max(total, 1), completed=done)
 
