@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
 MODELS = ("denoise-care", "denoise-n2v", "nuclei-seg")
+F32 = "nuclei-seg (float32)"
 
 
 def _frame() -> np.ndarray:
@@ -58,20 +59,24 @@ def run(repeats: int) -> dict:
 
     torch.set_num_threads(2)
     frame = _frame()
+    # precision "auto": the int8 copy (ONNX Runtime) where the card has one
     models = {n: load_model(n, device="cpu", warm_up=True) for n in MODELS}
+    models[F32] = load_model("nuclei-seg", device="cpu", precision="float32")
     for m in models.values():  # warm up at the benchmark size too
         m.predict(frame)
+    segs = ("nuclei-seg", F32)
     times: dict[str, list[float]] = {
-        n: [] for n in [*MODELS, "nuclei-seg network only"]
+        n: [] for n in [*models, *(f"{k} network only" for k in segs)]
     }
     for _ in range(repeats):
         for name, m in models.items():
             t = time.perf_counter()
             m.predict(frame)
             times[name].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        models["nuclei-seg"].maps(frame)
-        times["nuclei-seg network only"].append(time.perf_counter() - t)
+        for k in segs:
+            t = time.perf_counter()
+            models[k].maps(frame)
+            times[f"{k} network only"].append(time.perf_counter() - t)
     ms = {k: 1000 * np.asarray(v) for k, v in times.items()}
     summary = {
         k: {
@@ -82,13 +87,15 @@ def run(repeats: int) -> dict:
         }
         for k, v in ms.items()
     }
-    pair = ms["denoise-care"] + ms["nuclei-seg"]
-    summary["denoise-care + nuclei-seg"] = {
-        "median_ms": round(float(np.median(pair)), 1),
-        "p25_ms": round(float(np.percentile(pair, 25)), 1),
-        "p75_ms": round(float(np.percentile(pair, 75)), 1),
-        "min_ms": round(float(pair.min()), 1),
-    }
+    for k in segs:
+        pair = ms["denoise-care"] + ms[k]
+        summary[f"denoise-care + {k}"] = {
+            "median_ms": round(float(np.median(pair)), 1),
+            "p25_ms": round(float(np.percentile(pair, 25)), 1),
+            "p75_ms": round(float(np.percentile(pair, 75)), 1),
+            "min_ms": round(float(pair.min()), 1),
+        }
+    precisions = {n: m.predictor.precision for n, m in models.items()}
     params = {
         n: int(sum(p.numel() for p in m.predictor.network.parameters()))
         for n, m in models.items()
@@ -99,6 +106,7 @@ def run(repeats: int) -> dict:
         "torch_threads": 2,
         "device": "cpu",
         "models": summary,
+        "precision": precisions,
         "parameters_after_bn_fusion": params,
         "machine": {
             "nproc": os.cpu_count(),
@@ -116,9 +124,15 @@ def markdown(res: dict, results_file: str) -> str:
     rows = [
         ("denoise-care (CARE)", "denoise-care"),
         ("denoise-n2v (Noise2Void)", "denoise-n2v"),
-        ("nuclei-seg (network + watershed)", "nuclei-seg"),
-        ("nuclei-seg, network only", "nuclei-seg network only"),
-        ("**denoise + segment**", "denoise-care + nuclei-seg"),
+        ("nuclei-seg (network + watershed), int8", "nuclei-seg"),
+        ("nuclei-seg, network only, int8", "nuclei-seg network only"),
+        ("nuclei-seg (network + watershed), float32", F32),
+        ("nuclei-seg, network only, float32", f"{F32} network only"),
+        (
+            "**denoise + segment** (int8 segmenter, shipped)",
+            "denoise-care + nuclei-seg",
+        ),
+        ("denoise + segment, all float32", f"denoise-care + {F32}"),
     ]
     mach = res["machine"]
     lines = [
@@ -139,8 +153,9 @@ def markdown(res: dict, results_file: str) -> str:
         f"Results file: `{results_file}`.",
         "",
         'Setup: the shipped models loaded with `load_model(name, device="cpu", '
-        "warm_up=True)`, `torch.set_num_threads(2)`, float32, channels-last, batch norm folded into the "
-        "convolutions; one simulated 512 × 512 uint16 frame (10x, DAPI, 5 mW, 20 ms); "
+        'warm_up=True)` (precision "auto": the denoisers in float32, channels-last, batch norm '
+        "folded into the convolutions; nuclei-seg as its int8 ONNX copy in ONNX Runtime, "
+        'and once more with `precision="float32"`), `torch.set_num_threads(2)`; one simulated 512 × 512 uint16 frame (10x, DAPI, 5 mW, 20 ms); '
         "`model.predict(frame)` timed with `time.perf_counter`, the models interleaved "
         f"repeat by repeat, {res['repeats']} repeats. Each U-Net is depth 3, 16 base "
         "channels, with a 2 × 2 pixel-unshuffle in front (see docs/models.md).",
@@ -166,12 +181,20 @@ def markdown(res: dict, results_file: str) -> str:
 
 
 def update_docs(section: str) -> None:
-    """Replace the "## Models" section (from its heading to the end) of docs/benchmarks.md."""
+    """Replace the "## Models" section (up to the next "## " heading) of
+    docs/benchmarks.md."""
     text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
-    head, sep, _ = text.partition("\n## Models")
+    head, sep, rest = text.partition("\n## Models")
     if not sep and text.startswith("## Models"):
-        head = ""
-    DOCS.write_text(head.rstrip("\n") + "\n\n" + section)
+        head, rest = "", text[len("## Models") :]
+    _, nxt, tail = rest.partition("\n## ")
+    DOCS.write_text(
+        head.rstrip("\n")
+        + "\n\n"
+        + section.rstrip("\n")
+        + "\n"
+        + (nxt + tail if nxt else "")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

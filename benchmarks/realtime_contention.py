@@ -2,14 +2,16 @@
 
 Run from the repository root::
 
-    python benchmarks/realtime_contention.py INTERVAL_S LOOPS BURNERS THREADS OUT
+    python benchmarks/realtime_contention.py INTERVAL_S LOOPS BURNERS THREADS OUT [PRECISION]
     python benchmarks/realtime_contention.py 0.1 600 2 auto /tmp/rt/b10
+    python benchmarks/realtime_contention.py 0.1 600 2 auto /tmp/rt/b10f float32
 
 ``protocols/demo.yaml`` (denoise-care, nuclei-seg, center_on) in realtime at
 one frame every INTERVAL_S for LOOPS frames, 10 ms exposures (the adaptive
 exposure reaction left out so the rate stays the one asked for), nothing but
 the raw frames saved; BURNERS pure-Python busy loops in other processes;
-``analysis.threads`` THREADS (an integer or ``auto``). Prints the summary's
+``analysis.threads`` THREADS (an integer or ``auto``) and
+``analysis.precision`` PRECISION (default ``auto``). Prints the summary's
 frames, frames analysed and skipped, and the frame->result and
 frame->action latencies.
 """
@@ -34,7 +36,7 @@ def burn(stop):
             x += 1
 
 
-def main(interval, loops, burners, threads, out):
+def main(interval, loops, burners, threads, out, precision="auto"):
     d = yaml.safe_load((ROOT / "protocols" / "demo.yaml").read_text())
     d["time_mode"] = "realtime"
     d["sequence"]["time_plan"] = {"interval": interval, "loops": loops}
@@ -43,6 +45,7 @@ def main(interval, loops, burners, threads, out):
     d["stop"] = {}
     d["save"] = {"labels": False, "denoised": False, "truth": False, "report": False}
     d["analysis"]["threads"] = threads
+    d["analysis"]["precision"] = precision
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
     from smartscope.controller import Controller
@@ -66,6 +69,7 @@ def main(interval, loops, burners, threads, out):
                 "interval": interval,
                 "burners": burners,
                 "threads": threads,
+                "precision": precision,
                 "frames": s["frames_acquired"],
                 "analysed": s["frames_analysed"],
                 "skipped": s["frames_skipped_analysis"],
@@ -79,4 +83,11 @@ def main(interval, loops, burners, threads, out):
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    main(float(a[0]), int(a[1]), int(a[2]), a[3] if a[3] == "auto" else int(a[3]), a[4])
+    main(
+        float(a[0]),
+        int(a[1]),
+        int(a[2]),
+        a[3] if a[3] == "auto" else int(a[3]),
+        a[4],
+        *a[5:6],
+    )

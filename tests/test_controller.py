@@ -197,7 +197,22 @@ def test_center_on_keeps_the_nucleus_centred_by_the_truth(
     assert np.mean(dist <= 0.25 * half_fov) >= 0.9
     xy = np.array([(f["x_um"], f["y_um"]) for f in frames])
     travel = np.max(np.hypot(*(xy - xy[0]).T))
-    assert travel > 2 * (2 * half_fov)  # more than two fields of view
+    # the nucleus crawled more than a field of view, out of where it started,
+    # and the stage went with it (how far depends on the run's exposures: the
+    # scene steps with the frames' timing, so a slightly different
+    # segmentation gives another walk: the stage went 1.75 fields with the
+    # int8 segmenter, 2.1 with float32)
+    cell_xy = np.array(
+        [
+            (float(r["x_um"]), float(r["y_um"]))
+            for f in frames
+            for r in truth.get(f["index"], [])
+            if r["cell_id"] == tid
+        ]
+    )
+    cell_travel = np.max(np.hypot(*(cell_xy - cell_xy[0]).T))
+    assert cell_travel > 2 * half_fov
+    assert travel > cell_travel - 0.25 * half_fov
 
 
 def test_adaptive_exposure_holds_the_signal_while_it_bleaches(

@@ -85,14 +85,16 @@ class FrameAnalyser:
             return
         s = self._settings
         denoiser = (
-            load_analysis_model(s.denoise, role="denoiser", device=self._device)
+            load_analysis_model(
+                s.denoise, role="denoiser", device=self._device, precision=s.precision
+            )
             if s.denoise
             else None
         )
         segmenter = None
         if s.segmenter == "model" and s.model is not None:
             segmenter = load_analysis_model(
-                s.model, role="segmenter", device=self._device
+                s.model, role="segmenter", device=self._device, precision=s.precision
             )
         if denoiser is not None and s.denoise_adapt is not None:
             _check_adaptable(denoiser, s.denoise or "?")

@@ -50,9 +50,10 @@ class AnalysisModel(Protocol):
 
 
 def load_analysis_model(
-    name: str, *, role: Role, device: str = "auto"
+    name: str, *, role: Role, device: str = "auto", precision: str = "auto"
 ) -> AnalysisModel:
-    """Load a model with ``smartscope.nn.load_model(name, device=device)``,
+    """Load a model with ``smartscope.nn.load_model(name, device=device,
+    precision=precision)``,
     warmed up so that the first frame does not pay for it.
 
     Raises
@@ -74,7 +75,9 @@ def load_analysis_model(
             role=role,
         ) from e
     try:
-        model: Any = nn.load_model(name, device=device, warm_up=True)
+        model: Any = nn.load_model(
+            name, device=device, precision=precision, warm_up=True
+        )
     except Exception as e:
         raise ModelLoadError(
             f"cannot load the {role} model {name!r}: {type(e).__name__}: {e}",

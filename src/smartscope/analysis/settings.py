@@ -160,6 +160,12 @@ class AnalysisSettings(BaseModel):
         "chosen while the run goes from the models' time per frame, tried again "
         "when the machine gets busier or quieter (smartscope.analysis.threads)",
     )
+    precision: Literal["auto", "float32", "bfloat16", "int8"] = Field(
+        "auto",
+        description="number format of the models' networks; 'auto': bfloat16 "
+        "on a GPU, and on the CPU a model's int8 copy where its card has one "
+        "(ONNX Runtime; made and checked by smartscope.nn.quantize), else float32",
+    )
     queue_size: int = Field(
         4,
         ge=1,

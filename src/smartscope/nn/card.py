@@ -22,7 +22,9 @@ from smartscope.nn.unet import UNetConfig
 
 __all__ = [
     "FORMAT_VERSION",
+    "INT8_NAME",
     "RDF_NAME",
+    "Int8Weights",
     "ModelCard",
     "Normalization",
     "Postprocess",
@@ -39,6 +41,7 @@ __all__ = [
 RDF_NAME = "rdf.yaml"
 WEIGHTS_NAME = "weights.pt"
 TORCHSCRIPT_NAME = "weights_torchscript.pt"
+INT8_NAME = "weights_int8.onnx"
 
 
 class Normalization(BaseModel):
@@ -67,6 +70,24 @@ class Postprocess(BaseModel):
     )
 
 
+class Int8Weights(BaseModel):
+    """An int8 copy of the network for the CPU, run by ONNX Runtime.
+
+    Written by :mod:`smartscope.nn.quantize` only when the quantised network
+    scored within tolerance of the float32 one on the validation frames;
+    ``accuracy`` holds both scores. Not a bioimage.io weights entry (its
+    outputs are not within bioimage.io's test tolerance of the float32 test
+    output): smartscope's own loader uses it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str = Field(INT8_NAME, description="ONNX file in the model folder")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    calibration: str = Field(description="the frames the activation ranges came from")
+    accuracy: dict[str, Any] = Field(default_factory=dict)
+
+
 class ModelCard(BaseModel):
     """smartscope's part of a model's ``rdf.yaml`` (under ``config.smartscope``)."""
 
@@ -91,6 +112,11 @@ class ModelCard(BaseModel):
     )
     training: dict[str, Any] = Field(default_factory=dict)
     validation: dict[str, Any] = Field(default_factory=dict)
+    int8: Int8Weights | None = Field(
+        None,
+        description="int8 ONNX weights for the CPU (precision 'auto' uses them "
+        "when onnxruntime is installed)",
+    )
 
 
 def sha256_of(path: Path) -> str:

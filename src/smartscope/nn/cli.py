@@ -421,6 +421,20 @@ def export(
     console.print(f"package written to {path}")
 
 
+@train_app.command("quantize")
+def quantize(
+    folder: Annotated[Path, typer.Argument(help="model folder to add int8 weights to")],
+    force: Annotated[
+        bool, typer.Option(help="write them even when less accurate")
+    ] = False,
+) -> None:
+    """Add int8 ONNX weights for the CPU to a model folder, if they keep its
+    accuracy on the validation frames (AP within 0.01, PSNR within 0.2 dB)."""
+    from smartscope.nn.quantize import main as quantize_main
+
+    raise typer.Exit(quantize_main([str(folder), *(["--force"] if force else [])]))
+
+
 @train_app.command("evaluate")
 def evaluate(
     out: Annotated[

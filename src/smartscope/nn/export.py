@@ -197,16 +197,17 @@ def write_package_files(
     return folder
 
 
-def _state_dict_bytes(source: Path | None) -> bytes | None:
-    """The ``weights.pt`` of the folder or .zip package a model came from."""
+def _package_file(source: Path | None, name: str = WEIGHTS_NAME) -> bytes | None:
+    """The file ``name`` (default ``weights.pt``) of the folder or .zip
+    package a model came from."""
     if source is None:
         return None
     if source.is_file() and source.suffix == ".zip":
         with zipfile.ZipFile(source) as zf:
-            if WEIGHTS_NAME in zf.namelist():
-                return zf.read(WEIGHTS_NAME)
+            if name in zf.namelist():
+                return zf.read(name)
         return None
-    src = source / WEIGHTS_NAME
+    src = source / name
     return src.read_bytes() if src.is_file() else None
 
 
@@ -228,7 +229,7 @@ def export_model(model: Model, path: str | Path, *, torchscript: bool = True) ->
             path=getattr(model, "path", None),
         )
     path = Path(path)
-    state = _state_dict_bytes(model.path)
+    state = _package_file(model.path)
     if state is None:
         raise ModelError(
             f"no {WEIGHTS_NAME} (state dict) to package: export a model saved with "
@@ -236,15 +237,22 @@ def export_model(model: Model, path: str | Path, *, torchscript: bool = True) ->
             path=model.path,
         )
     description = str(model.rdf.get("description", model.name))
+    card = model.card
+    # the int8 copy travels with the weights it was made from, or not at all
+    int8 = _package_file(model.path, card.int8.source) if card.int8 else None
+    if int8 is None:
+        card = card.model_copy(update={"int8": None})
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) if path.suffix == ".zip" else path
         folder.mkdir(parents=True, exist_ok=True)
         (folder / WEIGHTS_NAME).write_bytes(state)
+        if int8 is not None and card.int8 is not None:
+            (folder / card.int8.source).write_bytes(int8)
         if not torchscript:
             (folder / TORCHSCRIPT_NAME).unlink(missing_ok=True)
         write_package_files(
             folder,
-            model.card,
+            card,
             name=model.name,
             description=description,
             torchscript=torchscript,

@@ -40,7 +40,13 @@ from smartscope.nn.normalize import (
     normalize,
     percentile_range,
 )
-from smartscope.nn.predictor import Device, Precision, Predictor
+from smartscope.nn.predictor import (
+    Device,
+    Precision,
+    Predictor,
+    onnxruntime_available,
+    resolve_device,
+)
 from smartscope.nn.unet import UNet
 
 if TYPE_CHECKING:
@@ -81,6 +87,7 @@ class Model(ABC):
         precision: Precision = "auto",
         tile_px: int = 1024,
         warm_up: bool = False,
+        int8_onnx: bytes | None = None,
     ) -> None:
         self.name = name
         self.card = card
@@ -100,6 +107,7 @@ class Model(ABC):
             precision=precision,
             tile_px=tile_px,
             overlap_px=tile_overlap_px(card.unet),
+            int8_onnx=int8_onnx,
         )
         if warm_up:
             self.predictor.warm_up()
@@ -116,7 +124,8 @@ class Model(ABC):
             net,
             size_multiple=old.size_multiple,
             device=str(old.device),
-            precision=old.precision,
+            # the int8 copy is of the old weights
+            precision="float32" if old.precision == "int8" else old.precision,
             tile_px=old.tile_px,
             overlap_px=old.overlap_px,
         )
@@ -388,6 +397,21 @@ def _load_network(
     return net
 
 
+def _read_int8(folder: Path, card: ModelCard, options: dict[str, Any]) -> bytes | None:
+    """The card's int8 ONNX weights (checked against their sha256), when the
+    requested precision may use them."""
+    if card.int8 is None or options.get("precision") not in ("auto", "int8"):
+        return None
+    if options.get("precision") == "auto" and (
+        resolve_device(str(options.get("device", "auto"))).type != "cpu"
+        or not onnxruntime_available()
+    ):
+        return None
+    return checked_weights_file(
+        folder / card.int8.source, card.int8.sha256
+    ).read_bytes()
+
+
 def _read_folder(
     folder: Path, card_file: str | None, *, source: Path, **options: Any
 ) -> Model | ImportedModel | MitosisClassifier:
@@ -415,7 +439,10 @@ def _read_folder(
         rdf, card = read_rdf(rdf_path)
         net = _load_network(folder, rdf, card, rdf_path)
         name = str(rdf.get("name") or source.stem)
-        return build_model(net, card, name=name, path=source, rdf=rdf, **options)
+        int8 = _read_int8(folder, card, options)
+        return build_model(
+            net, card, name=name, path=source, rdf=rdf, int8_onnx=int8, **options
+        )
     from smartscope.nn.description import describe_model
     from smartscope.nn.imported import build_imported, load_network
 
@@ -460,7 +487,10 @@ def load_model(
     Parameters
     ----------
     device : "auto" (CUDA if available), "cpu" or "cuda"
-    precision : "auto" (bfloat16 autocast on CUDA), "float32" or "bfloat16"
+    precision : "auto", "float32", "bfloat16" or "int8". "auto": bfloat16
+        autocast on CUDA; on the CPU the card's int8 ONNX weights in ONNX
+        Runtime when the card has them and onnxruntime is installed
+        (:mod:`smartscope.nn.quantize`), else float32
     tile_px : frames larger than this are predicted in overlapping tiles
     warm_up : run the network once on a blank frame before returning
 

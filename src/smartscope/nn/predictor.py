@@ -6,22 +6,31 @@ image, pads it to the network's size multiple, cuts frames larger than
 ``tile_px`` into overlapping tiles (keeping only each tile's centre, so no
 seams where the receptive field is covered), and returns ``(C, Y, X)``
 float32 on the CPU. Inference runs under ``torch.inference_mode`` and, on
-CUDA, ``bfloat16`` autocast.
+CUDA, ``bfloat16`` autocast; on the CPU, with ``int8`` precision, an int8
+copy of the network (ONNX, :mod:`smartscope.nn.quantize`) runs in ONNX
+Runtime instead, with as many threads as torch is set to use.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Predictor", "fuse_batchnorm", "resolve_device"]
+__all__ = ["OnnxRunner", "Predictor", "fuse_batchnorm", "resolve_device"]
 
 Device = Literal["auto", "cpu", "cuda"]
-Precision = Literal["auto", "float32", "bfloat16"]
+Precision = Literal["auto", "float32", "bfloat16", "int8"]
+
+
+def onnxruntime_available() -> bool:
+    """Whether ONNX Runtime (the int8 path) can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -55,6 +64,47 @@ def fuse_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
+class OnnxRunner:
+    """An ONNX network (input ``x``: (B, 1, Y, X) float32) in ONNX Runtime's
+    CPU provider, called like the torch network it stands for.
+
+    One session per thread count, made on first use: each call uses
+    ``torch.get_num_threads()`` intra-op threads, so the analysis' thread
+    choice (:class:`smartscope.analysis.threads.ThreadTuner`) steers both
+    runtimes. The threads do not spin while waiting for work: on a machine
+    that also runs Micro-Manager, a viewer and a writer, spinning threads
+    take the cores from them.
+    """
+
+    def __init__(self, model: bytes) -> None:
+        import onnxruntime  # noqa: F401  (fail here, not at the first frame)
+
+        self._model = model
+        self._sessions: dict[int, Any] = {}
+        self._input = "x"
+
+    def _session(self, threads: int) -> Any:
+        session = self._sessions.get(threads)
+        if session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            session = ort.InferenceSession(
+                self._model, options, providers=["CPUExecutionProvider"]
+            )
+            self._input = session.get_inputs()[0].name
+            self._sessions[threads] = session
+        return session
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        session = self._session(max(1, torch.get_num_threads()))
+        arr = np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)
+        return torch.from_numpy(session.run(None, {self._input: arr})[0])
+
+
 class Predictor:
     """One network, ready to predict.
 
@@ -65,12 +115,17 @@ class Predictor:
     size_multiple : int
         Y and X fed to the network are padded up to a multiple of this.
     device : "auto", "cpu" or "cuda"
-    precision : "auto", "float32" or "bfloat16"
-        ``"auto"``: bfloat16 autocast on CUDA, float32 on CPU.
+    precision : "auto", "float32", "bfloat16" or "int8"
+        ``"auto"``: bfloat16 autocast on CUDA; on the CPU int8 when
+        ``int8_onnx`` is given and ONNX Runtime is installed, else float32.
+        ``"int8"`` needs both and the CPU.
     tile_px : int
         Frames larger than this (either side) are predicted in tiles.
     overlap_px : int
         Overlap between neighbouring tiles (half of it is discarded per side).
+    int8_onnx : bytes, optional
+        The network quantised to int8, as an ONNX model
+        (:mod:`smartscope.nn.quantize`).
     """
 
     def __init__(
@@ -82,11 +137,31 @@ class Predictor:
         precision: Precision = "auto",
         tile_px: int = 1024,
         overlap_px: int = 64,
+        int8_onnx: bytes | None = None,
     ) -> None:
         self.device = resolve_device(device)
+        on_cpu = self.device.type == "cpu"
         if precision == "auto":
-            precision = "bfloat16" if self.device.type == "cuda" else "float32"
+            if not on_cpu:
+                precision = "bfloat16"
+            elif int8_onnx is not None and onnxruntime_available():
+                precision = "int8"
+            else:
+                precision = "float32"
+        if precision == "int8":
+            if not on_cpu:
+                raise ValueError("precision 'int8' runs on the CPU only")
+            if int8_onnx is None:
+                raise ValueError(
+                    "precision 'int8' needs int8 weights (this model has none: "
+                    "python -m smartscope.nn.quantize MODEL_FOLDER makes them)"
+                )
+            if not onnxruntime_available():
+                raise ValueError(
+                    "precision 'int8' needs ONNX Runtime: pip install onnxruntime"
+                )
         self.precision: Precision = precision
+        self.int8_onnx = int8_onnx
         self.size_multiple = int(size_multiple)
         m = self.size_multiple
         self.tile_px = max(m, int(tile_px) // m * m)
@@ -96,6 +171,7 @@ class Predictor:
             network = fuse_batchnorm(network)
         # channels-last convolutions ran about 1.8x faster on the CPU here
         self.network = network.to(self.device, memory_format=torch.channels_last)
+        self._onnx = OnnxRunner(int8_onnx) if precision == "int8" else None
         self._warm = False
 
     def warm_up(self, shape: tuple[int, int] = (256, 256)) -> None:
@@ -104,6 +180,8 @@ class Predictor:
         self._warm = True
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        if self._onnx is not None:
+            return self._onnx(batch)
         if self.device.type == "cuda" and self.precision == "bfloat16":
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 return self.network(batch).float()
