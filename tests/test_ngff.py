@@ -257,3 +257,45 @@ def test_napari_opens_positions_time_channels_and_z_apart(run: dict[str, Any]) -
         ]
         assert tuple(layer.scale) == pytest.approx((INTERVAL, Z_STEP, px, px))
         assert layer.data.shape[:2] == (LOOPS, 3)
+
+
+def test_the_time_axis_grows_ahead_and_is_cut_back_at_the_end(tmp_path) -> None:
+    """The writer makes room along t ahead of the frames (a few metadata
+    rewrites a run, not one per time point), and finishing cuts every array
+    (raw and labels) back to the planes placed, and lists them so."""
+    import ome_types
+
+    from smartscope.io.images import RunImages
+
+    root = tmp_path / "data.ome.zarr"
+    images = RunImages(
+        root,
+        run={"name": "t"},
+        interval_s=1.0,
+        z_step_um=1.0,
+        save_labels=True,
+        save_denoised=False,
+    )
+    rng = np.random.default_rng(0)
+    planes = rng.integers(0, 4000, (40, 32, 48), dtype=np.uint16)
+    resizes = 0
+    for t, plane in enumerate(planes):
+        before = zarr.open_array(str(root / "0" / "0"), mode="r").shape if t else None
+        where = images.store_frame(
+            plane, position="p0", index={"t": t}, channel="DAPI", pixel_um=0.5
+        )
+        images.store_derived(where, labels=(plane > 2000).astype(np.int32))
+        after = zarr.open_array(str(root / "0" / "0"), mode="r").shape
+        resizes += before != after
+        assert after[0] >= t + 1
+    assert resizes <= 4  # 1 -> 17 -> 50 time points of room, not 40 resizes
+    assert zarr.open_array(str(root / "0" / "0"), mode="r").shape[0] > 40
+    images.finish()
+    arr = zarr.open_array(str(root / "0" / "0"), mode="r")
+    lab = zarr.open_array(str(root / "0" / "labels" / "nuclei" / "0"), mode="r")
+    assert arr.shape == (40, 1, 1, 32, 48)
+    assert lab.shape == (40, 1, 1, 32, 48)
+    np.testing.assert_array_equal(arr[:, 0, 0], planes)
+    np.testing.assert_array_equal(lab[:, 0, 0], planes > 2000)
+    xml = ome_types.from_xml((root / "OME" / "METADATA.ome.xml").read_text())
+    assert xml.images[0].pixels.size_t == 40
