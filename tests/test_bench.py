@@ -47,3 +47,24 @@ def test_scaling_reports_each_size_stage_by_stage() -> None:
         assert e["peak_rss_mb"] > 0
     assert r["sizes"]["512"]["ratio_to_512"] == 1.0
     assert scaling_table(r).row_count == 2
+
+
+def test_positions_runs_the_controller_at_each_number_of_positions() -> None:
+    from smartscope.bench_positions import measure_positions, positions_table
+
+    r = measure_positions(positions=(1, 3), frames=6, device="cpu")
+    assert set(r["runs"]) == {"1", "3"}
+    for n, e in ((1, 6), (3, 6)):
+        run = r["runs"][str(n if n == 1 else 3)]
+        assert run["frames"] == e
+        # virtual time: the analysis paces the clock, nothing is skipped
+        assert run["frames_analysed"] == run["frames"]
+        assert run["frames_skipped_analysis"] == 0
+        assert run["frame_to_result_ms"]["n"] == run["frames_analysed"]
+        moves = run["actions"].get("MoveStage", {}).get("applied", 0)
+        assert run["frame_to_action_ms"]["n"] == moves
+        assert run["stages_ms"]["denoise"] > 0
+        assert run["stages_ms"]["segment"] > 0
+        assert run["analysed_per_s"] > 0
+        assert run["peak_rss_mb"] >= run["rss_mb"] > 0
+    assert positions_table(r).row_count == 2

@@ -369,6 +369,7 @@ def run(
     controller: bool = True,
     long: bool = False,
     scaling: bool = False,
+    positions: bool = False,
 ) -> dict[str, Any]:
     """Measure the simulator, print a table, and optionally write the figures as JSON.
 
@@ -395,7 +396,9 @@ def run(
         ``analysis_classical`` / ``analysis_models`` (ms and frames/s at
         512 × 512), ``demo_latency`` and, with ``long``, ``memory`` over 10,000
         frames; with ``scaling``, ``scaling`` (the models-in-the-loop analysis
-        at 256² to 2048², :mod:`smartscope.bench_scaling`). ``schema_version``
+        at 256² to 2048², :mod:`smartscope.bench_scaling`); with ``positions``,
+        ``positions`` (the models in the loop with 1, 4 and 16 stage positions,
+        :mod:`smartscope.bench_positions`). ``schema_version``
         says how the JSON is laid out.
     """
     from rich.console import Console
@@ -428,6 +431,12 @@ def run(
 
         results["scaling"] = measure_scaling(frames=5 if quick else 20)
         console.print(scaling_table(results["scaling"]))
+    if positions:
+        from smartscope.bench_positions import measure_positions, positions_table
+
+        with console.status("models in the loop at 1, 4 and 16 positions ..."):
+            results["positions"] = measure_positions(frames=24 if quick else 500)
+        console.print(positions_table(results["positions"]))
     if json_path is not None:
         path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -721,6 +721,14 @@ def bench(
             "stage by stage (minutes on a CPU).",
         ),
     ] = False,
+    positions: Annotated[
+        bool,
+        typer.Option(
+            "--positions",
+            help="Also run the models in the loop with 1, 4 and 16 stage "
+            "positions, 500 frames each (minutes on a CPU).",
+        ),
+    ] = False,
 ) -> None:
     """Measure speed (simulator, acquisition, analysis) and print a table."""
     try:
@@ -735,7 +743,11 @@ def bench(
         )
     with _reported_errors():
         bench_module.run(
-            json_path=json_path, quick=quick, long=long, scaling=scaling
+            json_path=json_path,
+            quick=quick,
+            long=long,
+            scaling=scaling,
+            positions=positions,
         )  # prints tables
 
 
