@@ -323,11 +323,20 @@ def test_bench_forwards_options(monkeypatch, tmp_path):
     result = runner.invoke(cli.app, ["bench", "--json", str(target), "--quick"])
     assert result.exit_code == 0, result.output
     assert calls == [
-        {"json_path": target, "quick": True, "long": False, "scaling": False}
+        {
+            "json_path": target,
+            "quick": True,
+            "long": False,
+            "scaling": False,
+            "positions": False,
+        }
     ]
     result = runner.invoke(cli.app, ["bench", "--scaling"])
     assert result.exit_code == 0, result.output
     assert calls[-1]["scaling"] is True
+    result = runner.invoke(cli.app, ["bench", "--positions"])
+    assert result.exit_code == 0, result.output
+    assert calls[-1]["positions"] is True
 
 
 def test_bench_smartscope_error_exits_2(monkeypatch):

@@ -94,8 +94,9 @@ class RunViewer:
         at_end = step is None or step[0] >= v.dims.nsteps[0] - 1
         v.layers.clear()
         v.open(str(self.run_dir / "data.ome.zarr"), plugin="napari-ome-zarr")
-        self._split_labels()
         frames, px = self._frames()
+        self._cut_to_frames(1 + max((f.t for f in frames.values()), default=-1))
+        self._split_labels()
         for name, data, scale in self._tracks(frames, px):
             v.add_tracks(data, name=name, scale=scale, tail_length=30)
         points = self._actions(frames, px)
@@ -115,6 +116,21 @@ class RunViewer:
             v.dims.current_step = step
         if at_end:
             v.dims.set_current_step(0, max(0, v.dims.nsteps[0] - 1))
+
+    def _cut_to_frames(self, t_end: int) -> None:
+        """Cut the layers' time axis after the last time point that holds a
+        logged frame: while a run goes, its writer makes room ahead along t
+        (smartscope.io.images), which would show as blank time points."""
+        if t_end <= 0:
+            return
+        for layer in self.viewer.layers:
+            if type(layer).__name__ not in ("Image", "Labels"):
+                continue
+            levels = layer.data if layer.multiscale else [layer.data]
+            if levels[0].shape[0] <= t_end:
+                continue
+            cut = [level[:t_end] for level in levels]
+            layer.data = cut if layer.multiscale else cut[0]
 
     def _split_labels(self) -> None:
         """One label layer per channel, with axes t, z, y, x like the image

@@ -15,6 +15,13 @@ Nothing acquired is overwritten: a frame whose place is taken already (a
 plan that revisits a time point), or whose size differs from its image's,
 goes to an image of its own for that position (``kind: extra``).
 
+While a run goes, each array's time axis has room made ahead of the frames
+(a few metadata rewrites a run instead of one per time point); a reader
+looking during the run sees those time points as zeros until they are
+written (``smartscope view`` cuts them off by the frame records), and
+finishing the run, or ``smartscope recover`` after a kill, cuts every array
+back to the planes placed.
+
 Label images (``<series>/labels/nuclei``) and denoised images (a series of
 their own, ``kind: denoised``) have their raw image's shape and are written
 at the frame's place once it is analysed; frames not analysed stay zero.
