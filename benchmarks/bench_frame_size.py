@@ -11,7 +11,8 @@ set to 512, 1024 and 2048 px), and times ``predict`` on each, sizes
 interleaved repeat by repeat, with the frame-sized tiles of
 ``smartscope.nn.predictor.Predictor`` and, for comparison, with the layout it
 replaced (tiles of ``tile_px`` each, starting every ``tile_px - overlap_px``,
-the last one flush with the edge). The segmenter rescales frames to its
+the last one flush with the edge), and with the whole frame in one piece
+(``tile_px`` raised above the frame). The segmenter rescales frames to its
 training nucleus size first (12 µm nuclei at 10x: 1109 px for a 512 frame
 is what made 1024-px tiles wasteful). Prints medians and the ratios to 512²,
 and writes ``benchmarks/results/frame-size-<YYYY-MM-DD>.json``.
@@ -75,18 +76,24 @@ def main() -> None:
         for name in ("denoise-care", "nuclei-seg")
     }
     new_layout = Predictor._layout
+    # (name, layout, tile_px); the models' own default tile_px is the first
+    # (float32) or the last (int8, up to 2048 px: INT8_TILE_PX)
+    layouts = (
+        ("frame-sized", new_layout, 1024),
+        ("legacy", _legacy_layout, 1024),
+        ("whole frame", new_layout, 2 * max(SIZES)),
+    )
     times: dict[str, list[float]] = {}
-    for layout in (new_layout, _legacy_layout):
+    for _, layout, tile in layouts:
         Predictor._layout = layout  # type: ignore[method-assign]
         for m in models.values():
+            m.predictor.tile_px = tile
             m.predict(frames[512])  # warm up
     for _ in range(args.repeats):
-        for layout_name, layout in (
-            ("frame-sized", new_layout),
-            ("legacy", _legacy_layout),
-        ):
+        for layout_name, layout, tile in layouts:
             Predictor._layout = layout  # type: ignore[method-assign]
             for name, m in models.items():
+                m.predictor.tile_px = tile
                 for n in SIZES:
                     t0 = time.perf_counter()
                     m.predict(frames[n])
@@ -95,7 +102,7 @@ def main() -> None:
     Predictor._layout = new_layout  # type: ignore[method-assign]
     med = {k: float(np.median(v)) for k, v in times.items()}
     rows = []
-    for layout_name in ("frame-sized", "legacy"):
+    for layout_name, _, _ in layouts:
         for name in models:
             base = med[f"{layout_name} {name} 512"]
             for n in SIZES:
@@ -104,6 +111,7 @@ def main() -> None:
                     {
                         "layout": layout_name,
                         "model": name,
+                        "precision": models[name].predictor.precision,
                         "size": n,
                         "median_ms": round(v * 1000, 1),
                         "ratio_to_512": round(v / base, 2),

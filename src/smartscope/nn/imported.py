@@ -44,7 +44,7 @@ from smartscope.nn.card import sha256_of
 from smartscope.nn.description import AxisSize, ModelDescription
 from smartscope.nn.errors import ModelError
 from smartscope.nn.normalize import as_2d_float
-from smartscope.nn.predictor import Device, Precision, Predictor
+from smartscope.nn.predictor import DEFAULT_TILE_PX, Device, Precision, Predictor
 from smartscope.nn.processing import apply_steps
 
 __all__ = [
@@ -85,8 +85,10 @@ class _SizedPredictor(Predictor):
         halo_px: int,
         device: Device | str,
         precision: Precision,
-        tile_px: int,
+        tile_px: int | None,
     ) -> None:
+        if tile_px is None:
+            tile_px = DEFAULT_TILE_PX
         fixed = size_y.step == 0 or size_x.step == 0
         tile = min(size_y.min, size_x.min) if fixed else max(tile_px, size_y.min)
         super().__init__(
@@ -138,7 +140,7 @@ class ImportedModel(ABC):
         rdf: dict[str, Any] | None = None,
         device: Device | str = "auto",
         precision: Precision = "auto",
-        tile_px: int = 1024,
+        tile_px: int | None = None,
         warm_up: bool = False,
     ) -> None:
         self.name = name

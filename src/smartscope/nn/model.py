@@ -85,7 +85,7 @@ class Model(ABC):
         rdf: dict[str, Any] | None = None,
         device: Device | str = "auto",
         precision: Precision = "auto",
-        tile_px: int = 1024,
+        tile_px: int | None = None,
         warm_up: bool = False,
         int8_onnx: bytes | None = None,
     ) -> None:
@@ -469,7 +469,7 @@ def load_model(
     *,
     device: Device | str = "auto",
     precision: Precision = "auto",
-    tile_px: int = 1024,
+    tile_px: int | None = None,
     warm_up: bool = False,
 ) -> Model | ImportedModel | MitosisClassifier:
     """Load a model by shipped name (``"nuclei-seg"``, ``"denoise-care"``,
@@ -492,6 +492,8 @@ def load_model(
         Runtime when the card has them and onnxruntime is installed
         (:mod:`smartscope.nn.quantize`), else float32
     tile_px : frames larger than this are predicted in overlapping tiles
+        (default 1024; 2048 for an int8 network, which runs a 2048² frame
+        faster in one piece)
     warm_up : run the network once on a blank frame before returning
 
     Raises

@@ -20,7 +20,22 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["OnnxRunner", "Predictor", "fuse_batchnorm", "resolve_device"]
+__all__ = [
+    "DEFAULT_TILE_PX",
+    "INT8_TILE_PX",
+    "OnnxRunner",
+    "Predictor",
+    "fuse_batchnorm",
+    "resolve_device",
+]
+
+#: frames larger than this (either side) run in tiles, by default
+DEFAULT_TILE_PX = 1024
+#: the same for an int8 network in ONNX Runtime: it ran a 2048 x 2048 frame
+#: faster in one piece (15.0x the 512 x 512 cost) than in 3 x 3 tiles (17.2x),
+#: where torch's float32 U-Net was slower in one piece (19.8x against 15.6x;
+#: benchmarks/bench_frame_size.py, docs/benchmarks.md)
+INT8_TILE_PX = 2048
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "float32", "bfloat16", "int8"]
@@ -119,8 +134,9 @@ class Predictor:
         ``"auto"``: bfloat16 autocast on CUDA; on the CPU int8 when
         ``int8_onnx`` is given and ONNX Runtime is installed, else float32.
         ``"int8"`` needs both and the CPU.
-    tile_px : int
-        Frames larger than this (either side) are predicted in tiles.
+    tile_px : int, optional
+        Frames larger than this (either side) are predicted in tiles; default
+        :data:`DEFAULT_TILE_PX`, or :data:`INT8_TILE_PX` with ``int8``.
     overlap_px : int
         Overlap between neighbouring tiles (half of it is discarded per side).
     int8_onnx : bytes, optional
@@ -135,7 +151,7 @@ class Predictor:
         size_multiple: int = 16,
         device: Device | str = "auto",
         precision: Precision = "auto",
-        tile_px: int = 1024,
+        tile_px: int | None = None,
         overlap_px: int = 64,
         int8_onnx: bytes | None = None,
     ) -> None:
@@ -162,6 +178,8 @@ class Predictor:
                 )
         self.precision: Precision = precision
         self.int8_onnx = int8_onnx
+        if tile_px is None:
+            tile_px = INT8_TILE_PX if precision == "int8" else DEFAULT_TILE_PX
         self.size_multiple = int(size_multiple)
         m = self.size_multiple
         self.tile_px = max(m, int(tile_px) // m * m)
