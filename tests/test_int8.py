@@ -63,11 +63,32 @@ def test_the_onnx_threads_follow_torchs_setting() -> None:
         torch.set_num_threads(before)
 
 
-def test_int8_without_int8_weights_is_refused_with_the_way_to_make_them() -> None:
+def test_int8_without_int8_weights_is_refused_with_the_way_to_make_them(
+    tmp_path: Path,
+) -> None:
+    folder = _without_int8("denoise-care", tmp_path / "care")
     with pytest.raises(ValueError, match=r"smartscope\.nn\.quantize"):
-        load_model("denoise-care", device="cpu", precision="int8")
+        load_model(folder, device="cpu", precision="int8")
     # "auto" falls back to float32 for a model without them
-    assert load_model("denoise-care", device="cpu").predictor.precision == "float32"
+    assert load_model(folder, device="cpu").predictor.precision == "float32"
+
+
+def test_shipped_denoisers_run_mixed_int8_within_their_tolerance() -> None:
+    from smartscope.metrics import psnr
+    from smartscope.nn.train import DENOISE_SPEC
+
+    frames = simulate_frames(2, DENOISE_SPEC, seed=100_003)
+    for name in ("denoise-care", "denoise-n2v"):
+        int8 = load_model(name, device="cpu")
+        f32 = load_model(name, device="cpu", precision="float32")
+        assert int8.predictor.precision == "int8"
+        for f in frames:
+            a = psnr(f.clean, int8.predict(f.image))
+            b = psnr(f.clean, f32.predict(f.image))
+            assert a > b - 0.3
+    # CARE's full-resolution layers stay float32 (8 bits spoil them)
+    kept = load_model("denoise-care", device="cpu").card.int8.float32_layers
+    assert {"/up.2/up.2.0/Conv", "/up.2/up.2.3/Conv", "/head/Conv"} <= set(kept)
 
 
 def test_quantize_writes_checked_int8_weights(tmp_path: Path) -> None:
@@ -87,6 +108,7 @@ def test_quantize_writes_checked_int8_weights(tmp_path: Path) -> None:
         "shifted_ap75",
     }
     assert all(f32[k] - int8[k] <= 0.01 for k in f32)
+    assert res["float32_layers"] == entry["float32_layers"] == []  # all int8
     assert load_model(folder, device="cpu").predictor.precision == "int8"
     # a damaged copy is refused by name, not run
     data = bytearray((folder / INT8_NAME).read_bytes())
@@ -98,11 +120,11 @@ def test_quantize_writes_checked_int8_weights(tmp_path: Path) -> None:
     assert load_model(folder, device="cpu", precision="float32") is not None
 
 
-def test_quantize_refuses_a_denoiser_it_would_spoil(tmp_path: Path) -> None:
+def test_quantize_refuses_a_denoiser_all_in_int8(tmp_path: Path) -> None:
     folder = _without_int8("denoise-care", tmp_path / "care")
     before = (folder / "rdf.yaml").read_text()
     with pytest.raises(QuantizationRejected, match="validation_psnr_db") as err:
-        quantize_folder(folder, n_calibration=2, n_validation=2)
+        quantize_folder(folder, n_calibration=2, n_validation=2, mixed=False)
     scores = err.value.scores
     drop = (
         scores["float32"]["validation_psnr_db"] - scores["int8"]["validation_psnr_db"]
@@ -137,6 +159,21 @@ def test_the_analysis_precision_setting_reaches_the_models() -> None:
 
     auto = loaded()
     assert auto._segmenter.predictor.precision == "int8"
-    assert auto._denoiser.predictor.precision == "float32"
+    assert auto._denoiser.predictor.precision == "int8"
     f32 = loaded(precision="float32")
     assert f32._segmenter.predictor.precision == "float32"
+    assert f32._denoiser.predictor.precision == "float32"
+
+
+@pytest.mark.slow
+def test_quantize_finds_a_mixed_denoiser_within_tolerance(tmp_path: Path) -> None:
+    folder = _without_int8("denoise-care", tmp_path / "care")
+    res = quantize_folder(folder, n_calibration=2, n_validation=3)
+    f32, int8 = res["scores"]["float32"], res["scores"]["int8"]
+    assert f32["validation_psnr_db"] - int8["validation_psnr_db"] <= 0.2
+    kept = res["float32_layers"]
+    assert kept  # not all in int8 ...
+    assert len(kept) < 18  # ... and not all in float32
+    card = yaml.safe_load((folder / "rdf.yaml").read_text())["config"]["smartscope"]
+    assert card["int8"]["float32_layers"] == kept
+    assert load_model(folder, device="cpu").predictor.precision == "int8"

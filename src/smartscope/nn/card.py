@@ -85,6 +85,10 @@ class Int8Weights(BaseModel):
     source: str = Field(INT8_NAME, description="ONNX file in the model folder")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     calibration: str = Field(description="the frames the activation ranges came from")
+    float32_layers: list[str] = Field(
+        default_factory=list,
+        description="convolutions left in float32 (the ones 8 bits spoil)",
+    )
     accuracy: dict[str, Any] = Field(default_factory=dict)
 
 

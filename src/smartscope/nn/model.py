@@ -538,11 +538,15 @@ def save_model(
 ) -> Path:
     """Write a bioimage.io model folder: ``weights.pt`` (state dict),
     ``rdf.yaml``, ``README.md``, test input/output and cover
-    (:func:`smartscope.nn.export.write_package_files`)."""
+    (:func:`smartscope.nn.export.write_package_files`). A card's int8 entry
+    is dropped: its copy was made from other weights (``smartscope train
+    quantize`` makes one for these)."""
     from smartscope.nn.export import write_package_files
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
     torch.save(state, folder / WEIGHTS_NAME)
+    if card.int8 is not None:
+        card = card.model_copy(update={"int8": None})
     return write_package_files(folder, card, name=name, description=description)
