@@ -88,7 +88,9 @@ class OnnxRunner:
     choice (:class:`smartscope.analysis.threads.ThreadTuner`) steers both
     runtimes. The threads do not spin while waiting for work: on a machine
     that also runs Micro-Manager, a viewer and a writer, spinning threads
-    take the cores from them.
+    take the cores from them. No memory arena: with it, the four sessions of
+    the demo's two models held 100 MB more after 120 frames, at the same
+    speed without it (39 MB).
     """
 
     def __init__(self, model: bytes) -> None:
@@ -107,6 +109,7 @@ class OnnxRunner:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.enable_cpu_mem_arena = False
             session = ort.InferenceSession(
                 self._model, options, providers=["CPUExecutionProvider"]
             )
