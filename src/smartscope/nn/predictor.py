@@ -195,6 +195,16 @@ class Predictor:
         self._onnx = OnnxRunner(int8_onnx) if precision == "int8" else None
         self._warm = False
 
+    def use_int8(self, onnx_model: bytes) -> None:
+        """Predict with this int8 ONNX copy of the network from now on (CPU,
+        ONNX Runtime); what :mod:`smartscope.nn.quantize` scores candidates
+        with."""
+        if self.device.type != "cpu":
+            raise ValueError("precision 'int8' runs on the CPU only")
+        self._onnx = OnnxRunner(onnx_model)
+        self.int8_onnx = onnx_model
+        self.precision = "int8"
+
     def warm_up(self, shape: tuple[int, int] = (256, 256)) -> None:
         """Run once on zeros so the first real frame does not pay for set-up."""
         self.run(np.zeros(shape, np.float32))

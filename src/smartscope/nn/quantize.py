@@ -240,7 +240,9 @@ def quantize_folder(
 
     ``mixed``: when the all-int8 network is out of tolerance, look for one
     with some convolutions in float32 (two rounds of quantising and scoring,
-    one per convolution: minutes on a CPU).
+    one per convolution: 15 s for denoise-care on 2 cores). The
+    convolutions are chosen on the validation frames the scores are then
+    reported on, so for a mixed network those scores lean optimistic.
 
     Returns
     -------
@@ -258,7 +260,6 @@ def quantize_folder(
         for a folder that is not a smartscope U-Net model.
     """
     from smartscope.nn.model import load_model
-    from smartscope.nn.predictor import OnnxRunner
 
     def say(what: str) -> None:
         if progress is not None:
@@ -282,7 +283,7 @@ def quantize_folder(
 
     def scored(nodes: list[str] | None) -> tuple[bytes, dict[str, float]]:
         onnx_int8 = _quantize(prepared, inputs, nodes)
-        trial.predictor._onnx = OnnxRunner(onnx_int8)
+        trial.predictor.use_int8(onnx_int8)
         return onnx_int8, _scores(trial, sets)
 
     convs = _convolutions(prepared)
