@@ -51,6 +51,44 @@ def test_a_busy_machine_switches_to_one_thread_and_back_when_it_is_quiet() -> No
     assert t.best == 2
 
 
+def test_tries_that_lose_come_ever_more_rarely() -> None:
+    """Beside busy processes, every try of two threads is a slow frame that
+    the frames behind it wait for: tries that lose back off."""
+    busy = {1: 450.0, 2: 2600.0}
+    t = ThreadTuner((1, 2), probe_every=50, max_probe_every=800)
+    _drive(t, {1: 90.0, 2: 60.0}, 10)
+    used = _drive(t, busy, 3000)
+    # every 50 frames it would be 60 tries; backing off 50, 100, 200, 400,
+    # 800, 800 ... it is a handful
+    assert used.count(2) <= 8
+    assert t.wait == 800
+    assert used[-100:].count(1) >= 99
+    # the machine gets quiet: one thread suddenly much faster than its
+    # mean is a change of state, tried at once and won back
+    used = _drive(t, {1: 90.0, 2: 60.0}, 5)
+    assert used[-3:] == [2, 2, 2]
+    assert t.wait == 50
+
+
+def test_a_try_that_wins_resets_the_wait() -> None:
+    t = ThreadTuner((1, 2), probe_every=10, max_probe_every=80)
+    _drive(t, {1: 100.0, 2: 60.0}, 2)
+    _drive(t, {1: 100.0, 2: 130.0}, 200)  # two threads slowly got worse
+    assert t.best == 1
+    assert t.wait == 80
+    better = {1: 100.0, 2: 70.0}  # and better again
+    for k in range(81):  # noqa: B007 (k read after the loop): the next try comes within the longest wait ...
+        n = t.threads()
+        t.record(n, better[n])
+        if n == 2:
+            break
+    assert n == 2
+    assert k <= 80
+    assert t.best == 2
+    assert t.wait == 10
+    assert _drive(t, better, 9) == [2] * 9
+
+
 def test_one_candidate_is_always_used() -> None:
     t = ThreadTuner((1,))
     assert set(_drive(t, {1: 50.0}, 5)) == {1}
@@ -104,3 +142,77 @@ def test_the_analyser_reports_the_threads_its_models_used() -> None:
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_warm_up_runs_each_thread_count_on_the_worker_before_the_first_frame() -> None:
+    """``start(warm_up=...)`` runs the models at the camera's frame size at
+    every thread count on the worker thread itself, seeds the tuner, touches
+    no track, and returns only when done."""
+    import threading
+
+    import torch
+
+    from smartscope.analysis.pipeline import AnalysisPipeline
+
+    calls: list[tuple[str, int, tuple[int, int]]] = []
+
+    class Watched(AnalysisPipeline):
+        def _denoise(self, image, frame):  # type: ignore[no-untyped-def]
+            calls.append(
+                (threading.current_thread().name, torch.get_num_threads(), image.shape)
+            )
+            return super()._denoise(image, frame)
+
+    before = torch.get_num_threads()
+    pipe = Watched(
+        AnalysisSettings(denoise="denoise-care", diameter_um=12), device="cpu"
+    )
+    try:
+        pipe.start(warm_up=((96, 128), 0.65))
+        # done before start() returned: three calls per thread count
+        tuner = pipe.thread_tuner
+        assert tuner is not None
+        assert len(calls) == 3 * len(tuner.candidates)
+        assert {c[0] for c in calls} == {"smartscope-analysis"}
+        assert {c[1] for c in calls} == set(tuner.candidates)
+        assert {c[2] for c in calls} == {(96, 128)}
+        assert set(tuner.mean_ms) == set(tuner.candidates)
+        assert pipe.threads == tuner.threads()
+        assert pipe._trackers == {}
+    finally:
+        pipe.stop(drain=False)
+        torch.set_num_threads(before)
+
+
+def test_a_failed_warm_up_is_logged_and_the_frames_are_analysed(caplog) -> None:  # type: ignore[no-untyped-def]
+    from smartscope.analysis.pipeline import AnalysisPipeline
+    from smartscope.analysis.result import FrameInput
+
+    class Broken(AnalysisPipeline):
+        def warm_up(self, shape, *, pixel_size_um):  # type: ignore[no-untyped-def]
+            raise RuntimeError("no memory for the warm-up")
+
+    pipe = Broken(AnalysisSettings(diameter_um=12))
+    done = []
+    pipe.frame_analysed.connect(done.append)
+    img = np.random.default_rng(0).poisson(200, (64, 64)).astype(np.uint16)
+    with caplog.at_level("WARNING"):
+        pipe.start(warm_up=((64, 64), 0.65))
+    pipe.submit(
+        FrameInput(
+            image=img,
+            frame_index=0,
+            position="a",
+            stage_x_um=0,
+            stage_y_um=0,
+            z_um=0,
+            pixel_size_um=0.65,
+            exposure_ms=20,
+            t_frame=0.0,
+            t_s=0.0,
+        )
+    )
+    assert pipe.stop(drain=True)
+    assert "no memory for the warm-up" in caplog.text
+    assert len(done) == 1
+    assert done[0].error is None

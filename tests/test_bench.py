@@ -23,8 +23,18 @@ def test_quick_bench_reports_simulator_and_controller(tmp_path: Path) -> None:
     assert sim["snap_2048"]["frame_shape"] == [2048, 2048]
     assert sim["snap_512"]["ratio"] > 0
     ctl = results["controller"]
-    assert set(ctl["overhead"]["ms_per_frame"]) == {"plain", "plain_zarr", "controller"}
-    assert ctl["overhead"]["ratio_controller_to_plain_zarr"] > 0
+    o = ctl["overhead"]
+    assert set(o["ms_per_frame"]) == {
+        "plain",
+        "plain_same_writer",
+        "plain_zarr",
+        "controller",
+    }
+    assert o["repeats"] == 1
+    assert len(o["all_cpu_ms_per_frame"]["controller"]) == 1
+    same = o["ratios"]["wall_controller_to_plain_same_writer"]
+    assert same["ci95"][0] <= same["median"] <= same["ci95"][1]
+    assert isinstance(o["resolved"], bool)
     assert ctl["analysis_classical"]["objects_per_frame"] > 5
 
 
@@ -68,3 +78,59 @@ def test_positions_runs_the_controller_at_each_number_of_positions() -> None:
         assert run["analysed_per_s"] > 0
         assert run["peak_rss_mb"] >= run["rss_mb"] > 0
     assert positions_table(r).row_count == 2
+
+
+def test_median_ci_brackets_the_median_and_narrows_with_more_repeats() -> None:
+    import numpy as np
+
+    from smartscope.overhead import median_ci
+
+    rng = np.random.default_rng(3)
+    few = list(1.0 + 0.05 * rng.standard_normal(8))
+    many = list(1.0 + 0.05 * rng.standard_normal(200))
+    m, lo, hi = median_ci(few)
+    assert m == float(np.median(few))
+    assert lo <= m <= hi
+    _m2, lo2, hi2 = median_ci(many)
+    assert hi2 - lo2 < hi - lo
+    assert lo2 < 1.0 < hi2  # the true median
+    assert median_ci([2.0]) == (2.0, 2.0, 2.0)
+
+
+def test_the_plain_side_writes_what_the_controller_writes(tmp_path: Path) -> None:
+    """The overhead's "same writer": a plain MDA through ``_SameWriter`` leaves
+    the controller's OME-NGFF images, every frame in its place."""
+    import useq
+    import zarr
+    from pymmcore_plus.mda import mda_listeners_connected
+
+    from smartscope.hardware import load_core, release_core
+    from smartscope.io.read_images import list_images
+    from smartscope.overhead import _SameWriter
+
+    seq = useq.MDASequence(
+        channels=["DAPI", "GFP"],
+        stage_positions=[(0, 0), (300, 0)],
+        time_plan={"interval": 1, "loops": 3},
+        axis_order="tpc",
+    )
+    core = load_core(time_mode="virtual")
+    frames = []
+    core.mda.events.frameReady.connect(lambda img, ev, meta: frames.append((img, ev)))
+    try:
+        writer = _SameWriter(tmp_path / "data.ome.zarr")
+        with mda_listeners_connected(
+            writer, mda_events=core.mda.events, asynchronous=False
+        ):
+            core.mda.run(seq)
+    finally:
+        release_core(core)
+    assert writer.images.frames_stored == len(frames) == 12
+    infos = {i.position: i for i in list_images(tmp_path)}
+    assert set(infos) == {"p0", "p1"}
+    assert all(i.shape[:3] == (3, 2, 1) for i in infos.values())
+    root = zarr.open_group(str(tmp_path / "data.ome.zarr"), mode="r")
+    for img, ev in frames:
+        i = ev.index
+        plane = root[infos[f"p{i['p']}"].series]["0"][i["t"], i["c"], 0]
+        assert (plane == img).all()

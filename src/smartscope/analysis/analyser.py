@@ -106,6 +106,56 @@ class FrameAnalyser:
                 self._set_threads(s.threads)
         self._models_loaded = True
 
+    def warm_up(self, shape: tuple[int, int], *, pixel_size_um: float) -> None:
+        """Run the models on a frame of ``shape`` (the camera's) at each thread
+        count the analysis may use, before the run's first frame, and start
+        the thread tuner from what they cost.
+
+        The first call of a network at a new input size or thread count pays
+        for its set-up (an ONNX Runtime session per thread count, kernels and
+        buffers for the size: 100-250 ms here), which otherwise lands on the
+        run's first frames. Each count runs three times, interleaved; the
+        faster of its last two calls goes to the tuner as its first
+        measurement, so the first frame already uses the count that suits the
+        machine as it is (beside busy processes, two threads can cost 3x one;
+        the frame is noise, so the times are rough, and the tuner goes on
+        measuring the real frames). Touches no track and no adaptation; does
+        nothing without models.
+        """
+        self.load_models()
+        if self._denoiser is None and self._segmenter is None:
+            return
+        image = np.random.default_rng(0).poisson(100.0, shape).astype(np.uint16)
+        frame = FrameInput(
+            image=image,
+            frame_index=-1,
+            position="",
+            stage_x_um=0.0,
+            stage_y_um=0.0,
+            z_um=0.0,
+            pixel_size_um=pixel_size_um,
+            exposure_ms=0.0,
+            t_frame=0.0,
+            t_s=0.0,
+        )
+        tuner = self.thread_tuner
+        counts = tuner.candidates if tuner is not None else (self._threads,)
+        times: dict[int | None, list[float]] = {n: [] for n in counts}
+        for rep in range(3):  # interleaved, so a passing load hits every count
+            for n in counts:
+                if n is not None:
+                    self._set_threads(n)
+                t = time.perf_counter()
+                denoised = self._denoise(image, frame)
+                self._segment(image if denoised is None else denoised, frame)
+                if rep:  # the first call of each count is its set-up
+                    times[n].append((time.perf_counter() - t) * 1000.0)
+        if tuner is not None:
+            for n in counts:
+                if n is not None:
+                    tuner.record(n, min(times[n]))
+            self._set_threads(tuner.threads())
+
     def _set_threads(self, n: int) -> None:
         if n != self._threads:
             import torch

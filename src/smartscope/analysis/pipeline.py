@@ -22,10 +22,14 @@ from smartscope.analysis.analyser import FrameAnalyser
 from smartscope.analysis.remote import RemoteAnalyser
 from smartscope.analysis.result import FrameInput, FrameResult
 from smartscope.analysis.settings import AnalysisSettings
+from smartscope.heap import TRIM_EVERY_FRAMES, trim_heap
 
 __all__ = ["AnalysisPipeline"]
 
 logger = logging.getLogger(__name__)
+
+#: how long :meth:`AnalysisPipeline.start` waits for the models' warm-up, s
+_WARM_UP_TIMEOUT_S = 120.0
 
 
 class AnalysisPipeline(FrameAnalyser):
@@ -161,9 +165,18 @@ class AnalysisPipeline(FrameAnalyser):
 
     # ------------------------------------------------------------- lifecycle
 
-    def start(self) -> None:
+    def start(self, *, warm_up: tuple[tuple[int, int], float] | None = None) -> None:
         """Load the models and start the worker thread (no-op when analysis is
         disabled or the worker already runs).
+
+        ``warm_up``: ``((height, width), pixel_size_um)`` of the frames to
+        come; the worker first runs the models on such a frame at each thread
+        count (:meth:`FrameAnalyser.warm_up`) and this returns when it has.
+        It runs on the worker thread because that thread's first calls pay
+        for its own memory (the allocator's arena for the thread: the first
+        two frames' denoising took 3x the rest when warmed on another
+        thread). A failed warm-up is logged; the frames report their own
+        errors.
 
         Raises
         ------
@@ -178,10 +191,15 @@ class AnalysisPipeline(FrameAnalyser):
         if self.is_running:
             return
         self.start_adaptation(paced=self.adapt_paced)
+        warmed = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, name="smartscope-analysis", daemon=True
+            target=self._run,
+            args=(None if self.remote is not None else warm_up, warmed),
+            name="smartscope-analysis",
+            daemon=True,
         )
         self._thread.start()
+        warmed.wait(_WARM_UP_TIMEOUT_S)
 
     def submit(self, frame: FrameInput) -> None:
         """Queue a frame for analysis; returns at once.
@@ -258,7 +276,18 @@ class AnalysisPipeline(FrameAnalyser):
 
     # ---------------------------------------------------------------- worker
 
-    def _run(self) -> None:
+    def _run(
+        self,
+        warm_up: tuple[tuple[int, int], float] | None,
+        warmed: threading.Event,
+    ) -> None:
+        try:
+            if warm_up is not None:
+                self.warm_up(warm_up[0], pixel_size_um=warm_up[1])
+        except Exception as e:
+            logger.warning("warming the models up failed: %s: %s", type(e).__name__, e)
+        finally:
+            warmed.set()
         queue, cond, notices = self._queue, self._cond, self._skip_notices
         while True:
             with cond:
@@ -279,6 +308,7 @@ class AnalysisPipeline(FrameAnalyser):
         result = self.analyse(frame)
         with self._cond:
             self._analysed += 1
+            trim = self._analysed % TRIM_EVERY_FRAMES == 0
             if result.error is not None:
                 self._failed += 1
         if result.error is not None:
@@ -295,6 +325,8 @@ class AnalysisPipeline(FrameAnalyser):
             self.frame_analysed.emit(result)
         except Exception:
             logger.exception("a subscriber of frame_analysed raised")
+        if trim:  # between frames: hand freed memory back (a few ms)
+            trim_heap()
 
     def _emit_skipped(self, frame_index: int | None) -> None:
         if frame_index is None:

@@ -25,6 +25,7 @@ from smartscope.controller.engine import ControllerEngine
 from smartscope.controller.executor import LEDGER_COUNTS
 from smartscope.controller.recorder import Recorder, protocol_yaml
 from smartscope.errors import SmartscopeError
+from smartscope.heap import trim_heap
 from smartscope.interrupts import deferred, shielded, signal_name, stop_signals
 from smartscope.io.disk import disk_full_error, disk_full_message
 
@@ -114,6 +115,18 @@ def _image_scales(seq: Any) -> tuple[float, float]:
     return float(seconds or 0.0), float(step or 0.0)
 
 
+def _frame_shape(ctl: Controller) -> tuple[tuple[int, int], float] | None:
+    """The camera's frame shape and pixel size now (the models' warm-up;
+    None when the core cannot say)."""
+    core = ctl.core
+    try:
+        shape = (int(core.getImageHeight()), int(core.getImageWidth()))
+        pixel = float(core.getPixelSizeUm() or 1.0)
+    except Exception:
+        return None
+    return (shape, pixel) if min(shape) > 0 else None
+
+
 def _run_meta(ctl: Controller) -> dict[str, Any]:
     """The run as the images' root metadata says it."""
     p, sim = ctl.protocol, ctl._sim
@@ -192,7 +205,7 @@ def _start(ctl: Controller) -> None:
             ctl._pipeline.adapt_paced = virtual
         if ctl._pipeline is not None:
             ctl._pipeline.frame_skipped.connect(ctl._on_skipped)
-            ctl._pipeline.start()
+            ctl._pipeline.start(warm_up=_frame_shape(ctl))
         ctl._old_engine = core.mda.set_engine(
             ControllerEngine(
                 core,
@@ -420,6 +433,7 @@ def _finish(ctl: Controller, error: BaseException | None) -> dict[str, Any]:
     )
     ctl.summary = summary
     ctl._emit(ctl.run_finished, summary)
+    trim_heap()  # what the run's threads freed goes back to the system
     return summary
 
 
