@@ -2,16 +2,21 @@
 
 Run from the repository root::
 
-    python benchmarks/realtime_contention.py INTERVAL_S LOOPS BURNERS THREADS OUT [PRECISION]
+    python benchmarks/realtime_contention.py INTERVAL_S LOOPS BURNERS THREADS OUT [PRECISION [REACT]]
     python benchmarks/realtime_contention.py 0.1 600 2 auto /tmp/rt/b10
     python benchmarks/realtime_contention.py 0.1 600 2 auto /tmp/rt/b10f float32
+    python benchmarks/realtime_contention.py 0.05 600 0 auto /tmp/rt/q20 auto every-frame
 
 ``protocols/demo.yaml`` (denoise-care, nuclei-seg, center_on) in realtime at
 one frame every INTERVAL_S for LOOPS frames, 10 ms exposures (the adaptive
 exposure reaction left out so the rate stays the one asked for), nothing but
 the raw frames saved; BURNERS pure-Python busy loops in other processes;
 ``analysis.threads`` THREADS (an integer or ``auto``) and
-``analysis.precision`` PRECISION (default ``auto``). Prints the summary's
+``analysis.precision`` PRECISION (default ``auto``). REACT ``demo`` (the
+default) keeps the demo's ``center_on``, which moves the stage only when the
+nucleus leaves a dead band of 5% of the field (a handful of actions a run);
+``every-frame`` sets the dead band to 0, so the stage follows the nucleus on
+every frame and frame->action is measured on hundreds of actions. Prints the summary's
 frames, frames analysed and skipped, and the frame->result and
 frame->action latencies.
 """
@@ -36,12 +41,16 @@ def burn(stop):
             x += 1
 
 
-def main(interval, loops, burners, threads, out, precision="auto"):
+def main(interval, loops, burners, threads, out, precision="auto", react="demo"):
     d = yaml.safe_load((ROOT / "protocols" / "demo.yaml").read_text())
     d["time_mode"] = "realtime"
     d["sequence"]["time_plan"] = {"interval": interval, "loops": loops}
     d["sequence"]["channels"][0]["exposure"] = 10
     d["reactions"] = [d["reactions"][0]]  # center_on only: exposure stays 10 ms
+    if react == "every-frame":
+        d["reactions"][0]["dead_band_fraction"] = 0.0
+    elif react != "demo":
+        raise SystemExit(f"REACT must be demo or every-frame, not {react!r}")
     d["stop"] = {}
     d["save"] = {"labels": False, "denoised": False, "truth": False, "report": False}
     d["analysis"]["threads"] = threads
@@ -70,6 +79,7 @@ def main(interval, loops, burners, threads, out, precision="auto"):
                 "burners": burners,
                 "threads": threads,
                 "precision": precision,
+                "react": react,
                 "frames": s["frames_acquired"],
                 "analysed": s["frames_analysed"],
                 "skipped": s["frames_skipped_analysis"],
@@ -89,5 +99,5 @@ if __name__ == "__main__":
         int(a[2]),
         a[3] if a[3] == "auto" else int(a[3]),
         a[4],
-        *a[5:6],
+        *a[5:7],
     )

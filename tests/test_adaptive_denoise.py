@@ -36,8 +36,8 @@ from smartscope.sim import get_simulator
 pytest.importorskip("torch")
 
 PROTOCOL = Path(__file__).resolve().parents[1] / "protocols" / "adaptive_denoise.yaml"
-#: frames of the short run: 4 positions x 4 time points
-LOOPS = 4
+#: frames of the short run: 4 positions x 5 time points (3 weight versions)
+LOOPS = 5
 
 
 # ------------------------------------------------------------------ settings

@@ -276,3 +276,180 @@ def test_signals_are_declared_with_docs() -> None:
     for name in ("frame_analysed", "frame_skipped", "analysis_failed"):
         assert "Emits" in getattr(AnalysisPipeline, name).description
     assert threading.current_thread() is threading.main_thread()
+
+
+# ------------------------------------------------------- two stages (stages: 2)
+
+
+def test_two_stages_need_a_local_denoiser_and_one_thread_each() -> None:
+    from pydantic import ValidationError
+
+    assert AnalysisSettings().stages == "auto"
+    with pytest.raises(ValidationError, match="set `denoise`"):
+        AnalysisSettings(stages=2)
+    with pytest.raises(ValidationError, match="threads=2"):
+        AnalysisSettings(stages=2, denoise="denoise-care", threads=2)
+    with pytest.raises(ValidationError, match="executor='ray'"):
+        AnalysisSettings(stages=2, denoise="denoise-care", executor="ray")
+    with pytest.raises(ValidationError):
+        AnalysisSettings(stages=3, denoise="denoise-care")
+
+
+def test_two_stages_give_the_results_of_one_in_order(frames) -> None:
+    """The same frames through the one-thread worker and through the
+    two-stage pipeline: the same objects, tracks and denoised images, in
+    order, each stage on its own thread with one model thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    got: dict[int, list[FrameResult]] = {}
+    threads: dict[int, set[str]] = {1: set(), 2: set()}
+    try:
+        for stages in (1, 2):
+
+            class Watched(AnalysisPipeline):
+                def _segment(self, image, frame, _s=stages):  # type: ignore[no-untyped-def]
+                    threads[_s].add(threading.current_thread().name)
+                    return super()._segment(image, frame)
+
+            out: list[FrameResult] = []
+            with Watched(
+                AnalysisSettings(
+                    denoise="denoise-care",
+                    threads=1,
+                    stages=stages,
+                    queue_size=16,
+                    diameter_um=12,
+                ),
+                device="cpu",
+                on_result=out.append,
+            ) as p:
+                for frame in series(frames, 7):
+                    p.submit(frame)
+            assert (p.submitted, p.analysed, p.skipped, p.failed) == (7, 7, 0, 0)
+            assert not p.is_running
+            got[stages] = out
+    finally:
+        torch.set_num_threads(before)
+    assert threads == {1: {"smartscope-analysis"}, 2: {"smartscope-analysis-2"}}
+    one, two = got[1], got[2]
+    assert [r.frame_index for r in two] == list(range(7))
+    for a, b in zip(one, two, strict=True):
+        assert a.error is None
+        assert b.error is None
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_allclose(a.denoised, b.denoised, rtol=1e-5, atol=1e-3)
+        assert [o.track_id for o in a.objects] == [o.track_id for o in b.objects]
+        assert b.extra["threads"] == 1
+        assert set(b.extra["stages_ms"]) == set(a.extra["stages_ms"])
+
+
+class BrokenDenoiser(AnalysisPipeline):
+    """The real two-stage pipeline whose denoiser fails on frame 2."""
+
+    def _denoise(self, image: np.ndarray, frame: FrameInput) -> np.ndarray | None:
+        if frame.frame_index == 2:
+            raise RuntimeError("denoiser exploded")
+        return super()._denoise(image, frame)
+
+
+def test_a_first_stage_error_is_the_frames_result_and_both_stages_go_on(
+    frames,
+) -> None:
+    pipeline = BrokenDenoiser(
+        AnalysisSettings(denoise="denoise-care", stages=2, queue_size=16),
+        device="cpu",
+    )
+    seen = Recorder(pipeline)
+    pipeline.start()
+    for frame in series(frames, 5):
+        pipeline.submit(frame)
+    assert pipeline.stop(drain=True)
+    assert [r.frame_index for r in seen.results] == [0, 1, 2, 3, 4]
+    bad = seen.results[2]
+    assert bad.error == "RuntimeError: denoiser exploded"
+    assert bad.objects == ()
+    assert seen.failed == [(2, "RuntimeError: denoiser exploded")]
+    assert all(
+        r.error is None and r.objects for i, r in enumerate(seen.results) if i != 2
+    )
+    assert (pipeline.analysed, pipeline.failed, pipeline.skipped) == (5, 1, 0)
+
+
+def test_stopping_two_stages_without_draining_skips_what_waits(frames) -> None:
+    class Slow(AnalysisPipeline):
+        def _segment(self, image, frame):  # type: ignore[no-untyped-def]
+            gate.wait(30)
+            return super()._segment(image, frame)
+
+    gate = threading.Event()
+    p = Slow(
+        AnalysisSettings(denoise="denoise-care", stages=2, queue_size=16),
+        device="cpu",
+    )
+    seen = Recorder(p)
+    p.start()
+    for frame in series(frames, 8):
+        p.submit(frame)
+    deadline = time.monotonic() + 30
+    while p.pending > 5 and time.monotonic() < deadline:  # the stages took some
+        time.sleep(0.01)
+    threading.Timer(0.2, gate.set).start()
+    assert p.stop(drain=False)
+    # every frame is accounted for once: analysed (those the stages held) or skipped
+    assert p.analysed + p.skipped == p.submitted == 8
+    assert sorted([r.frame_index for r in seen.results] + seen.skipped) == list(
+        range(8)
+    )
+    assert 1 <= p.analysed <= 3
+    assert not p.is_running
+
+
+def test_auto_stages_are_two_where_they_were_measured_faster(monkeypatch) -> None:
+    from smartscope.analysis import analyser
+
+    care = {"denoise": "denoise-care"}
+    for cores, settings, on_cpu, want in [
+        (2, care, True, 2),
+        (3, care, True, 2),
+        (8, care, True, 1),  # several threads for one stage instead
+        (1, care, True, 1),
+        (2, {}, True, 1),  # nothing to run beside the segmenter
+        (2, care, False, 1),  # models on a GPU
+        (2, {**care, "threads": 2}, True, 1),
+        (2, {**care, "stages": 1}, True, 1),
+        (8, {**care, "stages": 2}, True, 2),  # asked for by name
+    ]:
+        monkeypatch.setattr(analyser.os, "cpu_count", lambda c=cores: c)
+        s = AnalysisSettings(**settings)
+        got = analyser._stages(s, s.denoise is not None, on_cpu)
+        assert got == want, (cores, settings, on_cpu)
+
+
+def test_each_stage_warms_its_own_model_on_its_own_thread() -> None:
+    import torch
+
+    calls: list[tuple[str, str]] = []
+
+    class Watched(AnalysisPipeline):
+        def _denoise(self, image, frame):  # type: ignore[no-untyped-def]
+            calls.append(("denoise", threading.current_thread().name))
+            return super()._denoise(image, frame)
+
+        def _segment(self, image, frame):  # type: ignore[no-untyped-def]
+            calls.append(("segment", threading.current_thread().name))
+            return super()._segment(image, frame)
+
+    before = torch.get_num_threads()
+    p = Watched(AnalysisSettings(denoise="denoise-care", stages=2), device="cpu")
+    try:
+        p.start(warm_up=((64, 96), 0.65))
+        assert set(calls) == {
+            ("denoise", "smartscope-analysis"),
+            ("segment", "smartscope-analysis-2"),
+        }
+        assert len(calls) == 6  # three calls each, before start() returned
+        assert p.threads == 1
+    finally:
+        p.stop(drain=False)
+        torch.set_num_threads(before)

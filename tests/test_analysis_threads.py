@@ -111,7 +111,8 @@ def test_the_analyser_reports_the_threads_its_models_used() -> None:
     before = torch.get_num_threads()
     try:
         a = FrameAnalyser(
-            AnalysisSettings(denoise="denoise-care", diameter_um=12), device="cpu"
+            AnalysisSettings(denoise="denoise-care", diameter_um=12, stages=1),
+            device="cpu",
         )
         img = np.random.default_rng(0).poisson(200, (128, 128)).astype(np.uint16)
         seen = []
@@ -165,7 +166,8 @@ def test_warm_up_runs_each_thread_count_on_the_worker_before_the_first_frame() -
 
     before = torch.get_num_threads()
     pipe = Watched(
-        AnalysisSettings(denoise="denoise-care", diameter_um=12), device="cpu"
+        AnalysisSettings(denoise="denoise-care", diameter_um=12, stages=1),
+        device="cpu",
     )
     try:
         pipe.start(warm_up=((96, 128), 0.65))
@@ -189,7 +191,7 @@ def test_a_failed_warm_up_is_logged_and_the_frames_are_analysed(caplog) -> None:
     from smartscope.analysis.result import FrameInput
 
     class Broken(AnalysisPipeline):
-        def warm_up(self, shape, *, pixel_size_um):  # type: ignore[no-untyped-def]
+        def warm_up(self, shape, *, pixel_size_um, stage="both"):  # type: ignore[no-untyped-def]
             raise RuntimeError("no memory for the warm-up")
 
     pipe = Broken(AnalysisSettings(diameter_um=12))

@@ -279,7 +279,7 @@ def _measure_controller(*, quick: bool, long: bool, console: Console) -> dict[st
         out["overhead"] = overhead.measure_controller_overhead(
             n_frames=40 if quick else 100,
             repeats=1 if quick else 16,
-            max_repeats=1 if quick else 48,
+            max_repeats=1 if quick else 64,
         )
     with console.status("analysis throughput (classical) ..."):
         out["analysis_classical"] = overhead.measure_analysis_throughput(

@@ -10,6 +10,7 @@ medians compared as ratios, because the machine is shared and noisy.
 from __future__ import annotations
 
 import gc
+import math
 import shutil
 import statistics
 import tempfile
@@ -186,13 +187,13 @@ def measure_controller_overhead(
     ``plain_zarr`` (pymmcore-plus' ome-writers OME-Zarr, for reference) and
     ``controller``. Each side's wall time and process CPU time (all threads)
     per frame are kept. The controller and ``plain_same_writer`` run next to
-    each other, first and second in turns, so the ratio taken repeat by
-    repeat compares runs seconds apart (a shared machine's speed drifts by
-    ±8% between runs; that cancels in the pair)
-    and summarised by their median with a bootstrap 95% interval. After
-    ``repeats`` repeats, more are run (up to ``max_repeats``, default
-    3 × ``repeats``) until both intervals' half-widths are within
-    ``resolve``.
+    each other, in opposite orders in the two repeats of a block, and each
+    ratio is taken block by block (:func:`_pair_ratio`: runs seconds apart,
+    each side once first and once second), then summarised by the median
+    over the blocks with a bootstrap 95% interval. After ``repeats``
+    repeats, more blocks are run (up to ``max_repeats``, default
+    3 × ``repeats``, rounded up to whole blocks) until the wall-time and
+    CPU-time intervals' half-widths are both within ``resolve``.
     """
     import useq
     from ome_writers import AcquisitionSettings
@@ -206,6 +207,7 @@ def measure_controller_overhead(
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     max_repeats = max(repeats, max_repeats if max_repeats is not None else 3 * repeats)
+    max_repeats += max_repeats % 2  # whole blocks of two (see _pair_ratio)
     # two positions x two channels: consecutive events differ in stage and
     # channel, so pymmcore-plus cannot merge them into one hardware sequence
     # and both sides snap frame by frame, as in a real time-lapse
@@ -303,7 +305,7 @@ def measure_controller_overhead(
                 r += 1
                 if r >= max_repeats:
                     break
-                if r >= repeats and r >= 3:
+                if r >= repeats and r >= 6 and r % 2 == 0:
                     spans = [
                         _pair_ratio(d, "controller", "plain_same_writer")
                         for d in (wall, cpu)
@@ -365,8 +367,19 @@ def _scratch_dir() -> str | None:
 def _pair_ratio(
     d: dict[str, list[float]], num: str, den: str
 ) -> tuple[float, float, float]:
-    """Median (and 95% interval) of ``num / den`` taken repeat by repeat."""
-    return median_ci([a / b for a, b in zip(d[num], d[den], strict=True)])
+    """Median (and 95% interval) of ``num / den`` over blocks of two repeats.
+
+    The two repeats of a block run the sides in opposite orders, so each
+    block's ratio (the geometric mean of its two repeats' ratios) cancels
+    what a side's place in the order costs or gains: on this machine the
+    second run of the pair was about 5% faster whichever it was, which
+    doubled the spread of the per-repeat ratios. A last odd repeat is left
+    out."""
+    ratios = [a / b for a, b in zip(d[num], d[den], strict=True)]
+    blocks = [
+        math.sqrt(ratios[i] * ratios[i + 1]) for i in range(0, len(ratios) - 1, 2)
+    ]
+    return median_ci(blocks or ratios)
 
 
 def measure_analysis_throughput(

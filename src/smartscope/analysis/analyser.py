@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -35,6 +37,30 @@ if TYPE_CHECKING:
 __all__ = ["FrameAnalyser"]
 
 logger = logging.getLogger("smartscope.analysis.pipeline")
+
+
+@dataclass
+class _Front:
+    """A frame after the first stage (background, denoising): what the
+    second stage needs, and the times so far."""
+
+    frame: FrameInput
+    t0: float
+    background: float = math.nan
+    denoised: np.ndarray | None = None
+    t_bg: float = 0.0
+    t_dn: float = 0.0
+    #: when the second stage took it (later than ``t_dn`` when pipelined)
+    t_seg0: float = 0.0
+    #: the adaptation: the weights' version that denoised it, and a new
+    #: version's stats when it came with this frame
+    version: int | None = None
+    update: Any = None
+    error: str | None = None
+
+
+class _FrontError(Exception):
+    """The first stage's error, raised again in the second."""
 
 
 class FrameAnalyser:
@@ -62,6 +88,9 @@ class FrameAnalyser:
         #: on the CPU); the count in effect
         self.thread_tuner: ThreadTuner | None = None
         self._threads: int | None = None
+        #: 1, or 2 for a two-stage pipeline (``settings.stages`` resolved
+        #: when the models load)
+        self.stages = 1
         #: fine-tunes the denoiser during the run (``denoise_adapt``), from
         #: :meth:`start_adaptation` to :meth:`stop_adaptation`
         self.adapter: DenoiserAdapter | None = None
@@ -99,14 +128,24 @@ class FrameAnalyser:
         if denoiser is not None and s.denoise_adapt is not None:
             _check_adaptable(denoiser, s.denoise or "?")
         self._denoiser, self._segmenter = denoiser, segmenter
-        if (denoiser or segmenter) is not None and _on_cpu(self._device):
-            if s.threads == "auto":
+        on_cpu = (denoiser or segmenter) is not None and _on_cpu(self._device)
+        self.stages = _stages(s, denoiser is not None, on_cpu)
+        if on_cpu:
+            if self.stages == 2:  # one model thread per stage
+                self._set_threads(1)
+            elif s.threads == "auto":
                 self.thread_tuner = ThreadTuner(thread_candidates())
             else:
                 self._set_threads(s.threads)
         self._models_loaded = True
 
-    def warm_up(self, shape: tuple[int, int], *, pixel_size_um: float) -> None:
+    def warm_up(
+        self,
+        shape: tuple[int, int],
+        *,
+        pixel_size_um: float,
+        stage: Literal["both", "front", "back"] = "both",
+    ) -> None:
         """Run the models on a frame of ``shape`` (the camera's) at each thread
         count the analysis may use, before the run's first frame, and start
         the thread tuner from what they cost.
@@ -120,7 +159,9 @@ class FrameAnalyser:
         machine as it is (beside busy processes, two threads can cost 3x one;
         the frame is noise, so the times are rough, and the tuner goes on
         measuring the real frames). Touches no track and no adaptation; does
-        nothing without models.
+        nothing without models. ``stage``: only the denoiser (``front``) or
+        only the segmenter (``back``), for the two threads of ``stages: 2``,
+        each of which warms its own.
         """
         self.load_models()
         if self._denoiser is None and self._segmenter is None:
@@ -146,8 +187,9 @@ class FrameAnalyser:
                 if n is not None:
                     self._set_threads(n)
                 t = time.perf_counter()
-                denoised = self._denoise(image, frame)
-                self._segment(image if denoised is None else denoised, frame)
+                denoised = self._denoise(image, frame) if stage != "back" else None
+                if stage != "front":
+                    self._segment(image if denoised is None else denoised, frame)
                 if rep:  # the first call of each count is its set-up
                     times[n].append((time.perf_counter() - t) * 1000.0)
         if tuner is not None:
@@ -205,28 +247,48 @@ class FrameAnalyser:
         FrameResult
             With ``error`` set, and no objects, if any step raised.
         """
-        t0 = time.perf_counter()
-        background = math.nan
+        return self._back(self._front(frame))
+
+    def _front(self, frame: FrameInput) -> _Front:
+        """The first stage: background and denoising (and the adaptation's
+        bookkeeping). Never raises: an error travels in the result."""
+        f = _Front(frame=frame, t0=time.perf_counter())
         try:
             self.load_models()
             image = frame.image
             if image.ndim != 2:
                 raise ValueError(f"expected a (Y, X) frame, got shape {image.shape}")
-            background, _ = estimate_background(image)
+            f.background, _ = estimate_background(image)
             tuner = self.thread_tuner
             if tuner is not None:
                 self._set_threads(tuner.threads())
             adapter = self.adapter
-            update = adapter.before_frame() if adapter is not None else None
-            t_bg = time.perf_counter()
-            denoised = self._denoise(image, frame)
-            t_dn = time.perf_counter()
+            f.update = adapter.before_frame() if adapter is not None else None
+            f.version = adapter.version if adapter is not None else None
+            f.t_bg = time.perf_counter()
+            f.denoised = self._denoise(image, frame)
+            f.t_dn = time.perf_counter()
             if adapter is not None:
                 adapter.add_frame(image)
+        except Exception as e:
+            f.error = f"{type(e).__name__}: {e}"
+        return f
+
+    def _back(self, f: _Front) -> FrameResult:
+        """The second stage: segment, measure, track, and the result."""
+        frame = f.frame
+        f.t_seg0 = time.perf_counter()
+        try:
+            if f.error is not None:
+                raise _FrontError(f.error)
+            image = frame.image
+            denoised = f.denoised
             labels = self._segment(image if denoised is None else denoised, frame)
             t_seg = time.perf_counter()
+            tuner = self.thread_tuner
             if tuner is not None and self._threads is not None:
-                tuner.record(self._threads, (t_seg - t_bg) * 1000)
+                # the models' time: denoise + segment (one stage after the other)
+                tuner.record(self._threads, (f.t_dn - f.t_bg + t_seg - f.t_seg0) * 1000)
             table = measure_objects(labels, image, frame)
             t_meas = time.perf_counter()
             tracker = self._trackers.get(frame.position)
@@ -250,7 +312,9 @@ class FrameAnalyser:
                 )
             )
         except Exception as e:
-            message = f"{type(e).__name__}: {e}"
+            message = (
+                str(e) if isinstance(e, _FrontError) else f"{type(e).__name__}: {e}"
+            )
             logger.warning(
                 "analysis of frame %d failed: %s",
                 frame.frame_index,
@@ -262,34 +326,34 @@ class FrameAnalyser:
                 objects=(),
                 labels=None,
                 denoised=None,
-                background=background,
+                background=f.background,
                 t_result=time.perf_counter(),
                 error=message,
             )
         t1 = time.perf_counter()
         adapted: dict[str, object] = {}
-        if adapter is not None:
+        if f.version is not None:
             # the weights that denoised this frame; a new version with its stats
-            adapted["denoiser_version"] = adapter.version
-            if update is not None:
-                adapted["denoiser_update"] = update.as_dict()
+            adapted["denoiser_version"] = f.version
+            if f.update is not None:
+                adapted["denoiser_update"] = f.update.as_dict()
         return FrameResult(
             frame=frame,
             objects=objects,
             labels=labels,
             denoised=denoised,
-            background=background,
+            background=f.background,
             t_result=t1,
             extra={
                 **adapted,
-                "analysis_ms": (t1 - t0) * 1000.0,
+                "analysis_ms": (t1 - f.t0) * 1000.0,
                 "threads": self._threads,
                 # where the time went, ms: the segment stage includes the
                 # model's rescaling, normalisation and post-processing
                 "stages_ms": {
-                    "background": (t_bg - t0) * 1000.0,
-                    "denoise": (t_dn - t_bg) * 1000.0,
-                    "segment": (t_seg - t_dn) * 1000.0,
+                    "background": (f.t_bg - f.t0) * 1000.0,
+                    "denoise": (f.t_dn - f.t_bg) * 1000.0,
+                    "segment": (t_seg - f.t_seg0) * 1000.0,
                     "measure": (t_meas - t_seg) * 1000.0,
                     "track": (t1 - t_meas) * 1000.0,
                 },
@@ -349,6 +413,26 @@ def _check_adaptable(model: AnalysisModel, name: str) -> None:
         raise ModelLoadError(
             f"denoise.adapt: {name!r}: {problem}", model=name, role="denoiser"
         )
+
+
+#: the machines where two stages were measured faster than one with the
+#: thread tuner (docs/benchmarks.md: 2 cores); with more cores one stage's
+#: models get several threads, and two stages are not measured there yet
+_TWO_STAGE_CORES = (2, 3)
+
+
+def _stages(s: AnalysisSettings, denoiser: bool, on_cpu: bool) -> int:
+    """``settings.stages`` resolved for this machine and these models."""
+    if s.stages != "auto":
+        return int(s.stages)
+    two = (
+        denoiser
+        and on_cpu
+        and s.executor == "local"
+        and s.threads in ("auto", 1)
+        and (os.cpu_count() or 1) in _TWO_STAGE_CORES
+    )
+    return 2 if two else 1
 
 
 def _on_cpu(device: str) -> bool:

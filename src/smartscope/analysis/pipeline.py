@@ -12,13 +12,15 @@ stops the worker.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import Literal
 
 from psygnal import Signal
 
-from smartscope.analysis.analyser import FrameAnalyser
+from smartscope.analysis.analyser import FrameAnalyser, _Front
 from smartscope.analysis.remote import RemoteAnalyser
 from smartscope.analysis.result import FrameInput, FrameResult
 from smartscope.analysis.settings import AnalysisSettings
@@ -30,6 +32,15 @@ logger = logging.getLogger(__name__)
 
 #: how long :meth:`AnalysisPipeline.start` waits for the models' warm-up, s
 _WARM_UP_TIMEOUT_S = 120.0
+
+
+def _one_model_thread() -> None:
+    """One intra-op thread for the models called from this thread (each
+    stage of ``stages: 2`` has its own core)."""
+    import torch
+
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
 
 
 class AnalysisPipeline(FrameAnalyser):
@@ -281,31 +292,85 @@ class AnalysisPipeline(FrameAnalyser):
         warm_up: tuple[tuple[int, int], float] | None,
         warmed: threading.Event,
     ) -> None:
+        back: threading.Thread | None = None
+        handoff: queue.Queue[_Front | None] | None = None
+        back_warmed = threading.Event()
+        if self.stages == 2 and self.remote is None:
+            _one_model_thread()
+            # one frame in hand between the stages: the first stage waits
+            # rather than running ahead of the second
+            handoff = queue.Queue(maxsize=1)
+            back = threading.Thread(
+                target=self._run_back,
+                args=(handoff, warm_up, back_warmed),
+                name="smartscope-analysis-2",
+                daemon=True,
+            )
+            back.start()
         try:
-            if warm_up is not None:
-                self.warm_up(warm_up[0], pixel_size_um=warm_up[1])
+            self._warm_up_here(warm_up, "both" if back is None else "front")
+        finally:
+            if back is not None:
+                back_warmed.wait(_WARM_UP_TIMEOUT_S)
+            warmed.set()
+        try:
+            self._take_frames(handoff)
+        finally:
+            if back is not None and handoff is not None:
+                handoff.put(None)
+                back.join()
+
+    def _warm_up_here(
+        self,
+        warm_up: tuple[tuple[int, int], float] | None,
+        stage: Literal["both", "front", "back"],
+    ) -> None:
+        """Warm the models up on this thread (each stage's thread warms its
+        own memory); a failure is logged."""
+        if warm_up is None:
+            return
+        try:
+            self.warm_up(warm_up[0], pixel_size_um=warm_up[1], stage=stage)
         except Exception as e:
             logger.warning("warming the models up failed: %s: %s", type(e).__name__, e)
-        finally:
-            warmed.set()
-        queue, cond, notices = self._queue, self._cond, self._skip_notices
+
+    def _take_frames(self, handoff: queue.Queue[_Front | None] | None) -> None:
+        queue_, cond, notices = self._queue, self._cond, self._skip_notices
         while True:
             with cond:
-                while not queue and not self._stopping and not notices:
+                while not queue_ and not self._stopping and not notices:
                     cond.wait()
-                frame = queue.popleft() if queue else None
+                frame = queue_.popleft() if queue_ else None
                 to_notify = list(notices) if notices else ()
                 notices.clear()
                 done = frame is None and self._stopping
             for index in to_notify:
                 self._emit_skipped(index)
             if frame is not None:
-                self._process(frame)
+                if handoff is None:
+                    self._process(self.analyse(frame))
+                else:
+                    handoff.put(self._front(frame))
             elif done:
                 return
 
-    def _process(self, frame: FrameInput) -> None:
-        result = self.analyse(frame)
+    def _run_back(
+        self,
+        handoff: queue.Queue[_Front | None],
+        warm_up: tuple[tuple[int, int], float] | None,
+        warmed: threading.Event,
+    ) -> None:
+        """The second stage's thread (``stages: 2``)."""
+        _one_model_thread()
+        try:
+            self._warm_up_here(warm_up, "back")
+        finally:
+            warmed.set()
+        while (front := handoff.get()) is not None:
+            self._process(self._back(front))
+
+    def _process(self, result: FrameResult) -> None:
+        frame = result.frame
         with self._cond:
             self._analysed += 1
             trim = self._analysed % TRIM_EVERY_FRAMES == 0

@@ -166,6 +166,15 @@ class AnalysisSettings(BaseModel):
         "on a GPU, and on the CPU a model's int8 copy where its card has one "
         "(ONNX Runtime; made and checked by smartscope.nn.quantize), else float32",
     )
+    stages: Literal["auto", 1, 2] = Field(
+        "auto",
+        description="1: each frame denoised then segmented on one worker "
+        "thread; 2: a pipeline of two threads, the denoiser on the next frame "
+        "while the segmenter, measurement and tracking finish this one (one "
+        "model thread each; needs a denoiser). 'auto': 2 where that was "
+        "measured faster (a denoiser, models on the CPU of a 2- or 3-core "
+        "machine, the local executor, threads 'auto' or 1), else 1",
+    )
     queue_size: int = Field(
         4,
         ge=1,
@@ -264,4 +273,20 @@ class AnalysisSettings(BaseModel):
                 "save_denoised=True needs a denoiser: set `denoise` to a model "
                 "name or path, or set save_denoised=False"
             )
+        if self.stages == 2:
+            if self.denoise is None:
+                raise ValueError(
+                    "stages=2 runs the denoiser beside the rest of the analysis; "
+                    "set `denoise`, or use stages=1"
+                )
+            if self.executor == "ray":
+                raise ValueError(
+                    "stages=2 is for the local analysis, not executor='ray'"
+                )
+            if self.threads not in ("auto", 1):
+                raise ValueError(
+                    f"stages=2 gives each stage one model thread; threads="
+                    f"{self.threads} asks for more: use threads 'auto' or 1, "
+                    "or stages=1"
+                )
         return self
