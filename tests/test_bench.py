@@ -134,3 +134,22 @@ def test_the_plain_side_writes_what_the_controller_writes(tmp_path: Path) -> Non
         i = ev.index
         plane = root[infos[f"p{i['p']}"].series]["0"][i["t"], i["c"], 0]
         assert (plane == img).all()
+
+
+def test_realtime_runs_each_target_through_the_controller() -> None:
+    """Two short realtime runs (one beside a busy process): every frame is
+    accounted for and the verdict is stated; the latencies are not asserted
+    (they are the benchmark's figures, not a test's)."""
+    from smartscope.bench_realtime import measure_realtime, realtime_table
+
+    r = measure_realtime(
+        frames=12, targets=(("quiet", 0.05, 0, 150.0), ("busy", 0.1, 1, 250.0))
+    )
+    assert set(r["runs"]) == {"quiet", "busy"}
+    for one in r["runs"].values():
+        assert one["frames"] == 12
+        assert one["frames_analysed"] + one["frames_skipped_analysis"] == 12
+        assert one["frame_to_result_ms"]["n"] == one["frames_analysed"]
+        assert isinstance(one["met"], bool)
+    assert r["runs"]["busy"]["busy"] == 1
+    assert realtime_table(r).row_count == 2

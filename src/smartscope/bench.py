@@ -384,6 +384,7 @@ def run(
     long: bool = False,
     scaling: bool = False,
     positions: bool = False,
+    realtime: bool = False,
 ) -> dict[str, Any]:
     """Measure the simulator, print a table, and optionally write the figures as JSON.
 
@@ -412,7 +413,9 @@ def run(
         frames; with ``scaling``, ``scaling`` (the models-in-the-loop analysis
         at 256² to 2048², :mod:`smartscope.bench_scaling`); with ``positions``,
         ``positions`` (the models in the loop with 1, 4 and 16 stage positions,
-        :mod:`smartscope.bench_positions`). ``schema_version``
+        :mod:`smartscope.bench_positions`); with ``realtime``, ``realtime``
+        (issue 12's realtime targets, :mod:`smartscope.bench_realtime`).
+        ``schema_version``
         says how the JSON is laid out.
     """
     from rich.console import Console
@@ -451,6 +454,12 @@ def run(
         with console.status("models in the loop at 1, 4 and 16 positions ..."):
             results["positions"] = measure_positions(frames=24 if quick else 500)
         console.print(positions_table(results["positions"]))
+    if realtime:
+        from smartscope.bench_realtime import measure_realtime, realtime_table
+
+        with console.status("realtime runs at 20/s and at 10/s beside 2 busy ..."):
+            results["realtime"] = measure_realtime(frames=20 if quick else 600)
+        console.print(realtime_table(results["realtime"]))
     if json_path is not None:
         path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)

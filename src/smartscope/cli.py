@@ -729,6 +729,15 @@ def bench(
             "positions, 500 frames each (minutes on a CPU).",
         ),
     ] = False,
+    realtime: Annotated[
+        bool,
+        typer.Option(
+            "--realtime",
+            help="Also run the demo in realtime at 20 frames/s, and at 10 "
+            "frames/s beside two busy processes, 600 frames each, and say "
+            "whether the targets hold (about 2 minutes).",
+        ),
+    ] = False,
 ) -> None:
     """Measure speed (simulator, acquisition, analysis) and print a table."""
     try:
@@ -748,6 +757,7 @@ def bench(
             long=long,
             scaling=scaling,
             positions=positions,
+            realtime=realtime,
         )  # prints tables
 
 
