@@ -329,6 +329,7 @@ def test_bench_forwards_options(monkeypatch, tmp_path):
             "long": False,
             "scaling": False,
             "positions": False,
+            "realtime": False,
         }
     ]
     result = runner.invoke(cli.app, ["bench", "--scaling"])
@@ -337,6 +338,9 @@ def test_bench_forwards_options(monkeypatch, tmp_path):
     result = runner.invoke(cli.app, ["bench", "--positions"])
     assert result.exit_code == 0, result.output
     assert calls[-1]["positions"] is True
+    result = runner.invoke(cli.app, ["bench", "--realtime"])
+    assert result.exit_code == 0, result.output
+    assert calls[-1]["realtime"] is True
 
 
 def test_bench_smartscope_error_exits_2(monkeypatch):
