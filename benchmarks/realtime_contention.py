@@ -18,60 +18,38 @@ nucleus leaves a dead band of 5% of the field (a handful of actions a run);
 ``every-frame`` sets the dead band to 0, so the stage follows the nucleus on
 every frame and frame->action is measured on hundreds of actions. Prints the summary's
 frames, frames analysed and skipped, and the frame->result and
-frame->action latencies.
+frame->action latencies. The protocol and the busy processes are
+``smartscope.bench_realtime``'s (what ``smartscope bench --realtime`` runs).
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import shutil
 import sys
 from pathlib import Path
 
-import yaml
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def burn(stop):
-    x = 0
-    while not stop.is_set():
-        for _ in range(100000):
-            x += 1
-
 
 def main(interval, loops, burners, threads, out, precision="auto", react="demo"):
-    d = yaml.safe_load((ROOT / "protocols" / "demo.yaml").read_text())
-    d["time_mode"] = "realtime"
-    d["sequence"]["time_plan"] = {"interval": interval, "loops": loops}
-    d["sequence"]["channels"][0]["exposure"] = 10
-    d["reactions"] = [d["reactions"][0]]  # center_on only: exposure stays 10 ms
-    if react == "every-frame":
-        d["reactions"][0]["dead_band_fraction"] = 0.0
-    elif react != "demo":
+    if react not in ("demo", "every-frame"):
         raise SystemExit(f"REACT must be demo or every-frame, not {react!r}")
-    d["stop"] = {}
-    d["save"] = {"labels": False, "denoised": False, "truth": False, "report": False}
-    d["analysis"]["threads"] = threads
-    d["analysis"]["precision"] = precision
-    out = Path(out)
-    shutil.rmtree(out, ignore_errors=True)
+    from smartscope.bench_realtime import busy_processes, realtime_protocol
     from smartscope.controller import Controller
     from smartscope.hardware import load_core, release_core
     from smartscope.protocol import Protocol
 
+    d = realtime_protocol(interval, loops, every_frame=react == "every-frame")
+    d["analysis"]["threads"] = threads
+    d["analysis"]["precision"] = precision
+    out = Path(out)
+    shutil.rmtree(out, ignore_errors=True)
     p = Protocol.model_validate(d)
-    stop = mp.Event()
-    procs = [mp.Process(target=burn, args=(stop,), daemon=True) for _ in range(burners)]
-    for q in procs:
-        q.start()
-    core = load_core(seed=p.seed, scene=p.scene, time_mode="realtime")
-    try:
-        s = Controller(core, p, out_dir=out).run()
-    finally:
-        release_core(core)
-        stop.set()
+    with busy_processes(burners):
+        core = load_core(seed=p.seed, scene=p.scene, time_mode="realtime")
+        try:
+            s = Controller(core, p, out_dir=out).run()
+        finally:
+            release_core(core)
     print(
         json.dumps(
             {

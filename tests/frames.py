@@ -26,3 +26,20 @@ def snap_frame(core, index: int = 0, position: str = "p0") -> FrameInput:
         t_frame=time.perf_counter(),
         t_s=get_simulator(core).truth().t_s,
     )
+
+
+def frame_of(image, index: int = 0, *, pixel_size_um: float = 0.65) -> FrameInput:
+    """``image`` as frame ``index`` of position ``a``, stage at the origin
+    (for tests that make their own pixels)."""
+    return FrameInput(
+        image=image,
+        frame_index=index,
+        position="a",
+        stage_x_um=0,
+        stage_y_um=0,
+        z_um=0,
+        pixel_size_um=pixel_size_um,
+        exposure_ms=20,
+        t_frame=0.0,
+        t_s=float(index),
+    )

@@ -149,10 +149,37 @@ class FlakyPipeline(AnalysisPipeline):
         return super()._segment(image, frame)
 
 
+class BrokenDenoiser(AnalysisPipeline):
+    """The real pipeline whose denoiser fails on frame 2."""
+
+    def _denoise(self, image: np.ndarray, frame: FrameInput) -> np.ndarray | None:
+        if frame.frame_index == 2:
+            raise RuntimeError("denoiser exploded")
+        return super()._denoise(image, frame)
+
+
+@pytest.mark.parametrize(
+    ("kind", "settings", "message"),
+    [
+        ("flaky", {}, "RuntimeError: segmenter exploded"),
+        # two stages: an error in either is that frame's result
+        (
+            "flaky",
+            {"denoise": "denoise-care", "stages": 2},
+            "RuntimeError: segmenter exploded",
+        ),
+        (
+            "broken_denoiser",
+            {"denoise": "denoise-care", "stages": 2},
+            "RuntimeError: denoiser exploded",
+        ),
+    ],
+)
 def test_an_analysis_error_yields_an_error_result_and_the_worker_goes_on(
-    frames,
+    frames, kind, settings, message
 ) -> None:
-    pipeline = FlakyPipeline(AnalysisSettings(queue_size=16))
+    cls = {"flaky": FlakyPipeline, "broken_denoiser": BrokenDenoiser}[kind]
+    pipeline = cls(AnalysisSettings(queue_size=16, **settings), device="cpu")
     seen = Recorder(pipeline)
     pipeline.start()
     for frame in series(frames, 5):
@@ -160,14 +187,14 @@ def test_an_analysis_error_yields_an_error_result_and_the_worker_goes_on(
     assert pipeline.stop(drain=True)
     assert [r.frame_index for r in seen.results] == [0, 1, 2, 3, 4]
     bad = seen.results[2]
-    assert bad.error == "RuntimeError: segmenter exploded"
+    assert bad.error == message
     assert bad.objects == ()
     assert bad.labels is None
-    assert seen.failed == [(2, "RuntimeError: segmenter exploded")]
+    assert seen.failed == [(2, message)]
     assert all(
         r.error is None and r.objects for i, r in enumerate(seen.results) if i != 2
     )
-    assert (pipeline.analysed, pipeline.failed) == (5, 1)
+    assert (pipeline.analysed, pipeline.failed, pipeline.skipped) == (5, 1, 0)
 
 
 def test_a_broken_subscriber_does_not_stop_the_pipeline(frames) -> None:
@@ -342,38 +369,6 @@ def test_two_stages_give_the_results_of_one_in_order(frames) -> None:
         assert [o.track_id for o in a.objects] == [o.track_id for o in b.objects]
         assert b.extra["threads"] == 1
         assert set(b.extra["stages_ms"]) == set(a.extra["stages_ms"])
-
-
-class BrokenDenoiser(AnalysisPipeline):
-    """The real two-stage pipeline whose denoiser fails on frame 2."""
-
-    def _denoise(self, image: np.ndarray, frame: FrameInput) -> np.ndarray | None:
-        if frame.frame_index == 2:
-            raise RuntimeError("denoiser exploded")
-        return super()._denoise(image, frame)
-
-
-def test_a_first_stage_error_is_the_frames_result_and_both_stages_go_on(
-    frames,
-) -> None:
-    pipeline = BrokenDenoiser(
-        AnalysisSettings(denoise="denoise-care", stages=2, queue_size=16),
-        device="cpu",
-    )
-    seen = Recorder(pipeline)
-    pipeline.start()
-    for frame in series(frames, 5):
-        pipeline.submit(frame)
-    assert pipeline.stop(drain=True)
-    assert [r.frame_index for r in seen.results] == [0, 1, 2, 3, 4]
-    bad = seen.results[2]
-    assert bad.error == "RuntimeError: denoiser exploded"
-    assert bad.objects == ()
-    assert seen.failed == [(2, "RuntimeError: denoiser exploded")]
-    assert all(
-        r.error is None and r.objects for i, r in enumerate(seen.results) if i != 2
-    )
-    assert (pipeline.analysed, pipeline.failed, pipeline.skipped) == (5, 1, 0)
 
 
 def test_stopping_two_stages_without_draining_skips_what_waits(frames) -> None:

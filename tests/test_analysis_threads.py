@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from frames import frame_of
 from smartscope.analysis.settings import AnalysisSettings
 from smartscope.analysis.threads import ThreadTuner, thread_candidates
 
@@ -106,7 +107,6 @@ def test_the_analyser_reports_the_threads_its_models_used() -> None:
     import torch
 
     from smartscope.analysis.analyser import FrameAnalyser
-    from smartscope.analysis.result import FrameInput
 
     before = torch.get_num_threads()
     try:
@@ -117,19 +117,7 @@ def test_the_analyser_reports_the_threads_its_models_used() -> None:
         img = np.random.default_rng(0).poisson(200, (128, 128)).astype(np.uint16)
         seen = []
         for k in range(3):
-            f = FrameInput(
-                image=img,
-                frame_index=k,
-                position="a",
-                stage_x_um=0,
-                stage_y_um=0,
-                z_um=0,
-                pixel_size_um=0.65,
-                exposure_ms=20,
-                t_frame=0.0,
-                t_s=float(k),
-            )
-            r = a.analyse(f)
+            r = a.analyse(frame_of(img, k))
             assert r.error is None
             seen.append(r.extra["threads"])
         assert set(seen) <= set(thread_candidates())
@@ -188,7 +176,6 @@ def test_warm_up_runs_each_thread_count_on_the_worker_before_the_first_frame() -
 
 def test_a_failed_warm_up_is_logged_and_the_frames_are_analysed(caplog) -> None:  # type: ignore[no-untyped-def]
     from smartscope.analysis.pipeline import AnalysisPipeline
-    from smartscope.analysis.result import FrameInput
 
     class Broken(AnalysisPipeline):
         def warm_up(self, shape, *, pixel_size_um, stage="both"):  # type: ignore[no-untyped-def]
@@ -200,20 +187,7 @@ def test_a_failed_warm_up_is_logged_and_the_frames_are_analysed(caplog) -> None:
     img = np.random.default_rng(0).poisson(200, (64, 64)).astype(np.uint16)
     with caplog.at_level("WARNING"):
         pipe.start(warm_up=((64, 64), 0.65))
-    pipe.submit(
-        FrameInput(
-            image=img,
-            frame_index=0,
-            position="a",
-            stage_x_um=0,
-            stage_y_um=0,
-            z_um=0,
-            pixel_size_um=0.65,
-            exposure_ms=20,
-            t_frame=0.0,
-            t_s=0.0,
-        )
-    )
+    pipe.submit(frame_of(img))
     assert pipe.stop(drain=True)
     assert "no memory for the warm-up" in caplog.text
     assert len(done) == 1

@@ -21,12 +21,20 @@ Targets (frames skipped for analysis, frame→action p99):
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TARGETS", "measure_realtime", "realtime_protocol", "realtime_table"]
+__all__ = [
+    "TARGETS",
+    "busy_processes",
+    "measure_realtime",
+    "realtime_protocol",
+    "realtime_table",
+]
 
 #: name, interval (s), competing busy processes, frame→action p99 bound (ms)
 TARGETS: tuple[tuple[str, float, int, float], ...] = (
@@ -35,8 +43,12 @@ TARGETS: tuple[tuple[str, float, int, float], ...] = (
 )
 
 
-def realtime_protocol(interval_s: float, frames: int) -> dict[str, Any]:
-    """The protocol (as a dict) of one target's run (see the module's text)."""
+def realtime_protocol(
+    interval_s: float, frames: int, *, every_frame: bool = True
+) -> dict[str, Any]:
+    """The protocol (as a dict) of one target's run (see the module's text);
+    ``every_frame=False`` keeps the demo's dead band (the stage moves a
+    handful of times a run)."""
     import yaml
 
     from smartscope._data import data_dir
@@ -46,7 +58,7 @@ def realtime_protocol(interval_s: float, frames: int) -> dict[str, Any]:
     d["sequence"]["time_plan"] = {"interval": interval_s, "loops": frames}
     d["sequence"]["channels"][0]["exposure"] = 10
     center = next(r for r in d["reactions"] if r["type"] == "center_on")
-    d["reactions"] = [{**center, "dead_band_fraction": 0.0}]
+    d["reactions"] = [{**center, "dead_band_fraction": 0.0} if every_frame else center]
     d["stop"] = {}
     d["save"] = {"labels": False, "denoised": False, "truth": False, "report": False}
     return d  # type: ignore[no-any-return]
@@ -58,6 +70,25 @@ def _busy(stop: Any) -> None:
     while not stop.is_set():
         for _ in range(100_000):
             x += 1
+
+
+@contextlib.contextmanager
+def busy_processes(n: int) -> Iterator[None]:
+    """``n`` CPU-bound processes for the duration of the block (spawned: no
+    fork of a process with model threads)."""
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    procs = [ctx.Process(target=_busy, args=(stop,), daemon=True) for _ in range(n)]
+    for p in procs:
+        p.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.terminate()
 
 
 def measure_realtime(
@@ -89,30 +120,17 @@ def measure_realtime(
         },
         "runs": {},
     }
-    ctx = mp.get_context("spawn")  # no fork of a process with model threads
     for name, interval, busy, bound in targets:
         proto = Protocol.model_validate(realtime_protocol(interval, frames))
-        stop = ctx.Event()
-        procs = [
-            ctx.Process(target=_busy, args=(stop,), daemon=True) for _ in range(busy)
-        ]
-        for p in procs:
-            p.start()
-        try:
-            with tempfile.TemporaryDirectory(prefix="smartscope-bench-") as tmp:
-                core = load_core(
-                    seed=proto.seed, scene=proto.scene, time_mode="realtime"
-                )
-                try:
-                    s = Controller(core, proto, out_dir=Path(tmp) / "run").run()
-                finally:
-                    release_core(core)
-        finally:
-            stop.set()
-            for p in procs:
-                p.join(10)
-                if p.is_alive():
-                    p.terminate()
+        with (
+            busy_processes(busy),
+            tempfile.TemporaryDirectory(prefix="smartscope-bench-") as tmp,
+        ):
+            core = load_core(seed=proto.seed, scene=proto.scene, time_mode="realtime")
+            try:
+                s = Controller(core, proto, out_dir=Path(tmp) / "run").run()
+            finally:
+                release_core(core)
         f2a = s["latency_frame_to_action_ms"]
         skipped = int(s["frames_skipped_analysis"])
         out["runs"][name] = {

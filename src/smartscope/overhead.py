@@ -118,11 +118,15 @@ def measure_memory(
 class _SameWriter:
     """A pymmcore-plus output handler that writes each frame as the
     controller does: :class:`smartscope.io.images.RunImages`, same layout,
-    same codec, in the runner thread (connected synchronously)."""
+    same codec, the same event-to-plane mapping
+    (:func:`smartscope.controller.recorder.store_mda_frame`), in the runner
+    thread (connected synchronously)."""
 
     def __init__(self, root: Path) -> None:
+        from smartscope.controller.recorder import store_mda_frame
         from smartscope.io.images import RunImages
 
+        self._store = store_mda_frame
         self.images = RunImages(
             root,
             run={"name": "plain"},
@@ -134,13 +138,7 @@ class _SameWriter:
 
     # pymmcore-plus' handler names
     def frameReady(self, image: Any, event: Any, meta: dict[str, Any]) -> None:
-        self.images.store_frame(
-            image,
-            position=event.pos_name or f"p{event.index.get('p', 0)}",
-            index=dict(event.index),
-            channel=event.channel.config if event.channel else "",
-            pixel_um=float(meta.get("pixel_size_um") or 1.0),
-        )
+        self._store(self.images, image, event, meta)
 
     def sequenceFinished(self, sequence: Any) -> None:
         self.images.finish()

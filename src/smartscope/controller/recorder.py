@@ -33,7 +33,28 @@ from smartscope.io.disk import SpaceReserve, disk_full_error, disk_full_message
 from smartscope.io.image_repair import repair_images
 from smartscope.io.images import RunImages, Where
 
-__all__ = ["Counts", "Recorder"]
+__all__ = ["Counts", "Recorder", "store_mda_frame"]
+
+
+def store_mda_frame(
+    images: RunImages, image: Any, event: Any, meta: dict[str, Any]
+) -> Where:
+    """Write one frame of an MDA (its image, ``useq.MDAEvent`` and
+    pymmcore-plus metadata) into ``images`` where its event says: the
+    controller's writer, also used as a plain MDA's output handler by
+    :func:`smartscope.overhead.measure_controller_overhead`."""
+    from smartscope.controller.autofocus import frame_role
+
+    role = frame_role(event)
+    return images.store_frame(
+        image,
+        position=event.pos_name or f"p{event.index.get('p', 0)}",
+        index=dict(event.index),
+        channel=event.channel.config if event.channel else "",
+        pixel_um=float(meta.get("pixel_size_um") or 1.0),
+        autofocus=role if role and role.get("role") == "autofocus" else None,
+    )
+
 
 logger = logging.getLogger("smartscope.controller")
 
@@ -184,18 +205,7 @@ class Recorder:
     ) -> dict[str, Any]:
         """Write one raw frame (runner thread, before the runner announces
         it); where it went, for its frame record."""
-        from smartscope.controller.autofocus import frame_role
-
-        role = frame_role(event)
-        where = self.images.store_frame(
-            image,
-            position=event.pos_name or f"p{event.index.get('p', 0)}",
-            index=dict(event.index),
-            channel=event.channel.config if event.channel else "",
-            pixel_um=float(meta.get("pixel_size_um") or 1.0),
-            autofocus=role if role and role.get("role") == "autofocus" else None,
-        )
-        return where.as_dict()
+        return store_mda_frame(self.images, image, event, meta).as_dict()
 
     def on_record(self, rec: R.Record) -> None:
         """Write one record and count it (any thread)."""

@@ -130,7 +130,7 @@ def _train_loop(
     # weights learn: updated from 8 masked 64-px patches of a few frames,
     # the running statistics moved faster than the weights could follow,
     # and version 1 denoised 5-10 dB worse than the weights as loaded
-    # (docs/models.md, "Adapting to the run's frames").
+    # (docs/models.md, "Noise2Void that adapts during a run").
     for m in net.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.eval()
