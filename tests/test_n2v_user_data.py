@@ -18,6 +18,7 @@ import tifffile
 
 pytest.importorskip("torch")
 
+import torch
 from typer.testing import CliRunner
 
 from smartscope.controller import Controller
@@ -158,6 +159,17 @@ def test_cli_trains_on_a_run_folder_from_the_shipped_n2v(
     assert training["config"]["threads"] == "auto"
     assert "6 raw frames of the smartscope run" in training["data"]
     assert model.card.validation["validation_data"] == "1 of 6 images held out"
+    # fine-tuning from loaded weights keeps their batch-norm statistics
+    # (docs/models.md: 0.2-0.8 dB on real images) while the weights learn
+    assert training["config"]["freeze_norm"] is None  # the default: auto
+    mine, theirs = model.source_state, shipped.source_state
+    assert mine is not None
+    assert theirs is not None
+    stats = [k for k in mine if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    assert all(torch.equal(mine[k], theirs[k]) for k in stats)
+    convs = [k for k in mine if k.endswith("weight") and mine[k].ndim == 4]
+    assert any(not torch.equal(mine[k], theirs[k]) for k in convs)
 
 
 def test_cli_refuses_a_model_of_another_kind_to_start_from(tmp_path: Path) -> None:

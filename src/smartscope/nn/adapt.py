@@ -118,7 +118,7 @@ def _train_loop(
 
     from smartscope.nn.datasets import N2VSampler
     from smartscope.nn.train import _loss_fn
-    from smartscope.nn.unet import UNet, UNetConfig
+    from smartscope.nn.unet import UNet, UNetConfig, freeze_norm_statistics
 
     s = settings
     torch.set_num_threads(int(s["threads"]))
@@ -126,14 +126,11 @@ def _train_loop(
     net = UNet(UNetConfig(**unet))
     net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
     net.train()
-    # The batch norms keep the loaded statistics (eval mode) while the
-    # weights learn: updated from 8 masked 64-px patches of a few frames,
-    # the running statistics moved faster than the weights could follow,
-    # and version 1 denoised 5-10 dB worse than the weights as loaded
-    # (docs/models.md, "Noise2Void that adapts during a run").
-    for m in net.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.eval()
+    # The batch norms keep the loaded statistics while the weights learn:
+    # updated from 8 masked 64-px patches of a few frames, the running
+    # statistics moved faster than the weights could follow, and version 1
+    # denoised 5-10 dB worse than the weights as loaded.
+    freeze_norm_statistics(net)
     opt = torch.optim.AdamW(net.parameters(), lr=float(s["lr"]), weight_decay=1e-4)
     loss_fn = _loss_fn("n2v")
     frames: list[np.ndarray] = []

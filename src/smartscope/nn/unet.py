@@ -154,3 +154,17 @@ class UNet(nn.Module):
     def n_parameters(self) -> int:
         """Number of trainable parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def freeze_norm_statistics(network: nn.Module) -> None:
+    """Put ``network``'s batch norms in eval mode (call after ``.train()``).
+
+    Their running statistics stay as loaded while the weights (and the norms'
+    affine parameters) learn. For fine-tuning from loaded weights on a few
+    images: updated from the new patches, the statistics moved faster than the
+    weights could follow (docs/models.md, "Noise2Void that adapts during a
+    run" and "Noise2Void on your own images").
+    """
+    for m in network.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
