@@ -166,3 +166,35 @@ def test_shipped_models_load_and_predict():
         folder = Path(load_model(name).path)
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
         assert size <= 5 * 1024 * 1024
+
+
+def test_automatic_size_finds_nuclei_six_times_the_training_size():
+    """A simulated 20x field enlarged 6x (nuclei ~130 px across, as in 60x
+    images): without ``diameter_px`` the shipped segmenter measures the nuclei
+    on each pass and rescales until they are near the training diameter. With
+    a single correction the first, shattered pass sent it to the wrong scale
+    (AP@0.5 0.2 on this frame); scored against the simulator's labels."""
+    from scipy import ndimage as ndi
+
+    import smartscope.nn.model as model_module
+    from smartscope.metrics import average_precision
+    from smartscope.nn.simdata import equivalent_diameter_px, simulate_frames
+    from smartscope.nn.train import SEGMENT_VAL_SPEC
+
+    spec = SEGMENT_VAL_SPEC.model_copy(
+        update={"size_px": 256, "objectives": ("20x",), "min_nuclei": 5}
+    )
+    frame = simulate_frames(1, spec, seed=3)[0]
+    image = ndi.zoom(frame.image.astype(np.float32), 6, order=1)
+    truth = ndi.zoom(frame.labels, 6, order=0)
+    assert 110 <= equivalent_diameter_px(truth) <= 150
+    model = load_model("nuclei-seg", device="cpu", precision="float32")
+    scales: list[float] = []
+    maps = model._maps
+    model._maps = lambda x, f: (scales.append(f), maps(x, f))[1]  # type: ignore[method-assign]
+    ap = average_precision(truth, model.predict(image))
+    assert ap[0.5] >= 0.9
+    assert ap[0.75] >= 0.8
+    assert 3 <= len(scales) <= model_module.AUTO_SIZE_PASSES
+    # the last pass saw the nuclei near the training diameter (20 px)
+    assert 20 / 1.3 <= equivalent_diameter_px(truth) * scales[-1] <= 20 * 1.3

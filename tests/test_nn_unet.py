@@ -167,3 +167,21 @@ def test_diameter_estimate_is_not_outvoted_by_debris():
         if not mask[y : y + 5, x : x + 5].any():
             mask[y : y + 5, x : x + 5] = True
     assert 70 <= estimate_diameter_px(mask) <= 90
+
+
+def test_object_diameter_weights_by_area():
+    """Instances (touching nuclei counted one by one): five 60-px discs among
+    thirty 3 x 3 specks measure ~60 px, not the specks' size."""
+    from smartscope.nn.instances import object_diameter_px
+
+    yy, xx = np.mgrid[:400, :400]
+    labels = np.zeros((400, 400), np.int32)
+    for i, (cy, cx) in enumerate(
+        [(80, 80), (80, 141), (250, 100), (300, 300), (100, 300)]
+    ):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= 30**2] = i + 1
+    for j in range(30):
+        y, x = 380, 10 + 12 * j
+        labels[y : y + 3, x : x + 3] = 10 + j
+    assert 55 <= object_diameter_px(labels) <= 62
+    assert object_diameter_px(np.zeros((8, 8), np.int32)) is None
