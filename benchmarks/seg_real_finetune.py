@@ -48,7 +48,10 @@ Item = tuple[str, str, np.ndarray, np.ndarray]
 
 
 def drop_small(labels: np.ndarray, min_px: int = 50) -> np.ndarray:
-    """Labels under ``min_px`` pixels removed (the extra set's specks)."""
+    """Labels under ``min_px`` pixels removed (the extra set's specks), ids
+    kept: unlike ``instances._drop_small`` there is no renumbering, which
+    would change the per-nucleus augmentation draws and so the recorded
+    result (benchmarks/results/seg-real-finetune-2026-12-03.json)."""
     labels = labels.astype(np.int32)
     small = np.bincount(labels.ravel()) < min_px
     small[0] = False
@@ -83,7 +86,7 @@ def score(model, items: list[Item]) -> dict[str, list[float]]:
         ap = average_precision(lab, model.predict(img))
         groups[g].append((ap[0.5], ap[0.75]))
         print(name, round(ap[0.5], 3), round(ap[0.75], 3), flush=True)
-    rows = {g: v for g, v in groups.items()}
+    rows = dict(groups)
     rows["ALL"] = [r for v in groups.values() for r in v]
     return {
         g: [

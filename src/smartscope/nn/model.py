@@ -315,7 +315,7 @@ class SegmentModel(Model):
             if factor != 1.0:
                 fg, dist = self._maps(x, factor)
         labels = self._labels(fg, dist, factor, post)
-        target = float(self.card.train_diameter_px or 20.0)
+        target = float(self.card.train_diameter_px)  # set: predict checked
         for _ in range(AUTO_SIZE_PASSES - (1 if factor == 1.0 else 2)):
             measured = object_diameter_px(labels)
             # at the image's own scale any size the network handles will do;
