@@ -34,7 +34,7 @@ from smartscope.nn.instances import labels_from_maps  # noqa: E402
 from smartscope.nn.model import save_model  # noqa: E402
 from smartscope.nn.unet import UNet, UNetConfig  # noqa: E402
 
-SHIPPED = ("denoise-care", "denoise-n2v", "nuclei-seg")
+SHIPPED = ("denoise-care", "denoise-n2v", "nuclei-seg", "nuclei-seg-sim")
 
 
 @pytest.fixture(autouse=True)
@@ -160,6 +160,7 @@ def test_a_bioimageio_consumer_gets_the_segmenter_maps(packages) -> None:
         fg_threshold=post.fg_threshold,
         seed_threshold=post.seed_threshold,
         min_size_px=post.min_size_px,
+        border_min_size_px=post.border_min_size_px,
     )
     model.card = model.card.model_copy(
         update={"postprocess": post.model_copy(update={"auto_diameter_px": None})}
@@ -184,9 +185,10 @@ def test_shipped_card_passes_the_spec(name) -> None:
 @pytest.mark.parametrize(
     "name",
     [
-        "denoise-care",  # the other two with -m slow (about 5 s each)
+        "denoise-care",  # the others with -m slow (about 5 s each)
         pytest.param("denoise-n2v", marks=pytest.mark.slow),
         pytest.param("nuclei-seg", marks=pytest.mark.slow),
+        pytest.param("nuclei-seg-sim", marks=pytest.mark.slow),
     ],
 )
 def test_shipped_card_passes_test_model(name) -> None:

@@ -198,3 +198,29 @@ def test_automatic_size_finds_nuclei_six_times_the_training_size():
     assert 3 <= len(scales) <= model_module.AUTO_SIZE_PASSES
     # the last pass saw the nuclei near the training diameter (20 px)
     assert 20 / 1.3 <= equivalent_diameter_px(truth) * scales[-1] <= 20 * 1.3
+
+
+def test_fragment_limit_follows_the_nuclei_size_at_the_image_own_scale():
+    """``min_size_px`` is at the training diameter (20 px). Rescaled passes
+    scale it with the image; a pass at the image's own scale (nuclei anywhere
+    in 10-30 px) scales it with the nuclei measured there, so a limit tuned
+    to drop fragments of real nuclei (128 px) does not drop small simulated
+    nuclei whole. Scored against the simulator's labels."""
+    from smartscope.metrics import average_precision
+    from smartscope.nn.simdata import equivalent_diameter_px, simulate_frames
+    from smartscope.nn.train import SEGMENT_VAL_SPEC
+
+    spec = SEGMENT_VAL_SPEC.model_copy(
+        update={"size_px": 256, "objectives": ("10x",), "min_nuclei": 8}
+    )
+    frame = simulate_frames(1, spec, seed=5)[0]
+    assert equivalent_diameter_px(frame.labels) < 16  # area under 128 px
+    model = load_model("nuclei-seg-sim", device="cpu", precision="float32")
+    post = model.card.postprocess
+    base = average_precision(frame.labels, model.predict(frame.image))
+    model.card = model.card.model_copy(
+        update={"postprocess": post.model_copy(update={"min_size_px": 128})}
+    )
+    strict = average_precision(frame.labels, model.predict(frame.image))
+    assert base[0.5] >= 0.9
+    assert strict[0.5] >= base[0.5] - 0.05

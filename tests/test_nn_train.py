@@ -225,3 +225,144 @@ def test_tiny_step_counts_have_a_schedule():
         for _ in range(steps - 1):
             opt.step()
             sched.step()
+
+
+def test_segment_on_user_images_mixes_simulated_crops(tmp_path):
+    """`train segment --data DIR --sim-fraction F`: the user's annotated
+    images with simulated crops mixed in; thresholds tuned at the automatic
+    size on the held-out user images, both kinds scored on the card."""
+    data = _write_folder(tmp_path / "data", "segment")
+    out = tmp_path / "model"
+    args = [
+        "segment",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--sim-fraction",
+        "0.5",
+        "--fields",
+        "2",
+        "--val-fields",
+        "1",
+        "--lr",
+        "1e-3",
+        "--steps",
+        "3",
+        "--batch",
+        "4",
+        "--patch",
+        "32",
+        "--width",
+        "8",
+        "--depth",
+        "2",
+        "--workers",
+        "0",
+    ]
+    res = CliRunner().invoke(train_app, args)
+    assert res.exit_code == 0, res.output
+    card = load_model(out, device="cpu").card
+    assert card.training["config"]["sim_fraction"] == 0.5
+    assert card.training["config"]["lr"] == 1e-3
+    assert str(data) in card.training["data"]
+    assert "50% of the training crops" in card.training["data"]
+    assert "simulated fields" in card.training["data"]
+    assert "automatic size" in card.validation["postprocess_tuning"]["grid"]
+    sim = card.validation["simulated_validation"]
+    assert sim["n_images"] == 1
+    assert 0.0 <= sim["ap50"] <= 1.0
+    # the held-out user image is what the card's own figures are on
+    assert card.validation["n_images"] == 1
+    assert card.validation["validation_data"] == "1 held-out TIFFs"
+
+
+def test_init_carries_a_segmenter_into_user_training(tmp_path):
+    """--init starts from a model's weights (here a tiny one trained first)."""
+    data = _write_folder(tmp_path / "data", "segment")
+    tiny = ["--steps", "2", "--batch", "2", "--patch", "32", "--workers", "0"]
+    base = tmp_path / "base"
+    res = CliRunner().invoke(
+        train_app,
+        [
+            *("segment", "--out", str(base), "--fields", "1", "--val-fields", "1"),
+            *("--width", "8", "--depth", "2", *tiny),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "tuned"
+    res = CliRunner().invoke(
+        train_app,
+        [
+            *("segment", "--data", str(data), "--out", str(out), "--init", str(base)),
+            *("--sim-fraction", "0.3", "--fields", "1", "--val-fields", "1", *tiny),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    card = load_model(out, device="cpu").card
+    # the U-Net comes from --init, not from the default --width 16 --depth 3
+    assert (card.unet.base_channels, card.unet.depth) == (8, 2)
+    assert card.training["config"]["init"] == str(base)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["segment", "--sim-fraction", "0.3"],  # nothing to mix into
+        ["care", "--sim-fraction", "0.3"],  # not an option of care
+    ],
+)
+def test_sim_fraction_needs_user_images_for_segmentation(tmp_path, args):
+    res = CliRunner().invoke(
+        train_app, [*args, "--out", str(tmp_path / "m"), "--steps", "2"]
+    )
+    assert res.exit_code == 2
+    assert "sim" in res.output
+    assert "fraction" in res.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_sim_fraction_is_refused_for_the_simulator_alone():
+    with pytest.raises(ValueError, match=r"sim_fraction=0.3 .* needs method 'segment'"):
+        TrainConfig(method="segment", sim_fraction=0.3)
+    with pytest.raises(ValueError, match="less than 1"):
+        TrainConfig(method="segment", sim_fraction=1.0, data_dir=Path("d"))
+
+
+def test_mixed_sampler_draws_the_asked_share():
+    from smartscope.nn.datasets import MixedSampler
+
+    class Const:
+        def __init__(self, value):
+            self.value = value
+
+        def batch(self, n, rng):
+            x = np.full((n, 1, 4, 4), self.value, np.float32)
+            return x, x.copy()
+
+    mixed = MixedSampler(Const(0.0), Const(1.0), share_b=0.3)
+    rng = np.random.default_rng(0)
+    xs = np.concatenate([mixed.batch(12, rng)[0] for _ in range(500)])
+    assert xs.shape == (6000, 1, 4, 4)
+    assert abs(xs[:, 0, 0, 0].mean() - 0.3) < 0.02
+    with pytest.raises(ValueError, match="share_b"):
+        MixedSampler(Const(0.0), Const(1.0), share_b=1.5)
+
+
+def test_user_images_lose_their_camera_offset_before_augmentation():
+    """A Cell Tracking Challenge set sits on a 33,000 ADU offset: the
+    per-nucleus brightness and gamma augmentations must see the signal
+    alone, so the crops do not depend on the offset."""
+    from smartscope.nn.train import _sampler
+
+    cfg = TrainConfig(method="segment", patch_px=32, data_dir=Path("d"))
+    (noisy, _, lab), *_ = _blobs(1, seed=3)
+    plain = _sampler(cfg, [(noisy, lab)], real=True)
+    lifted = _sampler(cfg, [(noisy + 33000.0, lab)], real=True)
+    a = plain.batch(6, np.random.default_rng(5))
+    b = lifted.batch(6, np.random.default_rng(5))
+    # to within one 8-bit level (the augmentation's quantisation: a value
+    # next to a rounding edge may land on the other side of it)
+    np.testing.assert_allclose(a[0], b[0], atol=1e-2)
+    assert np.mean(np.abs(a[0] - b[0]) > 1e-3) < 1e-3
+    np.testing.assert_array_equal(a[1], b[1])

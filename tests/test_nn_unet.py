@@ -185,3 +185,20 @@ def test_object_diameter_weights_by_area():
         labels[y : y + 3, x : x + 3] = 10 + j
     assert 55 <= object_diameter_px(labels) <= 62
     assert object_diameter_px(np.zeros((8, 8), np.int32)) is None
+
+
+def test_small_objects_at_the_image_border_are_kept_down_to_their_own_limit():
+    """A nucleus cut by the image border is small but real: the same 6 x 6
+    object is dropped inside the image and kept at its edge."""
+    fg = np.zeros((40, 40), np.float32)
+    dist = np.zeros((40, 40), np.float32)
+    big = (slice(10, 30), slice(10, 30))
+    fg[big], dist[big] = 1.0, 1.0
+    for sl in [(slice(0, 6), slice(2, 8)), (slice(32, 38), slice(32, 38))]:
+        fg[sl], dist[sl] = 1.0, 1.0  # at the top edge; inside
+    out = labels_from_maps(fg, dist, min_size_px=50, border_min_size_px=8)
+    assert out.max() == 2
+    assert out[2, 4] > 0  # the border piece
+    assert out[35, 35] == 0  # the inner speck
+    same = labels_from_maps(fg, dist, min_size_px=50)
+    assert same.max() == 1

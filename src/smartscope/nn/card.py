@@ -61,6 +61,12 @@ class Postprocess(BaseModel):
     fg_threshold: float = Field(0.5, gt=0, lt=1)
     seed_threshold: float = Field(0.5, gt=0, lt=1)
     min_size_px: int = Field(8, ge=0, description="at the training scale")
+    border_min_size_px: int = Field(
+        8,
+        ge=0,
+        description="at the training scale, for objects touching the image border "
+        "(nuclei the border cuts are small but real)",
+    )
     auto_diameter_px: tuple[float, float] | None = Field(
         (10.0, 30.0),
         description=(
@@ -222,7 +228,8 @@ def training_data_entry(name: str, training: dict[str, Any]) -> dict[str, Any] |
     data = str(training.get("data", "")).strip()
     if not data:
         return None
-    return {
+    config = training.get("config") or {}
+    entry: dict[str, Any] = {
         "type": "dataset",
         "format_version": "0.3.0",
         "name": bioimageio_name(f"{name} training data"),
@@ -231,6 +238,13 @@ def training_data_entry(name: str, training: dict[str, Any]) -> dict[str, Any] |
         "license": "BSD-3-Clause",
         "tags": ["fluorescence", "nuclei", "2d", "simulated"],
     }
+    if config.get("data_dir"):
+        # the user's images: their licence is not smartscope's to declare
+        del entry["license"]
+        entry["tags"] = ["fluorescence", "nuclei", "2d", "user images"] + (
+            ["simulated"] if config.get("sim_fraction") else []
+        )
+    return entry
 
 
 def bioimageio_name(name: str) -> str:
@@ -459,7 +473,13 @@ def _package_lines(card: ModelCard) -> list[str]:
             "- not in the package: the instance labels. smartscope makes them from the "
             "two maps by a seeded watershed (`smartscope.nn.instances.labels_from_maps`:"
             f" foreground > {pp.fg_threshold}, seeds where distance > "
-            f"{pp.seed_threshold}, objects under {pp.min_size_px} px dropped) and "
+            f"{pp.seed_threshold}, objects under {pp.min_size_px} px dropped"
+            + (
+                f", {pp.border_min_size_px} px where they touch the image border"
+                if pp.border_min_size_px != pp.min_size_px
+                else ""
+            )
+            + ", sizes at the training diameter) and "
             "optionally rescales frames to nuclei of "
             f"{card.train_diameter_px} px first; a bioimage.io tool gets the maps only.",
         ]

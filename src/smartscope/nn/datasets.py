@@ -17,6 +17,7 @@ are reproducible from the training seed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,7 +27,14 @@ from smartscope.nn import augment
 from smartscope.nn.instances import distance_targets
 from smartscope.nn.normalize import normalize, percentile_range
 
-__all__ = ["N2VSampler", "PairSampler", "SegAugment", "SegmentationSampler"]
+__all__ = [
+    "MixedSampler",
+    "N2VSampler",
+    "PairSampler",
+    "SegAugment",
+    "SegmentationSampler",
+    "offset_free",
+]
 
 
 def _crop(
@@ -333,3 +341,42 @@ class SegmentationSampler:
     def batch(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = zip(*(self.sample(rng) for _ in range(n)), strict=False)
         return np.stack(xs), np.stack(ys)
+
+
+def offset_free(image: np.ndarray, percentile: float = 0.5) -> np.ndarray:
+    """``image`` as float32 less its ``percentile``-th percentile, clipped at 0:
+    a camera's offset (e.g. 100 ADU, or 33,000 in one Cell Tracking Challenge
+    set) removed so that brightness augmentations scale the signal alone."""
+    a = np.asarray(image, np.float32)
+    return np.clip(a - np.percentile(a, percentile), 0, None)
+
+
+class BatchSampler(Protocol):
+    """Anything that draws training batches (the samplers here)."""
+
+    def batch(
+        self, n: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class MixedSampler:
+    """Batches drawn from two samplers: each batch takes a binomial number of
+    its crops (probability ``share_b`` each) from ``b``, the rest from ``a``
+    (``a``'s crops first). E.g. the user's annotated images (``a``) mixed with
+    simulated fields (``b``) so that the simulator's variety is not forgotten.
+    """
+
+    def __init__(self, a: BatchSampler, b: BatchSampler, *, share_b: float) -> None:
+        if not 0.0 <= share_b <= 1.0:
+            raise ValueError(f"share_b must be in [0, 1], got {share_b}")
+        self.a, self.b, self.share_b = a, b, float(share_b)
+
+    def batch(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        k = int(rng.binomial(n, 1.0 - self.share_b))
+        parts = ([self.a.batch(k, rng)] if k else []) + (
+            [self.b.batch(n - k, rng)] if n - k else []
+        )
+        return (
+            np.concatenate([x for x, _ in parts]),
+            np.concatenate([y for _, y in parts]),
+        )

@@ -117,11 +117,21 @@ def relabel_sequential(labels: np.ndarray) -> np.ndarray:
     return table[labels]
 
 
-def _drop_small(labels: np.ndarray, min_size_px: int) -> np.ndarray:
-    """Remove objects under ``min_size_px`` pixels and number the rest 1..N."""
-    if min_size_px > 1 and labels.max() > 0:
+def _drop_small(
+    labels: np.ndarray, min_size_px: int, border_min_size_px: int | None = None
+) -> np.ndarray:
+    """Remove objects under ``min_size_px`` pixels (those touching the image
+    border: under ``border_min_size_px``, default the same) and number the
+    rest 1..N."""
+    if labels.max() > 0 and max(min_size_px, border_min_size_px or 0) > 1:
         sizes = np.bincount(labels.ravel())
-        small = sizes < min_size_px
+        limit = np.full(sizes.shape, min_size_px)
+        if border_min_size_px is not None:
+            edge = np.unique(
+                np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+            )
+            limit[edge] = border_min_size_px
+        small = sizes < limit
         small[0] = False
         labels[small[labels]] = 0
     return relabel_sequential(labels)
@@ -134,6 +144,7 @@ def labels_from_maps(
     fg_threshold: float = 0.5,
     seed_threshold: float = 0.5,
     min_size_px: int = 8,
+    border_min_size_px: int | None = None,
 ) -> np.ndarray:
     """Instance labels from the foreground probability and normalised distance.
 
@@ -143,6 +154,8 @@ def labels_from_maps(
     fg_threshold : probability above which a pixel is in a nucleus
     seed_threshold : normalised distance above which a pixel seeds a nucleus
     min_size_px : objects smaller than this (pixels) are removed
+    border_min_size_px : the same for objects touching the image border
+        (nuclei cut by it are small but real); None: ``min_size_px``
 
     Returns
     -------
@@ -157,7 +170,7 @@ def labels_from_maps(
     orphans, n_orphans = ndi.label(mask & (labels == 0))
     if n_orphans:
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
-    return _drop_small(labels, min_size_px)
+    return _drop_small(labels, min_size_px, border_min_size_px)
 
 
 def otsu_watershed(

@@ -73,6 +73,11 @@ AUTO_SIZE_PASSES = 4
 #: once rescaled, nuclei measured within this factor of the training diameter
 #: are left at that scale
 AUTO_SIZE_TOLERANCE = 1.3
+#: nuclei found at the image's own scale are checked by a pass at half that
+#: size: real nuclei measure the same there; fragments of a textured nucleus
+#: far larger than any trained on (the network finds training-sized pieces at
+#: any scale) measure this many times larger, and the larger size is taken
+AUTO_SIZE_PROBE_RATIO = 1.5
 
 
 class Model(ABC):
@@ -274,19 +279,47 @@ class SegmentModel(Model):
         fg, dist = self._maps(x, factor)
         auto = post.auto_diameter_px
         if diameter_px is None and auto is not None and self.card.train_diameter_px:
-            return self._predict_auto(x, fg, dist, post, auto)
+            return self._predict_auto(x, fg, dist, post, auto)[0]
         return self._labels(fg, dist, factor, post)
+
+    def maps_auto_size(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """Foreground, distance and the size factor :meth:`predict` without
+        ``diameter_px`` settles on (``min_size_px`` is divided by its square;
+        1.0 without automatic size), e.g. to tune the post-processing on
+        images of any nucleus size."""
+        x, _, _ = self._normalized(image)
+        post = self.card.postprocess or Postprocess()
+        fg, dist = self._maps(x, 1.0)
+        auto = post.auto_diameter_px
+        if auto is None or not self.card.train_diameter_px:
+            return fg, dist, 1.0
+        return self._predict_auto(x, fg, dist, post, auto)[1:]
 
     def _labels(
         self, fg: np.ndarray, dist: np.ndarray, factor: float, post: Postprocess
     ) -> np.ndarray:
+        """Instances from the maps; ``factor``: how much the image was scaled
+        to reach the training diameter (``post.min_size_px`` is at that
+        diameter, so it shrinks or grows with the nuclei)."""
         return labels_from_maps(
             fg,
             dist,
             fg_threshold=post.fg_threshold,
             seed_threshold=post.seed_threshold,
             min_size_px=max(1, round(post.min_size_px / factor**2)),
+            border_min_size_px=max(1, round(post.border_min_size_px / factor**2)),
         )
+
+    def _size_factor(self, factor: float, estimate: float | None) -> float:
+        """The factor that scales ``min_size_px`` on a pass at ``factor``: a
+        pass at the image's own scale, where the nuclei may be anything the
+        network handles (``auto_diameter_px``), uses their estimated size
+        instead (else 100-px fragment limits tuned on real images dropped
+        12-px simulated nuclei whole)."""
+        train = self.card.train_diameter_px
+        if factor != 1.0 or not estimate or not train:
+            return factor
+        return float(train) / float(estimate)
 
     def _predict_auto(
         self,
@@ -295,8 +328,10 @@ class SegmentModel(Model):
         dist: np.ndarray,
         post: Postprocess,
         auto: tuple[float, float],
-    ) -> np.ndarray:
-        """Labels at a scale found from the image itself (no ``diameter_px``).
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """Labels at a scale found from the image itself (no ``diameter_px``),
+        with the maps they came from and the factor that scaled the smallest
+        object kept (:meth:`_size_factor`).
 
         The first pass (``fg``, ``dist``: native scale) gives a rough size
         from its foreground; nuclei far outside the sizes the network was
@@ -314,8 +349,18 @@ class SegmentModel(Model):
             factor = self._scale_factor(estimate)
             if factor != 1.0:
                 fg, dist = self._maps(x, factor)
-        labels = self._labels(fg, dist, factor, post)
+        labels = self._labels(fg, dist, self._size_factor(factor, estimate), post)
         target = float(self.card.train_diameter_px)  # set: predict checked
+        if factor == 1.0:
+            native = object_diameter_px(labels)
+            if native is not None:
+                probe = self._scale_factor(2.0 * native)
+                pfg, pdist = self._maps(x, probe)
+                seen = object_diameter_px(self._labels(pfg, pdist, probe, post))
+                if seen is not None and seen > AUTO_SIZE_PROBE_RATIO * native:
+                    factor = self._scale_factor(seen)
+                    fg, dist = self._maps(x, factor)
+                    labels = self._labels(fg, dist, factor, post)
         for _ in range(AUTO_SIZE_PASSES - (1 if factor == 1.0 else 2)):
             measured = object_diameter_px(labels)
             # at the image's own scale any size the network handles will do;
@@ -333,7 +378,7 @@ class SegmentModel(Model):
             factor = new
             fg, dist = self._maps(x, factor)
             labels = self._labels(fg, dist, factor, post)
-        return labels
+        return labels, fg, dist, self._size_factor(factor, estimate)
 
 
 def _resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -20,15 +20,17 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from smartscope.nn.card import ModelCard, Normalization, Postprocess
 from smartscope.nn.datasets import (
+    MixedSampler,
     N2VSampler,
     PairSampler,
     SegAugment,
     SegmentationSampler,
+    offset_free,
 )
 from smartscope.nn.model import Model, build_model
 from smartscope.nn.simdata import SimDataSpec, simulate_frames
@@ -129,6 +131,27 @@ class TrainConfig(BaseModel):
         "the weights learn; None: yes for Noise2Void starting from a model "
         "(--init), where it was worth 0.2-0.8 dB on real images, no otherwise",
     )
+
+    sim_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="segmentation on the user's images (data_dir): the share of "
+        "each batch's crops drawn instead from train_fields simulated fields, as "
+        "without data_dir; 0: the user's images only",
+    )
+
+    @model_validator(mode="after")
+    def _sim_fraction_needs_user_images(self) -> TrainConfig:
+        if self.sim_fraction > 0 and (
+            self.method != "segment" or self.data_dir is None
+        ):
+            raise ValueError(
+                f"sim_fraction={self.sim_fraction} mixes simulated crops into "
+                "training on the user's images: it needs method 'segment' and "
+                "data_dir (--data); without --data every crop is simulated"
+            )
+        return self
 
     @property
     def norm_frozen(self) -> bool:
@@ -423,6 +446,13 @@ def _data(config: TrainConfig) -> tuple[list, list, str, str | None]:
             desc,
             None,
         )
+    return _simulated_segment_data(config)
+
+
+def _simulated_segment_data(config: TrainConfig) -> tuple[list, list, str, None]:
+    """Simulated segmentation fields: noise-free (image, labels) for training
+    (noise is drawn by the sampler), noisy (image, labels) for validation."""
+    seed = config.seed
     tr = simulate_frames(config.train_fields, SEGMENT_SPEC, seed=seed + 1)
     va = simulate_frames(config.val_fields, SEGMENT_VAL_SPEC, seed=seed + 100_001)
     desc = (
@@ -470,6 +500,10 @@ def _sampler(config: TrainConfig, items: Sequence, *, real: bool) -> Any:
         )
     # the drawn packed-nuclei crops are noise-free: only for simulated training
     aug = SegAugment(synthetic_noise=not real, p_packed=0.0 if real else 0.3)
+    if real:
+        # the augmentation scales brightness per nucleus and bends it with a
+        # gamma: a camera offset under the signal would be scaled with it
+        items = [(offset_free(img), lab) for img, lab in items]
     return SegmentationSampler(items, patch_px=config.patch_px, aug=aug)
 
 
@@ -555,7 +589,7 @@ def _card(config: TrainConfig, unet: UNetConfig, desc: str, command: str) -> Mod
 
 def _scale_info(config: TrainConfig) -> dict[str, Any]:
     """Pixel and object sizes the model saw in training (for the card)."""
-    if config.data_dir is not None:
+    if config.data_dir is not None and not config.sim_fraction:
         return {
             "pixel_size_um": "as in the user's TIFFs",
             "object_diameter_px": "as in the user's TIFFs",
@@ -570,6 +604,11 @@ def _scale_info(config: TrainConfig) -> dict[str, Any]:
         )
     else:
         objects = "nuclei of radius 4-8 µm: about 12-50 px across at these pixel sizes"
+    if config.data_dir is not None:  # mixed with simulated crops
+        return {
+            "pixel_size_um": f"simulated {pixels}; the user's TIFFs as they are",
+            "object_diameter_px": f"{objects} (the user's crops too)",
+        }
     return {"pixel_size_um": pixels, "object_diameter_px": objects}
 
 
@@ -601,7 +640,19 @@ def train(
     train_items, val_items, desc, held = _data(config)
     real = config.data_dir is not None
     sampler = _sampler(config, train_items, real=real)
-    val_batch = _val_sampler(config, val_items).batch(
+    sim_val: list = []
+    if config.sim_fraction > 0:
+        sim_train, sim_val, sim_desc, _ = _simulated_segment_data(config)
+        sampler = MixedSampler(
+            sampler,
+            _sampler(config, sim_train, real=False),
+            share_b=config.sim_fraction,
+        )
+        desc = (
+            f"{desc}; {config.sim_fraction:.0%} of the training crops (binomial per "
+            f"batch) instead from {sim_desc}"
+        )
+    val_batch = _val_sampler(config, [*val_items, *sim_val]).batch(
         config.val_patches, np.random.default_rng([config.seed, 0x7A1])
     )
     unet = UNetConfig(
@@ -641,11 +692,20 @@ def train(
     scoring.load_state_dict(net.state_dict())
     model = build_model(scoring, card, name=config.method, device="cpu")
     if config.method == "segment":
-        post, tuning = evaluate.tune_postprocess(model, val_items)
+        # the user's images come at their own scale: tuned and scored as
+        # predict() runs them, with the automatic size
+        post, tuning = evaluate.tune_postprocess(
+            model, val_items, auto_size=real, also=sim_val
+        )
         card = card.model_copy(update={"postprocess": post})
         model.card = card
         per_image, metrics = evaluate.score_segmenter(model, val_items)
         metrics["postprocess_tuning"] = tuning
+        if sim_val:
+            _, sim_metrics = evaluate.score_segmenter(model, sim_val)
+            metrics["simulated_validation"] = {
+                k: sim_metrics[k] for k in ("ap50", "ap75", "n_images", "n_nuclei")
+            }
     else:
         has_truth = all(b is not None for _, b in val_items)
         per_image, metrics = (
