@@ -1,6 +1,6 @@
 """``protocols/low_light_denoise.yaml``: segmentation at a tenth of the light.
 
-The low-light protocol (0.5 mW, CARE denoiser, nuclei-seg on the denoised
+The low-light protocol (0.5 mW, CARE denoiser, nuclei-seg-sim on the denoised
 frames) and its full-power reference (``protocols/low_light_reference.yaml``:
 the demo's 5 mW, no denoiser) run on the simulator, shortened to a few time
 points with every other setting as shipped, and are scored against the
@@ -161,7 +161,7 @@ def test_the_reference_is_the_low_light_protocol_at_the_demos_power() -> None:
     assert ("analysis", "denoise") not in ref
     # both load as shipped, with the models they name
     assert load_protocol(LOW_LIGHT).analysis.denoise == "denoise-care"
-    assert load_protocol(REFERENCE).analysis.model == "nuclei-seg"
+    assert load_protocol(REFERENCE).analysis.model == "nuclei-seg-sim"
 
 
 def test_denoised_low_light_segments_as_well_as_full_power(

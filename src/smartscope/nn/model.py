@@ -341,7 +341,11 @@ class SegmentModel(Model):
         outside ``auto``, predicts again rescaled to the training diameter,
         at most :data:`AUTO_SIZE_PASSES` passes in all. On 78 real images
         (docs/models.md) one correction was not enough where 90-px nuclei
-        first measured 24 px: shattered into pieces at that scale.
+        first measured 24 px: shattered into pieces at that scale. Where the
+        first pass is kept at the image's own scale, a probe pass at half
+        the size found checks it (:data:`AUTO_SIZE_PROBE_RATIO`; one pass
+        more than :data:`AUTO_SIZE_PASSES`): 90-px textured nuclei had come
+        out as 28-px pieces, a size the network accepts.
         """
         factor = 1.0
         estimate = estimate_diameter_px(fg > post.fg_threshold)
@@ -351,16 +355,17 @@ class SegmentModel(Model):
                 fg, dist = self._maps(x, factor)
         labels = self._labels(fg, dist, self._size_factor(factor, estimate), post)
         target = float(self.card.train_diameter_px)  # set: predict checked
-        if factor == 1.0:
-            native = object_diameter_px(labels)
-            if native is not None:
-                probe = self._scale_factor(2.0 * native)
-                pfg, pdist = self._maps(x, probe)
-                seen = object_diameter_px(self._labels(pfg, pdist, probe, post))
-                if seen is not None and seen > AUTO_SIZE_PROBE_RATIO * native:
-                    factor = self._scale_factor(seen)
-                    fg, dist = self._maps(x, factor)
-                    labels = self._labels(fg, dist, factor, post)
+        native = object_diameter_px(labels) if factor == 1.0 else None
+        if native is not None:
+            # the probe (not counted in AUTO_SIZE_PASSES): at half the size
+            # found, real nuclei measure the same
+            probe = self._scale_factor(2.0 * native)
+            pfg, pdist = self._maps(x, probe)
+            seen = object_diameter_px(self._labels(pfg, pdist, probe, post))
+            if seen is not None and seen > AUTO_SIZE_PROBE_RATIO * native:
+                factor = self._scale_factor(seen)
+                fg, dist = self._maps(x, factor)
+                labels = self._labels(fg, dist, factor, post)
         for _ in range(AUTO_SIZE_PASSES - (1 if factor == 1.0 else 2)):
             measured = object_diameter_px(labels)
             # at the image's own scale any size the network handles will do;
