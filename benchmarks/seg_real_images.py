@@ -19,7 +19,7 @@ BBBC039 images for model selection: they are the project's reserved benchmark.
 Usage::
 
     python benchmarks/seg_real_images.py --data DIR [--model nuclei-seg]
-        [--precision auto] [--json F]
+        [--precision auto] [--tta] [--json F]
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ def main() -> None:
         default="auto",
         help="as load_model: auto (int8 ONNX on CPUs with VNNI), float32, ...",
     )
+    ap.add_argument(
+        "--tta", action="store_true", help="predict(image, tta=True): 4 flips"
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     model = load_model(args.model, device="cpu", precision=args.precision)
@@ -61,7 +64,7 @@ def main() -> None:
         image = tifffile.imread(path)
         truth = tifffile.imread(mask).astype(np.int32)
         t0 = time.perf_counter()
-        labels = model.predict(image)
+        labels = model.predict(image, tta=args.tta or None)
         ap = average_precision(truth, labels)
         group = group_of.get(path.stem) or path.stem.rsplit("_", 1)[0]
         groups[group].append(
@@ -106,6 +109,7 @@ def main() -> None:
                 {
                     "model": args.model,
                     "precision": args.precision,
+                    "tta": args.tta,
                     "model_precision": model.predictor.precision,
                     "data": str(args.data),
                     "groups": summary,
