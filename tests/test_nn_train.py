@@ -33,6 +33,8 @@ TINY = {
     "train_fields": 2,
     "val_fields": 1,
 }
+#: the train commands' options for the same tiny network, in-process data
+TINY_CLI = ("--patch", "32", "--width", "8", "--depth", "2", "--workers", "0")
 
 
 def _blobs(
@@ -144,14 +146,7 @@ def test_train_cli_on_a_tiff_folder_writes_model_and_qc(tmp_path, kind):
         "4",
         "--batch",
         "2",
-        "--patch",
-        "32",
-        "--width",
-        "8",
-        "--depth",
-        "2",
-        "--workers",
-        "0",
+        *TINY_CLI,
     ]
     res = CliRunner().invoke(train_app, args)
     assert res.exit_code == 0, res.output
@@ -251,14 +246,7 @@ def test_segment_on_user_images_mixes_simulated_crops(tmp_path):
         "3",
         "--batch",
         "4",
-        "--patch",
-        "32",
-        "--width",
-        "8",
-        "--depth",
-        "2",
-        "--workers",
-        "0",
+        *TINY_CLI,
     ]
     res = CliRunner().invoke(train_app, args)
     assert res.exit_code == 0, res.output
