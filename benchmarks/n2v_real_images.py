@@ -13,7 +13,11 @@ truth. Then, per image:
   ``--ours-args``), timed, then the trained model on the whole noisy image;
 - optionally CAREamics' N2V (``--careamics-python`` and ``--careamics-script``,
   a script taking ``--noisy --out --budget-s``) with the same wall-clock budget
-  as ours took.
+  as ours took;
+- optionally BM3D behind the Anscombe transform, given the true (Poisson)
+  noise model (``--bm3d-python`` and ``--bm3d-script``, a script taking
+  ``--noisy --out``; ``benchmarks/bm3d_reference/``): the classical single-image
+  reference.
 
 PSNR is against the truth with its own range (max - min). Prints a table and
 writes ``--json``.
@@ -21,7 +25,8 @@ writes ``--json``.
 Usage::
 
     python benchmarks/n2v_real_images.py [--images DIR] [--photons 15]
-        [--only NAME ...] [--careamics-python PY --careamics-script PATH] [--json F]
+        [--only NAME ...] [--careamics-python PY --careamics-script PATH]
+        [--bm3d-python PY --bm3d-script PATH] [--json F]
 """
 
 from __future__ import annotations
@@ -103,6 +108,12 @@ def run_careamics(
     return tifffile.imread(out).astype(np.float32)[:h, :w], info
 
 
+def run_bm3d(python: str, script: str, noisy_path: Path, out: Path) -> np.ndarray:
+    cmd = [python, script, "--noisy", str(noisy_path), "--out", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return tifffile.imread(out).astype(np.float32)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -114,6 +125,8 @@ def main() -> None:
     ap.add_argument("--ours-args", default="", help="extra `train n2v` options")
     ap.add_argument("--careamics-python", default=None)
     ap.add_argument("--careamics-script", default=None)
+    ap.add_argument("--bm3d-python", default=None)
+    ap.add_argument("--bm3d-script", default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     shipped = load_model("denoise-n2v", device="cpu")
@@ -154,6 +167,17 @@ def main() -> None:
                 )
                 row["psnr_careamics"] = round(psnr(truth, den), 2)
                 row["careamics"] = info
+            if args.bm3d_python and args.bm3d_script:
+                den = run_bm3d(
+                    args.bm3d_python,
+                    args.bm3d_script,
+                    noisy_path,
+                    Path(tmp) / f"{path.stem}_bm3d.tif",
+                )
+                row["psnr_bm3d_anscombe"] = round(psnr(truth, den), 2)
+                row["bm3d_gain_over_gaussian_db"] = round(
+                    row["psnr_bm3d_anscombe"] - row["psnr_gaussian"], 2
+                )
             rows.append(row)
             print(json.dumps(row), flush=True)
     result = {
