@@ -20,6 +20,7 @@ from smartscope.analysis.measure import measure_objects
 from smartscope.analysis.models import (
     AnalysisModel,
     ModelLoadError,
+    accepts_min_size,
     load_analysis_model,
     predict_denoised,
     predict_labels,
@@ -127,6 +128,18 @@ class FrameAnalyser:
             )
         if denoiser is not None and s.denoise_adapt is not None:
             _check_adaptable(denoiser, s.denoise or "?")
+        if (
+            segmenter is not None
+            and s.model_min_area_um2 is not None
+            and not accepts_min_size(segmenter)
+        ):
+            raise ModelLoadError(
+                f"model_min_area_um2: the segmenter {s.model!r} "
+                f"({type(segmenter).__name__}) has no min_size_px option "
+                "to lower its fragment limit; leave model_min_area_um2 unset",
+                model=s.model or "?",
+                role="segmenter",
+            )
         self._denoiser, self._segmenter = denoiser, segmenter
         on_cpu = (denoiser or segmenter) is not None and _on_cpu(self._device)
         self.stages = _stages(s, denoiser is not None, on_cpu)
@@ -386,6 +399,11 @@ class FrameAnalyser:
                 image,
                 diameter_px=s.diameter_um / frame.pixel_size_um,
                 name=s.model or "?",
+                min_size_px=(
+                    None
+                    if s.model_min_area_um2 is None
+                    else s.model_min_area_um2 / frame.pixel_size_um**2
+                ),
             )
             return filter_by_area(
                 labels,

@@ -10,6 +10,7 @@ segmenter, a float32 image in the raw intensity units for a denoiser.
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -19,6 +20,7 @@ from smartscope.errors import SmartscopeError
 __all__ = [
     "AnalysisModel",
     "ModelLoadError",
+    "accepts_min_size",
     "load_analysis_model",
     "predict_denoised",
     "predict_labels",
@@ -106,7 +108,12 @@ def load_analysis_model(
 
 
 def predict_labels(
-    model: AnalysisModel, image: np.ndarray, *, diameter_px: float, name: str = "?"
+    model: AnalysisModel,
+    image: np.ndarray,
+    *,
+    diameter_px: float,
+    name: str = "?",
+    min_size_px: float | None = None,
 ) -> np.ndarray:
     """Run a segmentation model and check its output.
 
@@ -116,13 +123,24 @@ def predict_labels(
         Raw or denoised frame.
     diameter_px : float
         Expected nucleus diameter, pixels.
+    min_size_px : float, optional
+        Smallest object the model's post-processing keeps, pixels (passed on
+        only when given: a model needs a ``min_size_px`` keyword for it,
+        :func:`accepts_min_size`); None: the model's own limits.
 
     Returns
     -------
     (Y, X) int32 ndarray
         Instance labels, 0 = background.
     """
-    labels = np.asarray(model.predict(image, diameter_px=diameter_px))
+    if min_size_px is None:
+        labels = np.asarray(model.predict(image, diameter_px=diameter_px))
+    else:
+        labels = np.asarray(
+            model.predict(  # type: ignore[call-arg]
+                image, diameter_px=diameter_px, min_size_px=min_size_px
+            )
+        )
     if labels.shape != image.shape:
         raise ValueError(
             f"segmenter model {name!r} returned shape {labels.shape} for an image "
@@ -134,6 +152,18 @@ def predict_labels(
             "integer instance labels"
         )
     return labels.astype(np.int32, copy=False)
+
+
+def accepts_min_size(model: AnalysisModel) -> bool:
+    """Whether ``model.predict`` takes ``min_size_px`` (smartscope's
+    segmenters do; ``analysis.model_min_area_um2`` needs it)."""
+    try:
+        params = inspect.signature(model.predict).parameters
+    except (TypeError, ValueError):
+        return False
+    return "min_size_px" in params or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+    )
 
 
 def predict_denoised(

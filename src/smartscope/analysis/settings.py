@@ -134,6 +134,16 @@ class AnalysisSettings(BaseModel):
     max_area_um2: float = Field(
         2000.0, gt=0, description="objects larger than this are discarded, µm²"
     )
+    model_min_area_um2: float | None = Field(
+        None,
+        ge=0,
+        description="smallest object the segmentation model's own "
+        "post-processing keeps, µm² (also at the image border); None: the "
+        "model card's fragment limits (nuclei-seg: about 0.4 of a typical "
+        "nucleus's area). Lower it to keep micronuclei or apoptotic bodies "
+        "(fragments of nuclei are then kept too); min_area_um2 still applies "
+        "after. Only with segmenter='model'",
+    )
     threshold: Literal["otsu", "li", "triangle"] = Field(
         "otsu", description="global threshold method of the classical segmenter"
     )
@@ -246,6 +256,12 @@ class AnalysisSettings(BaseModel):
             raise ValueError(
                 "segmenter='model' needs `model`: the name or path of a "
                 "segmentation model (or use segmenter='classical')"
+            )
+        if self.model_min_area_um2 is not None and self.segmenter != "model":
+            raise ValueError(
+                "model_min_area_um2 sets the segmentation model's own fragment "
+                "limit: it needs segmenter='model' (the classical segmenter "
+                "uses min_area_um2)"
             )
         if self.min_area_um2 >= self.max_area_um2:
             raise ValueError(

@@ -273,6 +273,7 @@ class SegmentModel(Model):
         *,
         diameter_px: float | None = None,
         tta: bool | None = None,
+        min_size_px: float | None = None,
     ) -> np.ndarray:
         """Segment nuclei.
 
@@ -291,11 +292,21 @@ class SegmentModel(Model):
             (4x the network time; on 12 held-out real images AP@0.5 / 0.75
             +0.013 / +0.032, docs/models.md); ``None``: as the card says
             (``card.test_time_augmentation``, off for the shipped models)
+        min_size_px : smallest object kept, in ``image``'s pixels, also where
+            it touches the border; ``None``: the card's fragment limits
+            (``card.postprocess.min_size_px`` and ``border_min_size_px``, at
+            the training diameter, scaled with the nuclei). Lower it to keep
+            micronuclei or apoptotic bodies: the network's fragments of
+            larger nuclei are then kept too. With the automatic size, the
+            passes that find the scale keep the card's limits; only the
+            final labels use this one.
 
         Returns
         -------
         (Y, X) int32 instance labels, 0 = background
         """
+        if min_size_px is not None and not min_size_px >= 0:
+            raise ValueError(f"min_size_px must be >= 0, got {min_size_px}")
         x, _, _ = self._normalized(image)
         post = self.card.postprocess or Postprocess()
         if tta is None:
@@ -304,8 +315,11 @@ class SegmentModel(Model):
         fg, dist = self._maps(x, factor, tta)
         auto = post.auto_diameter_px
         if diameter_px is None and auto is not None and self.card.train_diameter_px:
-            return self._predict_auto(x, fg, dist, post, auto, tta)[0]
-        return self._labels(fg, dist, factor, post)
+            labels, fg, dist, size = self._predict_auto(x, fg, dist, post, auto, tta)
+            if min_size_px is None:
+                return labels
+            return self._labels(fg, dist, size, post, min_size_px)
+        return self._labels(fg, dist, factor, post, min_size_px)
 
     def maps_auto_size(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Foreground, distance and the size factor :meth:`predict` without
@@ -321,18 +335,29 @@ class SegmentModel(Model):
         return self._predict_auto(x, fg, dist, post, auto)[1:]
 
     def _labels(
-        self, fg: np.ndarray, dist: np.ndarray, factor: float, post: Postprocess
+        self,
+        fg: np.ndarray,
+        dist: np.ndarray,
+        factor: float,
+        post: Postprocess,
+        min_size_px: float | None = None,
     ) -> np.ndarray:
         """Instances from the maps; ``factor``: how much the image was scaled
         to reach the training diameter (``post.min_size_px`` is at that
-        diameter, so it shrinks or grows with the nuclei)."""
+        diameter, so it shrinks or grows with the nuclei); ``min_size_px``
+        (image pixels) replaces both of the card's limits."""
+        if min_size_px is None:
+            inner = max(1, round(post.min_size_px / factor**2))
+            border = max(1, round(post.border_min_size_px / factor**2))
+        else:
+            inner = border = max(1, round(min_size_px))
         return labels_from_maps(
             fg,
             dist,
             fg_threshold=post.fg_threshold,
             seed_threshold=post.seed_threshold,
-            min_size_px=max(1, round(post.min_size_px / factor**2)),
-            border_min_size_px=max(1, round(post.border_min_size_px / factor**2)),
+            min_size_px=inner,
+            border_min_size_px=border,
         )
 
     def _size_factor(self, factor: float, estimate: float | None) -> float:
