@@ -77,7 +77,7 @@ def main() -> None:
     }
     new_layout = Predictor._layout
     # (name, layout, tile_px); the models' own default tile_px is the first
-    # (float32) or the last (int8, up to 2048 px: INT8_TILE_PX)
+    # (DEFAULT_TILE_PX and, since 2026-12-03, INT8_TILE_PX: 1024)
     layouts = (
         ("frame-sized", new_layout, 1024),
         ("legacy", _legacy_layout, 1024),

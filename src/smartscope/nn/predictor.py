@@ -31,11 +31,15 @@ __all__ = [
 
 #: frames larger than this (either side) run in tiles, by default
 DEFAULT_TILE_PX = 1024
-#: the same for an int8 network in ONNX Runtime: it ran a 2048 x 2048 frame
-#: faster in one piece (15.0x the 512 x 512 cost) than in 3 x 3 tiles (17.2x),
-#: where torch's float32 U-Net was slower in one piece (19.8x against 15.6x;
-#: benchmarks/bench_frame_size.py, docs/benchmarks.md)
-INT8_TILE_PX = 2048
+#: the same for an int8 network in ONNX Runtime. It was 2048 (one piece up
+#: to 2048 px) after nuclei-seg's int8 copy ran a 2048 x 2048 frame faster
+#: whole (15.0x the 512 x 512 cost) than in 3 x 3 tiles (17.2x) on the AVX2
+#: host of 2026-12-02; on the AVX-512 host of 2026-12-03 both int8 copies ran
+#: it faster in tiles (denoise-care 317 ms against 582 whole, nuclei-seg 877
+#: against 1200; benchmarks/bench_frame_size.py, docs/benchmarks.md), and
+#: the mixed int8/float32 CARE copy, which came later, 2x faster, so tiles
+#: start at the same size as for float32
+INT8_TILE_PX = 1024
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "float32", "bfloat16", "int8"]
