@@ -35,6 +35,15 @@ def test_defaults_are_the_classical_pipeline() -> None:
         ({"threshold": "mean"}, "'otsu', 'li' or 'triangle'"),
         ({"track_max_step_um": 0}, "greater than 0"),
         ({"diameter": 10}, "Extra inputs are not permitted"),
+        (
+            {"segmenter": "model", "model": "m", "model_min_area_um2": float("inf")},
+            "model_min_area_um2\n  Input should be a finite number",
+        ),
+        (
+            {"segmenter": "model", "model": "m", "model_min_area_um2": 2000},
+            "model_min_area_um2 (2000) must be smaller than max_area_um2 (2000)",
+        ),
+        ({"model_min_area_um2": 5}, "model_min_area_um2 sets the segmentation"),
     ],
 )
 def test_bad_settings_are_refused_with_a_message(kwargs: dict, message: str) -> None:

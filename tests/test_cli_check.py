@@ -78,3 +78,27 @@ def test_check_command(tmp_path: Path) -> None:
     assert bad.exit_code == 2
     assert "demo.yaml" in bad.output
     assert "Traceback" not in bad.output
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [(".inf", "finite number"), ("-1", "greater than or equal to 0")],
+)
+def test_check_names_a_bad_model_min_area(tmp_path: Path, value: str, says: str):
+    """An infinite or negative ``analysis.model_min_area_um2`` (which would
+    fail every frame, or mean nothing) is refused by ``smartscope check``,
+    naming the file and the field, before anything moves."""
+    proto = tmp_path / "demo.yaml"
+    text = (data_dir("protocols") / "demo.yaml").read_text()
+    assert "  diameter_um: 12\n" in text
+    proto.write_text(
+        text.replace(
+            "  diameter_um: 12\n", f"  diameter_um: 12\n  model_min_area_um2: {value}\n"
+        )
+    )
+    bad = CliRunner().invoke(app, ["check", str(proto)])
+    assert bad.exit_code == 2, bad.output
+    assert "demo.yaml" in bad.output
+    assert "model_min_area_um2" in bad.output
+    assert says in bad.output
+    assert "Traceback" not in bad.output

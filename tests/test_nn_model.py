@@ -286,5 +286,6 @@ def test_min_size_keeps_nuclei_smaller_than_the_fragment_limit():
     assert average_precision(truths, lowered)[0.5] >= 0.9
     # a limit above every nucleus leaves nothing; a negative one is refused
     assert model.predict(frames[0].image, min_size_px=1e6).max() == 0
-    with pytest.raises(ValueError, match="min_size_px"):
-        model.predict(frames[0].image, min_size_px=-1)
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="min_size_px must be a finite number"):
+            model.predict(frames[0].image, min_size_px=bad)

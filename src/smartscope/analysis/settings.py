@@ -137,6 +137,7 @@ class AnalysisSettings(BaseModel):
     model_min_area_um2: float | None = Field(
         None,
         ge=0,
+        allow_inf_nan=False,
         description="smallest object the segmentation model's own "
         "post-processing keeps, µm² (also at the image border); None: the "
         "model card's fragment limits (nuclei-seg: about 0.4 of a typical "
@@ -262,6 +263,15 @@ class AnalysisSettings(BaseModel):
                 "model_min_area_um2 sets the segmentation model's own fragment "
                 "limit: it needs segmenter='model' (the classical segmenter "
                 "uses min_area_um2)"
+            )
+        if (
+            self.model_min_area_um2 is not None
+            and self.model_min_area_um2 >= self.max_area_um2
+        ):
+            raise ValueError(
+                f"model_min_area_um2 ({self.model_min_area_um2:g}) must be smaller "
+                f"than max_area_um2 ({self.max_area_um2:g}): nothing the model "
+                "keeps could pass the area filter"
             )
         if self.min_area_um2 >= self.max_area_um2:
             raise ValueError(

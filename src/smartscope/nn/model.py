@@ -10,6 +10,7 @@ the file.
 
 from __future__ import annotations
 
+import math
 import tempfile
 import warnings
 import zipfile
@@ -305,8 +306,10 @@ class SegmentModel(Model):
         -------
         (Y, X) int32 instance labels, 0 = background
         """
-        if min_size_px is not None and not min_size_px >= 0:
-            raise ValueError(f"min_size_px must be >= 0, got {min_size_px}")
+        if min_size_px is not None and not 0 <= min_size_px < math.inf:
+            raise ValueError(
+                f"min_size_px must be a finite number >= 0, got {min_size_px}"
+            )
         x, _, _ = self._normalized(image)
         post = self.card.postprocess or Postprocess()
         if tta is None:
