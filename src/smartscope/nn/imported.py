@@ -101,20 +101,14 @@ class _SizedPredictor(Predictor):
         )
         # a foreign network may reshape activations: keep the default layout
         self.network = self.network.to(memory_format=torch.contiguous_format)
+        self.channels_last = False
         self.size_y, self.size_x = size_y, size_x
 
     def _tile_size(self, size: int, *, axis: int) -> int:
         return (self.size_y if axis == 0 else self.size_x).valid(size)
 
-    def _run_padded(self, x: np.ndarray) -> np.ndarray:
-        h, w = x.shape
-        ph, pw = self.size_y.valid(h) - h, self.size_x.valid(w) - w
-        if ph or pw:
-            mode = "reflect" if h > ph and w > pw else "edge"
-            x = np.pad(x, ((0, ph), (0, pw)), mode=mode)
-        t = torch.from_numpy(np.ascontiguousarray(x, np.float32))[None, None]
-        out = self._forward(t.to(self.device))[0]
-        return out[:, :h, :w].float().contiguous().cpu().numpy()
+    def _padding(self, h: int, w: int) -> tuple[int, int]:
+        return self.size_y.valid(h) - h, self.size_x.valid(w) - w
 
 
 class ImportedModel(ABC):

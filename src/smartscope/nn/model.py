@@ -32,6 +32,11 @@ from smartscope.nn.card import (
     tile_overlap_px,
 )
 from smartscope.nn.description import card_name
+from smartscope.nn.device_labels import (
+    labels_from_maps_t,
+    normalize_t,
+    percentile_range_t,
+)
 from smartscope.nn.errors import ModelError
 from smartscope.nn.instances import (
     estimate_diameter_px,
@@ -40,6 +45,7 @@ from smartscope.nn.instances import (
 )
 from smartscope.nn.locate import available_models, resolve_model_path
 from smartscope.nn.normalize import (
+    as_2d,
     as_2d_float,
     denormalize,
     normalize,
@@ -90,6 +96,14 @@ class Model(ABC):
     card : ModelCard
     path : Path or None, the folder or ``.zip`` package it was loaded from
     predictor : Predictor, holding the network, device and precision
+    keep_on_device : bool or None
+        Whether :meth:`predict` keeps the frame on the predictor's device
+        from normalisation to the result (percentiles, rescaling, the
+        network, and for a segmenter the labels: :mod:`smartscope.nn.device_labels`),
+        with one copy in and one out. ``None`` (the default): on CUDA with
+        a torch network. On the CPU the host path (numpy, scikit-image's
+        watershed) is faster; setting this there runs the device path's
+        code on the CPU, as the tests do.
     """
 
     def __init__(
@@ -126,8 +140,18 @@ class Model(ABC):
             overlap_px=tile_overlap_px(card.unet),
             int8_onnx=int8_onnx,
         )
+        self.keep_on_device: bool | None = None
         if warm_up:
             self.predictor.warm_up()
+
+    @property
+    def on_device(self) -> bool:
+        """Whether :meth:`predict` takes the device path (see
+        ``keep_on_device``)."""
+        if self.keep_on_device is not None:
+            return self.keep_on_device
+        p = self.predictor
+        return p.device.type == "cuda" and p.precision != "int8"
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Predict with new weights from now on: ``state`` is a U-Net state
@@ -165,6 +189,17 @@ class Model(ABC):
         low, high = percentile_range(x, p_low=n.p_low, p_high=n.p_high)
         return normalize(x, low, high), low, high
 
+    def _normalized_t(
+        self, image: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``image`` on the predictor's device (crossing in its own dtype),
+        normalised there: (Y, X) float32 Tensor, low, high (0-d Tensors)."""
+        x = self.predictor.to_device(as_2d(image)).float()
+        x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        n = self.card.normalization
+        low, high = percentile_range_t(x, p_low=n.p_low, p_high=n.p_high)
+        return normalize_t(x, low, high), low, high
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(name={self.name!r}, method={self.card.method!r}, "
@@ -196,11 +231,30 @@ class DenoiseModel(Model):
         -------
         (Y, X) float32 in the input's intensity units (e.g. ADU)
         """
-        x, low, high = self._normalized(image)
         if tta is None:
             tta = self.card.test_time_augmentation
+        if self.on_device:
+            with torch.inference_mode():
+                xt, lo, hi = self._normalized_t(image)
+                yt = self._run_tta_t(xt) if tta else self.predictor.run_t(xt)[0]
+                return self.predictor.to_host(yt * (hi - lo) + lo)
+        x, low, high = self._normalized(image)
         out = self._run_tta(x) if tta else self.predictor.run(x)[0]
         return denormalize(out, low, high)
+
+    def _run_tta_t(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`_run_tta` on the device: (Y, X) Tensor → (Y, X) Tensor."""
+        acc = torch.zeros_like(x)
+        for k in range(4):
+            for flip in (False, True):
+                a = torch.rot90(x, k, (0, 1))
+                if flip:
+                    a = a.flip(1)
+                out = self.predictor.run_t(a.contiguous())[0]
+                if flip:
+                    out = out.flip(1)
+                acc += torch.rot90(out, -k, (0, 1))
+        return acc / 8.0
 
     def _run_tta(self, x: np.ndarray) -> np.ndarray:
         """Mean prediction over the 8 rotations and flips of ``x``."""
@@ -260,6 +314,31 @@ class SegmentModel(Model):
                 acc += out[:, :, ::-1] if flip_x else out
         return acc / 4.0
 
+    def _maps_t(
+        self, x: torch.Tensor, factor: float, tta: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_maps` on the device: (Y, X) float32 Tensor → foreground,
+        distance, each (Y, X) float32 Tensor on the same device."""
+        shape = (int(x.shape[0]), int(x.shape[1]))
+        if factor != 1.0:
+            x = _resize_t(
+                x[None],
+                (max(16, round(shape[0] * factor)), max(16, round(shape[1] * factor))),
+            )[0]
+        if tta:
+            acc = torch.zeros((2, *x.shape), dtype=torch.float32, device=x.device)
+            for dims in ((), (0,), (1,), (0, 1)):
+                a = x.flip(dims).contiguous() if dims else x
+                out = self.predictor.run_t(a)
+                acc += out.flip(tuple(d + 1 for d in dims)) if dims else out
+            logits = acc / 4.0
+        else:
+            logits = self.predictor.run_t(x)
+        probs = torch.sigmoid(logits[:2].clamp(-30.0, 30.0))
+        if factor != 1.0:
+            probs = _resize_t(probs, shape)
+        return probs[0], probs[1]
+
     def _scale_factor(self, diameter_px: float | None) -> float:
         if diameter_px is None or self.card.train_diameter_px is None:
             return 1.0
@@ -310,14 +389,34 @@ class SegmentModel(Model):
             raise ValueError(
                 f"min_size_px must be a finite number >= 0, got {min_size_px}"
             )
-        x, _, _ = self._normalized(image)
         post = self.card.postprocess or Postprocess()
         if tta is None:
             tta = self.card.test_time_augmentation
         factor = self._scale_factor(diameter_px)
-        fg, dist = self._maps(x, factor, tta)
         auto = post.auto_diameter_px
-        if diameter_px is None and auto is not None and self.card.train_diameter_px:
+        find_size = (
+            diameter_px is None
+            and auto is not None
+            and bool(self.card.train_diameter_px)
+        )
+        if self.on_device and not find_size:
+            # the frame crosses once each way: in as it came, out as labels
+            with torch.inference_mode():
+                xt, _, _ = self._normalized_t(image)
+                fg_t, dist_t = self._maps_t(xt, factor, tta)
+                inner, border = self._limits(factor, post, min_size_px)
+                labels = labels_from_maps_t(
+                    fg_t,
+                    dist_t,
+                    fg_threshold=post.fg_threshold,
+                    seed_threshold=post.seed_threshold,
+                    min_size_px=inner,
+                    border_min_size_px=border,
+                )
+                return self.predictor.to_host(labels)
+        x, _, _ = self._normalized(image)
+        fg, dist = self._maps(x, factor, tta)
+        if find_size and auto is not None:
             labels, fg, dist, size = self._predict_auto(x, fg, dist, post, auto, tta)
             if min_size_px is None:
                 return labels
@@ -349,11 +448,7 @@ class SegmentModel(Model):
         to reach the training diameter (``post.min_size_px`` is at that
         diameter, so it shrinks or grows with the nuclei); ``min_size_px``
         (image pixels) replaces both of the card's limits."""
-        if min_size_px is None:
-            inner = max(1, round(post.min_size_px / factor**2))
-            border = max(1, round(post.border_min_size_px / factor**2))
-        else:
-            inner = border = max(1, round(min_size_px))
+        inner, border = self._limits(factor, post, min_size_px)
         return labels_from_maps(
             fg,
             dist,
@@ -362,6 +457,19 @@ class SegmentModel(Model):
             min_size_px=inner,
             border_min_size_px=border,
         )
+
+    @staticmethod
+    def _limits(
+        factor: float, post: Postprocess, min_size_px: float | None
+    ) -> tuple[int, int]:
+        """The smallest objects kept inside the image and at its border,
+        pixels (:meth:`_labels`)."""
+        if min_size_px is None:
+            inner = max(1, round(post.min_size_px / factor**2))
+            border = max(1, round(post.border_min_size_px / factor**2))
+        else:
+            inner = border = max(1, round(min_size_px))
+        return inner, border
 
     def _size_factor(self, factor: float, estimate: float | None) -> float:
         """The factor that scales ``min_size_px`` on a pass at ``factor``: a
@@ -447,6 +555,14 @@ def _resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     mode = "area" if shrink else "bilinear"
     kw = {} if shrink else {"align_corners": False}
     return torch.nn.functional.interpolate(t, size=shape, mode=mode, **kw)[0, 0].numpy()
+
+
+def _resize_t(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """:func:`_resize` of a (C, Y, X) float32 Tensor, on its device."""
+    shrink = shape[0] < image.shape[-2] or shape[1] < image.shape[-1]
+    mode = "area" if shrink else "bilinear"
+    kw = {} if shrink else {"align_corners": False}
+    return torch.nn.functional.interpolate(image[None], size=shape, mode=mode, **kw)[0]
 
 
 _CLASSES: dict[str, type[Model]] = {"denoise": DenoiseModel, "segment": SegmentModel}

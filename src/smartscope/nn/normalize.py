@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["as_2d_float", "denormalize", "normalize", "percentile_range"]
+__all__ = ["as_2d", "as_2d_float", "denormalize", "normalize", "percentile_range"]
 
 
-def as_2d_float(image: np.ndarray) -> np.ndarray:
-    """A (Y, X) float32 view or copy of a 2D image.
+def as_2d(image: np.ndarray) -> np.ndarray:
+    """A (Y, X) view of a 2D image in its own dtype (checked: numeric).
 
     ``(Y, X, 3)`` or ``(Y, X, 4)`` colour images (e.g. nuclei saved as RGB) are
     reduced to their brightest colour channel; a leading axis of length 1 is
@@ -32,7 +32,13 @@ def as_2d_float(image: np.ndarray) -> np.ndarray:
         )
     if a.dtype.kind not in "uif" and a.dtype != np.bool_:
         raise ValueError(f"expected a numeric image, got dtype {a.dtype}")
-    out = a.astype(np.float32, copy=False)
+    return a
+
+
+def as_2d_float(image: np.ndarray) -> np.ndarray:
+    """:func:`as_2d` as float32 (a view where it already is), with NaN and
+    infinities set to 0."""
+    out = as_2d(image).astype(np.float32, copy=False)
     if not np.isfinite(out).all():
         out = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
     return out

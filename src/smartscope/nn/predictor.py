@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -196,6 +197,8 @@ class Predictor:
             network = fuse_batchnorm(network)
         # channels-last convolutions ran about 1.8x faster on the CPU here
         self.network = network.to(self.device, memory_format=torch.channels_last)
+        #: inputs laid out channels-last like the network's weights
+        self.channels_last = True
         self._onnx = OnnxRunner(int8_onnx) if precision == "int8" else None
         self._warm = False
 
@@ -222,18 +225,52 @@ class Predictor:
                 return self.network(batch).float()
         return self.network(batch)
 
-    def _run_padded(self, x: np.ndarray) -> np.ndarray:
-        """(Y, X) float32 → (C, Y, X) float32, padding to the size multiple."""
-        h, w = x.shape
+    def _padding(self, h: int, w: int) -> tuple[int, int]:
+        """Rows and columns to add below and right of an ``h`` x ``w`` input."""
         m = self.size_multiple
-        ph, pw = -h % m, -w % m
+        return -h % m, -w % m
+
+    def _run_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """(Y, X) float32 → (C, Y, X) float32, on the device, padding as the
+        network needs (reflected; repeated where the image is too small to
+        reflect)."""
+        h, w = x.shape
+        ph, pw = self._padding(h, w)
+        t = x[None, None]
         if ph or pw:
-            mode = "reflect" if h > ph and w > pw else "edge"
-            x = np.pad(x, ((0, ph), (0, pw)), mode=mode)
-        t = torch.from_numpy(np.ascontiguousarray(x, np.float32))[None, None]
-        t = t.to(self.device).contiguous(memory_format=torch.channels_last)
-        out = self._forward(t)[0]
-        return out[:, :h, :w].float().contiguous().cpu().numpy()
+            mode = "reflect" if h > ph and w > pw else "replicate"
+            t = F.pad(t, (0, pw, 0, ph), mode=mode)
+        if self.channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
+        out = self._forward(t.to(self.device))[0]
+        return out[:, :h, :w].float()
+
+    def to_device(self, image: np.ndarray) -> torch.Tensor:
+        """A (Y, X) host array on the predictor's device, in its own dtype
+        (a uint16 frame crosses at half the bytes of float32). On CUDA it
+        is staged in page-locked memory and copied without blocking the
+        host (torch's caching host allocator keeps the staging block until
+        the copy is done); on the CPU no copy is made of a contiguous
+        array."""
+        a = np.ascontiguousarray(image)
+        if a.dtype.kind == "u" and a.dtype.itemsize > 1 and a.dtype != np.uint16:
+            a = a.astype(np.int64)  # uint32/uint64: torch has no such dtypes
+        t = torch.from_numpy(a)
+        if self.device.type != "cuda":
+            return t
+        staged = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        staged.copy_(t)
+        return staged.to(self.device, non_blocking=True)
+
+    def to_host(self, t: torch.Tensor) -> np.ndarray:
+        """A device tensor as a host array (on CUDA through page-locked
+        memory, then one sync of the current stream)."""
+        if t.device.type != "cuda":
+            return t.detach().contiguous().numpy()
+        out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        out.copy_(t, non_blocking=True)
+        torch.cuda.current_stream(t.device).synchronize()
+        return out.numpy()
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Predict a normalised image.
@@ -246,25 +283,44 @@ class Predictor:
         -------
         (C, Y, X) float32 network output (before any activation)
         """
+        t = self.to_device(np.asarray(x, np.float32))
+        return self.to_host(self.run_t(t))
+
+    def run_t(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`run` on a tensor, kept where it is.
+
+        Parameters
+        ----------
+        x : (Y, X) float32 Tensor, already normalised, on the predictor's
+            device
+
+        Returns
+        -------
+        (C, Y, X) float32 Tensor on the predictor's device
+        """
         with torch.inference_mode():
             h, w = x.shape
             if h <= self.tile_px and w <= self.tile_px:
                 return self._run_padded(x)
             return self._run_tiled(x)
 
-    def _run_tiled(self, x: np.ndarray) -> np.ndarray:
+    def _run_tiled(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape
         rows, cols = self._layout(h, axis=0), self._layout(w, axis=1)
-        out: np.ndarray | None = None
+        out: torch.Tensor | None = None
         for y0, th, ky0, ky1 in rows:
             for x0, tw, kx0, kx1 in cols:
                 res = self._run_padded(x[y0 : y0 + th, x0 : x0 + tw])
                 if out is None:
-                    out = np.empty((res.shape[0], h, w), np.float32)
+                    out = torch.empty(
+                        (res.shape[0], h, w), dtype=torch.float32, device=res.device
+                    )
                 out[:, ky0:ky1, kx0:kx1] = res[
                     :, ky0 - y0 : ky1 - y0, kx0 - x0 : kx1 - x0
                 ]
-        return out if out is not None else np.empty((0, h, w), np.float32)
+        if out is None:
+            return torch.empty((0, h, w), dtype=torch.float32, device=x.device)
+        return out
 
     def _tile_size(self, size: int, *, axis: int) -> int:
         """The smallest size at least ``size`` the network takes along

@@ -1,0 +1,218 @@
+"""The segmenter's post-processing in torch, on the tensors' own device.
+
+:func:`smartscope.nn.instances.labels_from_maps` (scipy's labelling,
+scikit-image's watershed) runs on the CPU: on a GPU the maps would cross to
+the host and the watershed of a 2048 x 2048 frame alone takes longer than the
+network. These functions do the same steps with tensor operations only (no
+Python loop over pixels or objects), so they run where the maps are:
+
+- percentile normalisation (:func:`percentile_range_t`, the same strided
+  sample and linear interpolation as :func:`smartscope.nn.normalize.percentile_range`);
+- connected components of a mask (:func:`connected_components_t`): every
+  pixel starts with its own raster index, and the smallest index of its
+  4-neighbours spreads through the mask until nothing changes, so each
+  component ends up with the index of its first pixel in raster order, the
+  order :func:`scipy.ndimage.label` numbers them in;
+- a seeded watershed (:func:`labels_from_maps_t`): the seeds' labels spread
+  into the foreground in bands of the normalised distance, highest first
+  (``levels`` bands below the seed threshold), and within a band by
+  4-neighbour steps. A priority-flood watershed takes pixels one by one in
+  order of distance; here pixels of one band are taken in order of their
+  geodesic distance to the labels already placed. Where two nuclei touch,
+  the border can move by a pixel or two; elsewhere the result is the same
+  (tests: average precision against :func:`labels_from_maps` on simulated
+  frames).
+
+The number of steps is the longest path inside a component or band, a few
+tens of pixels for nuclei at the training diameter: each step is a handful
+of element-wise operations over the frame, cheap on a GPU. Convergence is
+checked every :data:`CHECK_EVERY` steps, each check one device-to-host sync.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "CHECK_EVERY",
+    "connected_components_t",
+    "labels_from_maps_t",
+    "normalize_t",
+    "percentile_range_t",
+    "relabel_sequential_t",
+]
+
+#: steps between two convergence checks (each check syncs with the device)
+CHECK_EVERY = 4
+#: bands of the normalised distance below the seed threshold that the
+#: labels flood one after the other (the watershed's priority, coarsened)
+DEFAULT_LEVELS = 8
+
+
+def percentile_range_t(
+    image: torch.Tensor, *, p_low: float = 1.0, p_high: float = 99.8
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(low, high)`` percentiles of ``image`` as 0-d float32 tensors on its
+    device, ``high > low`` guaranteed; the same sample and interpolation as
+    :func:`smartscope.nn.normalize.percentile_range` (no host sync)."""
+    flat = image.reshape(-1).float()
+    if flat.numel() > 1 << 18:
+        flat = flat[:: flat.numel() >> 18]
+    q = torch.tensor([p_low / 100.0, p_high / 100.0], device=flat.device)
+    low, high = torch.quantile(flat, q, interpolation="linear")
+    floor = torch.clamp(low.abs() * 1e-6, min=1e-6)
+    high = torch.where(high > low, high, low + floor)
+    return low, high
+
+
+def normalize_t(
+    image: torch.Tensor, low: torch.Tensor, high: torch.Tensor
+) -> torch.Tensor:
+    """``(image - low) / (high - low)`` as float32, on ``image``'s device."""
+    return (image.float() - low) / (high - low)
+
+
+def _min4(keys: torch.Tensor, big: float) -> torch.Tensor:
+    """Each pixel's value and its 4 neighbours', smallest: (Y, X) → (Y, X)."""
+    p = F.pad(keys[None, None], (1, 1, 1, 1), value=big)[0, 0]
+    out = torch.minimum(keys, p[:-2, 1:-1])
+    out = torch.minimum(out, p[2:, 1:-1])
+    out = torch.minimum(out, p[1:-1, :-2])
+    return torch.minimum(out, p[1:-1, 2:])
+
+
+def _spread(keys: torch.Tensor, allowed: torch.Tensor, big: float) -> torch.Tensor:
+    """Spread the smallest key through ``allowed`` pixels (4-connected) until
+    nothing changes; pixels outside ``allowed`` keep their key."""
+    while True:
+        before = keys
+        for _ in range(CHECK_EVERY):
+            keys = torch.where(allowed, _min4(keys, big), keys)
+        if torch.equal(keys, before):
+            return keys
+
+
+def _key_dtype(n: int) -> torch.dtype:
+    # float32 holds integers exactly up to 2**24; min-pooling needs a float
+    return torch.float32 if n < (1 << 24) - 2 else torch.float64
+
+
+def connected_components_t(mask: torch.Tensor) -> torch.Tensor:
+    """4-connected components of a (Y, X) bool mask: int64 labels, 0 outside,
+    each component labelled with 1 + the raster index of its first pixel
+    (not numbered 1..N: :func:`relabel_sequential_t` does that)."""
+    n = mask.numel()
+    dtype = _key_dtype(n)
+    big = float(n + 1)
+    idx = torch.arange(1, n + 1, device=mask.device, dtype=dtype).reshape(mask.shape)
+    keys = torch.where(mask, idx, torch.full_like(idx, big))
+    keys = _spread(keys, mask, big)
+    return torch.where(mask, keys, torch.zeros_like(keys)).long()
+
+
+def relabel_sequential_t(labels: torch.Tensor) -> torch.Tensor:
+    """Labels renumbered 1..N in increasing order of their old value, int32,
+    on ``labels``' device (the torch twin of
+    :func:`smartscope.nn.instances.relabel_sequential`)."""
+    if labels.numel() == 0:
+        return labels.to(torch.int32)
+    top = int(labels.max())
+    if top <= 0:
+        return torch.zeros_like(labels, dtype=torch.int32)
+    present = torch.zeros(top + 1, dtype=torch.bool, device=labels.device)
+    present[labels.reshape(-1)] = True
+    present[0] = False
+    table = torch.cumsum(present, 0, dtype=torch.int32)
+    table[~present] = 0
+    return table[labels.long()]
+
+
+def _drop_small_t(
+    labels: torch.Tensor, min_size_px: int, border_min_size_px: int | None
+) -> torch.Tensor:
+    """Objects under ``min_size_px`` (touching the border: under
+    ``border_min_size_px``) removed, the rest numbered 1..N."""
+    if max(min_size_px, border_min_size_px or 0) > 1 and labels.numel():
+        sizes = torch.bincount(labels.reshape(-1))
+        limit = torch.full_like(sizes, int(min_size_px))
+        if border_min_size_px is not None:
+            edge = torch.cat([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+            limit[edge] = int(border_min_size_px)
+        small = sizes < limit
+        small[0] = False
+        labels = torch.where(small[labels], torch.zeros_like(labels), labels)
+    return relabel_sequential_t(labels)
+
+
+def labels_from_maps_t(
+    foreground: torch.Tensor,
+    distance: torch.Tensor,
+    *,
+    fg_threshold: float = 0.5,
+    seed_threshold: float = 0.5,
+    min_size_px: int = 8,
+    border_min_size_px: int | None = None,
+    levels: int = DEFAULT_LEVELS,
+) -> torch.Tensor:
+    """Instance labels from the foreground probability and normalised
+    distance, on their device: the tensor counterpart of
+    :func:`smartscope.nn.instances.labels_from_maps` (same thresholds, same
+    4-connectivity, seedless foreground blobs kept as objects, small objects
+    dropped).
+
+    Parameters
+    ----------
+    foreground, distance : (Y, X) float Tensor in [0, 1], same device
+    fg_threshold, seed_threshold, min_size_px, border_min_size_px : as in
+        :func:`~smartscope.nn.instances.labels_from_maps`
+    levels : bands of the distance below ``seed_threshold`` flooded one
+        after the other (more: closer to a priority-flood watershed, more
+        steps)
+
+    Returns
+    -------
+    (Y, X) int32 Tensor on the maps' device, labels 1..N, 0 = background
+    """
+    if foreground.shape != distance.shape or foreground.ndim != 2:
+        raise ValueError(
+            "foreground and distance must be (Y, X) tensors of one shape, got "
+            f"{tuple(foreground.shape)} and {tuple(distance.shape)}"
+        )
+    if levels < 1:
+        raise ValueError(f"levels must be >= 1, got {levels}")
+    mask = foreground > fg_threshold
+    dist = distance.float()
+    n = mask.numel()
+    # seeds keep 1 + their first pixel's raster index; orphans (foreground
+    # blobs without a seed) come after every seed, as labels_from_maps
+    # numbers them
+    seeds = connected_components_t(mask & (dist > seed_threshold))
+    dtype = _key_dtype(2 * n + 1)
+    big = float(2 * n + 2)
+    keys = torch.where(
+        seeds > 0, seeds.to(dtype), torch.full_like(dist, big, dtype=dtype)
+    )
+    step = seed_threshold / levels
+    for k in range(1, levels + 1):
+        band = mask & (dist > seed_threshold - k * step) if k < levels else mask
+        keys = _spread_unlabelled(keys, band, big)
+    labelled = keys < big
+    orphans = connected_components_t(mask & ~labelled)
+    labels = torch.where(labelled, keys.long(), torch.zeros_like(orphans))
+    labels = torch.where(orphans > 0, orphans + n, labels)
+    return _drop_small_t(labels, int(min_size_px), border_min_size_px)
+
+
+def _spread_unlabelled(
+    keys: torch.Tensor, allowed: torch.Tensor, big: float
+) -> torch.Tensor:
+    """Grow the labels into unlabelled ``allowed`` pixels, one 4-neighbour
+    step at a time, until nothing changes; labelled pixels keep theirs (a
+    pixel reached by two labels in one step takes the smaller)."""
+    while True:
+        before = keys
+        for _ in range(CHECK_EVERY):
+            keys = torch.where(allowed & (keys == big), _min4(keys, big), keys)
+        if torch.equal(keys, before):
+            return keys

@@ -1,0 +1,210 @@
+"""The models' device path (what runs on a GPU), run here on the CPU through
+the same code: normalisation, rescaling, the network and the segmenter's
+post-processing in torch (:mod:`smartscope.nn.device_labels`), against the
+host path (numpy, scipy, scikit-image) on simulated frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage as ndi
+
+from smartscope.hardware import open_core
+from smartscope.metrics import average_precision
+from smartscope.nn import load_model
+from smartscope.nn.device_labels import (
+    connected_components_t,
+    labels_from_maps_t,
+    percentile_range_t,
+    relabel_sequential_t,
+)
+from smartscope.nn.instances import (
+    distance_targets,
+    labels_from_maps,
+    relabel_sequential,
+)
+from smartscope.nn.normalize import percentile_range
+
+
+def _frame(seed: int, objective: str | None = None) -> np.ndarray:
+    with open_core(seed=seed) as core:
+        if objective is not None:
+            core.setConfig("Objective", objective)
+        core.snapImage()
+        return np.asarray(core.getImage()).copy()
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    return load_model("nuclei-seg", device="cpu", precision="float32")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_components_match_scipy_numbering(seed):
+    """Random masks: the same 4-connected components as ``ndi.label``,
+    numbered the same way once made sequential."""
+    rng = np.random.default_rng(seed)
+    mask = ndi.binary_opening(rng.random((97, 131)) > 0.45)
+    want, n = ndi.label(mask)
+    got = relabel_sequential_t(connected_components_t(torch.from_numpy(mask)))
+    assert n > 5
+    assert got.dtype == torch.int32
+    np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_relabel_sequential_matches_numpy():
+    labels = np.array([[0, 7, 7, 3], [40, 0, 3, 3], [0, 0, 0, 9]], np.int64)
+    got = relabel_sequential_t(torch.from_numpy(labels)).numpy()
+    np.testing.assert_array_equal(got, relabel_sequential(labels))
+    zeros = relabel_sequential_t(torch.zeros((4, 5), dtype=torch.int64))
+    assert zeros.dtype == torch.int32
+    assert int(zeros.max()) == 0
+
+
+def test_percentiles_match_the_host():
+    rng = np.random.default_rng(3)
+    for shape in ((64, 80), (1024, 1024)):  # the second is sampled with a stride
+        image = rng.gamma(2.0, 300.0, shape).astype(np.float32)
+        low, high = percentile_range_t(torch.from_numpy(image), p_low=1, p_high=99.8)
+        want = percentile_range(image, p_low=1, p_high=99.8)
+        np.testing.assert_allclose([float(low), float(high)], want, rtol=1e-5)
+    flat = torch.full((32, 32), 5.0)
+    low, high = percentile_range_t(flat)
+    assert float(high) > float(low)
+
+
+def _discs(centres, radius, shape=(96, 128)) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.int32)
+    for i, (cy, cx) in enumerate(centres, 1):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = i
+    return labels
+
+
+def test_touching_nuclei_are_split_as_the_watershed_splits_them():
+    """Two overlapping discs, a lone disc and a small disc at the border:
+    the exact maps of these objects give the same labels both ways."""
+    truth = _discs([(40, 40), (40, 62), (70, 100), (2, 120)], 12)
+    fg, dist = distance_targets(truth)
+    kwargs = {"min_size_px": 40, "border_min_size_px": 10}
+    want = labels_from_maps(fg, dist, **kwargs)
+    got = labels_from_maps_t(
+        torch.from_numpy(fg), torch.from_numpy(dist), **kwargs
+    ).numpy()
+    assert int(want.max()) == 4
+    np.testing.assert_array_equal(got, want)
+    # the border object is kept by its own limit, dropped by the inner one
+    cut = int((want == want[0, 120]).sum())
+    assert cut < int((want == want[70, 100]).sum())
+    got = labels_from_maps_t(
+        torch.from_numpy(fg), torch.from_numpy(dist), min_size_px=cut + 1
+    ).numpy()
+    assert int(got.max()) == 3
+    assert got[0, 120] == 0
+
+
+def test_seedless_foreground_is_an_object_and_small_ones_go():
+    fg = np.zeros((40, 40), np.float32)
+    fg[5:15, 5:15] = 1.0  # no seed: distance below the threshold
+    fg[30:32, 30:32] = 1.0  # 4 px, under min_size_px
+    dist = np.where(fg > 0, 0.2, 0.0).astype(np.float32)
+    got = labels_from_maps_t(
+        torch.from_numpy(fg), torch.from_numpy(dist), min_size_px=8
+    ).numpy()
+    want = labels_from_maps(fg, dist, min_size_px=8)
+    np.testing.assert_array_equal(got, want)
+    assert int(got.max()) == 1
+    assert int((got == 1).sum()) == 100
+    empty = labels_from_maps_t(torch.zeros((16, 16)), torch.zeros((16, 16)))
+    assert empty.dtype == torch.int32
+    assert int(empty.max()) == 0
+
+
+def test_labels_from_maps_t_refuses_bad_input():
+    with pytest.raises(ValueError, match="one shape"):
+        labels_from_maps_t(torch.zeros((8, 8)), torch.zeros((8, 9)))
+    with pytest.raises(ValueError, match="levels"):
+        labels_from_maps_t(torch.zeros((8, 8)), torch.zeros((8, 8)), levels=0)
+
+
+@pytest.mark.parametrize(("seed", "objective"), [(1, None), (2, None), (5, "20x")])
+def test_maps_of_simulated_frames_give_the_host_labels(segmenter, seed, objective):
+    """The segmenter's own maps of simulated frames (10x and 20x, nuclei
+    touching in places): the same objects, at IoU 0.9, as the watershed."""
+    image = _frame(seed, objective)
+    fg, dist = segmenter.maps(image, diameter_px=18.2 if objective is None else 37.0)
+    post = segmenter.card.postprocess
+    kwargs = {
+        "fg_threshold": post.fg_threshold,
+        "seed_threshold": post.seed_threshold,
+        "min_size_px": 20,
+        "border_min_size_px": 5,
+    }
+    want = labels_from_maps(fg, dist, **kwargs)
+    got = labels_from_maps_t(torch.from_numpy(fg), torch.from_numpy(dist), **kwargs)
+    assert int(want.max()) >= 10
+    ap = average_precision(want, got.numpy(), thresholds=(0.5, 0.9))
+    assert ap[0.5] == 1.0
+    assert ap[0.9] >= 0.97
+    assert (got.numpy() == want).mean() >= 0.999
+
+
+def test_segmenter_device_path_agrees_with_the_host_path(segmenter):
+    """``keep_on_device``: the whole predict (uint16 frame in, labels out,
+    rescaled to the training diameter) through the tensors; the simulator's
+    frames come out with the host path's objects."""
+    image = _frame(3)
+    assert not segmenter.on_device  # the CPU default is the host path
+    host = segmenter.predict(image, diameter_px=18.2)
+    segmenter.keep_on_device = True
+    try:
+        assert segmenter.on_device
+        dev = segmenter.predict(image, diameter_px=18.2)
+        dev_tta = segmenter.predict(image, diameter_px=18.2, tta=True)
+        dev_small = segmenter.predict(image, diameter_px=18.2, min_size_px=2)
+    finally:
+        segmenter.keep_on_device = None
+    host_tta = segmenter.predict(image, diameter_px=18.2, tta=True)
+    host_small = segmenter.predict(image, diameter_px=18.2, min_size_px=2)
+    assert dev.dtype == np.int32
+    assert dev.shape == image.shape
+    assert int(host.max()) >= 10
+    for a, b in ((host, dev), (host_tta, dev_tta), (host_small, dev_small)):
+        ap = average_precision(a, b, thresholds=(0.5, 0.9))
+        assert ap[0.5] >= 0.99
+        assert ap[0.9] >= 0.95
+    assert dev_small.max() >= dev.max()
+
+
+def test_denoiser_device_path_agrees_with_the_host_path():
+    model = load_model("denoise-care", device="cpu", precision="float32")
+    image = _frame(4)
+    host = model.predict(image)
+    model.keep_on_device = True
+    dev = model.predict(image)
+    dev_tta = model.predict(image[:128, :160], tta=True)
+    model.keep_on_device = False
+    host_tta = model.predict(image[:128, :160], tta=True)
+    scale = float(host.max() - host.min())
+    assert dev.dtype == np.float32
+    assert dev.shape == image.shape
+    assert np.abs(dev - host).max() < 1e-4 * scale
+    assert np.abs(dev_tta - host_tta).max() < 1e-4 * scale
+
+
+def test_frames_cross_in_their_own_dtype():
+    """A uint16 frame goes to the device as uint16 (half the bytes of
+    float32); a colour or NaN-holding image is handled as on the host."""
+    model = load_model("denoise-care", device="cpu", precision="float32")
+    t = model.predictor.to_device(np.zeros((8, 8), np.uint16))
+    assert t.dtype == torch.uint16
+    assert model.predictor.to_device(np.zeros((8, 8), np.uint32)).dtype == torch.int64
+    rng = np.random.default_rng(0)
+    rgb = (rng.random((64, 64, 3)) * 1000).astype(np.float32)
+    rgb[3, 4, 0] = np.nan
+    host = model.predict(rgb)
+    model.keep_on_device = True
+    dev = model.predict(rgb)
+    assert np.isfinite(dev).all()
+    assert np.abs(dev - host).max() < 1e-3 * float(host.max() - host.min())
