@@ -330,17 +330,31 @@ def test_bench_forwards_options(monkeypatch, tmp_path):
             "scaling": False,
             "positions": False,
             "realtime": False,
+            "device": "auto",
         }
     ]
-    result = runner.invoke(cli.app, ["bench", "--scaling"])
+    result = runner.invoke(cli.app, ["bench", "--scaling", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert calls[-1]["scaling"] is True
+    assert calls[-1]["device"] == "cpu"
     result = runner.invoke(cli.app, ["bench", "--positions"])
     assert result.exit_code == 0, result.output
     assert calls[-1]["positions"] is True
     result = runner.invoke(cli.app, ["bench", "--realtime"])
     assert result.exit_code == 0, result.output
     assert calls[-1]["realtime"] is True
+
+
+def test_bench_refuses_a_device_it_cannot_use_before_measuring(monkeypatch):
+    calls = []
+    fake = types.ModuleType("smartscope.bench")
+    fake.run = lambda **kw: calls.append(kw) or {}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "smartscope.bench", fake)
+    result = runner.invoke(cli.app, ["bench", "--device", "tpu"])
+    assert result.exit_code == 2
+    assert "--device" in result.output
+    assert "'tpu'" in result.output
+    assert calls == []
 
 
 def test_bench_smartscope_error_exits_2(monkeypatch):

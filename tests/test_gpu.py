@@ -76,3 +76,51 @@ def test_controller_analyses_on_cuda(tmp_path: Path) -> None:
     finally:
         release_core(core)
     assert summary["frames_analysed"] == 5
+
+
+def test_device_path_is_the_default_on_cuda() -> None:
+    """On CUDA the frame stays on the card from normalisation to labels
+    (``on_device``), and its labels agree with the CPU's host path, also
+    for a 2048² frame predicted in tiles."""
+    from smartscope.bench_scaling import demo_frame
+    from smartscope.metrics import average_precision
+    from smartscope.nn import load_model
+
+    gpu = load_model("nuclei-seg", device="cuda")
+    cpu = load_model("nuclei-seg", device="cpu", precision="float32")
+    assert gpu.on_device
+    assert not cpu.on_device
+    for size in (512, 2048):
+        image = demo_frame(size)
+        want = cpu.predict(image, diameter_px=18.2)
+        got = gpu.predict(image, diameter_px=18.2)
+        assert got.dtype == np.int32
+        assert got.shape == image.shape
+        assert average_precision(want, got, thresholds=(0.5,))[0.5] >= 0.95
+
+
+def test_device_labels_on_cuda_match_the_cpu() -> None:
+    """The torch post-processing gives the same labels on CUDA as on the CPU
+    (it is deterministic: integer spreading, no atomics)."""
+    from smartscope.nn import load_model
+    from smartscope.nn.device_labels import labels_from_maps_t
+
+    image = _frame()
+    fg, dist = load_model("nuclei-seg", device="cpu").maps(image, diameter_px=18.2)
+    fg_t, dist_t = torch.from_numpy(fg), torch.from_numpy(dist)
+    want = labels_from_maps_t(fg_t, dist_t, min_size_px=20)
+    got = labels_from_maps_t(fg_t.cuda(), dist_t.cuda(), min_size_px=20)
+    assert got.device.type == "cuda"
+    assert torch.equal(got.cpu(), want)
+
+
+def test_frames_cross_to_cuda_pinned_in_their_own_dtype() -> None:
+    from smartscope.nn import load_model
+
+    model = load_model("denoise-care", device="cuda")
+    image = _frame()
+    t = model.predictor.to_device(image)
+    assert t.device.type == "cuda"
+    assert t.dtype == torch.uint16
+    back = model.predictor.to_host(t)
+    np.testing.assert_array_equal(back, image)

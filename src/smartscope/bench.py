@@ -270,7 +270,9 @@ def _print_table(results: dict[str, Any], console: Console) -> None:
     )
 
 
-def _measure_controller(*, quick: bool, long: bool, console: Console) -> dict[str, Any]:
+def _measure_controller(
+    *, quick: bool, long: bool, console: Console, device: str = "auto"
+) -> dict[str, Any]:
     """Controller overhead, analysis throughput, demo latencies (and memory)."""
     from smartscope import overhead
 
@@ -298,6 +300,7 @@ def _measure_controller(*, quick: bool, long: bool, console: Console) -> dict[st
                     denoise="denoise-care"
                     if (models / "denoise-care").is_dir()
                     else None,
+                    device=device,
                 )
             except Exception as e:  # a broken model must not hide the rest
                 out["analysis_models"] = {"error": f"{type(e).__name__}: {e}"}
@@ -385,6 +388,7 @@ def run(
     scaling: bool = False,
     positions: bool = False,
     realtime: bool = False,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Measure the simulator, print a table, and optionally write the figures as JSON.
 
@@ -398,6 +402,10 @@ def run(
     defocus : bool
         Also time 512 × 512 snaps at 40x, 0, 5 and 20 µm out of focus (slow:
         tens of seconds while wide blurs are computed by direct convolution).
+    device : "auto", "cpu" or "cuda"
+        Where the models run in the analysis measurements (model analysis
+        throughput, ``scaling``, ``positions``); "auto": CUDA when there is
+        one. The realtime runs (``realtime``) use the demo's own setting.
 
     Returns
     -------
@@ -420,6 +428,11 @@ def run(
     """
     from rich.console import Console
 
+    if controller or scaling or positions:
+        # a device that cannot be used is refused before minutes of measuring
+        from smartscope.nn.predictor import resolve_device
+
+        resolve_device(device)
     console = Console()
     warmup, rep_512, rep_2048, timepoints, runs = _QUICK if quick else _FULL
     results: dict[str, Any] = {
@@ -440,19 +453,21 @@ def run(
     _print_table(results, console)
     if controller:
         results["controller"] = _measure_controller(
-            quick=quick, long=long, console=console
+            quick=quick, long=long, console=console, device=device
         )
         _print_controller(results["controller"], console)
     if scaling:
         from smartscope.bench_scaling import measure_scaling, scaling_table
 
-        results["scaling"] = measure_scaling(frames=5 if quick else 20)
+        results["scaling"] = measure_scaling(frames=5 if quick else 20, device=device)
         console.print(scaling_table(results["scaling"]))
     if positions:
         from smartscope.bench_positions import measure_positions, positions_table
 
         with console.status("models in the loop at 1, 4 and 16 positions ..."):
-            results["positions"] = measure_positions(frames=24 if quick else 500)
+            results["positions"] = measure_positions(
+                frames=24 if quick else 500, device=device
+            )
         console.print(positions_table(results["positions"]))
     if realtime:
         from smartscope.bench_realtime import measure_realtime, realtime_table

@@ -59,21 +59,27 @@ def measure_scaling(
     dict
         ``settings`` and ``sizes``: one entry per size with ``frames``,
         ``frames_per_s``, ``ms`` (median, p95), ``stages_ms`` (medians),
-        ``ratio_to_512`` (median time), ``threads`` (counts used) and
-        ``peak_rss_mb``.
+        ``ratio_to_512`` (median time), ``threads`` (counts used),
+        ``peak_rss_mb`` and, on CUDA, ``peak_gpu_mb`` (torch's peak
+        allocation while that size ran). ``settings.device`` is the device
+        the models ran on.
     """
     from smartscope.analysis.analyser import FrameAnalyser
     from smartscope.analysis.result import FrameInput
     from smartscope.analysis.settings import AnalysisSettings
+    from smartscope.nn.predictor import resolve_device
 
     settings = AnalysisSettings(
         denoise="denoise-care", segmenter="model", model="nuclei-seg", diameter_um=12
     )
+    on = resolve_device(device)
+    if on.type == "cuda":
+        import torch
     out: dict[str, Any] = {
         "settings": {
             "denoise": settings.denoise,
             "model": settings.model,
-            "device": device,
+            "device": str(on),
             "frames": frames,
             "objective": "10x",
         },
@@ -81,8 +87,10 @@ def measure_scaling(
     }
     for size in sizes:
         img = demo_frame(size)
-        analyser = FrameAnalyser(settings, device=device)
+        analyser = FrameAnalyser(settings, device=str(on))
         analyser.load_models()
+        if on.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(on)
         times: list[float] = []
         stages: dict[str, list[float]] = {}
         threads: list[Any] = []
@@ -125,6 +133,9 @@ def measure_scaling(
             },
             "peak_rss_mb": round(_peak_rss_mb(), 1),
         }
+        if on.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(on) / 2**20
+            out["sizes"][str(size)]["peak_gpu_mb"] = round(peak, 1)
     base = out["sizes"].get("512")
     for entry in out["sizes"].values():
         entry["ratio_to_512"] = (
@@ -152,6 +163,9 @@ def scaling_table(scaling: dict[str, Any]) -> Any:
         "RSS MB",
     ):
         t.add_column(col, justify="right")
+    gpu = any("peak_gpu_mb" in e for e in scaling["sizes"].values())
+    if gpu:
+        t.add_column("GPU MB", justify="right")
     for size, e in scaling["sizes"].items():
         t.add_row(
             f"{size}²",
@@ -162,5 +176,6 @@ def scaling_table(scaling: dict[str, Any]) -> Any:
             *(f"{e['stages_ms'].get(k, 0):g}" for k in stages),
             ", ".join(f"{k}:{v}" for k, v in e["threads"].items()),
             f"{e['peak_rss_mb']:g}",
+            *([f"{e.get('peak_gpu_mb', 0):g}"] if gpu else []),
         )
     return t

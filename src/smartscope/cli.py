@@ -738,6 +738,14 @@ def bench(
             "whether the targets hold (about 2 minutes).",
         ),
     ] = False,
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device",
+            help="Where the models run in the analysis measurements: auto "
+            "(CUDA when there is one), cpu or cuda.",
+        ),
+    ] = "auto",
 ) -> None:
     """Measure speed (simulator, acquisition, analysis) and print a table."""
     try:
@@ -750,6 +758,12 @@ def bench(
             "reinstall smartscope",
             code=1,
         )
+    try:
+        from smartscope.nn.predictor import resolve_device
+
+        resolve_device(device)
+    except ValueError as e:
+        _fail(f"--device: {e}")
     with _reported_errors():
         bench_module.run(
             json_path=json_path,
@@ -758,6 +772,7 @@ def bench(
             scaling=scaling,
             positions=positions,
             realtime=realtime,
+            device=device,
         )  # prints tables
 
 

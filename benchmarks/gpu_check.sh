@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The GPU checks and figures of issue 12, as one script for a machine with
+# CUDA (the device tool's `run`; about 6-8 minutes on an H100/H200 after the
+# install). Writes everything under OUT (default: $OUT, else ./gpu-results).
+#
+#   bash benchmarks/gpu_check.sh [OUT]
+#
+# 1. the -m gpu tests (models on CUDA agree with the CPU; the device path's
+#    labels; the controller analysing on CUDA);
+# 2. the device post-processing against the host's, timed on CUDA;
+# 3. `smartscope bench --device cuda --scaling --positions`: analysis by frame
+#    size (256² to 2048², stage by stage, peak GPU memory) and with 1, 4 and
+#    16 positions in the loop;
+# 4. 500 frames at 512² and 2048² through the analysis (sustained rate).
+set -euo pipefail
+out="${1:-${OUT:-gpu-results}}"
+mkdir -p "$out"
+nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
+python -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))" | tee "$out/torch.txt"
+python -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/pytest-gpu.txt" | tail -3
+python benchmarks/device_labels.py --device cuda --json "$out/device-labels-cuda.json" | tail -1
+smartscope bench --device cuda --scaling --positions --json "$out/bench-cuda.json" > "$out/bench-cuda.txt" 2>&1 || tail -20 "$out/bench-cuda.txt"
+python - "$out" <<'PY'
+import json, sys
+from smartscope.bench_scaling import measure_scaling
+r = measure_scaling(frames=500, sizes=(512, 2048), device="cuda")
+open(f"{sys.argv[1]}/scaling-500-cuda.json", "w").write(json.dumps(r, indent=2))
+for size, e in r["sizes"].items():
+    print(size, e["frames_per_s"], "frames/s", e["ms"], e["stages_ms"], e.get("peak_gpu_mb"))
+PY
