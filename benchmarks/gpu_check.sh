@@ -8,18 +8,20 @@
 # 1. the -m gpu tests (models on CUDA agree with the CPU; the device path's
 #    labels; the controller analysing on CUDA);
 # 2. the device post-processing against the host's, timed on CUDA;
-# 3. `smartscope bench --device cuda --scaling --positions`: analysis by frame
+# 3. `python -m smartscope bench --device cuda --scaling --positions`: analysis by frame
 #    size (256² to 2048², stage by stage, peak GPU memory) and with 1, 4 and
 #    16 positions in the loop;
 # 4. 500 frames at 512² and 2048² through the analysis (sustained rate).
 set -euo pipefail
+# run from the repository root; without an installed smartscope, use src/
+python -c "import smartscope" 2>/dev/null || export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 out="${1:-${OUT:-gpu-results}}"
 mkdir -p "$out"
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
 python -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))" | tee "$out/torch.txt"
 python -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/pytest-gpu.txt" | tail -3
 python benchmarks/device_labels.py --device cuda --json "$out/device-labels-cuda.json" | tail -1
-smartscope bench --device cuda --scaling --positions --json "$out/bench-cuda.json" > "$out/bench-cuda.txt" 2>&1 || tail -20 "$out/bench-cuda.txt"
+python -m smartscope bench --device cuda --scaling --positions --json "$out/bench-cuda.json" > "$out/bench-cuda.txt" 2>&1 || tail -20 "$out/bench-cuda.txt"
 python - "$out" <<'PY'
 import json, sys
 from smartscope.bench_scaling import measure_scaling
