@@ -208,3 +208,38 @@ def test_frames_cross_in_their_own_dtype():
     dev = model.predict(rgb)
     assert np.isfinite(dev).all()
     assert np.abs(dev - host).max() < 1e-3 * float(host.max() - host.min())
+
+
+def test_a_batch_gives_each_frame_what_it_gets_alone(segmenter):
+    """Frames of several positions in one batch (one copy, one network
+    call): each comes out as it does alone, on the device path and off it;
+    frames of other sizes, or without a diameter, go one by one."""
+    denoiser = load_model("denoise-care", device="cpu", precision="float32")
+    frames = [_frame(seed) for seed in (6, 7, 8)]
+    for on in (True, False):
+        denoiser.keep_on_device = segmenter.keep_on_device = on
+        try:
+            alone = [denoiser.predict(f) for f in frames]
+            together = denoiser.predict_batch(frames)
+            for a, b in zip(alone, together, strict=True):
+                assert b.dtype == np.float32
+                assert np.abs(a - b).max() < 1e-4 * float(a.max() - a.min())
+            labels_alone = [segmenter.predict(d, diameter_px=18.2) for d in alone]
+            labels_together = segmenter.predict_batch(together, diameter_px=18.2)
+            for a, b in zip(labels_alone, labels_together, strict=True):
+                assert b.dtype == np.int32
+                assert int(a.max()) >= 10
+                ap = average_precision(a, b, thresholds=(0.5, 0.9))
+                assert ap[0.5] == 1.0
+                assert ap[0.9] >= 0.97
+            mixed = [frames[0], frames[1][:256, :384]]
+            out = segmenter.predict_batch(mixed, diameter_px=18.2, min_size_px=10)
+            assert [o.shape for o in out] == [(512, 512), (256, 384)]
+            np.testing.assert_array_equal(
+                out[1], segmenter.predict(mixed[1], diameter_px=18.2, min_size_px=10)
+            )
+        finally:
+            denoiser.keep_on_device = segmenter.keep_on_device = None
+    assert segmenter.predict_batch([]) == []
+    with pytest.raises(ValueError, match="min_size_px"):
+        segmenter.predict_batch(frames, diameter_px=18.2, min_size_px=-1)

@@ -23,7 +23,9 @@ from smartscope.analysis.models import (
     accepts_min_size,
     load_analysis_model,
     predict_denoised,
+    predict_denoised_batch,
     predict_labels,
+    predict_labels_batch,
 )
 from smartscope.analysis.normalize import estimate_background
 from smartscope.analysis.result import FrameInput, FrameResult, ObjectMeasurement
@@ -58,6 +60,8 @@ class _Front:
     version: int | None = None
     update: Any = None
     error: str | None = None
+    #: frames analysed together with it (``batch_frames``), itself included
+    batch: int = 1
 
 
 class _FrontError(Exception):
@@ -92,6 +96,9 @@ class FrameAnalyser:
         #: 1, or 2 for a two-stage pipeline (``settings.stages`` resolved
         #: when the models load)
         self.stages = 1
+        #: most frames analysed as one batch (``settings.batch_frames``
+        #: resolved when the models load)
+        self.batch_frames = 1
         #: fine-tunes the denoiser during the run (``denoise_adapt``), from
         #: :meth:`start_adaptation` to :meth:`stop_adaptation`
         self.adapter: DenoiserAdapter | None = None
@@ -143,6 +150,9 @@ class FrameAnalyser:
         self._denoiser, self._segmenter = denoiser, segmenter
         on_cpu = (denoiser or segmenter) is not None and _on_cpu(self._device)
         self.stages = _stages(s, denoiser is not None, on_cpu)
+        self.batch_frames = _batch_frames(
+            s, (denoiser or segmenter) is not None, on_cpu, self.stages
+        )
         if on_cpu:
             if self.stages == 2:  # one model thread per stage
                 self._set_threads(1)
@@ -262,6 +272,84 @@ class FrameAnalyser:
         """
         return self._back(self._front(frame))
 
+    def analyse_batch(self, frames: list[FrameInput]) -> list[FrameResult]:
+        """Analyse frames together, on the calling thread: each frame's
+        background, then the denoiser and the segmenter each once for the
+        batch (one copy to the device, one network call, where the models
+        take batches: ``predict_batch``), then measurement and tracking frame
+        by frame, in order. The results are what :meth:`analyse` gives each
+        frame; their ``stages_ms`` are the frame's share of the batch's
+        model time, and ``extra["batch"]`` says how many frames shared it.
+        Frames of several sizes or pixel sizes are analysed one by one.
+        """
+        if len(frames) < 2 or len({_batch_key(f) for f in frames}) > 1:
+            return [self.analyse(f) for f in frames]
+        fronts = self._front_batch(frames)
+        good = [f for f in fronts if f.error is None]
+        t_seg0 = time.perf_counter()
+        labels: list[np.ndarray] = []
+        error: str | None = None
+        if good:
+            try:
+                labels = self._segment_batch(
+                    [f.frame.image if f.denoised is None else f.denoised for f in good],
+                    good[0].frame,
+                )
+            except Exception as e:
+                error = f"{type(e).__name__}: {e}"
+        t_seg = time.perf_counter()
+        by_front = dict(zip(map(id, good), labels, strict=False))
+        results = []
+        for f in fronts:
+            f.t_seg0 = t_seg0
+            if f.error is None and error is not None:
+                f.error = error
+            if f.error is not None:
+                results.append(self._error_result(f, _FrontError(f.error)))
+            else:
+                results.append(self._finish(f, by_front[id(f)], t_seg))
+        return results
+
+    def _front_batch(self, frames: list[FrameInput]) -> list[_Front]:
+        """:meth:`_front` of frames of one size, the denoiser once for all.
+        Never raises: errors travel in the fronts."""
+        t0 = time.perf_counter()
+        fronts = [_Front(frame=f, t0=t0, batch=len(frames)) for f in frames]
+        try:
+            self.load_models()
+            for f in fronts:
+                try:
+                    image = f.frame.image
+                    if image.ndim != 2:
+                        raise ValueError(
+                            f"expected a (Y, X) frame, got shape {image.shape}"
+                        )
+                    f.background, _ = estimate_background(image)
+                except Exception as e:
+                    f.error = f"{type(e).__name__}: {e}"
+            good = [f for f in fronts if f.error is None]
+            tuner = self.thread_tuner
+            if tuner is not None:
+                self._set_threads(tuner.threads())
+            adapter = self.adapter
+            update = adapter.before_frame() if adapter is not None else None
+            version = adapter.version if adapter is not None else None
+            t_bg = time.perf_counter()
+            denoised = self._denoise_batch([f.frame.image for f in good])
+            t_dn = time.perf_counter()
+            for i, f in enumerate(good):
+                f.version = version
+                f.update = update if i == 0 else None
+                f.t_bg, f.t_dn = t_bg, t_dn
+                f.denoised = None if denoised is None else denoised[i]
+                if adapter is not None:
+                    adapter.add_frame(f.frame.image)
+        except Exception as e:
+            for f in fronts:
+                if f.error is None:
+                    f.error = f"{type(e).__name__}: {e}"
+        return fronts
+
     def _front(self, frame: FrameInput) -> _Front:
         """The first stage: background and denoising (and the adaptation's
         bookkeeping). Never raises: an error travels in the result."""
@@ -289,19 +377,31 @@ class FrameAnalyser:
 
     def _back(self, f: _Front) -> FrameResult:
         """The second stage: segment, measure, track, and the result."""
-        frame = f.frame
         f.t_seg0 = time.perf_counter()
         try:
             if f.error is not None:
                 raise _FrontError(f.error)
-            image = frame.image
             denoised = f.denoised
-            labels = self._segment(image if denoised is None else denoised, frame)
-            t_seg = time.perf_counter()
+            labels = self._segment(
+                f.frame.image if denoised is None else denoised, f.frame
+            )
+        except Exception as e:
+            return self._error_result(f, e)
+        return self._finish(f, labels, time.perf_counter())
+
+    def _finish(self, f: _Front, labels: np.ndarray, t_seg: float) -> FrameResult:
+        """Measure and track a segmented frame, and its result."""
+        frame = f.frame
+        image = frame.image
+        denoised = f.denoised
+        share = 1.0 / f.batch  # of a batch's model time
+        try:
             tuner = self.thread_tuner
             if tuner is not None and self._threads is not None:
                 # the models' time: denoise + segment (one stage after the other)
-                tuner.record(self._threads, (f.t_dn - f.t_bg + t_seg - f.t_seg0) * 1000)
+                models_s = f.t_dn - f.t_bg + t_seg - f.t_seg0
+                tuner.record(self._threads, models_s * share * 1000)
+            t_meas0 = time.perf_counter()
             table = measure_objects(labels, image, frame)
             t_meas = time.perf_counter()
             tracker = self._trackers.get(frame.position)
@@ -325,24 +425,7 @@ class FrameAnalyser:
                 )
             )
         except Exception as e:
-            message = (
-                str(e) if isinstance(e, _FrontError) else f"{type(e).__name__}: {e}"
-            )
-            logger.warning(
-                "analysis of frame %d failed: %s",
-                frame.frame_index,
-                message,
-                exc_info=logger.isEnabledFor(logging.DEBUG),
-            )
-            return FrameResult(
-                frame=frame,
-                objects=(),
-                labels=None,
-                denoised=None,
-                background=f.background,
-                t_result=time.perf_counter(),
-                error=message,
-            )
+            return self._error_result(f, e)
         t1 = time.perf_counter()
         adapted: dict[str, object] = {}
         if f.version is not None:
@@ -364,13 +447,33 @@ class FrameAnalyser:
                 # where the time went, ms: the segment stage includes the
                 # model's rescaling, normalisation and post-processing
                 "stages_ms": {
-                    "background": (f.t_bg - f.t0) * 1000.0,
-                    "denoise": (f.t_dn - f.t_bg) * 1000.0,
-                    "segment": (t_seg - f.t_seg0) * 1000.0,
-                    "measure": (t_meas - t_seg) * 1000.0,
+                    "background": (f.t_bg - f.t0) * share * 1000.0,
+                    "denoise": (f.t_dn - f.t_bg) * share * 1000.0,
+                    "segment": (t_seg - f.t_seg0) * share * 1000.0,
+                    "measure": (t_meas - t_meas0) * 1000.0,
                     "track": (t1 - t_meas) * 1000.0,
                 },
+                **({"batch": f.batch} if f.batch > 1 else {}),
             },
+        )
+
+    def _error_result(self, f: _Front, e: Exception) -> FrameResult:
+        """The result of a frame whose analysis raised ``e``."""
+        message = str(e) if isinstance(e, _FrontError) else f"{type(e).__name__}: {e}"
+        logger.warning(
+            "analysis of frame %d failed: %s",
+            f.frame.frame_index,
+            message,
+            exc_info=logger.isEnabledFor(logging.DEBUG),
+        )
+        return FrameResult(
+            frame=f.frame,
+            objects=(),
+            labels=None,
+            denoised=None,
+            background=f.background,
+            t_result=time.perf_counter(),
+            error=message,
         )
 
     def _new_tracker(self) -> Tracker:
@@ -390,6 +493,44 @@ class FrameAnalyser:
             self._denoiser, image, name=self._settings.denoise or "?"
         )
 
+    def _denoise_batch(self, images: list[np.ndarray]) -> list[np.ndarray] | None:
+        """:meth:`_denoise` of frames of one size, in one call where the
+        denoiser takes batches."""
+        if self._denoiser is None or not images:
+            return None
+        return predict_denoised_batch(
+            self._denoiser, images, name=self._settings.denoise or "?"
+        )
+
+    def _segment_batch(
+        self, images: list[np.ndarray], frame: FrameInput
+    ) -> list[np.ndarray]:
+        """:meth:`_segment` of images of one size and pixel size (that of
+        ``frame``), in one call where the segmenter takes batches."""
+        s = self._settings
+        if self._segmenter is None:
+            return [self._segment(im, frame) for im in images]
+        batch = predict_labels_batch(
+            self._segmenter,
+            images,
+            diameter_px=s.diameter_um / frame.pixel_size_um,
+            name=s.model or "?",
+            min_size_px=self._model_min_size_px(frame),
+        )
+        return [
+            filter_by_area(
+                labels,
+                pixel_size_um=frame.pixel_size_um,
+                min_area_um2=s.min_area_um2,
+                max_area_um2=s.max_area_um2,
+            )
+            for labels in batch
+        ]
+
+    def _model_min_size_px(self, frame: FrameInput) -> float | None:
+        a = self._settings.model_min_area_um2
+        return None if a is None else a / frame.pixel_size_um**2
+
     def _segment(self, image: np.ndarray, frame: FrameInput) -> np.ndarray:
         """(Y, X) int32 instance labels of ``image`` (raw or denoised)."""
         s = self._settings
@@ -399,11 +540,7 @@ class FrameAnalyser:
                 image,
                 diameter_px=s.diameter_um / frame.pixel_size_um,
                 name=s.model or "?",
-                min_size_px=(
-                    None
-                    if s.model_min_area_um2 is None
-                    else s.model_min_area_um2 / frame.pixel_size_um**2
-                ),
+                min_size_px=self._model_min_size_px(frame),
             )
             return filter_by_area(
                 labels,
@@ -439,6 +576,23 @@ def _check_adaptable(model: AnalysisModel, name: str) -> None:
 _TWO_STAGE_CORES = (2, 3)
 
 
+#: frames of one batch with ``batch_frames: auto`` where the models run on a GPU
+AUTO_BATCH_FRAMES = 8
+
+
+def _batch_key(frame: FrameInput) -> tuple[tuple[int, ...], float]:
+    """Frames with the same key can be analysed as one batch."""
+    return tuple(frame.image.shape), float(frame.pixel_size_um)
+
+
+def _batch_frames(s: AnalysisSettings, models: bool, on_cpu: bool, stages: int) -> int:
+    """``settings.batch_frames`` resolved for this machine and these models."""
+    if s.batch_frames != "auto":
+        return int(s.batch_frames)
+    gpu = models and not on_cpu and s.executor == "local" and stages == 1
+    return AUTO_BATCH_FRAMES if gpu else 1
+
+
 def _stages(s: AnalysisSettings, denoiser: bool, on_cpu: bool) -> int:
     """``settings.stages`` resolved for this machine and these models."""
     if s.stages != "auto":
@@ -448,6 +602,7 @@ def _stages(s: AnalysisSettings, denoiser: bool, on_cpu: bool) -> int:
         and on_cpu
         and s.executor == "local"
         and s.threads in ("auto", 1)
+        and s.batch_frames in ("auto", 1)  # batches asked for: one stage
         and (os.cpu_count() or 1) in _TWO_STAGE_CORES
     )
     return 2 if two else 1

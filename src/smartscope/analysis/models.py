@@ -23,7 +23,9 @@ __all__ = [
     "accepts_min_size",
     "load_analysis_model",
     "predict_denoised",
+    "predict_denoised_batch",
     "predict_labels",
+    "predict_labels_batch",
 ]
 
 Role = Literal["segmenter", "denoiser"]
@@ -141,6 +143,10 @@ def predict_labels(
                 image, diameter_px=diameter_px, min_size_px=min_size_px
             )
         )
+    return _checked_labels(labels, image, name)
+
+
+def _checked_labels(labels: np.ndarray, image: np.ndarray, name: str) -> np.ndarray:
     if labels.shape != image.shape:
         raise ValueError(
             f"segmenter model {name!r} returned shape {labels.shape} for an image "
@@ -181,10 +187,79 @@ def predict_denoised(
     (Y, X) float32 ndarray
         Denoised image in the raw image's intensity units.
     """
-    out = np.asarray(model.predict(image))
+    return _checked_denoised(np.asarray(model.predict(image)), image, name)
+
+
+def _checked_denoised(out: np.ndarray, image: np.ndarray, name: str) -> np.ndarray:
     if out.shape != image.shape:
         raise ValueError(
             f"denoiser model {name!r} returned shape {out.shape} for an image of "
             f"shape {image.shape}"
         )
     return out.astype(np.float32, copy=False)
+
+
+def _batch_outputs(
+    model: AnalysisModel, images: list[np.ndarray], name: str, **kwargs: object
+) -> list[np.ndarray] | None:
+    """``model.predict_batch(images, **kwargs)`` where the model has it
+    (smartscope's models), as arrays, one per image; None where it has not."""
+    predict_batch = getattr(model, "predict_batch", None)
+    if not callable(predict_batch):
+        return None
+    out = [np.asarray(o) for o in predict_batch(images, **kwargs)]
+    if len(out) != len(images):
+        raise ValueError(
+            f"model {name!r} returned {len(out)} results for a batch of "
+            f"{len(images)} images"
+        )
+    return out
+
+
+def predict_labels_batch(
+    model: AnalysisModel,
+    images: list[np.ndarray],
+    *,
+    diameter_px: float,
+    name: str = "?",
+    min_size_px: float | None = None,
+) -> list[np.ndarray]:
+    """:func:`predict_labels` of several images in one call where the model
+    takes batches (``predict_batch``), else one by one; each output is
+    checked as :func:`predict_labels` checks it.
+
+    Returns
+    -------
+    list of (Y, X) int32 ndarray, one per image
+    """
+    kwargs: dict[str, object] = {"diameter_px": diameter_px}
+    if min_size_px is not None:
+        kwargs["min_size_px"] = min_size_px
+    out = _batch_outputs(model, images, name, **kwargs)
+    if out is None:
+        return [
+            predict_labels(
+                model, im, diameter_px=diameter_px, name=name, min_size_px=min_size_px
+            )
+            for im in images
+        ]
+    return [
+        _checked_labels(labels, im, name)
+        for labels, im in zip(out, images, strict=True)
+    ]
+
+
+def predict_denoised_batch(
+    model: AnalysisModel, images: list[np.ndarray], *, name: str = "?"
+) -> list[np.ndarray]:
+    """:func:`predict_denoised` of several images in one call where the model
+    takes batches (``predict_batch``), else one by one.
+
+    Returns
+    -------
+    list of (Y, X) float32 ndarray, one per image
+    """
+    out = _batch_outputs(model, images, name)
+    if out is None:
+        return [predict_denoised(model, im, name=name) for im in images]
+    return [_checked_denoised(d, im, name) for d, im in zip(out, images, strict=True)]

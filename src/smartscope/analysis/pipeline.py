@@ -20,7 +20,7 @@ from typing import Literal
 
 from psygnal import Signal
 
-from smartscope.analysis.analyser import FrameAnalyser, _Front
+from smartscope.analysis.analyser import FrameAnalyser, _batch_key, _Front
 from smartscope.analysis.remote import RemoteAnalyser
 from smartscope.analysis.result import FrameInput, FrameResult
 from smartscope.analysis.settings import AnalysisSettings
@@ -341,16 +341,31 @@ class AnalysisPipeline(FrameAnalyser):
                 while not queue_ and not self._stopping and not notices:
                     cond.wait()
                 frame = queue_.popleft() if queue_ else None
+                batch = [frame] if frame is not None else []
+                if frame is not None and self.batch_frames > 1 and handoff is None:
+                    # frames already waiting, of the same size, go along; none
+                    # is waited for (a lone frame is analysed at once)
+                    key = _batch_key(frame)
+                    while (
+                        queue_
+                        and len(batch) < self.batch_frames
+                        and _batch_key(queue_[0]) == key
+                    ):
+                        batch.append(queue_.popleft())
                 to_notify = list(notices) if notices else ()
                 notices.clear()
                 done = frame is None and self._stopping
             for index in to_notify:
                 self._emit_skipped(index)
             if frame is not None:
-                if handoff is None:
-                    self._process(self.analyse(frame))
-                else:
+                if handoff is not None:
                     handoff.put(self._front(frame))
+                elif len(batch) > 1 and self.remote is None:
+                    for result in self.analyse_batch(batch):
+                        self._process(result)
+                else:
+                    for f in batch:
+                        self._process(self.analyse(f))
             elif done:
                 return
 

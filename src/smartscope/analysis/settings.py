@@ -184,7 +184,17 @@ class AnalysisSettings(BaseModel):
         "while the segmenter, measurement and tracking finish this one (one "
         "model thread each; needs a denoiser). 'auto': 2 where that was "
         "measured faster (a denoiser, models on the CPU of a 2- or 3-core "
-        "machine, the local executor, threads 'auto' or 1), else 1",
+        "machine, the local executor, threads 'auto' or 1, batch_frames "
+        "'auto' or 1), else 1",
+    )
+    batch_frames: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = Field(
+        "auto",
+        description="most frames the analysis takes together when several "
+        "are waiting (e.g. the frames of several stage positions): frames of "
+        "one size and pixel size go to the models as one batch, one copy to "
+        "the device and one network call; measurement and tracking stay per "
+        "frame, in order. 'auto': up to 8 where the models run on a GPU, 1 "
+        "(one at a time) on the CPU, where batches were measured slower",
     )
     queue_size: int = Field(
         4,
@@ -299,6 +309,18 @@ class AnalysisSettings(BaseModel):
                 "save_denoised=True needs a denoiser: set `denoise` to a model "
                 "name or path, or set save_denoised=False"
             )
+        if self.batch_frames != "auto" and self.batch_frames > 1:
+            if self.executor == "ray":
+                raise ValueError(
+                    f"batch_frames={self.batch_frames} is for the local "
+                    "analysis, not executor='ray': use batch_frames 1 or 'auto'"
+                )
+            if self.stages == 2:
+                raise ValueError(
+                    f"batch_frames={self.batch_frames} and stages=2 do not go "
+                    "together (the two stages pass one frame at a time): use "
+                    "batch_frames 1 or 'auto', or stages 1"
+                )
         if self.stages == 2:
             if self.denoise is None:
                 raise ValueError(

@@ -53,23 +53,31 @@ DEFAULT_LEVELS = 8
 def percentile_range_t(
     image: torch.Tensor, *, p_low: float = 1.0, p_high: float = 99.8
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(low, high)`` percentiles of ``image`` as 0-d float32 tensors on its
-    device, ``high > low`` guaranteed; the same sample and interpolation as
+    """``(low, high)`` percentiles of a (Y, X) image as 0-d float32 tensors
+    on its device (of each image of a (B, Y, X) batch: (B,) tensors),
+    ``high > low`` guaranteed; the same sample and interpolation as
     :func:`smartscope.nn.normalize.percentile_range` (no host sync)."""
-    flat = image.reshape(-1).float()
-    if flat.numel() > 1 << 18:
-        flat = flat[:: flat.numel() >> 18]
+    rows = 1 if image.ndim == 2 else image.shape[0]
+    flat = image.reshape(rows, -1).float()
+    n = flat.shape[1]
+    if n > 1 << 18:
+        flat = flat[:, :: n >> 18]
     q = torch.tensor([p_low / 100.0, p_high / 100.0], device=flat.device)
-    low, high = torch.quantile(flat, q, interpolation="linear")
+    low, high = torch.quantile(flat, q, dim=1, interpolation="linear")
     floor = torch.clamp(low.abs() * 1e-6, min=1e-6)
     high = torch.where(high > low, high, low + floor)
+    if image.ndim == 2:
+        return low[0], high[0]
     return low, high
 
 
 def normalize_t(
     image: torch.Tensor, low: torch.Tensor, high: torch.Tensor
 ) -> torch.Tensor:
-    """``(image - low) / (high - low)`` as float32, on ``image``'s device."""
+    """``(image - low) / (high - low)`` as float32, on ``image``'s device
+    (``low``, ``high``: 0-d, or (B,) for a (B, Y, X) batch)."""
+    if low.ndim == 1:
+        low, high = low[:, None, None], high[:, None, None]
     return (image.float() - low) / (high - low)
 
 

@@ -190,15 +190,22 @@ class Model(ABC):
         return normalize(x, low, high), low, high
 
     def _normalized_t(
-        self, image: np.ndarray
+        self, images: list[np.ndarray]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``image`` on the predictor's device (crossing in its own dtype),
-        normalised there: (Y, X) float32 Tensor, low, high (0-d Tensors)."""
-        x = self.predictor.to_device(as_2d(image)).float()
+        """(Y, X) images of one shape (:func:`as_2d`'s) on the predictor's
+        device in one copy (in their own dtype), each normalised by its own
+        percentiles there: (B, Y, X) float32 Tensor, low and high ((B,))."""
+        host = images[0][None] if len(images) == 1 else np.stack(images)
+        x = self.predictor.to_device(host).float()
         x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         n = self.card.normalization
         low, high = percentile_range_t(x, p_low=n.p_low, p_high=n.p_high)
         return normalize_t(x, low, high), low, high
+
+    def _batchable(self, images: list[np.ndarray]) -> bool:
+        """Whether ``images`` (:func:`as_2d`'s) go through the device path
+        together: it is on, and they have one shape."""
+        return self.on_device and len({a.shape for a in images}) == 1
 
     def __repr__(self) -> str:
         return (
@@ -234,26 +241,49 @@ class DenoiseModel(Model):
         if tta is None:
             tta = self.card.test_time_augmentation
         if self.on_device:
-            with torch.inference_mode():
-                xt, lo, hi = self._normalized_t(image)
-                yt = self._run_tta_t(xt) if tta else self.predictor.run_t(xt)[0]
-                return self.predictor.to_host(yt * (hi - lo) + lo)
+            return self._predict_t([as_2d(image)], tta)[0]
         x, low, high = self._normalized(image)
         out = self._run_tta(x) if tta else self.predictor.run(x)[0]
         return denormalize(out, low, high)
 
+    def predict_batch(
+        self, images: list[np.ndarray], *, tta: bool | None = None
+    ) -> list[np.ndarray]:
+        """Denoise several images: with the device path on
+        (``keep_on_device``) and one shape, in one copy to the device and
+        one network call (a batch); else one by one with :meth:`predict`.
+
+        Returns
+        -------
+        list of (Y, X) float32, one per image, as :meth:`predict` returns
+        """
+        if tta is None:
+            tta = self.card.test_time_augmentation
+        arrays = [as_2d(im) for im in images]
+        if not arrays or not self._batchable(arrays):
+            return [self.predict(a, tta=tta) for a in arrays]
+        return self._predict_t(arrays, tta)
+
+    def _predict_t(self, arrays: list[np.ndarray], tta: bool) -> list[np.ndarray]:
+        """The device path of :meth:`predict_batch` (images of one shape)."""
+        with torch.inference_mode():
+            xt, lo, hi = self._normalized_t(arrays)
+            yt = self._run_tta_t(xt) if tta else self.predictor.run_t(xt)[:, 0]
+            yt = yt * (hi - lo)[:, None, None] + lo[:, None, None]
+            return list(self.predictor.to_host(yt))
+
     def _run_tta_t(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`_run_tta` on the device: (Y, X) Tensor → (Y, X) Tensor."""
+        """:meth:`_run_tta` on the device: (B, Y, X) Tensor → (B, Y, X)."""
         acc = torch.zeros_like(x)
         for k in range(4):
             for flip in (False, True):
-                a = torch.rot90(x, k, (0, 1))
+                a = torch.rot90(x, k, (1, 2))
                 if flip:
-                    a = a.flip(1)
-                out = self.predictor.run_t(a.contiguous())[0]
+                    a = a.flip(2)
+                out = self.predictor.run_t(a.contiguous())[:, 0]
                 if flip:
-                    out = out.flip(1)
-                acc += torch.rot90(out, -k, (0, 1))
+                    out = out.flip(2)
+                acc += torch.rot90(out, -k, (1, 2))
         return acc / 8.0
 
     def _run_tta(self, x: np.ndarray) -> np.ndarray:
@@ -317,27 +347,28 @@ class SegmentModel(Model):
     def _maps_t(
         self, x: torch.Tensor, factor: float, tta: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`_maps` on the device: (Y, X) float32 Tensor → foreground,
-        distance, each (Y, X) float32 Tensor on the same device."""
-        shape = (int(x.shape[0]), int(x.shape[1]))
+        """:meth:`_maps` on the device: (B, Y, X) float32 Tensor → foreground,
+        distance, each (B, Y, X) float32 Tensor on the same device."""
+        shape = (int(x.shape[1]), int(x.shape[2]))
         if factor != 1.0:
             x = _resize_t(
-                x[None],
+                x[:, None],
                 (max(16, round(shape[0] * factor)), max(16, round(shape[1] * factor))),
-            )[0]
+            )[:, 0]
         if tta:
-            acc = torch.zeros((2, *x.shape), dtype=torch.float32, device=x.device)
-            for dims in ((), (0,), (1,), (0, 1)):
+            acc: torch.Tensor | None = None
+            for dims in ((), (1,), (2,), (1, 2)):
                 a = x.flip(dims).contiguous() if dims else x
-                out = self.predictor.run_t(a)
-                acc += out.flip(tuple(d + 1 for d in dims)) if dims else out
-            logits = acc / 4.0
+                out = self.predictor.run_t(a)[:, :2]
+                out = out.flip(tuple(d + 1 for d in dims)) if dims else out
+                acc = out if acc is None else acc + out
+            logits = acc / 4.0  # type: ignore[operator]
         else:
-            logits = self.predictor.run_t(x)
-        probs = torch.sigmoid(logits[:2].clamp(-30.0, 30.0))
+            logits = self.predictor.run_t(x)[:, :2]
+        probs = torch.sigmoid(logits.clamp(-30.0, 30.0))
         if factor != 1.0:
             probs = _resize_t(probs, shape)
-        return probs[0], probs[1]
+        return probs[:, 0], probs[:, 1]
 
     def _scale_factor(self, diameter_px: float | None) -> float:
         if diameter_px is None or self.card.train_diameter_px is None:
@@ -385,35 +416,16 @@ class SegmentModel(Model):
         -------
         (Y, X) int32 instance labels, 0 = background
         """
-        if min_size_px is not None and not 0 <= min_size_px < math.inf:
-            raise ValueError(
-                f"min_size_px must be a finite number >= 0, got {min_size_px}"
-            )
+        _check_min_size(min_size_px)
         post = self.card.postprocess or Postprocess()
         if tta is None:
             tta = self.card.test_time_augmentation
         factor = self._scale_factor(diameter_px)
         auto = post.auto_diameter_px
-        find_size = (
-            diameter_px is None
-            and auto is not None
-            and bool(self.card.train_diameter_px)
-        )
+        find_size = self._finds_size(diameter_px)
         if self.on_device and not find_size:
-            # the frame crosses once each way: in as it came, out as labels
-            with torch.inference_mode():
-                xt, _, _ = self._normalized_t(image)
-                fg_t, dist_t = self._maps_t(xt, factor, tta)
-                inner, border = self._limits(factor, post, min_size_px)
-                labels = labels_from_maps_t(
-                    fg_t,
-                    dist_t,
-                    fg_threshold=post.fg_threshold,
-                    seed_threshold=post.seed_threshold,
-                    min_size_px=inner,
-                    border_min_size_px=border,
-                )
-                return self.predictor.to_host(labels)
+            labels = self._predict_t([as_2d(image)], factor, tta, post, min_size_px)
+            return labels[0]
         x, _, _ = self._normalized(image)
         fg, dist = self._maps(x, factor, tta)
         if find_size and auto is not None:
@@ -422,6 +434,78 @@ class SegmentModel(Model):
                 return labels
             return self._labels(fg, dist, size, post, min_size_px)
         return self._labels(fg, dist, factor, post, min_size_px)
+
+    def predict_batch(
+        self,
+        images: list[np.ndarray],
+        *,
+        diameter_px: float | None = None,
+        tta: bool | None = None,
+        min_size_px: float | None = None,
+    ) -> list[np.ndarray]:
+        """Segment several images (e.g. the frames of several stage
+        positions): with the device path on (``keep_on_device``), one shape
+        and a ``diameter_px``, in one copy to the device and one network call
+        (a batch), the labels of each made on the device; else one by one
+        with :meth:`predict`. The options are :meth:`predict`'s, the same
+        for every image.
+
+        Returns
+        -------
+        list of (Y, X) int32 instance labels, one per image
+        """
+        _check_min_size(min_size_px)
+        if tta is None:
+            tta = self.card.test_time_augmentation
+        factor = self._scale_factor(diameter_px)
+        arrays = [as_2d(im) for im in images]
+        if not arrays or self._finds_size(diameter_px) or not self._batchable(arrays):
+            return [
+                self.predict(
+                    a, diameter_px=diameter_px, tta=tta, min_size_px=min_size_px
+                )
+                for a in arrays
+            ]
+        post = self.card.postprocess or Postprocess()
+        return self._predict_t(arrays, factor, tta, post, min_size_px)
+
+    def _finds_size(self, diameter_px: float | None) -> bool:
+        """Whether :meth:`predict` finds the nuclei's size itself."""
+        post = self.card.postprocess or Postprocess()
+        return (
+            diameter_px is None
+            and post.auto_diameter_px is not None
+            and bool(self.card.train_diameter_px)
+        )
+
+    def _predict_t(
+        self,
+        arrays: list[np.ndarray],
+        factor: float,
+        tta: bool,
+        post: Postprocess,
+        min_size_px: float | None,
+    ) -> list[np.ndarray]:
+        """The device path: images of one shape cross once each way, in as
+        they came and out as labels."""
+        inner, border = self._limits(factor, post, min_size_px)
+        with torch.inference_mode():
+            xt, _, _ = self._normalized_t(arrays)
+            fg, dist = self._maps_t(xt, factor, tta)
+            labels = torch.stack(
+                [
+                    labels_from_maps_t(
+                        fg[i],
+                        dist[i],
+                        fg_threshold=post.fg_threshold,
+                        seed_threshold=post.seed_threshold,
+                        min_size_px=inner,
+                        border_min_size_px=border,
+                    )
+                    for i in range(len(arrays))
+                ]
+            )
+            return list(self.predictor.to_host(labels))
 
     def maps_auto_size(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Foreground, distance and the size factor :meth:`predict` without
@@ -558,11 +642,16 @@ def _resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _resize_t(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """:func:`_resize` of a (C, Y, X) float32 Tensor, on its device."""
+    """:func:`_resize` of a (B, C, Y, X) float32 Tensor, on its device."""
     shrink = shape[0] < image.shape[-2] or shape[1] < image.shape[-1]
     mode = "area" if shrink else "bilinear"
     kw = {} if shrink else {"align_corners": False}
-    return torch.nn.functional.interpolate(image[None], size=shape, mode=mode, **kw)[0]
+    return torch.nn.functional.interpolate(image, size=shape, mode=mode, **kw)
+
+
+def _check_min_size(min_size_px: float | None) -> None:
+    if min_size_px is not None and not 0 <= min_size_px < math.inf:
+        raise ValueError(f"min_size_px must be a finite number >= 0, got {min_size_px}")
 
 
 _CLASSES: dict[str, type[Model]] = {"denoise": DenoiseModel, "segment": SegmentModel}

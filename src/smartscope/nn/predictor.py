@@ -231,19 +231,19 @@ class Predictor:
         return -h % m, -w % m
 
     def _run_padded(self, x: torch.Tensor) -> torch.Tensor:
-        """(Y, X) float32 → (C, Y, X) float32, on the device, padding as the
-        network needs (reflected; repeated where the image is too small to
-        reflect)."""
-        h, w = x.shape
+        """(B, Y, X) float32 → (B, C, Y, X) float32, on the device, padding
+        as the network needs (reflected; repeated where the image is too
+        small to reflect)."""
+        h, w = x.shape[-2:]
         ph, pw = self._padding(h, w)
-        t = x[None, None]
+        t = x[:, None]
         if ph or pw:
             mode = "reflect" if h > ph and w > pw else "replicate"
             t = F.pad(t, (0, pw, 0, ph), mode=mode)
         if self.channels_last:
             t = t.contiguous(memory_format=torch.channels_last)
-        out = self._forward(t.to(self.device))[0]
-        return out[:, :h, :w].float()
+        out = self._forward(t.to(self.device))
+        return out[:, :, :h, :w].float()
 
     def to_device(self, image: np.ndarray) -> torch.Tensor:
         """A (Y, X) host array on the predictor's device, in its own dtype
@@ -287,39 +287,45 @@ class Predictor:
         return self.to_host(self.run_t(t))
 
     def run_t(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`run` on a tensor, kept where it is.
+        """:meth:`run` on a tensor, kept where it is; also a batch of images
+        of one size in one call (each tile of the batch at once).
 
         Parameters
         ----------
-        x : (Y, X) float32 Tensor, already normalised, on the predictor's
-            device
+        x : (Y, X) or (B, Y, X) float32 Tensor, already normalised, on the
+            predictor's device
 
         Returns
         -------
-        (C, Y, X) float32 Tensor on the predictor's device
+        (C, Y, X) or (B, C, Y, X) float32 Tensor on the predictor's device
         """
+        if x.ndim not in (2, 3):
+            raise ValueError(f"expected (Y, X) or (B, Y, X), got {tuple(x.shape)}")
+        batch = x if x.ndim == 3 else x[None]
         with torch.inference_mode():
-            h, w = x.shape
+            h, w = batch.shape[-2:]
             if h <= self.tile_px and w <= self.tile_px:
-                return self._run_padded(x)
-            return self._run_tiled(x)
+                out = self._run_padded(batch)
+            else:
+                out = self._run_tiled(batch)
+        return out if x.ndim == 3 else out[0]
 
     def _run_tiled(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape
+        b, h, w = x.shape
         rows, cols = self._layout(h, axis=0), self._layout(w, axis=1)
         out: torch.Tensor | None = None
         for y0, th, ky0, ky1 in rows:
             for x0, tw, kx0, kx1 in cols:
-                res = self._run_padded(x[y0 : y0 + th, x0 : x0 + tw])
+                res = self._run_padded(x[:, y0 : y0 + th, x0 : x0 + tw])
                 if out is None:
                     out = torch.empty(
-                        (res.shape[0], h, w), dtype=torch.float32, device=res.device
+                        (b, res.shape[1], h, w), dtype=torch.float32, device=res.device
                     )
-                out[:, ky0:ky1, kx0:kx1] = res[
-                    :, ky0 - y0 : ky1 - y0, kx0 - x0 : kx1 - x0
+                out[:, :, ky0:ky1, kx0:kx1] = res[
+                    :, :, ky0 - y0 : ky1 - y0, kx0 - x0 : kx1 - x0
                 ]
         if out is None:
-            return torch.empty((0, h, w), dtype=torch.float32, device=x.device)
+            return torch.empty((b, 0, h, w), dtype=torch.float32, device=x.device)
         return out
 
     def _tile_size(self, size: int, *, axis: int) -> int:

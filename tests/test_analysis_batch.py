@@ -1,0 +1,174 @@
+"""Frames analysed as a batch (``analysis.batch_frames``): the models run
+once for several frames (on a GPU: one copy, one network call), while every
+frame gets the result it gets alone, in order, with its own tracks."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from frames import snap_frame
+from smartscope.analysis import (
+    AnalysisPipeline,
+    AnalysisSettings,
+    FrameInput,
+    FrameResult,
+)
+from smartscope.analysis.analyser import FrameAnalyser
+from smartscope.hardware import open_core
+
+MODELS = {"denoise": "denoise-care", "segmenter": "model", "model": "nuclei-seg"}
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[FrameInput]:
+    """Four positions of the simulated sample, two time points each."""
+    out = []
+    with open_core(seed=5) as core:
+        for t in range(2):
+            for i, (x, y) in enumerate([(0, 0), (400, 0), (0, 400), (400, 400)]):
+                core.setXYPosition(float(x), float(y))
+                core.waitForSystem()
+                f = snap_frame(core, 4 * t + i)
+                out.append(dataclasses.replace(f, position=f"p{i}", t_s=float(t)))
+    return out
+
+
+def _same(a: FrameResult, b: FrameResult) -> None:
+    assert a.error is None
+    assert b.error is None
+    assert a.frame.frame_index == b.frame.frame_index
+    assert len(a.objects) == len(b.objects) > 5
+    assert [o.track_id for o in a.objects] == [o.track_id for o in b.objects]
+    np.testing.assert_allclose(
+        [o.x_um for o in a.objects], [o.x_um for o in b.objects], atol=1e-6
+    )
+    np.testing.assert_array_equal(a.labels, b.labels)
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_a_batch_gives_every_frame_its_own_result(frames, on_device) -> None:
+    """Four positions at a time through ``analyse_batch``, against the same
+    frames one by one: the same labels, objects and track ids (the device
+    path on the CPU batches the networks; the host path goes frame by
+    frame inside the models)."""
+    settings = AnalysisSettings(**MODELS, precision="float32")
+    alone, together = FrameAnalyser(settings), FrameAnalyser(settings)
+    for a in (alone, together):
+        a.load_models()
+        a._denoiser.keep_on_device = a._segmenter.keep_on_device = on_device
+    one_by_one = [alone.analyse(f) for f in frames]
+    batched = together.analyse_batch(frames[:4]) + together.analyse_batch(frames[4:])
+    for a, b in zip(one_by_one, batched, strict=True):
+        _same(a, b)
+        assert b.extra["batch"] == 4
+        assert "batch" not in a.extra
+        assert b.denoised is not None
+        np.testing.assert_allclose(a.denoised, b.denoised, rtol=1e-4, atol=0.5)
+
+
+class _DenoiserFailsOnce(FrameAnalyser):
+    """The real analyser whose batched denoising raises the first time."""
+
+    failed = False
+
+    def _denoise_batch(self, images):
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("denoiser exploded")
+        return super()._denoise_batch(images)
+
+
+def test_a_failed_batch_fails_its_frames_and_the_next_one_goes_on(frames) -> None:
+    analyser = _DenoiserFailsOnce(AnalysisSettings(**MODELS, precision="float32"))
+    first = analyser.analyse_batch(frames[:4])
+    assert [r.frame.frame_index for r in first] == [0, 1, 2, 3]
+    assert all(r.error == "RuntimeError: denoiser exploded" for r in first)
+    assert all(r.labels is None for r in first)
+    second = analyser.analyse_batch(frames[4:])
+    assert all(r.error is None for r in second)
+    assert all(len(r.objects) > 5 for r in second)
+
+
+def test_frames_of_other_shapes_go_one_by_one(frames) -> None:
+    """A frame that is not (Y, X), or of another size, is not batched with
+    the rest: it fails alone, or is analysed alone."""
+    analyser = FrameAnalyser(AnalysisSettings(**MODELS, precision="float32"))
+    bad = dataclasses.replace(frames[1], image=frames[1].image[None])
+    results = analyser.analyse_batch([frames[0], bad, frames[2]])
+    assert [r.frame.frame_index for r in results] == [0, 1, 2]
+    assert "(Y, X)" in results[1].error
+    assert results[0].error is None
+    assert results[2].error is None
+    small = dataclasses.replace(frames[3], image=frames[3].image[:256, :256])
+    mixed = analyser.analyse_batch([frames[4], small])
+    assert all(r.error is None for r in mixed)
+    assert all("batch" not in r.extra for r in mixed)
+
+
+class _HeldPipeline(AnalysisPipeline):
+    """The real pipeline, its first frame held until ``release`` is set,
+    so the frames behind it queue up."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def analyse(self, frame: FrameInput) -> FrameResult:
+        if frame.frame_index == 0:
+            self.entered.set()
+            self.release.wait(30)
+        return super().analyse(frame)
+
+
+def test_the_worker_takes_the_waiting_frames_as_one_batch(frames) -> None:
+    """``batch_frames: 4``: while frame 0 is analysed, frames 1-7 queue;
+    they are then taken four and three at a time, and the results come in
+    order, counted once each, with the tracks a one-by-one run gives."""
+    settings = AnalysisSettings(**MODELS, batch_frames=4, queue_size=16)
+    pipeline = _HeldPipeline(settings, device="cpu")
+    results: list[FrameResult] = []
+    pipeline.frame_analysed.connect(results.append)
+    pipeline.start()
+    assert pipeline.batch_frames == 4
+    for f in frames:
+        pipeline.submit(dataclasses.replace(f, t_frame=time.perf_counter()))
+        if f.frame_index == 0:
+            assert pipeline.entered.wait(30)  # the worker holds frame 0
+    pipeline.release.set()
+    assert pipeline.stop(drain=True)
+    assert [r.frame.frame_index for r in results] == list(range(8))
+    assert (pipeline.analysed, pipeline.skipped, pipeline.failed) == (8, 0, 0)
+    assert [r.extra.get("batch", 1) for r in results] == [1, 4, 4, 4, 4, 3, 3, 3]
+    reference = FrameAnalyser(settings, device="cpu")
+    for a, b in zip((reference.analyse(f) for f in frames), results, strict=True):
+        _same(a, b)
+
+
+def test_batch_frames_auto_is_one_on_the_cpu() -> None:
+    analyser = FrameAnalyser(AnalysisSettings(**MODELS), device="cpu")
+    analyser.load_models()
+    assert analyser.batch_frames == 1
+    classical = FrameAnalyser(AnalysisSettings(batch_frames=3), device="cpu")
+    classical.load_models()
+    assert classical.batch_frames == 3
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ({"batch_frames": 0}, "batch_frames"),
+        ({"batch_frames": 4, "stages": 2}, "stages=2"),
+        ({"batch_frames": 4, "executor": "ray"}, "executor='ray'"),
+    ],
+)
+def test_batch_settings_are_checked(extra, words) -> None:
+    with pytest.raises(ValidationError, match=words):
+        AnalysisSettings(**MODELS, **extra)
+    AnalysisSettings(**MODELS, batch_frames=1, stages=2)  # one at a time: fine
