@@ -194,11 +194,14 @@ def test_denoiser_device_path_agrees_with_the_host_path():
 
 
 def test_frames_cross_in_their_own_dtype():
-    """A uint16 frame goes to the device as uint16 (half the bytes of
-    float32); a colour or NaN-holding image is handled as on the host."""
+    """A uint16 frame goes to the device as 16 bits (half the bytes of
+    float32) and keeps its values above 32767; a colour or NaN-holding image
+    is handled as on the host."""
     model = load_model("denoise-care", device="cpu", precision="float32")
-    t = model.predictor.to_device(np.zeros((8, 8), np.uint16))
-    assert t.dtype == torch.uint16
+    frame = np.array([[0, 1, 40000], [65535, 7, 32768]], np.uint16)
+    t = model.predictor.to_device(frame)
+    assert t.dtype == torch.int32
+    np.testing.assert_array_equal(t.numpy(), frame)
     assert model.predictor.to_device(np.zeros((8, 8), np.uint32)).dtype == torch.int64
     rng = np.random.default_rng(0)
     rgb = (rng.random((64, 64, 3)) * 1000).astype(np.float32)

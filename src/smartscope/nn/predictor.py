@@ -246,21 +246,35 @@ class Predictor:
         return out[:, :, :h, :w].float()
 
     def to_device(self, image: np.ndarray) -> torch.Tensor:
-        """A (Y, X) host array on the predictor's device, in its own dtype
-        (a uint16 frame crosses at half the bytes of float32). On CUDA it
-        is staged in page-locked memory and copied without blocking the
-        host (torch's caching host allocator keeps the staging block until
-        the copy is done); on the CPU no copy is made of a contiguous
-        array."""
+        """A host array on the predictor's device, with its values.
+
+        It crosses in its own dtype (a uint16 frame at half the bytes of
+        float32; as int16 bits, since torch's CUDA kernels do not all take
+        uint16, widened to int32 on the device). On CUDA it is staged in
+        page-locked memory and copied without blocking the host (torch's
+        caching host allocator keeps the staging block until the copy is
+        done); on the CPU a contiguous array is not copied (except to widen
+        uint16).
+
+        Returns
+        -------
+        Tensor on the device: the array's dtype, int32 for uint16, int64 for
+        uint32 and uint64
+        """
         a = np.ascontiguousarray(image)
-        if a.dtype.kind == "u" and a.dtype.itemsize > 1 and a.dtype != np.uint16:
+        widen = a.dtype == np.uint16
+        if widen:
+            a = a.view(np.int16)
+        elif a.dtype.kind == "u" and a.dtype.itemsize > 1:
             a = a.astype(np.int64)  # uint32/uint64: torch has no such dtypes
         t = torch.from_numpy(a)
-        if self.device.type != "cuda":
-            return t
-        staged = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-        staged.copy_(t)
-        return staged.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            staged = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            staged.copy_(t)
+            t = staged.to(self.device, non_blocking=True)
+        if widen:
+            t = t.to(torch.int32) & 0xFFFF
+        return t
 
     def to_host(self, t: torch.Tensor) -> np.ndarray:
         """A device tensor as a host array (on CUDA through page-locked
