@@ -8,8 +8,11 @@ the analysis would use. Reported per size: frames/s sustained, the time per
 frame (median, p95), where it goes (``stages_ms``: background, denoise,
 segment with its rescaling and post-processing, measure, track; medians),
 the ratio to 512², the threads the analysis chose, and the peak resident
-memory of the process. Virtual time, no acquisition: this is the analysis
-alone; ``controller`` in the same JSON measures it inside a run.
+memory of the process. Each size's models are warmed up as a run's are
+(seeding the thread tuner), and the sizes then take turns frame by frame, so
+that the ratios hold on a machine whose speed drifts. Virtual time, no
+acquisition: this is the analysis alone; ``controller`` in the same JSON
+measures it inside a run.
 """
 
 from __future__ import annotations
@@ -51,10 +54,44 @@ def _peak_rss_mb() -> float:
     return peak / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
 
 
+def _timed_frame(run: dict[str, Any], size: int, k: int) -> None:
+    """Analyse frame ``k`` of one size's run and keep its times."""
+    from smartscope.analysis.result import FrameInput
+
+    analyser = run["analyser"]
+    if analyser.threads is not None:
+        # the sizes' analysers take turns, and torch's thread count is the
+        # process's: each frame gets the count its own analyser chose
+        import torch
+
+        torch.set_num_threads(analyser.threads)
+    f = FrameInput(
+        image=run["image"],
+        frame_index=k,
+        position="a",
+        stage_x_um=0.0,
+        stage_y_um=0.0,
+        z_um=0.0,
+        pixel_size_um=PIXEL_SIZE_UM,
+        exposure_ms=20,
+        t_frame=time.perf_counter(),
+        t_s=float(k),
+    )
+    t0 = time.perf_counter()
+    r = analyser.analyse(f)
+    if r.error is not None:
+        raise RuntimeError(f"analysis of a {size}² frame failed: {r.error}")
+    run["times"].append((time.perf_counter() - t0) * 1000.0)
+    run.setdefault("threads", []).append(r.extra.get("threads"))
+    for name, ms in r.extra.get("stages_ms", {}).items():
+        run["stages"].setdefault(name, []).append(ms)
+
+
 def measure_scaling(
     *, frames: int = 20, sizes: tuple[int, ...] = SIZES, device: str = "auto"
 ) -> dict[str, Any]:
-    """Analyse ``frames`` frames (after 3 warm-up frames) at each size.
+    """Analyse ``frames`` frames (after 3 warm-up frames) at each size, the
+    sizes taking turns frame by frame.
 
     Returns
     -------
@@ -62,12 +99,12 @@ def measure_scaling(
         ``settings`` and ``sizes``: one entry per size with ``frames``,
         ``frames_per_s``, ``ms`` (median, p95), ``stages_ms`` (medians),
         ``ratio_to_512`` (median time), ``threads`` (counts used),
-        ``peak_rss_mb`` and, on CUDA, ``peak_gpu_mb`` (torch's peak
-        allocation while that size ran). ``settings.device`` is the device
-        the models ran on.
+        ``peak_rss_mb`` (the process's peak once that size was set up, the
+        sizes set up smallest first) and, on CUDA, ``peak_gpu_mb`` (torch's
+        peak allocation while that size was set up). ``settings.device`` is
+        the device the models ran on.
     """
     from smartscope.analysis.analyser import FrameAnalyser
-    from smartscope.analysis.result import FrameInput
     from smartscope.analysis.settings import AnalysisSettings
     from smartscope.nn.predictor import resolve_device
 
@@ -87,62 +124,55 @@ def measure_scaling(
         },
         "sizes": {},
     }
-    for size in sizes:
+    runs: dict[int, dict[str, Any]] = {}
+    for size in sizes:  # set up one size after another, smallest first
         img = demo_frame(size)
         analyser = FrameAnalyser(settings, device=str(on))
         analyser.load_models()
+        if on.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(on)
         # as a run starts: the models warmed up at the frame size, at each
         # thread count, which seeds the thread tuner (without it the tuner's
         # first tries are cold calls, and it kept 1 thread at 2048² where 2
         # were 1.45x faster)
         analyser.warm_up(img.shape, pixel_size_um=PIXEL_SIZE_UM)
+        run = {"image": img, "analyser": analyser, "times": [], "stages": {}}
+        runs[size] = run
+        for k in range(3):
+            _timed_frame(run, size, k)
+        run["times"].clear()
+        run["stages"].clear()
+        run["threads"] = []
+        run["peak_rss_mb"] = round(_peak_rss_mb(), 1)
         if on.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(on)
-        times: list[float] = []
-        stages: dict[str, list[float]] = {}
-        threads: list[Any] = []
-        t_start = 0.0
-        for k in range(frames + 3):
-            if k == 3:
-                t_start = time.perf_counter()
-            f = FrameInput(
-                image=img,
-                frame_index=k,
-                position="a",
-                stage_x_um=0.0,
-                stage_y_um=0.0,
-                z_um=0.0,
-                pixel_size_um=PIXEL_SIZE_UM,
-                exposure_ms=20,
-                t_frame=time.perf_counter(),
-                t_s=float(k),
-            )
-            t0 = time.perf_counter()
-            r = analyser.analyse(f)
-            if r.error is not None:
-                raise RuntimeError(f"analysis of a {size}² frame failed: {r.error}")
-            if k >= 3:
-                times.append((time.perf_counter() - t0) * 1000.0)
-                threads.append(r.extra.get("threads"))
-                for name, ms in r.extra.get("stages_ms", {}).items():
-                    stages.setdefault(name, []).append(ms)
-        wall = time.perf_counter() - t_start
-        out["sizes"][str(size)] = {
+            run["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated(on) / 2**20, 1)
+    # then frame by frame in turn across the sizes, so a change of the
+    # machine's speed during the measurement (on a shared machine, up to 2x
+    # within minutes) falls on every size alike and the ratios hold
+    for k in range(3, frames + 3):
+        for size in sizes:
+            _timed_frame(runs[size], size, k)
+    for size in sizes:
+        run = runs[size]
+        times, threads = run["times"], run["threads"]
+        entry = {
             "frames": len(times),
-            "frames_per_s": round(len(times) / wall, 2),
+            "frames_per_s": round(1000.0 * len(times) / sum(times), 2),
             "ms": {
                 "median": round(float(np.median(times)), 1),
                 "p95": round(float(np.percentile(times, 95)), 1),
             },
-            "stages_ms": {k: round(float(np.median(v)), 1) for k, v in stages.items()},
+            "stages_ms": {
+                k: round(float(np.median(v)), 1) for k, v in run["stages"].items()
+            },
             "threads": {
                 str(n): threads.count(n) for n in sorted(set(threads), key=str)
             },
-            "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "peak_rss_mb": run["peak_rss_mb"],
         }
-        if on.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(on) / 2**20
-            out["sizes"][str(size)]["peak_gpu_mb"] = round(peak, 1)
+        if "peak_gpu_mb" in run:
+            entry["peak_gpu_mb"] = run["peak_gpu_mb"]
+        out["sizes"][str(size)] = entry
     base = out["sizes"].get("512")
     for entry in out["sizes"].values():
         entry["ratio_to_512"] = (
