@@ -172,3 +172,36 @@ def test_batch_settings_are_checked(extra, words) -> None:
     with pytest.raises(ValidationError, match=words):
         AnalysisSettings(**MODELS, **extra)
     AnalysisSettings(**MODELS, batch_frames=1, stages=2)  # one at a time: fine
+
+
+def test_results_say_where_the_models_time_went(frames) -> None:
+    """``model_stages_ms``: the models' steps (transfer only on the device
+    path), each a part of the denoise and segment stages, also as a
+    batch's share."""
+    analyser = FrameAnalyser(AnalysisSettings(**MODELS, precision="float32"))
+    r = analyser.analyse(frames[0])
+    steps, stages = r.extra["model_stages_ms"], r.extra["stages_ms"]
+    assert set(steps) == {
+        "normalise",
+        "denoise_network",
+        "segment_network",
+        "postprocess",
+    }
+    assert all(v > 0 for v in steps.values())
+    assert steps["denoise_network"] <= stages["denoise"]
+    assert steps["segment_network"] <= stages["segment"]
+    assert sum(steps.values()) <= stages["denoise"] + stages["segment"] + 1e-6
+    analyser._denoiser.keep_on_device = analyser._segmenter.keep_on_device = True
+    batch = analyser.analyse_batch(frames[:4])
+    steps = batch[0].extra["model_stages_ms"]
+    assert steps["transfer"] > 0
+    assert (
+        sum(steps.values())
+        <= (
+            batch[0].extra["stages_ms"]["denoise"]
+            + batch[0].extra["stages_ms"]["segment"]
+        )
+        + 1e-6
+    )
+    classical = FrameAnalyser(AnalysisSettings()).analyse(frames[0])
+    assert "model_stages_ms" not in classical.extra

@@ -54,6 +54,17 @@ def test_scaling_reports_each_size_stage_by_stage() -> None:
         }
         # the stages account for the frame's time (the rest: building the result)
         assert sum(e["stages_ms"].values()) <= e["ms"]["median"] * 1.05 + 1
+        # inside the models (host path: no transfer), a part of their stages
+        assert set(e["model_stages_ms"]) == {
+            "normalise",
+            "denoise_network",
+            "segment_network",
+            "postprocess",
+        }
+        assert (
+            sum(e["model_stages_ms"].values())
+            <= (e["stages_ms"]["denoise"] + e["stages_ms"]["segment"]) * 1.05 + 1
+        )
         assert e["peak_rss_mb"] > 0
     assert r["sizes"]["512"]["ratio_to_512"] == 1.0
     assert scaling_table(r).row_count == 2

@@ -166,6 +166,9 @@ def test_demo_log_agrees_with_the_zarr(demo_run: tuple[Path, dict[str, Any]]) ->
         range(len({r["frame"] for r in rows}))
     )
     assert summary["latency_frame_to_result_ms"]["n"] == summary["frames_analysed"]
+    # the reactions decided on every analysed frame, and that is timed
+    assert summary["reaction_ms"]["n"] == summary["frames_analysed"]
+    assert 0 <= summary["reaction_ms"]["p50"] <= summary["reaction_ms"]["max"]
 
 
 def test_center_on_keeps_the_nucleus_centred_by_the_truth(

@@ -118,8 +118,10 @@ def measure_positions(
         ``settings`` and ``runs``: one entry per number of positions with
         ``frames``, ``frames_analysed``, ``frames_skipped_analysis``,
         ``wall_s``, ``analysed_per_s``, ``frame_to_result_ms`` and
-        ``frame_to_action_ms`` (n, p50, p95, p99, max), ``stages_ms``
-        (medians), ``peak_rss_mb`` and ``rss_mb``.
+        ``frame_to_action_ms`` (n, p50, p95, p99, max), ``reaction_ms`` (the
+        reactions' decision time, the same percentiles), ``stages_ms``
+        (medians), ``model_stages_ms`` (the models' steps, as in
+        :mod:`smartscope.bench_scaling`), ``peak_rss_mb`` and ``rss_mb``.
     """
     from smartscope.controller import Controller
     from smartscope.hardware import load_core, release_core
@@ -141,16 +143,20 @@ def measure_positions(
         loops = max(1, math.ceil(frames / n))
         proto = Protocol.model_validate(positions_protocol(n, loops))
         stages: dict[str, list[float]] = {}
+        model_stages: dict[str, list[float]] = {}
         done: list[float] = []
 
         def on_result(
             result: Any,
             stages: dict[str, list[float]] = stages,
+            model_stages: dict[str, list[float]] = model_stages,
             done: list[float] = done,
         ) -> None:
             done.append(result.t_result)
             for name, ms in result.extra.get("stages_ms", {}).items():
                 stages.setdefault(name, []).append(ms)
+            for name, ms in result.extra.get("model_stages_ms", {}).items():
+                model_stages.setdefault(name, []).append(ms)
 
         with tempfile.TemporaryDirectory(prefix="smartscope-bench-") as tmp:
             core = load_core(seed=proto.seed, scene=proto.scene, time_mode="virtual")
@@ -178,9 +184,14 @@ def measure_positions(
             "analysed_per_s": round((len(done) - 1) / span, 2) if span > 0 else None,
             "frame_to_result_ms": summary["latency_frame_to_result_ms"],
             "frame_to_action_ms": summary["latency_frame_to_action_ms"],
+            "reaction_ms": summary.get("reaction_ms"),
             "actions": summary.get("actions", {}),
             "stages_ms": {
                 k: round(float(np.median(v)), 1) for k, v in sorted(stages.items())
+            },
+            "model_stages_ms": {
+                k: round(float(np.median(v)), 1)
+                for k, v in sorted(model_stages.items())
             },
             "peak_rss_mb": peak,
             "rss_mb": now,

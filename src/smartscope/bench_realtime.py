@@ -141,6 +141,7 @@ def measure_realtime(
             "frames_skipped_analysis": skipped,
             "frame_to_result_ms": s["latency_frame_to_result_ms"],
             "frame_to_action_ms": f2a,
+            "reaction_ms": s.get("reaction_ms"),
             "wall_s": s["wall_time_s"],
             "p99_bound_ms": bound,
             "met": bool(skipped == 0 and f2a.get("n") and f2a["p99"] <= bound),

@@ -6,7 +6,9 @@ by :class:`~smartscope.analysis.analyser.FrameAnalyser` with the demo's
 models (``denoise-care``, then ``nuclei-seg``, measure, track), on the device
 the analysis would use. Reported per size: frames/s sustained, the time per
 frame (median, p95), where it goes (``stages_ms``: background, denoise,
-segment with its rescaling and post-processing, measure, track; medians),
+segment with its rescaling and post-processing, measure, track; medians;
+``model_stages_ms``: inside the models, transfer (device path only),
+normalise, denoise_network, segment_network, postprocess),
 the ratio to 512², the threads the analysis chose, and the peak resident
 memory of the process. Each size's models are warmed up as a run's are
 (seeding the thread tuner), and the sizes then take turns frame by frame, so
@@ -85,6 +87,8 @@ def _timed_frame(run: dict[str, Any], size: int, k: int) -> None:
     run.setdefault("threads", []).append(r.extra.get("threads"))
     for name, ms in r.extra.get("stages_ms", {}).items():
         run["stages"].setdefault(name, []).append(ms)
+    for name, ms in r.extra.get("model_stages_ms", {}).items():
+        run["model_stages"].setdefault(name, []).append(ms)
 
 
 def measure_scaling(
@@ -136,12 +140,19 @@ def measure_scaling(
         # first tries are cold calls, and it kept 1 thread at 2048² where 2
         # were 1.45x faster)
         analyser.warm_up(img.shape, pixel_size_um=PIXEL_SIZE_UM)
-        run = {"image": img, "analyser": analyser, "times": [], "stages": {}}
+        run = {
+            "image": img,
+            "analyser": analyser,
+            "times": [],
+            "stages": {},
+            "model_stages": {},
+        }
         runs[size] = run
         for k in range(3):
             _timed_frame(run, size, k)
         run["times"].clear()
         run["stages"].clear()
+        run["model_stages"].clear()
         run["threads"] = []
         run["peak_rss_mb"] = round(_peak_rss_mb(), 1)
         if on.type == "cuda":
@@ -164,6 +175,9 @@ def measure_scaling(
             },
             "stages_ms": {
                 k: round(float(np.median(v)), 1) for k, v in run["stages"].items()
+            },
+            "model_stages_ms": {
+                k: round(float(np.median(v)), 1) for k, v in run["model_stages"].items()
             },
             "threads": {
                 str(n): threads.count(n) for n in sorted(set(threads), key=str)

@@ -62,6 +62,8 @@ class _Front:
     error: str | None = None
     #: frames analysed together with it (``batch_frames``), itself included
     batch: int = 1
+    #: where the denoiser's time went (its ``timings_ms``)
+    denoise_ms: dict[str, float] | None = None
 
 
 class _FrontError(Exception):
@@ -298,6 +300,7 @@ class FrameAnalyser:
             except Exception as e:
                 error = f"{type(e).__name__}: {e}"
         t_seg = time.perf_counter()
+        segment_ms = _timings(self._segmenter)
         by_front = dict(zip(map(id, good), labels, strict=False))
         results = []
         for f in fronts:
@@ -307,7 +310,7 @@ class FrameAnalyser:
             if f.error is not None:
                 results.append(self._error_result(f, _FrontError(f.error)))
             else:
-                results.append(self._finish(f, by_front[id(f)], t_seg))
+                results.append(self._finish(f, by_front[id(f)], t_seg, segment_ms))
         return results
 
     def _front_batch(self, frames: list[FrameInput]) -> list[_Front]:
@@ -337,10 +340,12 @@ class FrameAnalyser:
             t_bg = time.perf_counter()
             denoised = self._denoise_batch([f.frame.image for f in good])
             t_dn = time.perf_counter()
+            denoise_ms = _timings(self._denoiser)
             for i, f in enumerate(good):
                 f.version = version
                 f.update = update if i == 0 else None
                 f.t_bg, f.t_dn = t_bg, t_dn
+                f.denoise_ms = denoise_ms
                 f.denoised = None if denoised is None else denoised[i]
                 if adapter is not None:
                     adapter.add_frame(f.frame.image)
@@ -369,6 +374,7 @@ class FrameAnalyser:
             f.t_bg = time.perf_counter()
             f.denoised = self._denoise(image, frame)
             f.t_dn = time.perf_counter()
+            f.denoise_ms = _timings(self._denoiser)
             if adapter is not None:
                 adapter.add_frame(image)
         except Exception as e:
@@ -387,9 +393,16 @@ class FrameAnalyser:
             )
         except Exception as e:
             return self._error_result(f, e)
-        return self._finish(f, labels, time.perf_counter())
+        t_seg = time.perf_counter()
+        return self._finish(f, labels, t_seg, _timings(self._segmenter))
 
-    def _finish(self, f: _Front, labels: np.ndarray, t_seg: float) -> FrameResult:
+    def _finish(
+        self,
+        f: _Front,
+        labels: np.ndarray,
+        t_seg: float,
+        segment_ms: dict[str, float] | None = None,
+    ) -> FrameResult:
         """Measure and track a segmented frame, and its result."""
         frame = f.frame
         image = frame.image
@@ -454,6 +467,7 @@ class FrameAnalyser:
                     "track": (t1 - t_meas) * 1000.0,
                 },
                 **({"batch": f.batch} if f.batch > 1 else {}),
+                **_model_stages(f.denoise_ms, segment_ms, share),
             },
         )
 
@@ -574,6 +588,35 @@ def _check_adaptable(model: AnalysisModel, name: str) -> None:
 #: thread tuner (docs/benchmarks.md: 2 cores); with more cores one stage's
 #: models get several threads, and two stages are not measured there yet
 _TWO_STAGE_CORES = (2, 3)
+
+
+def _timings(model: AnalysisModel | None) -> dict[str, float] | None:
+    """A copy of where ``model``'s last call spent its time (smartscope's
+    models keep ``timings_ms``; others say nothing)."""
+    t = getattr(model, "timings_ms", None)
+    return dict(t) if isinstance(t, dict) and t else None
+
+
+def _model_stages(
+    denoise_ms: dict[str, float] | None,
+    segment_ms: dict[str, float] | None,
+    share: float,
+) -> dict[str, dict[str, float]]:
+    """``{"model_stages_ms": ...}``: the models' time by step, ms (this
+    frame's share of a batch): transfer, normalise and postprocess of both
+    models together, each network on its own."""
+    d, s = denoise_ms or {}, segment_ms or {}
+    if not d and not s:
+        return {}
+    out: dict[str, float] = {}
+    for key in ("transfer", "normalise", "postprocess"):
+        if key in d or key in s:
+            out[key] = (d.get(key, 0.0) + s.get(key, 0.0)) * share
+    if "network" in d:
+        out["denoise_network"] = d["network"] * share
+    if "network" in s:
+        out["segment_network"] = s["network"] * share
+    return {"model_stages_ms": out}
 
 
 #: frames of one batch with ``batch_frames: auto`` where the models run on a GPU

@@ -118,6 +118,9 @@ class Controller:
         self.gate = RunGate()
         self._frames = 0
         self._views: dict[int, RunView] = {}
+        #: ms the reactions took to decide on each analysed frame (summary
+        #: ``reaction_ms``)
+        self.reaction_ms: list[float] = []
         self.acquisition = Acquisition(
             plan=self.plan,
             executor=self.executor,
@@ -356,11 +359,14 @@ class Controller:
         elif self._recorder is not None:
             self._recorder.on_result(result)
         if result.error is None and view is not None:
+            t = time.perf_counter()
             for action, rec in self.reactions.react(result, view):
                 if rec is not None:
                     self._log(rec)
                 else:  # whatever was returned: the executor refuses non-actions
                     self.acquisition.put(action, f.position, f.t_frame)
+            # the reactions' decisions on this frame (queued, not yet applied)
+            self.reaction_ms.append((time.perf_counter() - t) * 1000.0)
             if self.reactions.stop_reason:
                 self.gate.request_stop(
                     self.reactions.stop_reason, "stopped", by="on_error"

@@ -28,6 +28,7 @@ from smartscope.errors import SmartscopeError
 from smartscope.heap import trim_heap
 from smartscope.interrupts import deferred, shielded, signal_name, stop_signals
 from smartscope.io.disk import disk_full_error, disk_full_message
+from smartscope.io.summary import percentiles
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -430,6 +431,7 @@ def _finish(ctl: Controller, error: BaseException | None) -> dict[str, Any]:
         ],
         time_mode=sim.time_mode if sim is not None else "realtime",
         sample_clock_s=None if sim is None else round(sim.clock_s, 3),
+        reaction_ms=percentiles(ctl.reaction_ms),
     )
     ctl.summary = summary
     ctl._emit(ctl.run_finished, summary)

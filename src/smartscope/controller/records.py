@@ -245,6 +245,9 @@ class Summary(BaseModel):
     subscriber_errors: int
     latency_frame_to_result_ms: dict[str, int | float | None]
     latency_frame_to_action_ms: dict[str, int | float | None]
+    #: how long the reactions took to decide on an analysed frame, ms
+    #: (p50/p95/p99/max; the "react" stage of frame → action)
+    reaction_ms: dict[str, int | float | None] | None = None
     light_dose_mj: float
     light_dose_counts: str
     light_dose_mj_simulator: float | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 import warnings
 import zipfile
 from abc import ABC, abstractmethod
@@ -96,6 +97,14 @@ class Model(ABC):
     card : ModelCard
     path : Path or None, the folder or ``.zip`` package it was loaded from
     predictor : Predictor, holding the network, device and precision
+    timings_ms : dict
+        Where the last :meth:`predict` (or ``predict_batch``) call spent its
+        time, ms: ``transfer`` (to and from the device; device path only),
+        ``normalise`` (percentiles, normalisation, rescaling to the
+        training diameter), ``network``, ``postprocess`` (sigmoid, resizing
+        back, labels, size limits; a denoiser's de-normalisation). On CUDA
+        each step is synchronised before it is timed. Not for concurrent
+        calls (each analysis stage has its own model).
     keep_on_device : bool or None
         Whether :meth:`predict` keeps the frame on the predictor's device
         from normalisation to the result (percentiles, rescaling, the
@@ -141,8 +150,30 @@ class Model(ABC):
             int8_onnx=int8_onnx,
         )
         self.keep_on_device: bool | None = None
+        self.timings_ms: dict[str, float] = {}
+        self._clock_t = 0.0
         if warm_up:
             self.predictor.warm_up()
+
+    def _start_clock(self) -> None:
+        self.timings_ms = {}
+        self._clock_t = time.perf_counter()
+
+    def _mark(self, stage: str) -> None:
+        """Add the time since the last mark to ``timings_ms[stage]``."""
+        if self.predictor.device.type == "cuda":
+            torch.cuda.synchronize(self.predictor.device)
+        now = time.perf_counter()
+        ms = (now - self._clock_t) * 1000.0
+        self.timings_ms[stage] = self.timings_ms.get(stage, 0.0) + ms
+        self._clock_t = now
+
+    def _summed_timings(self, calls: list[dict[str, float]]) -> None:
+        total: dict[str, float] = {}
+        for t in calls:
+            for k, v in t.items():
+                total[k] = total.get(k, 0.0) + v
+        self.timings_ms = total
 
     @property
     def on_device(self) -> bool:
@@ -196,11 +227,14 @@ class Model(ABC):
         device in one copy (in their own dtype), each normalised by its own
         percentiles there: (B, Y, X) float32 Tensor, low and high ((B,))."""
         host = images[0][None] if len(images) == 1 else np.stack(images)
-        x = self.predictor.to_device(host).float()
-        x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        x = self.predictor.to_device(host)
+        self._mark("transfer")
+        x = torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0)
         n = self.card.normalization
         low, high = percentile_range_t(x, p_low=n.p_low, p_high=n.p_high)
-        return normalize_t(x, low, high), low, high
+        x = normalize_t(x, low, high)
+        self._mark("normalise")
+        return x, low, high
 
     def _batchable(self, images: list[np.ndarray]) -> bool:
         """Whether ``images`` (:func:`as_2d`'s) go through the device path
@@ -240,11 +274,16 @@ class DenoiseModel(Model):
         """
         if tta is None:
             tta = self.card.test_time_augmentation
+        self._start_clock()
         if self.on_device:
             return self._predict_t([as_2d(image)], tta)[0]
         x, low, high = self._normalized(image)
+        self._mark("normalise")
         out = self._run_tta(x) if tta else self.predictor.run(x)[0]
-        return denormalize(out, low, high)
+        self._mark("network")
+        out = denormalize(out, low, high)
+        self._mark("postprocess")
+        return out
 
     def predict_batch(
         self, images: list[np.ndarray], *, tta: bool | None = None
@@ -261,7 +300,13 @@ class DenoiseModel(Model):
             tta = self.card.test_time_augmentation
         arrays = [as_2d(im) for im in images]
         if not arrays or not self._batchable(arrays):
-            return [self.predict(a, tta=tta) for a in arrays]
+            outs, calls = [], []
+            for a in arrays:
+                outs.append(self.predict(a, tta=tta))
+                calls.append(self.timings_ms)
+            self._summed_timings(calls)
+            return outs
+        self._start_clock()
         return self._predict_t(arrays, tta)
 
     def _predict_t(self, arrays: list[np.ndarray], tta: bool) -> list[np.ndarray]:
@@ -269,8 +314,12 @@ class DenoiseModel(Model):
         with torch.inference_mode():
             xt, lo, hi = self._normalized_t(arrays)
             yt = self._run_tta_t(xt) if tta else self.predictor.run_t(xt)[:, 0]
+            self._mark("network")
             yt = yt * (hi - lo)[:, None, None] + lo[:, None, None]
-            return list(self.predictor.to_host(yt))
+            self._mark("postprocess")
+            out = list(self.predictor.to_host(yt))
+            self._mark("transfer")
+            return out
 
     def _run_tta_t(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`_run_tta` on the device: (B, Y, X) Tensor → (B, Y, X)."""
@@ -313,22 +362,27 @@ class SegmentModel(Model):
         ``diameter_px`` rescales as in :meth:`predict`; here ``None`` means no
         rescaling (no automatic estimate).
         """
+        self._start_clock()
         x, _, _ = self._normalized(image)
         return self._maps(x, self._scale_factor(diameter_px))
 
     def _maps(
         self, x: np.ndarray, factor: float, tta: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
+        self._mark("postprocess")  # what came before: sizing a pass's labels
         shape = x.shape
         if factor != 1.0:
             x = _resize(
                 x,
                 (max(16, round(shape[0] * factor)), max(16, round(shape[1] * factor))),
             )
+        self._mark("normalise")
         logits = self._flip_mean_logits(x) if tta else self.predictor.run(x)
+        self._mark("network")
         probs = 1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))
         if factor != 1.0:
             probs = np.stack([_resize(p, shape) for p in probs])
+        self._mark("postprocess")
         return probs[0], probs[1]
 
     def _flip_mean_logits(self, x: np.ndarray) -> np.ndarray:
@@ -355,6 +409,7 @@ class SegmentModel(Model):
                 x[:, None],
                 (max(16, round(shape[0] * factor)), max(16, round(shape[1] * factor))),
             )[:, 0]
+        self._mark("normalise")
         if tta:
             acc: torch.Tensor | None = None
             for dims in ((), (1,), (2,), (1, 2)):
@@ -365,6 +420,7 @@ class SegmentModel(Model):
             logits = acc / 4.0  # type: ignore[operator]
         else:
             logits = self.predictor.run_t(x)[:, :2]
+        self._mark("network")
         probs = torch.sigmoid(logits.clamp(-30.0, 30.0))
         if factor != 1.0:
             probs = _resize_t(probs, shape)
@@ -423,17 +479,21 @@ class SegmentModel(Model):
         factor = self._scale_factor(diameter_px)
         auto = post.auto_diameter_px
         find_size = self._finds_size(diameter_px)
+        self._start_clock()
         if self.on_device and not find_size:
             labels = self._predict_t([as_2d(image)], factor, tta, post, min_size_px)
             return labels[0]
         x, _, _ = self._normalized(image)
+        self._mark("normalise")
         fg, dist = self._maps(x, factor, tta)
         if find_size and auto is not None:
             labels, fg, dist, size = self._predict_auto(x, fg, dist, post, auto, tta)
-            if min_size_px is None:
-                return labels
-            return self._labels(fg, dist, size, post, min_size_px)
-        return self._labels(fg, dist, factor, post, min_size_px)
+            if min_size_px is not None:
+                labels = self._labels(fg, dist, size, post, min_size_px)
+        else:
+            labels = self._labels(fg, dist, factor, post, min_size_px)
+        self._mark("postprocess")
+        return labels
 
     def predict_batch(
         self,
@@ -460,13 +520,18 @@ class SegmentModel(Model):
         factor = self._scale_factor(diameter_px)
         arrays = [as_2d(im) for im in images]
         if not arrays or self._finds_size(diameter_px) or not self._batchable(arrays):
-            return [
-                self.predict(
-                    a, diameter_px=diameter_px, tta=tta, min_size_px=min_size_px
+            outs, calls = [], []
+            for a in arrays:
+                outs.append(
+                    self.predict(
+                        a, diameter_px=diameter_px, tta=tta, min_size_px=min_size_px
+                    )
                 )
-                for a in arrays
-            ]
+                calls.append(self.timings_ms)
+            self._summed_timings(calls)
+            return outs
         post = self.card.postprocess or Postprocess()
+        self._start_clock()
         return self._predict_t(arrays, factor, tta, post, min_size_px)
 
     def _finds_size(self, diameter_px: float | None) -> bool:
@@ -505,13 +570,17 @@ class SegmentModel(Model):
                     for i in range(len(arrays))
                 ]
             )
-            return list(self.predictor.to_host(labels))
+            self._mark("postprocess")
+            out = list(self.predictor.to_host(labels))
+            self._mark("transfer")
+            return out
 
     def maps_auto_size(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Foreground, distance and the size factor :meth:`predict` without
         ``diameter_px`` settles on (``min_size_px`` is divided by its square;
         1.0 without automatic size), e.g. to tune the post-processing on
         images of any nucleus size."""
+        self._start_clock()
         x, _, _ = self._normalized(image)
         post = self.card.postprocess or Postprocess()
         fg, dist = self._maps(x, 1.0)
