@@ -72,27 +72,52 @@ def test_a_batch_gives_every_frame_its_own_result(frames, on_device) -> None:
         np.testing.assert_allclose(a.denoised, b.denoised, rtol=1e-4, atol=0.5)
 
 
-class _DenoiserFailsOnce(FrameAnalyser):
-    """The real analyser whose batched denoising raises the first time."""
-
-    failed = False
+class _FailingAnalyser(FrameAnalyser):
+    """The real analyser whose batched models raise (as on a card out of
+    memory), and whose segmenter fails on frame 2 alone."""
 
     def _denoise_batch(self, images):
-        if not self.failed:
-            self.failed = True
-            raise RuntimeError("denoiser exploded")
-        return super()._denoise_batch(images)
+        raise RuntimeError("batch too large")
+
+    def _segment_batch(self, images, frame):
+        raise RuntimeError("batch too large")
+
+    def _segment(self, image, frame):
+        if frame.frame_index == 2:
+            raise RuntimeError("segmenter exploded")
+        return super()._segment(image, frame)
 
 
-def test_a_failed_batch_fails_its_frames_and_the_next_one_goes_on(frames) -> None:
-    analyser = _DenoiserFailsOnce(AnalysisSettings(**MODELS, precision="float32"))
-    first = analyser.analyse_batch(frames[:4])
-    assert [r.frame.frame_index for r in first] == [0, 1, 2, 3]
-    assert all(r.error == "RuntimeError: denoiser exploded" for r in first)
-    assert all(r.labels is None for r in first)
-    second = analyser.analyse_batch(frames[4:])
-    assert all(r.error is None for r in second)
-    assert all(len(r.objects) > 5 for r in second)
+def test_a_failed_batch_is_redone_frame_by_frame(frames) -> None:
+    """When a batch call raises, each frame is analysed again on its own:
+    only the frame that fails alone fails, and its neighbours get the
+    results they get without batches."""
+    settings = AnalysisSettings(**MODELS, precision="float32")
+    results = _FailingAnalyser(settings).analyse_batch(frames[:4])
+    assert [r.frame.frame_index for r in results] == [0, 1, 2, 3]
+    assert results[2].error == "RuntimeError: segmenter exploded"
+    assert results[2].labels is None
+    reference = FrameAnalyser(settings)
+    for i in (0, 1, 3):
+        _same(reference.analyse(frames[i]), results[i])
+
+
+def test_the_thread_tuner_hears_once_per_batch(frames) -> None:
+    """A batch is one measurement of the models' time (per frame), not one
+    per frame: else the tuner's tries were overwritten within a batch."""
+    analyser = FrameAnalyser(
+        AnalysisSettings(**MODELS, batch_frames=4, stages=1), device="cpu"
+    )
+    analyser.load_models()
+    tuner = analyser.thread_tuner
+    assert tuner is not None
+    heard: list[tuple[int, float]] = []
+    record = tuner.record
+    tuner.record = lambda n, ms: heard.append((n, ms)) or record(n, ms)
+    analyser.analyse_batch(frames[:4])
+    analyser.analyse_batch(frames[4:])
+    assert len(heard) == 2
+    assert all(ms > 0 for _, ms in heard)
 
 
 def test_frames_of_other_shapes_go_one_by_one(frames) -> None:
@@ -166,11 +191,15 @@ def test_batch_frames_auto_is_one_on_the_cpu() -> None:
         ({"batch_frames": 0}, "batch_frames"),
         ({"batch_frames": 4, "stages": 2}, "stages=2"),
         ({"batch_frames": 4, "executor": "ray"}, "executor='ray'"),
+        (
+            {"batch_frames": 4, "denoise": {"model": "denoise-n2v", "adapt": True}},
+            "denoise.adapt",
+        ),
     ],
 )
 def test_batch_settings_are_checked(extra, words) -> None:
     with pytest.raises(ValidationError, match=words):
-        AnalysisSettings(**MODELS, **extra)
+        AnalysisSettings(**{**MODELS, **extra})
     AnalysisSettings(**MODELS, batch_frames=1, stages=2)  # one at a time: fine
 
 

@@ -203,6 +203,8 @@ def test_frames_cross_in_their_own_dtype():
     assert t.dtype == torch.int32
     np.testing.assert_array_equal(t.numpy(), frame)
     assert model.predictor.to_device(np.zeros((8, 8), np.uint32)).dtype == torch.int64
+    big_endian = frame.astype(">u2")  # as some TIFF files hold it
+    np.testing.assert_array_equal(model.predictor.to_device(big_endian).numpy(), frame)
     rng = np.random.default_rng(0)
     rgb = (rng.random((64, 64, 3)) * 1000).astype(np.float32)
     rgb[3, 4, 0] = np.nan

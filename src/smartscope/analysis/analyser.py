@@ -152,8 +152,13 @@ class FrameAnalyser:
         self._denoiser, self._segmenter = denoiser, segmenter
         on_cpu = (denoiser or segmenter) is not None and _on_cpu(self._device)
         self.stages = _stages(s, denoiser is not None, on_cpu)
+        models = [m for m in (denoiser, segmenter) if m is not None]
         self.batch_frames = _batch_frames(
-            s, (denoiser or segmenter) is not None, on_cpu, self.stages
+            s,
+            bool(models)
+            and all(callable(getattr(m, "predict_batch", None)) for m in models),
+            on_cpu,
+            self.stages,
         )
         if on_cpu:
             if self.stages == 2:  # one model thread per stage
@@ -289,28 +294,38 @@ class FrameAnalyser:
         fronts = self._front_batch(frames)
         good = [f for f in fronts if f.error is None]
         t_seg0 = time.perf_counter()
-        labels: list[np.ndarray] = []
-        error: str | None = None
+        by_front: dict[int, np.ndarray | Exception] = {}
         if good:
+            images = [f.frame.image if f.denoised is None else f.denoised for f in good]
             try:
-                labels = self._segment_batch(
-                    [f.frame.image if f.denoised is None else f.denoised for f in good],
-                    good[0].frame,
-                )
-            except Exception as e:
-                error = f"{type(e).__name__}: {e}"
+                batch = self._segment_batch(images, good[0].frame)
+                by_front = dict(zip(map(id, good), batch, strict=True))
+            except Exception:
+                # a batch that failed (a bad frame, the card's memory): each
+                # frame again on its own, so only a bad one fails
+                for f, image in zip(good, images, strict=True):
+                    try:
+                        by_front[id(f)] = self._segment(image, f.frame)
+                    except Exception as e:
+                        by_front[id(f)] = e
         t_seg = time.perf_counter()
         segment_ms = _timings(self._segmenter)
-        by_front = dict(zip(map(id, good), labels, strict=False))
+        tuner = self.thread_tuner
+        if tuner is not None and self._threads is not None and good:
+            # one record per batch: the models' time per frame
+            f0 = good[0]
+            models_s = f0.t_dn - f0.t_bg + t_seg - t_seg0
+            tuner.record(self._threads, models_s * 1000.0 / len(good))
         results = []
         for f in fronts:
             f.t_seg0 = t_seg0
-            if f.error is None and error is not None:
-                f.error = error
+            got = by_front.get(id(f))
             if f.error is not None:
                 results.append(self._error_result(f, _FrontError(f.error)))
+            elif isinstance(got, Exception) or got is None:
+                results.append(self._error_result(f, got or RuntimeError("no labels")))
             else:
-                results.append(self._finish(f, by_front[id(f)], t_seg, segment_ms))
+                results.append(self._finish(f, got, t_seg, segment_ms, tuned=True))
         return results
 
     def _front_batch(self, frames: list[FrameInput]) -> list[_Front]:
@@ -331,6 +346,8 @@ class FrameAnalyser:
                 except Exception as e:
                     f.error = f"{type(e).__name__}: {e}"
             good = [f for f in fronts if f.error is None]
+            for f in good:  # the batch's model time is shared by these
+                f.batch = len(good)
             tuner = self.thread_tuner
             if tuner is not None:
                 self._set_threads(tuner.threads())
@@ -338,7 +355,18 @@ class FrameAnalyser:
             update = adapter.before_frame() if adapter is not None else None
             version = adapter.version if adapter is not None else None
             t_bg = time.perf_counter()
-            denoised = self._denoise_batch([f.frame.image for f in good])
+            denoised: list[np.ndarray | None] | None
+            try:
+                denoised = self._denoise_batch([f.frame.image for f in good])
+            except Exception:
+                # each frame again on its own, so only a bad one fails
+                denoised = []
+                for f in good:
+                    try:
+                        denoised.append(self._denoise(f.frame.image, f.frame))
+                    except Exception as e:
+                        f.error = f"{type(e).__name__}: {e}"
+                        denoised.append(None)
             t_dn = time.perf_counter()
             denoise_ms = _timings(self._denoiser)
             for i, f in enumerate(good):
@@ -347,7 +375,7 @@ class FrameAnalyser:
                 f.t_bg, f.t_dn = t_bg, t_dn
                 f.denoise_ms = denoise_ms
                 f.denoised = None if denoised is None else denoised[i]
-                if adapter is not None:
+                if adapter is not None and f.error is None:
                     adapter.add_frame(f.frame.image)
         except Exception as e:
             for f in fronts:
@@ -402,15 +430,18 @@ class FrameAnalyser:
         labels: np.ndarray,
         t_seg: float,
         segment_ms: dict[str, float] | None = None,
+        *,
+        tuned: bool = False,
     ) -> FrameResult:
-        """Measure and track a segmented frame, and its result."""
+        """Measure and track a segmented frame, and its result (``tuned``:
+        the thread tuner has had the models' time already)."""
         frame = f.frame
         image = frame.image
         denoised = f.denoised
         share = 1.0 / f.batch  # of a batch's model time
         try:
             tuner = self.thread_tuner
-            if tuner is not None and self._threads is not None:
+            if tuner is not None and self._threads is not None and not tuned:
                 # the models' time: denoise + segment (one stage after the other)
                 models_s = f.t_dn - f.t_bg + t_seg - f.t_seg0
                 tuner.record(self._threads, models_s * share * 1000)
@@ -628,11 +659,20 @@ def _batch_key(frame: FrameInput) -> tuple[tuple[int, ...], float]:
     return tuple(frame.image.shape), float(frame.pixel_size_um)
 
 
-def _batch_frames(s: AnalysisSettings, models: bool, on_cpu: bool, stages: int) -> int:
-    """``settings.batch_frames`` resolved for this machine and these models."""
+def _batch_frames(
+    s: AnalysisSettings, batchable: bool, on_cpu: bool, stages: int
+) -> int:
+    """``settings.batch_frames`` resolved for this machine and these models
+    (``batchable``: there are models and each takes batches)."""
     if s.batch_frames != "auto":
         return int(s.batch_frames)
-    gpu = models and not on_cpu and s.executor == "local" and stages == 1
+    gpu = (
+        batchable
+        and not on_cpu
+        and s.executor == "local"
+        and stages == 1
+        and s.denoise_adapt is None  # a new version would wait for a batch's end
+    )
     return AUTO_BATCH_FRAMES if gpu else 1
 
 

@@ -193,8 +193,9 @@ class AnalysisSettings(BaseModel):
         "are waiting (e.g. the frames of several stage positions): frames of "
         "one size and pixel size go to the models as one batch, one copy to "
         "the device and one network call; measurement and tracking stay per "
-        "frame, in order. 'auto': up to 8 where the models run on a GPU, 1 "
-        "(one at a time) on the CPU, where batches were measured slower",
+        "frame, in order. 'auto': up to 8 where the models run on a GPU (and "
+        "take batches; not with denoise.adapt), 1 (one at a time) on the "
+        "CPU, where batches were measured slower",
     )
     queue_size: int = Field(
         4,
@@ -320,6 +321,12 @@ class AnalysisSettings(BaseModel):
                     f"batch_frames={self.batch_frames} and stages=2 do not go "
                     "together (the two stages pass one frame at a time): use "
                     "batch_frames 1 or 'auto', or stages 1"
+                )
+            if self.denoise_adapt is not None:
+                raise ValueError(
+                    f"batch_frames={self.batch_frames} and denoise.adapt do not "
+                    "go together (a new version of the weights would wait for "
+                    "a batch to end): use batch_frames 1 or 'auto'"
                 )
         if self.stages == 2:
             if self.denoise is None:

@@ -364,6 +364,7 @@ class SegmentModel(Model):
         """
         self._start_clock()
         x, _, _ = self._normalized(image)
+        self._mark("normalise")
         return self._maps(x, self._scale_factor(diameter_px))
 
     def _maps(
@@ -582,6 +583,7 @@ class SegmentModel(Model):
         images of any nucleus size."""
         self._start_clock()
         x, _, _ = self._normalized(image)
+        self._mark("normalise")
         post = self.card.postprocess or Postprocess()
         fg, dist = self._maps(x, 1.0)
         auto = post.auto_diameter_px

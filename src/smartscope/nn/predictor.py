@@ -262,6 +262,8 @@ class Predictor:
         uint32 and uint64
         """
         a = np.ascontiguousarray(image)
+        if not a.dtype.isnative:  # e.g. big-endian TIFF data: torch refuses it
+            a = a.astype(a.dtype.newbyteorder("="))
         widen = a.dtype == np.uint16
         if widen:
             a = a.view(np.int16)
@@ -284,7 +286,9 @@ class Predictor:
         out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
         out.copy_(t, non_blocking=True)
         torch.cuda.current_stream(t.device).synchronize()
-        return out.numpy()
+        # copied out: a result kept (a denoised frame waiting for the writer)
+        # must not hold page-locked memory, which torch's cache keeps
+        return out.numpy().copy()
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Predict a normalised image.
