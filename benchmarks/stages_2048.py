@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-from smartscope.analysis import AnalysisPipeline, AnalysisSettings, FrameInput
+from smartscope.analysis import AnalysisPipeline, AnalysisSettings
 from smartscope.bench import machine_info
-from smartscope.bench_scaling import PIXEL_SIZE_UM, demo_frame
+from smartscope.bench_scaling import PIXEL_SIZE_UM, demo_frame, demo_frame_input
 
 
 def run(image: Any, stages: int, frames: int) -> dict[str, Any]:
@@ -40,20 +39,7 @@ def run(image: Any, stages: int, frames: int) -> dict[str, Any]:
     )
     pipeline.start(warm_up=(image.shape, PIXEL_SIZE_UM))
     for k in range(frames):
-        pipeline.submit(
-            FrameInput(
-                image=image,
-                frame_index=k,
-                position="a",
-                stage_x_um=0.0,
-                stage_y_um=0.0,
-                z_um=0.0,
-                pixel_size_um=PIXEL_SIZE_UM,
-                exposure_ms=20,
-                t_frame=time.perf_counter(),
-                t_s=float(k),
-            )
-        )
+        pipeline.submit(demo_frame_input(image, k))
     pipeline.stop(drain=True, timeout_s=600)
     errors = [e for _, _, e in done if e is not None]
     if errors or len(done) != frames:

@@ -234,3 +234,21 @@ def test_results_say_where_the_models_time_went(frames) -> None:
     )
     classical = FrameAnalyser(AnalysisSettings()).analyse(frames[0])
     assert "model_stages_ms" not in classical.extra
+
+
+def test_analysers_sharing_a_thread_each_use_their_own_thread_count(frames) -> None:
+    """torch's thread count belongs to the calling thread: two analysers
+    taking turns on one thread (as the scaling benchmark's sizes do) each
+    run their frames with the count they were set to."""
+    import torch
+
+    one, two = (
+        FrameAnalyser(AnalysisSettings(**MODELS, threads=n, stages=1), device="cpu")
+        for n in (1, 2)
+    )
+    seen = []
+    for analyser in (one, two, one, two):
+        result = analyser.analyse(frames[0])
+        assert result.error is None
+        seen.append((result.extra["threads"], torch.get_num_threads()))
+    assert seen == [(1, 1), (2, 2), (1, 1), (2, 2)]

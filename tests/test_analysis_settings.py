@@ -64,3 +64,24 @@ def test_round_trip_through_a_dict() -> None:
         denoise="n2v-small", save_denoised=True, track_max_gap_frames=0
     )
     assert AnalysisSettings.model_validate(s.model_dump()) == s
+
+
+@pytest.mark.parametrize("field", ["threads", "batch_frames"])
+@pytest.mark.parametrize("value", [0, -3, 257, 2.5, True, "many", "2", None])
+def test_a_count_or_auto_says_what_it_takes(field: str, value: object) -> None:
+    """One message naming what is accepted, not one per branch of the type;
+    ``true`` is not taken for 1."""
+    with pytest.raises(
+        ValidationError,
+        match=f"expected a whole number from 1 to 256 or 'auto' for {field}",
+    ):
+        AnalysisSettings(**{field: value})
+
+
+def test_a_count_or_auto_takes_whole_numbers_and_auto() -> None:
+    import numpy as np
+
+    s = AnalysisSettings(threads=np.int64(2), batch_frames=256)
+    assert (s.threads, s.batch_frames) == (2, 256)
+    assert type(s.threads) is int
+    assert AnalysisSettings(threads="auto", batch_frames="auto").threads == "auto"

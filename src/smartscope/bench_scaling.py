@@ -51,24 +51,14 @@ def demo_frame(size: int = 512) -> np.ndarray:
         release_core(core)
 
 
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
-
-
-def _timed_frame(run: dict[str, Any], size: int, k: int) -> None:
-    """Analyse frame ``k`` of one size's run and keep its times."""
+def demo_frame_input(image: np.ndarray, k: int) -> Any:
+    """``image`` (a :func:`demo_frame`) as frame ``k`` of position ``a``, one
+    frame a second, taken now: what the analysis benchmarks feed the
+    analysis (a :class:`~smartscope.analysis.result.FrameInput`)."""
     from smartscope.analysis.result import FrameInput
 
-    analyser = run["analyser"]
-    if analyser.threads is not None:
-        # the sizes' analysers take turns, and torch's thread count is the
-        # process's: each frame gets the count its own analyser chose
-        import torch
-
-        torch.set_num_threads(analyser.threads)
-    f = FrameInput(
-        image=run["image"],
+    return FrameInput(
+        image=image,
         frame_index=k,
         position="a",
         stage_x_um=0.0,
@@ -79,8 +69,18 @@ def _timed_frame(run: dict[str, Any], size: int, k: int) -> None:
         t_frame=time.perf_counter(),
         t_s=float(k),
     )
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024.0 / (1024.0 if sys.platform == "darwin" else 1.0)
+
+
+def _timed_frame(run: dict[str, Any], size: int, k: int) -> None:
+    """Analyse frame ``k`` of one size's run and keep its times."""
+    analyser = run["analyser"]
     t0 = time.perf_counter()
-    r = analyser.analyse(f)
+    r = analyser.analyse(demo_frame_input(run["image"], k))
     if r.error is not None:
         raise RuntimeError(f"analysis of a {size}² frame failed: {r.error}")
     run["times"].append((time.perf_counter() - t0) * 1000.0)

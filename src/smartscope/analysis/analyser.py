@@ -229,11 +229,23 @@ class FrameAnalyser:
             self._set_threads(tuner.threads())
 
     def _set_threads(self, n: int) -> None:
-        if n != self._threads:
-            import torch
+        """Give the models ``n`` intra-op threads on the calling thread.
+        Compared with torch's own count, not with the last one set here: it
+        is the thread's, and another analyser on the same thread (or the
+        tuner's warm-up) may have changed it."""
+        import torch
 
+        if torch.get_num_threads() != n:
             torch.set_num_threads(n)
-            self._threads = n
+        self._threads = n
+
+    def _threads_for_frame(self) -> None:
+        """The models' threads for the next frame: the tuner's choice, or
+        the fixed count."""
+        tuner = self.thread_tuner
+        n = tuner.threads() if tuner is not None else self._threads
+        if n is not None:
+            self._set_threads(n)
 
     @property
     def threads(self) -> int | None:
@@ -348,9 +360,7 @@ class FrameAnalyser:
             good = [f for f in fronts if f.error is None]
             for f in good:  # the batch's model time is shared by these
                 f.batch = len(good)
-            tuner = self.thread_tuner
-            if tuner is not None:
-                self._set_threads(tuner.threads())
+            self._threads_for_frame()
             adapter = self.adapter
             update = adapter.before_frame() if adapter is not None else None
             version = adapter.version if adapter is not None else None
@@ -393,9 +403,7 @@ class FrameAnalyser:
             if image.ndim != 2:
                 raise ValueError(f"expected a (Y, X) frame, got shape {image.shape}")
             f.background, _ = estimate_background(image)
-            tuner = self.thread_tuner
-            if tuner is not None:
-                self._set_threads(tuner.threads())
+            self._threads_for_frame()
             adapter = self.adapter
             f.update = adapter.before_frame() if adapter is not None else None
             f.version = adapter.version if adapter is not None else None
@@ -552,47 +560,41 @@ class FrameAnalyser:
     ) -> list[np.ndarray]:
         """:meth:`_segment` of images of one size and pixel size (that of
         ``frame``), in one call where the segmenter takes batches."""
-        s = self._settings
         if self._segmenter is None:
             return [self._segment(im, frame) for im in images]
         batch = predict_labels_batch(
-            self._segmenter,
-            images,
-            diameter_px=s.diameter_um / frame.pixel_size_um,
-            name=s.model or "?",
-            min_size_px=self._model_min_size_px(frame),
+            self._segmenter, images, **self._segmenter_options(frame)
         )
-        return [
-            filter_by_area(
-                labels,
-                pixel_size_um=frame.pixel_size_um,
-                min_area_um2=s.min_area_um2,
-                max_area_um2=s.max_area_um2,
-            )
-            for labels in batch
-        ]
+        return [self._within_area(labels, frame) for labels in batch]
 
-    def _model_min_size_px(self, frame: FrameInput) -> float | None:
-        a = self._settings.model_min_area_um2
-        return None if a is None else a / frame.pixel_size_um**2
+    def _segmenter_options(self, frame: FrameInput) -> dict[str, Any]:
+        """What the segmentation model is told about ``frame``'s nuclei."""
+        s = self._settings
+        a = s.model_min_area_um2
+        return {
+            "diameter_px": s.diameter_um / frame.pixel_size_um,
+            "name": s.model or "?",
+            "min_size_px": None if a is None else a / frame.pixel_size_um**2,
+        }
+
+    def _within_area(self, labels: np.ndarray, frame: FrameInput) -> np.ndarray:
+        """A model's labels without the objects outside the area range."""
+        s = self._settings
+        return filter_by_area(
+            labels,
+            pixel_size_um=frame.pixel_size_um,
+            min_area_um2=s.min_area_um2,
+            max_area_um2=s.max_area_um2,
+        )
 
     def _segment(self, image: np.ndarray, frame: FrameInput) -> np.ndarray:
         """(Y, X) int32 instance labels of ``image`` (raw or denoised)."""
         s = self._settings
         if self._segmenter is not None:
             labels = predict_labels(
-                self._segmenter,
-                image,
-                diameter_px=s.diameter_um / frame.pixel_size_um,
-                name=s.model or "?",
-                min_size_px=self._model_min_size_px(frame),
+                self._segmenter, image, **self._segmenter_options(frame)
             )
-            return filter_by_area(
-                labels,
-                pixel_size_um=frame.pixel_size_um,
-                min_area_um2=s.min_area_um2,
-                max_area_um2=s.max_area_um2,
-            )
+            return self._within_area(labels, frame)
         return segment_nuclei(
             image,
             pixel_size_um=frame.pixel_size_um,

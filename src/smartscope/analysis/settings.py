@@ -9,12 +9,23 @@ validated once, when the protocol is loaded, and trusted afterwards.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 __all__ = ["AdaptSettings", "AnalysisSettings", "RaySettings"]
+
+#: the most model threads or frames per batch a protocol may ask for
+_MAX_COUNT = 256
 
 
 class RaySettings(BaseModel):
@@ -165,7 +176,7 @@ class AnalysisSettings(BaseModel):
         description="predict each track's position from its last velocity "
         "before linking",
     )
-    threads: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = Field(
+    threads: Annotated[int, Field(ge=1, le=_MAX_COUNT)] | Literal["auto"] = Field(
         "auto",
         description="CPU threads of the models (torch intra-op threads); 'auto': "
         "chosen while the run goes from the models' time per frame, tried again "
@@ -187,7 +198,7 @@ class AnalysisSettings(BaseModel):
         "machine, the local executor, threads 'auto' or 1, batch_frames "
         "'auto' or 1), else 1",
     )
-    batch_frames: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = Field(
+    batch_frames: Annotated[int, Field(ge=1, le=_MAX_COUNT)] | Literal["auto"] = Field(
         "auto",
         description="most frames the analysis takes together when several "
         "are waiting (e.g. the frames of several stage positions): frames of "
@@ -251,6 +262,21 @@ class AnalysisSettings(BaseModel):
                 f"denoise.adapt must be true, false or a mapping, got {adapt!r}"
             )
         return {**data, "denoise": spec["model"], "denoise_adapt": adapt}
+
+    @field_validator("threads", "batch_frames", mode="before")
+    @classmethod
+    def _count_or_auto(cls, value: Any, info: ValidationInfo) -> Any:
+        """One message for a count that may also be 'auto' (else pydantic
+        reports each branch of the union, and ``true`` passes as 1)."""
+        if value == "auto" and isinstance(value, str):
+            return value
+        whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if not whole or not 1 <= int(value) <= _MAX_COUNT:
+            raise ValueError(
+                f"expected a whole number from 1 to {_MAX_COUNT} or 'auto' "
+                f"for {info.field_name}"
+            )
+        return int(value)
 
     @field_validator("model", "denoise", mode="before")
     @classmethod

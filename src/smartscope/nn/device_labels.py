@@ -90,13 +90,18 @@ def _min4(keys: torch.Tensor, big: float) -> torch.Tensor:
     return torch.minimum(out, p[1:-1, 2:])
 
 
-def _spread(keys: torch.Tensor, allowed: torch.Tensor, big: float) -> torch.Tensor:
-    """Spread the smallest key through ``allowed`` pixels (4-connected) until
-    nothing changes; pixels outside ``allowed`` keep their key."""
+def _spread(
+    keys: torch.Tensor, allowed: torch.Tensor, big: float, *, fill: bool = False
+) -> torch.Tensor:
+    """Spread the smallest key through ``allowed`` pixels (4-connected), one
+    step at a time, until nothing changes; pixels outside ``allowed`` keep
+    their key. ``fill``: only pixels without a key yet (``big``) take one,
+    the smaller of those reaching them in one step."""
     while True:
         before = keys
         for _ in range(CHECK_EVERY):
-            keys = torch.where(allowed, _min4(keys, big), keys)
+            where = allowed & (keys == big) if fill else allowed
+            keys = torch.where(where, _min4(keys, big), keys)
         if torch.equal(keys, before):
             return keys
 
@@ -204,23 +209,9 @@ def labels_from_maps_t(
     step = seed_threshold / levels
     for k in range(1, levels + 1):
         band = mask & (dist > seed_threshold - k * step) if k < levels else mask
-        keys = _spread_unlabelled(keys, band, big)
+        keys = _spread(keys, band, big, fill=True)
     labelled = keys < big
     orphans = connected_components_t(mask & ~labelled)
     labels = torch.where(labelled, keys.long(), torch.zeros_like(orphans))
     labels = torch.where(orphans > 0, orphans + n, labels)
     return _drop_small_t(labels, int(min_size_px), border_min_size_px)
-
-
-def _spread_unlabelled(
-    keys: torch.Tensor, allowed: torch.Tensor, big: float
-) -> torch.Tensor:
-    """Grow the labels into unlabelled ``allowed`` pixels, one 4-neighbour
-    step at a time, until nothing changes; labelled pixels keep theirs (a
-    pixel reached by two labels in one step takes the smaller)."""
-    while True:
-        before = keys
-        for _ in range(CHECK_EVERY):
-            keys = torch.where(allowed & (keys == big), _min4(keys, big), keys)
-        if torch.equal(keys, before):
-            return keys

@@ -279,16 +279,11 @@ class Predictor:
         return t
 
     def to_host(self, t: torch.Tensor) -> np.ndarray:
-        """A device tensor as a host array (on CUDA through page-locked
-        memory, then one sync of the current stream)."""
-        if t.device.type != "cuda":
-            return t.detach().contiguous().numpy()
-        out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-        out.copy_(t, non_blocking=True)
-        torch.cuda.current_stream(t.device).synchronize()
-        # copied out: a result kept (a denoised frame waiting for the writer)
-        # must not hold page-locked memory, which torch's cache keeps
-        return out.numpy().copy()
+        """A device tensor as a host array in ordinary memory (one blocking
+        copy from CUDA: a result kept, such as a denoised frame waiting for
+        the writer, must not hold page-locked memory, which torch's cache
+        never gives back)."""
+        return t.detach().contiguous().cpu().numpy()
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Predict a normalised image.
