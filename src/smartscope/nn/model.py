@@ -380,9 +380,13 @@ class SegmentModel(Model):
         self._mark("normalise")
         logits = self._flip_mean_logits(x) if tta else self.predictor.run(x)
         self._mark("network")
-        probs = 1.0 / (1.0 + np.exp(-np.clip(logits, -30, 30)))
+        # both maps at once, in torch (no copy in or out)
+        probs_t = torch.sigmoid(
+            torch.from_numpy(np.require(logits, np.float32, ["C", "W"]))
+        )
         if factor != 1.0:
-            probs = np.stack([_resize(p, shape) for p in probs])
+            probs_t = _resize_t(probs_t[None], shape)[0]
+        probs = probs_t.numpy()
         self._mark("postprocess")
         return probs[0], probs[1]
 
@@ -703,21 +707,32 @@ class SegmentModel(Model):
         return labels, fg, dist, self._size_factor(factor, estimate)
 
 
+#: shrinking by this factor or more averages areas; below it, bilinear
+AREA_SHRINK = 2.0
+
+
 def _resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a (Y, X) float32 image (area-averaged when shrinking)."""
+    """Resize a (Y, X) float32 image: :func:`_resize_t`."""
     t = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None]
-    shrink = shape[0] < image.shape[0] or shape[1] < image.shape[1]
-    mode = "area" if shrink else "bilinear"
-    kw = {} if shrink else {"align_corners": False}
-    return torch.nn.functional.interpolate(t, size=shape, mode=mode, **kw)[0, 0].numpy()
+    return _resize_t(t, shape)[0, 0].numpy()
 
 
 def _resize_t(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """:func:`_resize` of a (B, C, Y, X) float32 Tensor, on its device."""
-    shrink = shape[0] < image.shape[-2] or shape[1] < image.shape[-1]
-    mode = "area" if shrink else "bilinear"
-    kw = {} if shrink else {"align_corners": False}
-    return torch.nn.functional.interpolate(image, size=shape, mode=mode, **kw)
+    """Resize a (B, C, Y, X) float32 Tensor on its device: bilinear, and
+    area-averaged where an axis shrinks by :data:`AREA_SHRINK` or more.
+
+    Below 2x every input pixel still lies within one pixel of an output
+    sample, so bilinear leaves none out; and torch's ``area`` at a
+    non-integer ratio (an adaptive average pooling) costs 3x as much: at the
+    segmenter's usual 1.08 (2219² maps back to 2048²) 85 against 28 ms on
+    one core.
+    """
+    ratio = max(image.shape[-2] / shape[0], image.shape[-1] / shape[1])
+    if ratio >= AREA_SHRINK:
+        return torch.nn.functional.interpolate(image, size=shape, mode="area")
+    return torch.nn.functional.interpolate(
+        image, size=shape, mode="bilinear", align_corners=False
+    )
 
 
 def _check_min_size(min_size_px: float | None) -> None:
