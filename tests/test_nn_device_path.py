@@ -74,6 +74,29 @@ def test_percentiles_match_the_host():
     assert float(high) > float(low)
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.random.default_rng(1).gamma(2.0, 300.0, 5000).astype(np.float32),
+        np.random.default_rng(2).integers(0, 4096, 1 << 18).astype(np.float32),
+        np.arange(3, dtype=np.float64),
+        np.full(9, 7.0, np.float32),
+    ],
+)
+@pytest.mark.parametrize("ps", [(1.0, 99.8), (0.0, 100.0), (50.0, 50.0), (0.5, 99.9)])
+def test_percentiles_from_one_partition_are_numpys(values, ps):
+    """The host's percentiles (one partial sort for both) are numpy's linear
+    interpolation; NaN falls back to numpy (NaN out)."""
+    from smartscope.nn.normalize import _percentiles
+
+    np.testing.assert_allclose(
+        _percentiles(values, ps), np.percentile(values, ps), rtol=1e-6, atol=1e-7
+    )
+    with_nan = values.astype(np.float64)
+    with_nan[0] = np.nan
+    assert np.isnan(_percentiles(with_nan, ps)).all()
+
+
 def _discs(centres, radius, shape=(96, 128)) -> np.ndarray:
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     labels = np.zeros(shape, np.int32)
