@@ -53,6 +53,39 @@ def test_components_match_scipy_numbering(seed):
     np.testing.assert_array_equal(got.numpy(), want)
 
 
+def _serpentine(size: int) -> np.ndarray:
+    """One one-pixel path running along every other row, turning at the
+    ends: a component as long as a mask allows."""
+    mask = np.zeros((size, size), bool)
+    mask[::2] = True
+    mask[1::4, -1] = True
+    mask[3::4, 0] = True
+    return mask
+
+
+@pytest.mark.parametrize(
+    "name", ["serpentine", "disc", "empty", "full", "row", "column", "checkers"]
+)
+def test_components_of_awkward_shapes(name):
+    """Shapes where spreading an index pixel by pixel takes a step per pixel
+    of length (a winding path, a large disc), and the degenerate ones: the
+    union-find's components are scipy's."""
+    yy, xx = np.mgrid[:300, :300]
+    mask = {
+        "serpentine": _serpentine(61),
+        "disc": (yy - 150) ** 2 + (xx - 150) ** 2 < 140**2,
+        "empty": np.zeros((40, 30), bool),
+        "full": np.ones((40, 30), bool),
+        "row": np.ones((1, 50), bool),
+        "column": np.ones((50, 1), bool),
+        "checkers": (yy[:40, :40] + xx[:40, :40]) % 2 == 0,
+    }[name]
+    want, n = ndi.label(mask)
+    got = relabel_sequential_t(connected_components_t(torch.from_numpy(mask)))
+    np.testing.assert_array_equal(got.numpy(), want)
+    assert int(got.max()) == n
+
+
 def test_relabel_sequential_matches_numpy():
     labels = np.array([[0, 7, 7, 3], [40, 0, 3, 3], [0, 0, 0, 9]], np.int64)
     got = relabel_sequential_t(torch.from_numpy(labels)).numpy()

@@ -8,11 +8,11 @@ Python loop over pixels or objects), so they run where the maps are:
 
 - percentile normalisation (:func:`percentile_range_t`, the same strided
   sample and linear interpolation as :func:`smartscope.nn.normalize.percentile_range`);
-- connected components of a mask (:func:`connected_components_t`): every
-  pixel starts with its own raster index, and the smallest index of its
-  4-neighbours spreads through the mask until nothing changes, so each
-  component ends up with the index of its first pixel in raster order, the
-  order :func:`scipy.ndimage.label` numbers them in;
+- connected components of a mask (:func:`connected_components_t`): a
+  union-find on tensors (neighbouring roots hooked smaller-first, paths
+  compressed by pointer jumping), so each component ends up with the index
+  of its first pixel in raster order, the order :func:`scipy.ndimage.label`
+  numbers them in;
 - a seeded watershed (:func:`labels_from_maps_t`): the seeds' labels spread
   into the foreground in bands of the normalised distance, highest first
   (``levels`` bands below the seed threshold), and within a band by
@@ -23,10 +23,13 @@ Python loop over pixels or objects), so they run where the maps are:
   (tests: average precision against :func:`labels_from_maps` on simulated
   frames).
 
-The number of steps is the longest path inside a component or band, a few
-tens of pixels for nuclei at the training diameter: each step is a handful
-of element-wise operations over the frame, cheap on a GPU. Convergence is
-checked every :data:`CHECK_EVERY` steps, each check one device-to-host sync.
+The watershed's steps are the longest path inside a band, a few tens of
+pixels for nuclei at the training diameter (each a handful of element-wise
+operations over the frame, cheap on a GPU); connected components take a
+few rounds and about the logarithm of a component's size in jumps, whatever
+its shape. The spreading checks for convergence every :data:`CHECK_EVERY`
+steps, the components after each round and jump: each check one
+device-to-host sync.
 """
 
 from __future__ import annotations
@@ -90,18 +93,15 @@ def _min4(keys: torch.Tensor, big: float) -> torch.Tensor:
     return torch.minimum(out, p[1:-1, 2:])
 
 
-def _spread(
-    keys: torch.Tensor, allowed: torch.Tensor, big: float, *, fill: bool = False
-) -> torch.Tensor:
-    """Spread the smallest key through ``allowed`` pixels (4-connected), one
-    step at a time, until nothing changes; pixels outside ``allowed`` keep
-    their key. ``fill``: only pixels without a key yet (``big``) take one,
-    the smaller of those reaching them in one step."""
+def _spread(keys: torch.Tensor, allowed: torch.Tensor, big: float) -> torch.Tensor:
+    """Spread keys into the ``allowed`` pixels without one yet (``big``),
+    4-connected, one step at a time, until nothing changes: each such pixel
+    takes the smallest key reaching it in one step; every other pixel keeps
+    its key."""
     while True:
         before = keys
         for _ in range(CHECK_EVERY):
-            where = allowed & (keys == big) if fill else allowed
-            keys = torch.where(where, _min4(keys, big), keys)
+            keys = torch.where(allowed & (keys == big), _min4(keys, big), keys)
         if torch.equal(keys, before):
             return keys
 
@@ -114,14 +114,38 @@ def _key_dtype(n: int) -> torch.dtype:
 def connected_components_t(mask: torch.Tensor) -> torch.Tensor:
     """4-connected components of a (Y, X) bool mask: int64 labels, 0 outside,
     each component labelled with 1 + the raster index of its first pixel
-    (not numbered 1..N: :func:`relabel_sequential_t` does that)."""
-    n = mask.numel()
-    dtype = _key_dtype(n)
-    big = float(n + 1)
-    idx = torch.arange(1, n + 1, device=mask.device, dtype=dtype).reshape(mask.shape)
-    keys = torch.where(mask, idx, torch.full_like(idx, big))
-    keys = _spread(keys, mask, big)
-    return torch.where(mask, keys, torch.zeros_like(keys)).long()
+    (not numbered 1..N: :func:`relabel_sequential_t` does that).
+
+    Union-find on tensors: every pixel starts as its own root; each round
+    hooks, for every pair of 4-neighbours in the mask with different roots,
+    the larger root onto the smaller (a scatter of minima), then compresses
+    the paths by pointer jumping (each pixel takes its parent's parent until
+    nothing changes). A few rounds and about the logarithm of a component's
+    length in jumps, where spreading the smallest index one pixel a step
+    took as many steps as the component is long: a 1500-px disc in a 2048²
+    mask took 2 rounds and 22 jumps (1.4 s on 2 CPU cores, against 14.3 s
+    spreading), blobs of filtered noise 4 rounds and 20 jumps against 161
+    steps (0.5 against 1.7 s).
+    """
+    h, w = mask.shape
+    n = h * w
+    parent = torch.arange(n, device=mask.device)
+    right = (mask[:, :-1] & mask[:, 1:]).nonzero()
+    down = (mask[:-1, :] & mask[1:, :]).nonzero()
+    a = torch.cat([right[:, 0] * w + right[:, 1], down[:, 0] * w + down[:, 1]])
+    b = torch.cat([a[: len(right)] + 1, a[len(right) :] + w])
+    while True:
+        ra, rb = parent[a], parent[b]
+        if torch.equal(ra, rb):
+            break
+        parent.scatter_reduce_(0, torch.maximum(ra, rb), torch.minimum(ra, rb), "amin")
+        while True:
+            up = parent[parent]
+            if torch.equal(up, parent):
+                break
+            parent = up
+    labels = (parent + 1).reshape(h, w)
+    return torch.where(mask, labels, torch.zeros_like(labels))
 
 
 def relabel_sequential_t(labels: torch.Tensor) -> torch.Tensor:
@@ -209,7 +233,7 @@ def labels_from_maps_t(
     step = seed_threshold / levels
     for k in range(1, levels + 1):
         band = mask & (dist > seed_threshold - k * step) if k < levels else mask
-        keys = _spread(keys, band, big, fill=True)
+        keys = _spread(keys, band, big)
     labelled = keys < big
     orphans = connected_components_t(mask & ~labelled)
     labels = torch.where(labelled, keys.long(), torch.zeros_like(orphans))
