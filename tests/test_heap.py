@@ -41,3 +41,55 @@ def test_trim_heap_gives_freed_small_blocks_back() -> None:
     after = _rss_kb()
     assert before - after > 100_000, (before, after)  # > 100 MB back
     assert keep.sum() == 8192
+
+
+_FAULTS_SCRIPT = """
+import resource
+import numpy as np
+from smartscope.heap import keep_freed_memory
+
+def faults_per_array():
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        a = np.ones(10_000_000, np.float32)  # 40 MB, every page touched
+        del a
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 5
+
+before = faults_per_array()
+kept = keep_freed_memory()
+faults_per_array()  # the heap grows to hold one
+print(kept, before, faults_per_array())
+"""
+
+
+def test_keep_freed_memory_is_harmless_everywhere() -> None:
+    from smartscope.heap import keep_freed_memory
+
+    assert isinstance(keep_freed_memory(), bool)
+    assert keep_freed_memory() == keep_freed_memory()  # once per process
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc (Linux)")
+def test_kept_memory_is_not_faulted_in_again() -> None:
+    """A frame-sized array allocated and freed over and over: glibc maps and
+    unmaps its pages each time (a page fault per 4 kB page); with the heap
+    kept, the second and later ones reuse the same memory. In a fresh
+    process (the setting is the process'), numpy's huge pages off so pages
+    are 4 kB."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "NUMPY_MADVISE_HUGEPAGE": "0"}
+    out = subprocess.run(
+        [sys.executable, "-c", _FAULTS_SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=120,
+    ).stdout.split()
+    kept, before, after = out[0] == "True", float(out[1]), float(out[2])
+    if not kept:
+        pytest.skip("this C library takes no heap settings (not glibc)")
+    assert before > 5000  # 40 MB in 4-kB pages: ~9,800 faults each time
+    assert after < before / 20, (before, after)

@@ -33,6 +33,7 @@ from smartscope.analysis.segment import filter_by_area, segment_nuclei
 from smartscope.analysis.settings import AnalysisSettings
 from smartscope.analysis.threads import ThreadTuner, thread_candidates
 from smartscope.analysis.track import Tracker, TrackIdCounter
+from smartscope.heap import keep_freed_memory
 
 if TYPE_CHECKING:
     from smartscope.nn.adapt import DenoiserAdapter
@@ -150,6 +151,8 @@ class FrameAnalyser:
                 role="segmenter",
             )
         self._denoiser, self._segmenter = denoiser, segmenter
+        if s.heap == "keep" and (denoiser or segmenter) is not None:
+            keep_freed_memory()
         on_cpu = (denoiser or segmenter) is not None and _on_cpu(self._device)
         self.stages = _stages(s, denoiser is not None, on_cpu)
         models = [m for m in (denoiser, segmenter) if m is not None]
