@@ -125,8 +125,8 @@ def _drop_small(
     rest 1..N in increasing order of their old value, as int32.
 
     One count and one lookup over the pixels (the removal and
-    :func:`relabel_sequential` in one table: at 2048² a third of the time
-    of the two passes).
+    :func:`relabel_sequential` in one table: at 2048² 17 against 35 ms for
+    the two passes).
     """
     labels = np.asarray(labels)
     top = int(labels.max(initial=0))
