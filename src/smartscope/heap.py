@@ -52,31 +52,27 @@ KEEP_TOP_PAD = 64 << 20
 
 
 @cache
-def _malloc_trim() -> Callable[[int], int] | None:
+def _glibc() -> ctypes.CDLL | None:
+    """The C library where it is glibc (``malloc_trim`` and ``mallopt`` as
+    documented; musl has no ``malloc_trim`` and a ``mallopt`` that does
+    nothing), else None."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        fn = libc.malloc_trim  # glibc only (musl has none)
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_size_t]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-@cache
-def _libc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        _ = libc.gnu_get_libc_version  # glibc only: musl's mallopt does nothing
+        _ = libc.gnu_get_libc_version
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        libc.malloc_trim.restype = ctypes.c_int
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         libc.mallopt.restype = ctypes.c_int
     except (OSError, AttributeError):
         return None
     return libc
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    libc = _glibc()
+    return None if libc is None else libc.malloc_trim
 
 
 @cache
@@ -90,7 +86,7 @@ def keep_freed_memory() -> bool:
     (every :data:`TRIM_EVERY_FRAMES` frames of a run and at its end) gives
     the free part back.
     """
-    libc = _libc()
+    libc = _glibc()
     if libc is None:
         return False
     try:
