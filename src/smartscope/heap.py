@@ -4,12 +4,13 @@ Each analysed frame allocates and frees arrays of the frame's size (maps,
 labels, the rescaled image; at 2048² each 16-40 MB). glibc hands requests
 above its mmap threshold (128 kB, moving up to at most 32 MB) fresh pages
 from the system and returns them on free, and trims the heap's free top, so
-every frame touched its memory anew: 60,000 page faults per 2048² frame
-(240 MB of pages zeroed and mapped), 4,300 per 512² frame.
-:func:`keep_freed_memory` raises the thresholds so freed memory is reused
-(about 900 and 130 faults): denoise-care + nuclei-seg ran 2048² frames in
-904 against 1112 ms and 512² in 54.7 against 64.0 ms on this project's
-2-core machine (docs/benchmarks.md). The analysis sets it when it loads its
+every frame touched its memory anew: 30,000-60,000 page faults per 2048²
+frame (up to 240 MB of pages zeroed and mapped), 4,300-5,500 per 512²
+frame. :func:`keep_freed_memory` raises the thresholds so freed memory is
+reused (500-1,300 and 67 faults): denoise-care + nuclei-seg + measure +
+track ran 2048² frames in 800-889 against 889-1040 ms (16.0-16.6x the 512²
+cost against 17.8-19.1x) on this project's 2-core machine
+(docs/benchmarks.md, "Frame size"). The analysis sets it when it loads its
 models (``analysis.heap``).
 
 A run allocates and frees large buffers from several threads (frames, model

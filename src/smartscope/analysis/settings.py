@@ -213,7 +213,7 @@ class AnalysisSettings(BaseModel):
         description="'keep': once models are loaded, the C allocator keeps "
         "the memory each frame frees for the next one instead of handing "
         "it back and faulting it in again (glibc; for the whole process: "
-        "2048² frames about 20% faster here, resident memory at the "
+        "2048² frames 9-15% faster here, resident memory at the "
         "analysis' peak, given back every 250 frames and when the run "
         "ends; smartscope.heap); 'system': the allocator as it is",
     )
