@@ -114,12 +114,17 @@ def test_percentiles_match_the_host():
         np.random.default_rng(2).integers(0, 4096, 1 << 18).astype(np.float32),
         np.arange(3, dtype=np.float64),
         np.full(9, 7.0, np.float32),
+        np.random.default_rng(3).integers(90, 4096, 1 << 18).astype(np.uint16),
+        np.random.default_rng(4).integers(0, 256, 1001).astype(np.uint8),
+        np.array([65535, 0, 65535, 7], np.uint16),
+        np.full(5, 300, np.uint16),
     ],
 )
 @pytest.mark.parametrize("ps", [(1.0, 99.8), (0.0, 100.0), (50.0, 50.0), (0.5, 99.9)])
 def test_percentiles_from_one_partition_are_numpys(values, ps):
-    """The host's percentiles (one partial sort for both) are numpy's linear
-    interpolation; NaN falls back to numpy (NaN out)."""
+    """The host's percentiles (one partial sort for both; a histogram for
+    8- and 16-bit frames) are numpy's linear interpolation; NaN falls back
+    to numpy (NaN out)."""
     from smartscope.nn.normalize import _percentiles
 
     np.testing.assert_allclose(
@@ -304,3 +309,13 @@ def test_a_batch_gives_each_frame_what_it_gets_alone(segmenter):
     assert segmenter.predict_batch([]) == []
     with pytest.raises(ValueError, match="min_size_px"):
         segmenter.predict_batch(frames, diameter_px=18.2, min_size_px=-1)
+
+
+def test_a_camera_frame_normalises_as_its_float_copy(segmenter):
+    """A uint16 frame (percentiles from its histogram) and the same frame as
+    float32 (from a partial sort) give the model the same input."""
+    frame = np.random.default_rng(5).integers(100, 3000, (300, 260)).astype(np.uint16)
+    a, lo_a, hi_a = segmenter._normalized(frame)
+    b, lo_b, hi_b = segmenter._normalized(frame.astype(np.float32))
+    assert (lo_a, hi_a) == (lo_b, hi_b)
+    np.testing.assert_array_equal(a, b)

@@ -215,9 +215,12 @@ class Model(ABC):
         """Predict one image; see the subclasses for what comes back."""
 
     def _normalized(self, image: np.ndarray) -> tuple[np.ndarray, float, float]:
-        x = as_2d_float(image)
+        raw = as_2d(image)
+        x = as_2d_float(raw)
         n = self.card.normalization
-        low, high = percentile_range(x, p_low=n.p_low, p_high=n.p_high)
+        # a camera's 8- or 16-bit frame: its percentiles from a histogram
+        counted = raw if raw.dtype in (np.uint8, np.uint16) else x
+        low, high = percentile_range(counted, p_low=n.p_low, p_high=n.p_high)
         return normalize(x, low, high), low, high
 
     def _normalized_t(

@@ -61,18 +61,30 @@ def percentile_range(
 def _percentiles(flat: np.ndarray, ps: tuple[float, float]) -> tuple[float, float]:
     """``np.percentile(flat, ps)`` (its default, linear interpolation) from
     one partial sort for both: 0.6x its time (2.3 against 3.8 ms for a 512²
-    frame, run twice per frame by a denoiser and a segmenter)."""
+    frame, run twice per frame by a denoiser and a segmenter); for 8- and
+    16-bit unsigned data (camera frames) from a histogram, 0.15x (0.4
+    against 2.6 ms)."""
     n = flat.size
-    if n == 0 or not np.isfinite(flat).all() or not all(0 <= p <= 100 for p in ps):
-        low, high = np.percentile(flat, list(ps))  # numpy's errors and NaN
+    if n == 0 or not all(0 <= p <= 100 for p in ps):
+        low, high = np.percentile(flat, list(ps))  # numpy's errors
         return float(low), float(high)
     pos = [(n - 1) * p / 100.0 for p in ps]
     below = [min(int(q), n - 1) for q in pos]
-    kth = sorted({k for b in below for k in (b, min(b + 1, n - 1))})
-    part = np.partition(flat, kth)
+    ranks = sorted({k for b in below for k in (b, min(b + 1, n - 1))})
+    if flat.dtype in (np.uint8, np.uint16):
+        # the value of rank k: the first bin whose cumulative count passes k
+        counts = np.cumsum(np.bincount(flat))
+        values = np.searchsorted(counts, ranks, side="right")
+        at = dict(zip(ranks, values.tolist(), strict=True))
+    elif not np.isfinite(flat).all():
+        low, high = np.percentile(flat, list(ps))  # NaN: numpy's answer
+        return float(low), float(high)
+    else:
+        part = np.partition(flat, ranks)
+        at = {k: part[k] for k in ranks}
     out = []
     for q, b in zip(pos, below, strict=True):
-        lo, hi = float(part[b]), float(part[min(b + 1, n - 1)])
+        lo, hi = float(at[b]), float(at[min(b + 1, n - 1)])
         out.append(lo + (hi - lo) * (q - b))
     return out[0], out[1]
 
