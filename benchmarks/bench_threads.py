@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import platform
 import time
@@ -30,13 +29,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _burn(stop: mp.Event) -> None:  # type: ignore[valid-type]
-    x = 0
-    while not stop.is_set():
-        for _ in range(100_000):
-            x += 1
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=60)
@@ -45,21 +37,15 @@ def main() -> None:
     import torch
 
     from smartscope.analysis.analyser import FrameAnalyser
-    from smartscope.analysis.result import FrameInput
     from smartscope.analysis.settings import AnalysisSettings
-    from smartscope.bench_scaling import demo_frame
+    from smartscope.bench_realtime import busy_processes
+    from smartscope.bench_scaling import demo_frame, demo_frame_input
 
     img = demo_frame()
     rows = []
     for burners in (0, 1, 2):
-        stop = mp.Event()
-        procs = [
-            mp.Process(target=_burn, args=(stop,), daemon=True) for _ in range(burners)
-        ]
-        for p in procs:
-            p.start()
-        time.sleep(1.0)
-        try:
+        with busy_processes(burners):
+            time.sleep(1.0)
             for mode in (2, 1, "auto"):
                 a = FrameAnalyser(
                     AnalysisSettings(
@@ -74,18 +60,7 @@ def main() -> None:
                 a.load_models()
                 times, used = [], []
                 for k in range(args.frames + 3):
-                    f = FrameInput(
-                        image=img,
-                        frame_index=k,
-                        position="a",
-                        stage_x_um=0,
-                        stage_y_um=0,
-                        z_um=0,
-                        pixel_size_um=0.65,
-                        exposure_ms=20,
-                        t_frame=time.perf_counter(),
-                        t_s=float(k),
-                    )
+                    f = demo_frame_input(img, k)
                     t0 = time.perf_counter()
                     r = a.analyse(f)
                     dt = (time.perf_counter() - t0) * 1000
@@ -102,10 +77,6 @@ def main() -> None:
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-        finally:
-            stop.set()
-            for p in procs:
-                p.join(5)
     out = ROOT / "benchmarks" / "results" / f"threads-{date.today()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
