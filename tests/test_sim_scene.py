@@ -9,6 +9,7 @@ Everything goes through the public API: ``sim.cells()``, ``sim.truth()``,
 from __future__ import annotations
 
 import csv
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -17,7 +18,8 @@ from skimage.measure import regionprops
 
 from contracts import CELLS_CSV_COLUMNS
 from smartscope.errors import ConfigError, SimulatorError
-from smartscope.sim import ScenePreset, load_scene_preset
+from smartscope.sim import Scene, ScenePreset, load_scene_preset
+from smartscope.sim import scene as scene_module
 from smartscope.sim.turrets import objective_spec
 
 # a culture that divides every hour, so divisions show within simulated hours
@@ -150,6 +152,36 @@ def test_cells_move_over_hours(sim):
     wander = np.hypot(dx - dx.mean(), dy - dy.mean())
     assert 10 < np.median(wander) < 100
     assert np.corrcoef(dx, dy)[0, 1] == pytest.approx(0, abs=0.1)
+
+
+def _state(scene) -> dict[str, np.ndarray]:
+    return {k: getattr(scene, k).copy() for k in scene_module._ARRAYS}
+
+
+def test_a_remembered_starting_dish_is_the_one_built_afresh(monkeypatch):
+    """The relaxed start of a (preset, seed) is built once per process; a scene
+    from the memory starts, and goes on, exactly as one built from nothing,
+    and what a scene does to its nuclei never reaches the memory."""
+    preset = ScenePreset()  # the default dish: 2,700 nuclei, 17 rounds to settle
+    first = Scene(preset, seed=11)
+    start = _state(first)
+    first.advance_to(2 * 3600.0)  # moves its nuclei in place
+    remembered = Scene(preset, seed=11)
+    monkeypatch.setattr(scene_module, "_RELAXED", OrderedDict())
+    fresh = Scene(preset, seed=11)
+    for scene in (remembered, fresh):
+        assert _state(scene).keys() == start.keys()
+        for k, v in _state(scene).items():
+            np.testing.assert_array_equal(v, start[k], err_msg=k)
+    for scene in (remembered, fresh):
+        scene.advance_to(2 * 3600.0)
+    for k, v in _state(fresh).items():
+        np.testing.assert_array_equal(_state(remembered)[k], v, err_msg=k)
+        np.testing.assert_array_equal(_state(first)[k], v, err_msg=k)
+    assert remembered.divisions == fresh.divisions == first.divisions
+    assert len(first.divisions) > 0  # the history was not trivial
+    # another seed is another dish
+    assert not np.array_equal(Scene(preset, seed=12).x, start["x"])
 
 
 def test_sample_barely_moves_over_short_times(core, sim, snap):
