@@ -24,6 +24,7 @@ from smartscope.sim import virtual_time
 from smartscope.sim.clock import SimClock, TimeMode
 from smartscope.sim.optics import View, blur, blur_sigma_px, render_nuclei
 from smartscope.sim.scene import STATE_NAMES, Scene, ScenePreset, load_scene_preset
+from smartscope.sim.shot_noise import ShotNoise
 from smartscope.sim.truth import CELLS_CSV_HEADER, CellTruth, FrameTruth, TruthRecorder
 
 if TYPE_CHECKING:
@@ -139,6 +140,7 @@ class Simulator:
         self._seed = 0
         self._scene: Scene | None = None
         self._noise_rng = np.random.default_rng([0, 1])
+        self._shot_noise = ShotNoise()
         self._autoshutter = True
         self._autoshutter_linked = False
         self._retired = False
@@ -685,14 +687,14 @@ class Simulator:
         gain, offset = cam.gain_e_per_adu, cam.offset_adu
         e_per_unit = photons_per_unit * cam.qe
         # expected electrons: signal + medium background
-        expected_e = density * np.float32(e_per_unit) + np.float32(
-            e_per_unit * dye.background
-        )
+        signal_e = density * np.float32(e_per_unit)
+        background_e = e_per_unit * dye.background
+        expected_e = signal_e + np.float32(background_e)
         np.minimum(expected_e, np.float32(cam.full_well_e), out=expected_e)
         expected_adu = expected_e / np.float32(gain) + np.float32(offset)
         # noise: Poisson shot noise on electrons, Gaussian read noise
         rng = self._noise_rng
-        electrons = rng.poisson(expected_e).astype(np.float32)
+        electrons = self._shot_noise.draw(rng, background_e, signal_e, cam.full_well_e)
         np.minimum(electrons, np.float32(cam.full_well_e), out=electrons)
         noise = rng.standard_normal((h, w), dtype=np.float32)
         noise *= np.float32(cam.read_noise_e)
