@@ -11,6 +11,7 @@ logs it and emits its signals); nothing here knows the analysis or the files.
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -108,14 +109,31 @@ class Acquisition:
         catch up (so reactions to one time point act on the next; never past
         the time the next frame is due, in realtime), then apply what the
         reactions decided."""
-        if t_index and self.analysis_wait is not None:
-            if self.analysis_wait == "virtual":
-                timeout = VIRTUAL_WAIT_S
-            else:
-                timeout = max(0.0, (due_s or 0.0) - self._sample_time() - 0.005)
-            self.gate.wait_caught_up(timeout)
+        if t_index and self.analysis_wait == "virtual":
+            self.gate.wait_caught_up(VIRTUAL_WAIT_S)
+        elif t_index and self.analysis_wait is not None:
+            self._act_while_waiting(
+                max(0.0, (due_s or 0.0) - self._sample_time() - 0.005)
+            )
         self.apply_pending()
         self.check_stop()
+
+    def _act_while_waiting(self, timeout_s: float) -> None:
+        """Realtime: wait for the analysis to catch up, at most ``timeout_s``,
+        applying each decision as soon as its frame's result is in (the
+        hardware is idle until the next frame; a result that arrived while the
+        last frame was being taken acts now, not after the wait). Virtual time
+        keeps the one wait, so that a seeded run does not depend on when each
+        result arrives."""
+        end = time.perf_counter() + timeout_s
+        seen = -1
+        while True:
+            self.apply_pending()
+            done, seen = self.gate.wait_settled_after(
+                seen, max(0.0, end - time.perf_counter())
+            )
+            if done or time.perf_counter() >= end:
+                return
 
     def check_stop(self) -> bool:
         """Whether the run is ending; asks it to when a stop condition is met."""

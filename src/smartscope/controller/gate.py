@@ -83,6 +83,22 @@ class RunGate:
             self._settled += 1
             self._cond.notify_all()
 
+    def wait_settled_after(self, seen: int, timeout_s: float) -> tuple[bool, int]:
+        """Wait until more than ``seen`` frames have settled, or the analysis
+        has caught up, or the run stops, at most ``timeout_s``. Returns
+        (caught up or stopping, frames settled now)."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: (
+                    self._settled > seen
+                    or self._settled >= self._submitted
+                    or self.stopping
+                ),
+                timeout_s,
+            )
+            done = self._settled >= self._submitted or self.stopping
+            return done, self._settled
+
     def wait_lag_below(self, n: int, timeout_s: float) -> bool:
         """Wait until fewer than ``n`` frames are handed to the analysis and not
         yet settled (or the run stops), at most ``timeout_s``; True when so."""

@@ -1,0 +1,134 @@
+"""Realtime: a decision acts as soon as its frame's result is in, while the
+runner waits for the analysis before the next time point; virtual time keeps
+one wait until the analysis has caught up (its outcome must not depend on when
+each result arrives).
+
+Driven step by step on a controller's own acquisition, gate and executor (the
+real simulator behind them); events decide every step, nothing is asserted
+about time."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from smartscope.actions import MoveStage
+from smartscope.controller import Controller
+from smartscope.hardware import load_core, release_core
+from smartscope.protocol import Protocol
+
+WAIT_S = 60.0  # a bound on each wait, not a timing assertion
+
+
+def _protocol(time_mode: str) -> Protocol:
+    return Protocol.model_validate(
+        {
+            "name": "act-while-waiting",
+            "seed": 2,
+            "time_mode": time_mode,
+            "objective": "20x",
+            "sequence": {
+                "channels": [{"config": "DAPI", "exposure": 10}],
+                "stage_positions": [{"name": "p0", "x": 0, "y": 0}],
+                "time_plan": {"interval": 1, "loops": 3},
+            },
+            "analysis": {"segmenter": "classical", "diameter_um": 12},
+            "limits": {"xy_box_um": [-500, 500, -500, 500]},
+            "save": {"truth": False, "report": False},
+        }
+    )
+
+
+@pytest.fixture
+def controller(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Controller]:
+    mode = request.param
+    core = load_core(time_mode=mode, seed=2)
+    try:
+        ctl = Controller(core, _protocol(mode), out_dir=tmp_path / "run", device="cpu")
+        ctl.acquisition.analysis_wait = mode
+        yield ctl
+    finally:
+        release_core(core)
+
+
+def _wait_in_thread(
+    ctl: Controller, outcomes: list[Any]
+) -> tuple[threading.Thread, threading.Event, threading.Event]:
+    """The runner's wait before a time point (the next frame due in a minute,
+    in realtime), on its own thread. Events: an action was applied (its
+    outcome appended to ``outcomes``); the runner has begun to wait on the
+    analysis (whatever it applies before that, it has applied by then)."""
+    applied, waiting = threading.Event(), threading.Event()
+    acq, gate = ctl.acquisition, ctl.gate
+    report = acq._report
+
+    def noted(out: Any, t_frame: float | None) -> None:
+        report(out, t_frame)
+        outcomes.append(out)
+        applied.set()
+
+    def entering(wait: Any) -> Any:
+        def entered(*args: Any) -> Any:
+            waiting.set()
+            return wait(*args)
+
+        return entered
+
+    acq._report = noted
+    gate.wait_caught_up = entering(gate.wait_caught_up)  # type: ignore[method-assign]
+    gate.wait_settled_after = entering(gate.wait_settled_after)  # type: ignore[method-assign]
+    due = acq._sample_time() + WAIT_S
+    thread = threading.Thread(target=acq._before_timepoint, args=(1, due), daemon=True)
+    thread.start()
+    return thread, applied, waiting
+
+
+def _first_frame_decided(ctl: Controller) -> None:
+    """Two frames handed to the analysis; the first one's result is in and
+    its reaction decided a stage move; the second is still being analysed."""
+    ctl.gate.submitted()
+    ctl.gate.submitted()
+    ctl.acquisition.put(MoveStage(x_um=120.0, y_um=-80.0), "p0", None)
+    ctl.gate.settled()
+
+
+@pytest.mark.parametrize("controller", ["realtime"], indirect=True)
+def test_realtime_acts_on_a_result_before_the_analysis_has_caught_up(
+    controller: Controller,
+) -> None:
+    ctl, gate = controller, controller.gate
+    _first_frame_decided(ctl)
+    outcomes: list[Any] = []
+    thread, applied, _ = _wait_in_thread(ctl, outcomes)
+    assert applied.wait(WAIT_S), "the decision waited for the other frame"
+    assert gate.lag == 1  # the second frame is still being analysed
+    assert thread.is_alive()  # ... and the runner still waits for it
+    assert [(o.status, o.after) for o in outcomes] == [("applied", [120.0, -80.0])]
+    # a decision on the second frame acts as soon as it is in as well
+    applied.clear()
+    ctl.acquisition.put(MoveStage(x_um=130.0, y_um=-80.0), "p0", None)
+    gate.settled()
+    assert applied.wait(WAIT_S)
+    thread.join(WAIT_S)
+    assert not thread.is_alive()  # caught up: the wait is over
+    assert [o.after for o in outcomes] == [[120.0, -80.0], [130.0, -80.0]]
+
+
+@pytest.mark.parametrize("controller", ["virtual"], indirect=True)
+def test_virtual_time_applies_decisions_only_once_the_analysis_has_caught_up(
+    controller: Controller,
+) -> None:
+    ctl, gate = controller, controller.gate
+    _first_frame_decided(ctl)
+    outcomes: list[Any] = []
+    thread, applied, waiting = _wait_in_thread(ctl, outcomes)
+    assert waiting.wait(WAIT_S)
+    assert not applied.is_set()  # the other frame's analysis is not in
+    assert outcomes == []
+    gate.settled()
+    thread.join(WAIT_S)
+    assert not thread.is_alive()
+    assert [(o.status, o.after) for o in outcomes] == [("applied", [120.0, -80.0])]
