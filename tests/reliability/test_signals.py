@@ -8,7 +8,8 @@ a traceback, and either nothing was left behind (interrupted during start-up)
 or the run folder is complete: ``summary.json`` says ``interrupted`` and which
 signal, and the summary, ``events.jsonl`` and the raw zarr agree frame for
 frame, every frame readable and not blank. Five cases run by default (SIGHUP, a closed terminal, among them), 24
-behind ``-m slow``; and a SIGHUP under ``nohup`` is ignored.
+behind ``-m slow``; and a SIGHUP under ``nohup`` is ignored. A signal in the
+models' warm-up, after the run folder is made, is sent from inside it.
 """
 
 from __future__ import annotations
@@ -181,3 +182,46 @@ def test_a_signal_while_models_load_is_raised_after_loading() -> None:
     assert caught.signal_name == "SIGTERM"
     assert guard.received == "SIGTERM"
     assert guard.pending is None
+
+
+def test_a_signal_in_the_warm_up_still_leaves_events_that_begin_with_run_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run folder exists before the models warm up at the camera's frame
+    size; a signal in that warm-up (found by the slow campaign: SIGINT 2.49 s
+    after start, on a busy machine) left an ``events.jsonl`` that began with
+    ``run_finished``. Sent here from inside the warm-up itself, in this
+    process, so that it lands there every time."""
+    import os
+
+    from smartscope.analysis import AnalysisPipeline
+    from smartscope.controller import Controller
+    from smartscope.hardware import load_core, release_core
+    from smartscope.interrupts import stop_signals
+    from smartscope.protocol import load_protocol
+
+    start = AnalysisPipeline.start
+
+    def start_then_signal(self: AnalysisPipeline, *args: object, **kw: object) -> None:
+        start(self, *args, **kw)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler runs here
+
+    monkeypatch.setattr(AnalysisPipeline, "start", start_then_signal)
+    proto = load_protocol(_protocol(tmp_path))
+    core = load_core(seed=proto.seed, scene=proto.scene, time_mode=proto.time_mode)
+    out = tmp_path / "run"
+    try:
+        ctl = Controller(core, proto, out_dir=out, device="cpu")
+        with stop_signals():
+            ctl.run()  # the signal ends the run: its summary says so
+    finally:
+        release_core(core)
+    records = _records(out)
+    assert records[0]["kind"] == "run_started"
+    assert records[-1]["kind"] == "run_finished"
+    assert [r for r in records if r["kind"] == "frame"] == []
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert summary["signal"] == "SIGINT"
+    assert summary["frames_acquired"] == 0

@@ -217,24 +217,33 @@ def _start(ctl: Controller) -> None:
                 on_frame=ctl._on_frame,
             )
         )
-        ctl._t0 = time.perf_counter()
-        ctl._log(
-            R.RunStartedRecord(
-                protocol=p.name,
-                t_wall=time.time(),
-                positions=list(ctl.plan.view().positions),
-                time_mode=sim.time_mode if sim is not None else "realtime",
-                plan_mode="dynamic" if ctl.plan.dynamic else "verbatim",
-                devices=p.devices.model_dump(),
-                simulator=None
-                if sim is None
-                else {"seed": sim.seed, "scene": sim.preset_name},
-            )
-        )
+        with deferred():  # the run's time zero and its first record, together
+            _log_run_started(ctl)
     except BaseException as e:
         with shielded():
+            if not ctl._t0:  # stopped while starting (a signal in the warm-up):
+                _log_run_started(ctl)  # the events still begin with run_started
             _finish(ctl, e)
         raise
+
+
+def _log_run_started(ctl: Controller) -> None:
+    """Set the run's time zero and write its first record."""
+    p, sim = ctl.protocol, ctl._sim
+    ctl._t0 = time.perf_counter()
+    ctl._log(
+        R.RunStartedRecord(
+            protocol=p.name,
+            t_wall=time.time(),
+            positions=list(ctl.plan.view().positions),
+            time_mode=sim.time_mode if sim is not None else "realtime",
+            plan_mode="dynamic" if ctl.plan.dynamic else "verbatim",
+            devices=p.devices.model_dump(),
+            simulator=None
+            if sim is None
+            else {"seed": sim.seed, "scene": sim.preset_name},
+        )
+    )
 
 
 def _stop_disk_full(ctl: Controller, message: str) -> None:
