@@ -86,13 +86,18 @@ def _wait_in_thread(
     return thread, applied, waiting
 
 
-def _first_frame_decided(ctl: Controller) -> None:
+def _one_decided_one_pending(
+    ctl: Controller,
+) -> tuple[threading.Thread, threading.Event, threading.Event, list[Any]]:
     """Two frames handed to the analysis; the first one's result is in and
-    its reaction decided a stage move; the second is still being analysed."""
+    its reaction decided a stage move; the second is still being analysed.
+    Then the runner's wait (:func:`_wait_in_thread`) begins."""
     ctl.gate.submitted()
     ctl.gate.submitted()
     ctl.acquisition.put(MoveStage(x_um=120.0, y_um=-80.0), "p0", None)
     ctl.gate.settled()
+    outcomes: list[Any] = []
+    return (*_wait_in_thread(ctl, outcomes), outcomes)
 
 
 @pytest.mark.parametrize("controller", ["realtime"], indirect=True)
@@ -100,9 +105,7 @@ def test_realtime_acts_on_a_result_before_the_analysis_has_caught_up(
     controller: Controller,
 ) -> None:
     ctl, gate = controller, controller.gate
-    _first_frame_decided(ctl)
-    outcomes: list[Any] = []
-    thread, applied, _ = _wait_in_thread(ctl, outcomes)
+    thread, applied, _, outcomes = _one_decided_one_pending(ctl)
     assert applied.wait(WAIT_S), "the decision waited for the other frame"
     assert gate.lag == 1  # the second frame is still being analysed
     assert thread.is_alive()  # ... and the runner still waits for it
@@ -122,9 +125,7 @@ def test_virtual_time_applies_decisions_only_once_the_analysis_has_caught_up(
     controller: Controller,
 ) -> None:
     ctl, gate = controller, controller.gate
-    _first_frame_decided(ctl)
-    outcomes: list[Any] = []
-    thread, applied, waiting = _wait_in_thread(ctl, outcomes)
+    thread, applied, waiting, outcomes = _one_decided_one_pending(ctl)
     assert waiting.wait(WAIT_S)
     assert not applied.is_set()  # the other frame's analysis is not in
     assert outcomes == []

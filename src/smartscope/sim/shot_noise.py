@@ -64,23 +64,21 @@ class ShotNoise:
     def draw(
         self,
         rng: np.random.Generator,
+        expected_e: np.ndarray,
         background_e: float,
-        signal_e: np.ndarray,
         full_well_e: float,
     ) -> np.ndarray:
-        """float32 electrons, Poisson of mean ``min(background_e + signal_e,
-        full_well_e)`` at each pixel (``signal_e`` ≥ 0, float32)."""
+        """float32 electrons, Poisson of mean ``expected_e`` at each pixel:
+        the frame's expected electrons (float32, at most ``full_well_e``),
+        each at least the medium's uniform ``background_e``."""
         bg = float(background_e)
         if not (0.0 < bg <= TABLE_MAX_MEAN and bg < full_well_e):
-            lam = signal_e + np.float32(bg)
-            np.minimum(lam, np.float32(full_well_e), out=lam)
-            return rng.poisson(lam).astype(np.float32)
+            return rng.poisson(expected_e).astype(np.float32)
         if self._mean != bg or self._table is None:
             self._table, self._mean = poisson_table(bg), bg
-        out = draw_from_table(rng, *self._table, signal_e.shape).astype(np.float32)
-        lit = np.flatnonzero(signal_e > 0)
+        out = draw_from_table(rng, *self._table, expected_e.shape).astype(np.float32)
+        flat = expected_e.ravel()
+        lit = np.flatnonzero(flat > np.float32(bg))
         if lit.size:
-            lam = signal_e.ravel()[lit]
-            np.minimum(lam, np.float32(full_well_e - bg), out=lam)
-            out.ravel()[lit] += rng.poisson(lam)
+            out.ravel()[lit] += rng.poisson(flat[lit] - np.float32(bg))
         return out

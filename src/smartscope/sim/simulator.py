@@ -687,14 +687,15 @@ class Simulator:
         gain, offset = cam.gain_e_per_adu, cam.offset_adu
         e_per_unit = photons_per_unit * cam.qe
         # expected electrons: signal + medium background
-        signal_e = density * np.float32(e_per_unit)
         background_e = e_per_unit * dye.background
-        expected_e = signal_e + np.float32(background_e)
+        expected_e = density * np.float32(e_per_unit) + np.float32(background_e)
         np.minimum(expected_e, np.float32(cam.full_well_e), out=expected_e)
         expected_adu = expected_e / np.float32(gain) + np.float32(offset)
         # noise: Poisson shot noise on electrons, Gaussian read noise
         rng = self._noise_rng
-        electrons = self._shot_noise.draw(rng, background_e, signal_e, cam.full_well_e)
+        electrons = self._shot_noise.draw(
+            rng, expected_e, background_e, cam.full_well_e
+        )
         np.minimum(electrons, np.float32(cam.full_well_e), out=electrons)
         noise = rng.standard_normal((h, w), dtype=np.float32)
         noise *= np.float32(cam.read_noise_e)
