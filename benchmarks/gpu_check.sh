@@ -11,7 +11,9 @@
 # 3. `python -m smartscope bench --device cuda --scaling --positions`: analysis by frame
 #    size (256² to 2048², stage by stage, peak GPU memory) and with 1, 4 and
 #    16 positions in the loop;
-# 4. 500 frames at 512² and 2048² through the analysis (sustained rate).
+# 4. 500 frames at 512² and 2048² through the analysis (sustained rate);
+# 5. kernels, syncs and ms per frame of the device path, the watershed
+#    compiled (the default on CUDA) and eager (benchmarks/device_ops.py).
 set -euo pipefail
 # run from the repository root; without an installed smartscope, use src/
 python -c "import smartscope" 2>/dev/null || export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -21,6 +23,12 @@ nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
 python -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))" | tee "$out/torch.txt"
 python -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$out/pytest-gpu.txt" | tail -3
 python benchmarks/device_labels.py --device cuda --json "$out/device-labels-cuda.json" | tail -1
+i=0
+for c in on off on off; do  # alternated: the first compiles (not timed)
+  i=$((i + 1))
+  python benchmarks/device_ops.py --device cuda --time --repeats 50 --compile $c \
+    --json "$out/device-ops-cuda-$i-compile-$c.json" 2>&1 | tee -a "$out/device-ops-cuda.txt" | grep "²"
+done
 python -m smartscope bench --device cuda --scaling --positions --json "$out/bench-cuda.json" > "$out/bench-cuda.txt" 2>&1 || tail -20 "$out/bench-cuda.txt"
 python - "$out" <<'PY'
 import json, sys

@@ -125,3 +125,23 @@ def test_frames_cross_to_cuda_pinned_as_16_bits() -> None:
     assert t.dtype == torch.int32
     back = model.predictor.to_host(t)
     np.testing.assert_array_equal(back, image)
+
+
+def test_a_2048_frame_runs_in_one_piece_on_cuda(monkeypatch) -> None:
+    """On a GPU a 2048² frame, rescaled to the segmenter's training
+    diameter, goes through each network in one piece (no tiles: a tile
+    is a launch of every kernel again), and gives the CPU's tiled labels."""
+    from smartscope.metrics import average_precision
+    from smartscope.nn import load_model
+
+    image = np.tile(_frame(), (4, 4))
+    cpu = load_model("nuclei-seg", device="cpu").predict(image, diameter_px=18.2)
+    gpu = load_model("nuclei-seg", device="cuda")
+
+    def no_tiles(x):
+        raise AssertionError(f"tiled a {tuple(x.shape)} input on CUDA")
+
+    monkeypatch.setattr(gpu.predictor, "_run_tiled", no_tiles)
+    got = gpu.predict(image, diameter_px=18.2)
+    assert got.shape == image.shape
+    assert average_precision(cpu, got, thresholds=(0.5,))[0.5] >= 0.95

@@ -319,3 +319,112 @@ def test_a_camera_frame_normalises_as_its_float_copy(segmenter):
     b, lo_b, hi_b = segmenter._normalized(frame.astype(np.float32))
     assert (lo_a, hi_a) == (lo_b, hi_b)
     np.testing.assert_array_equal(a, b)
+
+
+def _spread_reference(keys: np.ndarray, open_key: float) -> np.ndarray:
+    """Spreading one step at a time in plain numpy (every open pixel next to
+    a key takes the smallest; the others keep theirs) until nothing
+    changes."""
+    keys = keys.copy()
+    while True:
+        new = keys.copy()
+        for y, x in zip(*np.nonzero(keys == open_key), strict=True):
+            around = [
+                keys[y + dy, x + dx]
+                for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1))
+                if 0 <= y + dy < keys.shape[0] and 0 <= x + dx < keys.shape[1]
+            ]
+            new[y, x] = min([open_key, *around])
+        if np.array_equal(new, keys):
+            return keys
+        keys = new
+
+
+@pytest.mark.parametrize("reach", [1, 3, 4, 7, 20])
+def test_spreading_checks_once_per_block_of_steps(reach):
+    """The watershed's spreading gives what spreading a step at a time
+    gives, and waits for the device once per CHECK_EVERY steps, counting
+    the step that changes nothing: a band that fills in ``reach`` steps
+    costs ceil((reach + 1) / CHECK_EVERY) checks."""
+    from smartscope.nn.device_labels import CHECK_EVERY, _spread
+    from smartscope.nn.op_count import OpCounter
+
+    open_key, wall = 1000.0, 1001.0
+    keys = np.full((24, 48), wall, np.float32)
+    keys[5, 2 : 3 + reach] = open_key  # a corridor `reach` pixels long
+    keys[5, 2] = 7.0  # a label at its end
+    keys[8:11, 29:32] = open_key  # a label with open pixels one step around
+    keys[9, 30] = 3.0
+    keys[15, 10:13] = (5.0, open_key, 2.0)  # two labels reach it at once
+    keys[20, 40] = open_key  # an open pixel no label reaches
+    padded = torch.from_numpy(np.pad(keys, 1, constant_values=wall))
+    counter = OpCounter()
+    with counter:
+        out, _ = _spread(padded, padded.clone(), open_key)
+    np.testing.assert_array_equal(
+        out[1:-1, 1:-1].numpy(), _spread_reference(keys, open_key)
+    )
+    got = out[1:-1, 1:-1]
+    assert (got[5, 2 : 3 + reach] == 7.0).all()
+    assert got[15, 11] == 2.0  # the smaller key wins
+    assert got[20, 40] == open_key
+    assert dict(counter.syncs) == {"equal": -(-(reach + 1) // CHECK_EVERY)}
+
+
+def test_post_processing_waits_for_the_device_only_at_its_checks(segmenter):
+    """The device path's post-processing of a frame reads from the device
+    only where it must: one nonzero per labelling (the pairs of neighbours),
+    the convergence checks, the largest label and the objects' sizes; no
+    boolean-mask indexing (a hidden nonzero)."""
+    from smartscope.nn.op_count import OpCounter
+
+    fg, dist, _ = segmenter.maps_auto_size(_frame(3))
+    counter = OpCounter()
+    with counter:
+        labels = labels_from_maps_t(
+            torch.from_numpy(fg), torch.from_numpy(dist), min_size_px=8
+        )
+    assert int(labels.max()) > 10
+    assert set(counter.syncs) <= {"equal", "nonzero", "bincount", "_local_scalar_dense"}
+    assert counter.syncs["nonzero"] == 2  # seeds, then seedless blobs
+    assert counter.syncs["bincount"] == counter.syncs["_local_scalar_dense"] == 1
+    mask = torch.from_numpy(np.random.default_rng(0).random((40, 50)) > 0.4)
+    counter = OpCounter()
+    with counter:
+        relabel_sequential_t(connected_components_t(mask))
+    assert counter.syncs["nonzero"] == 1
+    assert set(counter.syncs) <= {"equal", "nonzero", "_local_scalar_dense"}
+
+
+def test_compiled_spreading_gives_the_same_labels(segmenter):
+    """Through ``torch.compile`` (C++ here, Triton on a GPU) the watershed
+    gives the eager labels exactly, also compiled on a worker thread (where
+    the analysis runs)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from smartscope.nn.device_labels import compiled_spreading
+
+    if compiled_spreading() is None:
+        pytest.skip("torch.compile unavailable here")
+    fg, dist, _ = segmenter.maps_auto_size(_frame(6)[:200, :240])
+    fg_t, dist_t = torch.from_numpy(fg), torch.from_numpy(dist)
+    want = labels_from_maps_t(fg_t, dist_t, min_size_px=8)
+    with ThreadPoolExecutor(1) as pool:
+        got = pool.submit(
+            labels_from_maps_t, fg_t, dist_t, min_size_px=8, compiled=True
+        ).result()
+    assert int(want.max()) > 3
+    assert torch.equal(got, want)
+    assert compiled_spreading() is not None  # it compiled: no fallback
+    # the segmenter's device path compiles on CUDA by default, here if told
+    frame = _frame(6)[:200, :240]
+    assert not segmenter.compiles_postprocess
+    segmenter.keep_on_device = True
+    try:
+        eager = segmenter.predict(frame, diameter_px=18.2)
+        segmenter.compile_postprocess = True
+        assert segmenter.compiles_postprocess
+        np.testing.assert_array_equal(segmenter.predict(frame, diameter_px=18.2), eager)
+        assert compiled_spreading() is not None
+    finally:
+        segmenter.keep_on_device = segmenter.compile_postprocess = None

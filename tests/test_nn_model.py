@@ -289,3 +289,23 @@ def test_min_size_keeps_nuclei_smaller_than_the_fragment_limit():
     for bad in (-1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="min_size_px must be a finite number"):
             model.predict(frames[0].image, min_size_px=bad)
+
+
+def test_tiles_by_default_on_the_cpu_not_on_a_gpu():
+    """The CPU predicts frames above 1024 px in tiles (they keep the
+    activations in its caches); a GPU takes frames up to 2560 px whole
+    (a 2048-px frame rescaled to the training diameter), so a 2219-px
+    input is one tile there and 3 x 3 here."""
+    import torch
+    from torch import nn
+
+    from smartscope.nn.predictor import Predictor, default_tile_px
+
+    cpu = Predictor(nn.Identity(), device="cpu")
+    assert len(cpu._layout(2219)) == 3
+    for precision in ("float32", "int8"):
+        assert default_tile_px(torch.device("cpu"), precision) == 1024
+    gpu_tile = default_tile_px(torch.device("cuda"), "bfloat16")
+    assert gpu_tile == 2560
+    cpu.tile_px = gpu_tile
+    assert cpu._layout(2219) == [(0, 2219, 0, 2219)]

@@ -28,17 +28,24 @@ pixels for nuclei at the training diameter (each a handful of element-wise
 operations over the frame, cheap on a GPU); connected components take a
 few rounds and about the logarithm of a component's size in jumps, whatever
 its shape. The spreading checks for convergence every :data:`CHECK_EVERY`
-steps, the components after each round and jump: each check one
-device-to-host sync.
+steps, the components after each round and every two jumps: each check one
+device-to-host sync. On a GPU these launches and syncs, not the arithmetic,
+are the cost: ``benchmarks/device_ops.py`` counts them (a 512² demo frame:
+about 400 kernels and 20 syncs for the segmenter, network included).
 """
 
 from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "CHECK_EVERY",
+    "compiled_spreading",
     "connected_components_t",
     "labels_from_maps_t",
     "normalize_t",
@@ -51,6 +58,8 @@ CHECK_EVERY = 4
 #: bands of the normalised distance below the seed threshold that the
 #: labels flood one after the other (the watershed's priority, coarsened)
 DEFAULT_LEVELS = 8
+
+log = logging.getLogger(__name__)
 
 
 def percentile_range_t(
@@ -84,26 +93,107 @@ def normalize_t(
     return (image.float() - low) / (high - low)
 
 
-def _min4(keys: torch.Tensor, big: float) -> torch.Tensor:
-    """Each pixel's value and its 4 neighbours', smallest: (Y, X) → (Y, X)."""
-    p = F.pad(keys[None, None], (1, 1, 1, 1), value=big)[0, 0]
-    out = torch.minimum(keys, p[:-2, 1:-1])
-    out = torch.minimum(out, p[2:, 1:-1])
-    out = torch.minimum(out, p[1:-1, :-2])
-    return torch.minimum(out, p[1:-1, 2:])
+def _step(src: torch.Tensor, dst: torch.Tensor, open_key: float) -> None:
+    """One step of spreading, from the padded keys ``src`` into the padded
+    ``dst`` (same shape, (Y + 2, X + 2), a border of walls): each open pixel
+    (key ``open_key``) takes the smallest key among itself and its 4
+    neighbours, every other pixel keeps its own. Six kernels, no copy of the
+    frame: the neighbours are views of ``src``, the result is written into
+    ``dst``'s interior."""
+    inner = src[1:-1, 1:-1]
+    low = torch.minimum(inner, src[:-2, 1:-1])
+    torch.minimum(low, src[2:, 1:-1], out=low)
+    torch.minimum(low, src[1:-1, :-2], out=low)
+    torch.minimum(low, src[1:-1, 2:], out=low)
+    torch.where(inner == open_key, low, inner, out=dst[1:-1, 1:-1])
 
 
-def _spread(keys: torch.Tensor, allowed: torch.Tensor, big: float) -> torch.Tensor:
-    """Spread keys into the ``allowed`` pixels without one yet (``big``),
-    4-connected, one step at a time, until nothing changes: each such pixel
-    takes the smallest key reaching it in one step; every other pixel keeps
-    its key."""
+def _block(
+    keys: torch.Tensor, open_key: float, wall: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:data:`CHECK_EVERY` steps of :func:`_step` written as new tensors
+    (what ``torch.compile`` takes whole, ``out=`` views it does not):
+    returns the keys after the last step and after the one before it."""
+    prev = keys
+    for _ in range(CHECK_EVERY):
+        prev = keys
+        inner = keys[1:-1, 1:-1]
+        low = torch.minimum(inner, keys[:-2, 1:-1])
+        low = torch.minimum(low, keys[2:, 1:-1])
+        low = torch.minimum(low, keys[1:-1, :-2])
+        low = torch.minimum(low, keys[1:-1, 2:])
+        grown = torch.where(inner == open_key, low, inner)
+        keys = F.pad(grown, (1, 1, 1, 1), value=wall)
+    return keys, prev
+
+
+_compiled: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]] | None] = {}
+_compiled_lock = threading.Lock()
+
+
+def compiled_spreading() -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
+    """:func:`_block` through ``torch.compile`` (each step one fused kernel,
+    Triton's on a GPU, C++ on the CPU, where eager mode launches six), made
+    once per process; ``None`` where torch cannot compile here (the caller
+    runs the steps eagerly)."""
+    with _compiled_lock:
+        if "block" not in _compiled:
+            try:
+                _compiled["block"] = torch.compile(
+                    _block, fullgraph=True, dynamic=False
+                )
+            except Exception as exc:
+                log.warning("torch.compile unavailable (%s); spreading eagerly", exc)
+                _compiled["block"] = None
+        return _compiled["block"]
+
+
+def _spread_compiled(
+    keys: torch.Tensor, open_key: float, wall: float
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """:func:`_spread` with the compiled block; ``None`` (and compiling off
+    for this process, with a warning) where compiling fails, e.g. no C++
+    compiler or no Triton: ``keys`` are then as they came."""
+    block = compiled_spreading()
+    if block is None:
+        return None
+    try:
+        while True:
+            new, prev = block(keys, open_key, wall)
+            if torch.equal(new, prev):
+                return new, prev
+            keys = new
+    except Exception as exc:
+        log.warning(
+            "compiled spreading failed (%s); spreading eagerly from now on", exc
+        )
+        with _compiled_lock:
+            _compiled["block"] = None
+        return None
+
+
+def _spread(
+    keys: torch.Tensor, spare: torch.Tensor, open_key: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spread the labels' keys into the open pixels (``open_key``),
+    4-connected, one step at a time, until a step changes nothing: each open
+    pixel takes the smallest key reaching it in one step; labelled pixels
+    keep theirs, and walls (keys above ``open_key``) neither take nor pass
+    one. ``keys`` and ``spare``: padded (Y + 2, X + 2) buffers with a border
+    of walls, used in turn; returns them swapped as they end up (the keys
+    first).
+
+    Spreading only ever fills open pixels, so a step that changes nothing
+    ends it: each check (one sync) compares the last two of
+    :data:`CHECK_EVERY` steps, and a band that fills in fewer steps costs
+    one check.
+    """
     while True:
-        before = keys
         for _ in range(CHECK_EVERY):
-            keys = torch.where(allowed & (keys == big), _min4(keys, big), keys)
-        if torch.equal(keys, before):
-            return keys
+            _step(keys, spare, open_key)
+            keys, spare = spare, keys
+        if torch.equal(keys, spare):
+            return keys, spare
 
 
 def _key_dtype(n: int) -> torch.dtype:
@@ -130,20 +220,28 @@ def connected_components_t(mask: torch.Tensor) -> torch.Tensor:
     h, w = mask.shape
     n = h * w
     parent = torch.arange(n, device=mask.device)
-    right = (mask[:, :-1] & mask[:, 1:]).nonzero()
-    down = (mask[:-1, :] & mask[1:, :]).nonzero()
-    a = torch.cat([right[:, 0] * w + right[:, 1], down[:, 0] * w + down[:, 1]])
-    b = torch.cat([a[: len(right)] + 1, a[len(right) :] + w])
+    # the pairs of 4-neighbours both in the mask, in one nonzero (one sync):
+    # plane 0 pairs each pixel with the one to its right, plane 1 with the
+    # one below
+    pairs = torch.zeros((2, h, w), dtype=torch.bool, device=mask.device)
+    pairs[0, :, :-1] = mask[:, :-1] & mask[:, 1:]
+    pairs[1, :-1, :] = mask[:-1, :] & mask[1:, :]
+    a = pairs.view(-1).nonzero()[:, 0]
+    below = a >= n
+    a = torch.where(below, a - n, a)
+    b = a + torch.where(below, w, 1)
     while True:
         ra, rb = parent[a], parent[b]
         if torch.equal(ra, rb):
             break
         parent.scatter_reduce_(0, torch.maximum(ra, rb), torch.minimum(ra, rb), "amin")
+        # two jumps per check (one sync): a jump more than needed changes
+        # nothing once every pixel points at its root
         while True:
             up = parent[parent]
-            if torch.equal(up, parent):
+            parent, up = up[up], up
+            if torch.equal(parent, up):
                 break
-            parent = up
     labels = (parent + 1).reshape(h, w)
     return torch.where(mask, labels, torch.zeros_like(labels))
 
@@ -161,7 +259,7 @@ def relabel_sequential_t(labels: torch.Tensor) -> torch.Tensor:
     present[labels.reshape(-1)] = True
     present[0] = False
     table = torch.cumsum(present, 0, dtype=torch.int32)
-    table[~present] = 0
+    table = torch.where(present, table, 0)  # not table[~present]: a sync
     return table[labels.long()]
 
 
@@ -191,6 +289,7 @@ def labels_from_maps_t(
     min_size_px: int = 8,
     border_min_size_px: int | None = None,
     levels: int = DEFAULT_LEVELS,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """Instance labels from the foreground probability and normalised
     distance, on their device: the tensor counterpart of
@@ -206,6 +305,9 @@ def labels_from_maps_t(
     levels : bands of the distance below ``seed_threshold`` flooded one
         after the other (more: closer to a priority-flood watershed, more
         steps)
+    compiled : spread through ``torch.compile`` (:func:`compiled_spreading`;
+        the same labels; the first frame of a size compiles, seconds); where
+        compiling fails, eagerly, with a warning
 
     Returns
     -------
@@ -225,16 +327,27 @@ def labels_from_maps_t(
     # blobs without a seed) come after every seed, as labels_from_maps
     # numbers them
     seeds = connected_components_t(mask & (dist > seed_threshold))
-    dtype = _key_dtype(2 * n + 1)
-    big = float(2 * n + 2)
-    keys = torch.where(
-        seeds > 0, seeds.to(dtype), torch.full_like(dist, big, dtype=dtype)
-    )
+    # keys: a label's (1 + its first pixel's index, at most n), ``open_key``
+    # where a band lets a label in and none came yet, ``wall`` elsewhere;
+    # padded by a border of walls so a step reads its neighbours as views
+    dtype = _key_dtype(n + 2)
+    open_key, wall = float(n + 1), float(n + 2)
+    h, w = mask.shape
+    keys = torch.full((h + 2, w + 2), wall, dtype=dtype, device=mask.device)
+    keys[1:-1, 1:-1] = torch.where(seeds > 0, seeds.to(dtype), wall)
+    spare = keys.clone()
     step = seed_threshold / levels
     for k in range(1, levels + 1):
         band = mask & (dist > seed_threshold - k * step) if k < levels else mask
-        keys = _spread(keys, band, big)
-    labelled = keys < big
+        inner = keys[1:-1, 1:-1]
+        inner.masked_fill_(band & (inner == wall), open_key)
+        done = _spread_compiled(keys, open_key, wall) if compiled else None
+        if done is None:
+            compiled = False
+            done = _spread(keys, spare, open_key)
+        keys, spare = done
+    keys = keys[1:-1, 1:-1]
+    labelled = keys < open_key
     orphans = connected_components_t(mask & ~labelled)
     labels = torch.where(labelled, keys.long(), torch.zeros_like(orphans))
     labels = torch.where(orphans > 0, orphans + n, labels)

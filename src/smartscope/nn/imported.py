@@ -44,7 +44,13 @@ from smartscope.nn.card import sha256_of
 from smartscope.nn.description import AxisSize, ModelDescription
 from smartscope.nn.errors import ModelError
 from smartscope.nn.normalize import as_2d_float
-from smartscope.nn.predictor import DEFAULT_TILE_PX, Device, Precision, Predictor
+from smartscope.nn.predictor import (
+    Device,
+    Precision,
+    Predictor,
+    default_tile_px,
+    resolve_device,
+)
 from smartscope.nn.processing import apply_steps
 
 __all__ = [
@@ -88,7 +94,7 @@ class _SizedPredictor(Predictor):
         tile_px: int | None,
     ) -> None:
         if tile_px is None:
-            tile_px = DEFAULT_TILE_PX
+            tile_px = default_tile_px(resolve_device(device), precision)
         fixed = size_y.step == 0 or size_x.step == 0
         tile = min(size_y.min, size_x.min) if fixed else max(tile_px, size_y.min)
         super().__init__(

@@ -113,6 +113,13 @@ class Model(ABC):
         a torch network. On the CPU the host path (numpy, scikit-image's
         watershed) is faster; setting this there runs the device path's
         code on the CPU, as the tests do.
+    compile_postprocess : bool or None
+        Whether a segmenter's device path spreads its watershed through
+        ``torch.compile`` (:func:`smartscope.nn.device_labels.compiled_spreading`:
+        each step one fused kernel instead of six launches; the same labels;
+        each new frame size compiles once, seconds, in the warm-up where
+        the controller runs one; a failure to compile falls back to eager
+        steps with a warning). ``None`` (the default): on CUDA.
     """
 
     def __init__(
@@ -150,6 +157,7 @@ class Model(ABC):
             int8_onnx=int8_onnx,
         )
         self.keep_on_device: bool | None = None
+        self.compile_postprocess: bool | None = None
         self.timings_ms: dict[str, float] = {}
         self._clock_t = 0.0
         if warm_up:
@@ -183,6 +191,14 @@ class Model(ABC):
             return self.keep_on_device
         p = self.predictor
         return p.device.type == "cuda" and p.precision != "int8"
+
+    @property
+    def compiles_postprocess(self) -> bool:
+        """Whether the device path's watershed runs compiled (see
+        ``compile_postprocess``)."""
+        if self.compile_postprocess is not None:
+            return self.compile_postprocess
+        return self.predictor.device.type == "cuda"
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Predict with new weights from now on: ``state`` is a U-Net state
@@ -574,6 +590,7 @@ class SegmentModel(Model):
                         seed_threshold=post.seed_threshold,
                         min_size_px=inner,
                         border_min_size_px=border,
+                        compiled=self.compiles_postprocess,
                     )
                     for i in range(len(arrays))
                 ]

@@ -22,10 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "CUDA_TILE_PX",
     "DEFAULT_TILE_PX",
     "INT8_TILE_PX",
     "OnnxRunner",
     "Predictor",
+    "default_tile_px",
     "fuse_batchnorm",
     "resolve_device",
 ]
@@ -41,9 +43,27 @@ DEFAULT_TILE_PX = 1024
 #: the mixed int8/float32 CARE copy, which came later, 2x faster, so tiles
 #: start at the same size as for float32
 INT8_TILE_PX = 1024
+#: the same on a GPU. The CPU's tiles keep a tile's activations in its
+#: caches; a GPU has no such gain and pays per launch instead: a 2048 x 2048
+#: frame in 3 x 3 tiles launched each network kernel 9 times and ran 16%
+#: more pixels (the overlaps), 422 kernels for denoise-care instead of 60
+#: (benchmarks/device_ops.py). So a GPU runs in one piece any frame up to
+#: 2560 px, the issue's largest frame (2048 px) after the segmenter rescales
+#: it to its training diameter by up to 1.25x; a batch of 8 such frames
+#: holds about 4 GB of bfloat16 activations
+CUDA_TILE_PX = 2560
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "float32", "bfloat16", "int8"]
+
+
+def default_tile_px(device: torch.device, precision: str) -> int:
+    """The size from which a frame is predicted in tiles, by default, on
+    ``device`` at ``precision``: :data:`CUDA_TILE_PX` on a GPU,
+    :data:`INT8_TILE_PX` for int8, else :data:`DEFAULT_TILE_PX`."""
+    if device.type == "cuda":
+        return CUDA_TILE_PX
+    return INT8_TILE_PX if precision == "int8" else DEFAULT_TILE_PX
 
 
 def onnxruntime_available() -> bool:
@@ -144,7 +164,7 @@ class Predictor:
         ``"int8"`` needs both and the CPU.
     tile_px : int, optional
         Frames larger than this (either side) are predicted in tiles; default
-        :data:`DEFAULT_TILE_PX`, or :data:`INT8_TILE_PX` with ``int8``.
+        :func:`default_tile_px` (larger on a GPU).
     overlap_px : int
         Overlap between neighbouring tiles (half of it is discarded per side).
     int8_onnx : bytes, optional
@@ -187,7 +207,7 @@ class Predictor:
         self.precision: Precision = precision
         self.int8_onnx = int8_onnx
         if tile_px is None:
-            tile_px = INT8_TILE_PX if precision == "int8" else DEFAULT_TILE_PX
+            tile_px = default_tile_px(self.device, precision)
         self.size_multiple = int(size_multiple)
         m = self.size_multiple
         self.tile_px = max(m, int(tile_px) // m * m)
