@@ -185,3 +185,33 @@ def test_normalize_percentile_and_area_filter() -> None:
     assert kept.dtype == np.int32
     assert kept.max() == 1
     assert (kept == 1).sum() == 100
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_filter_by_area_is_the_whole_frame_definition(seed):
+    """Counting and renumbering only the foreground pixels gives what a
+    bincount and a table lookup over the whole frame give: any numbering,
+    gaps, dtypes, objects dropped or none; and labels already 1..N and all
+    kept come back as they are."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((64, 80), np.int64)
+    for lab in rng.choice(np.arange(1, 200), size=30, replace=False):
+        r, c = rng.integers(0, 60), rng.integers(0, 76)
+        h, w = rng.integers(1, 9, size=2)
+        labels[r : r + h, c : c + w] = lab
+    dtype = (np.int32, np.uint16, np.int64, np.uint8)[seed]
+    labels = labels.astype(dtype)
+    for lo, hi in ((0.0, np.inf), (3.0, np.inf), (2.0, 10.0), (1e6, np.inf)):
+        got = filter_by_area(
+            labels, pixel_size_um=0.5, min_area_um2=lo, max_area_um2=hi
+        )
+        sizes = np.bincount(labels.ravel().astype(np.int64))
+        px = sizes * 0.25
+        keep = (px >= max(0.25, lo)) & (px <= hi)
+        keep[0] = False
+        lut = np.zeros(sizes.size, np.int32)
+        lut[keep] = np.arange(1, keep.sum() + 1)
+        assert got.dtype == np.int32
+        np.testing.assert_array_equal(got, lut[labels])
+    sequential = filter_by_area(labels, pixel_size_um=0.5)
+    assert filter_by_area(sequential, pixel_size_um=0.5) is sequential
