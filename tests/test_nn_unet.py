@@ -235,3 +235,26 @@ def test_dropping_small_objects_and_renumbering_in_one_lookup(limits):
     assert 0 < got.max() <= n
     np.testing.assert_array_equal(got, want)
     assert _drop_small(np.zeros((4, 4), np.int32), 9).max() == 0
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint16])
+def test_dropping_nothing_keeps_the_labels(dtype):
+    """Labels already numbered 1..N with nothing to drop come back as they
+    are (int32: the same array; other dtypes as int32 copies); a gap or a
+    dropped object renumbers them."""
+    from scipy import ndimage as ndi
+
+    from smartscope.nn.instances import _drop_small
+
+    rng = np.random.default_rng(4)
+    blobs, n = ndi.label(ndi.gaussian_filter(rng.random((64, 64)), 2) > 0.52)
+    labels = blobs.astype(dtype)
+    got = _drop_small(labels, 1)
+    assert n > 5
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, blobs)
+    assert (got is labels) == (dtype == np.int32)
+    gap = np.where(labels == 2, 0, labels)
+    np.testing.assert_array_equal(
+        _drop_small(gap, 1), np.where(blobs > 2, blobs - 1, blobs * (blobs != 2))
+    )

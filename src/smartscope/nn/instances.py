@@ -124,15 +124,19 @@ def _drop_small(
     border: under ``border_min_size_px``, default the same) and number the
     rest 1..N in increasing order of their old value, as int32.
 
-    One count and one lookup over the pixels (the removal and
-    :func:`relabel_sequential` in one table: at 2048² 17 against 35 ms for
-    the two passes).
+    One count and one lookup over the foreground pixels only (the removal
+    and :func:`relabel_sequential` in one table: at 2048² 17 against 35 ms
+    for the two passes over every pixel, and those 17 ms down to about 2
+    over the foreground); the labels as they are, as int32, where that
+    changes nothing.
     """
     labels = np.asarray(labels)
-    top = int(labels.max(initial=0))
-    if top <= 0:
+    flat = labels.ravel()
+    fg = np.flatnonzero(flat != 0)  # (a bool mask's nonzero: 8x faster)
+    if fg.size == 0:
         return np.zeros(labels.shape, np.int32)
-    sizes = np.bincount(labels.ravel(), minlength=top + 1)
+    values = flat[fg]
+    sizes = np.bincount(values)
     keep = sizes > 0
     if max(min_size_px, border_min_size_px or 0) > 1:
         limit = np.full(sizes.shape, min_size_px)
@@ -143,9 +147,13 @@ def _drop_small(
             limit[edge] = border_min_size_px
         keep &= sizes >= limit
     keep[0] = False
+    if keep[1:].all() and labels.dtype == np.int32:
+        return labels  # every label 1..N present and kept
     table = np.cumsum(keep, dtype=np.int32)
     table[~keep] = 0
-    return table[labels]
+    out = np.zeros(labels.shape, np.int32)
+    out.ravel()[fg] = table[values]
+    return out
 
 
 def labels_from_maps(
