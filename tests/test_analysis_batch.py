@@ -62,8 +62,17 @@ def test_a_batch_gives_every_frame_its_own_result(frames, on_device) -> None:
     for a in (alone, together):
         a.load_models()
         a._denoiser.keep_on_device = a._segmenter.keep_on_device = on_device
+    uploads = []
+    for a in (alone, together):  # what the segmenter copies to its device
+        real = a._segmenter.predictor.to_device
+        a._segmenter.predictor.to_device = lambda image, real=real: (
+            uploads.append(image.shape) or real(image)
+        )
     one_by_one = [alone.analyse(f) for f in frames]
     batched = together.analyse_batch(frames[:4]) + together.analyse_batch(frames[4:])
+    # on the device path the denoised frames stay there for the segmenter;
+    # the host path hands the network each normalised image
+    assert (uploads == []) == on_device
     for a, b in zip(one_by_one, batched, strict=True):
         _same(a, b)
         assert b.extra["batch"] == 4

@@ -428,3 +428,71 @@ def test_compiled_spreading_gives_the_same_labels(segmenter):
         assert compiled_spreading() is not None
     finally:
         segmenter.keep_on_device = segmenter.compile_postprocess = None
+
+
+def test_the_denoised_frame_is_not_sent_to_the_device_again(segmenter):
+    """On the device path the segmenter takes the denoiser's output where it
+    already is (its twin), instead of copying the host copy back: no
+    second copy to the device, the same labels as from that host copy."""
+    from smartscope.nn import twins
+
+    denoiser = load_model("denoise-care", device="cpu", precision="float32")
+    frames = [_frame(7), _frame(8)]
+    calls = []
+    real = segmenter.predictor.to_device
+
+    def counted(image):
+        calls.append(image.shape)
+        return real(image)
+
+    denoiser.keep_on_device = segmenter.keep_on_device = True
+    segmenter.predictor.to_device = counted
+    try:
+        denoised = denoiser.predict(frames[0])
+        labels = segmenter.predict(denoised, diameter_px=18.2)
+        assert calls == []
+        again = segmenter.predict(denoised, diameter_px=18.2)  # taken once: copied
+        assert calls == [(1, *denoised.shape)]
+        np.testing.assert_array_equal(labels, again)
+        assert int(labels.max()) > 10
+        batch = denoiser.predict_batch(frames)
+        calls.clear()
+        together = segmenter.predict_batch(batch, diameter_px=18.2)
+        assert calls == []
+        for d, lab in zip(batch, together, strict=True):
+            np.testing.assert_array_equal(
+                lab, segmenter.predict(d.copy(), diameter_px=18.2)
+            )
+        twins.forget(denoised)
+    finally:
+        del segmenter.predictor.to_device
+        denoiser.keep_on_device = segmenter.keep_on_device = None
+
+
+def test_twins_are_bounded_taken_once_and_freed_with_their_array():
+    """At most MAX_TWINS device copies are kept (the oldest go first), each
+    is taken once and only onto its own device, and one goes with its host
+    array."""
+    import gc
+
+    from smartscope.nn import twins
+
+    cpu = torch.device("cpu")
+    arrays = [np.full((4, 4), i, np.float32) for i in range(twins.MAX_TWINS + 3)]
+    for a in arrays:
+        twins.remember(a, torch.from_numpy(a.copy()))
+    assert all(twins.take(a, cpu) is None for a in arrays[:3])  # pushed out
+    assert twins.take(arrays[3], torch.device("meta")) is None  # not its device
+    got = twins.take(arrays[3], cpu)
+    assert got is not None
+    assert float(got[0, 0]) == 3.0
+    assert twins.take(arrays[3], cpu) is None  # taken once
+    twins.forget(arrays[4])
+    assert twins.take(arrays[4], cpu) is None
+    held = len(twins._twins)
+    del arrays[5]
+    gc.collect()
+    assert len(twins._twins) == held - 1
+    for a in arrays:
+        twins.forget(a)
+    assert all(twins.take(a, cpu) is None for a in arrays)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from smartscope.nn import twins
 from smartscope.nn.card import (
     RDF_NAME,
     WEIGHTS_NAME,
@@ -244,9 +245,17 @@ class Model(ABC):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Y, X) images of one shape (:func:`as_2d`'s) on the predictor's
         device in one copy (in their own dtype), each normalised by its own
-        percentiles there: (B, Y, X) float32 Tensor, low and high ((B,))."""
-        host = images[0][None] if len(images) == 1 else np.stack(images)
-        x = self.predictor.to_device(host)
+        percentiles there: (B, Y, X) float32 Tensor, low and high ((B,)).
+        Images another model has just brought back from this device (a
+        denoiser's output) are not copied again: their twins are taken
+        (:mod:`smartscope.nn.twins`)."""
+        device = self.predictor.device
+        kept = [twins.take(a, device) for a in images]
+        if all(t is not None for t in kept):
+            x = kept[0][None] if len(kept) == 1 else torch.stack(kept)  # type: ignore[arg-type]
+        else:
+            host = images[0][None] if len(images) == 1 else np.stack(images)
+            x = self.predictor.to_device(host)
         self._mark("transfer")
         x = torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0)
         n = self.card.normalization
@@ -337,6 +346,8 @@ class DenoiseModel(Model):
             yt = yt * (hi - lo)[:, None, None] + lo[:, None, None]
             self._mark("postprocess")
             out = list(self.predictor.to_host(yt))
+            for host, t in zip(out, yt, strict=True):
+                twins.remember(host, t)  # the segmenter takes it, not the host copy
             self._mark("transfer")
             return out
 
