@@ -128,20 +128,34 @@ def test_frames_cross_to_cuda_pinned_as_16_bits() -> None:
 
 
 def test_a_2048_frame_runs_in_one_piece_on_cuda(monkeypatch) -> None:
-    """On a GPU a 2048² frame, rescaled to the segmenter's training
-    diameter, goes through each network in one piece (no tiles: a tile
-    is a launch of every kernel again), and gives the CPU's tiled labels."""
+    """On a GPU a 2048² frame goes through each network in one piece (no
+    tiles: a tile is a launch of every kernel again), the segmenter's
+    rescaled to its training diameter too, and gives the CPU's tiled
+    labels; the denoised frame is not sent to the card again (its twin)."""
     from smartscope.metrics import average_precision
     from smartscope.nn import load_model
 
     image = np.tile(_frame(), (4, 4))
     cpu = load_model("nuclei-seg", device="cpu").predict(image, diameter_px=18.2)
     gpu = load_model("nuclei-seg", device="cuda")
+    denoiser = load_model("denoise-care", device="cuda")
 
     def no_tiles(x):
         raise AssertionError(f"tiled a {tuple(x.shape)} input on CUDA")
 
+    uploads = []
+    real = gpu.predictor.to_device
     monkeypatch.setattr(gpu.predictor, "_run_tiled", no_tiles)
+    monkeypatch.setattr(denoiser.predictor, "_run_tiled", no_tiles)
+    monkeypatch.setattr(
+        gpu.predictor, "to_device", lambda a: uploads.append(a.shape) or real(a)
+    )
     got = gpu.predict(image, diameter_px=18.2)
     assert got.shape == image.shape
     assert average_precision(cpu, got, thresholds=(0.5,))[0.5] >= 0.95
+    uploads.clear()
+    denoised = denoiser.predict(image)
+    labels = gpu.predict(denoised, diameter_px=18.2)
+    assert uploads == []
+    again = gpu.predict(denoised.copy(), diameter_px=18.2)  # sent: the same input
+    assert average_precision(again, labels, thresholds=(0.9,))[0.9] >= 0.99

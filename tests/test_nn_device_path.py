@@ -400,12 +400,15 @@ def test_compiled_spreading_gives_the_same_labels(segmenter):
     """Through ``torch.compile`` (C++ here, Triton on a GPU) the watershed
     gives the eager labels exactly, also compiled on a worker thread (where
     the analysis runs)."""
+    import os
+    import shutil
     from concurrent.futures import ThreadPoolExecutor
 
     from smartscope.nn.device_labels import compiled_spreading
 
-    if compiled_spreading() is None:
-        pytest.skip("torch.compile unavailable here")
+    compilers = (os.environ.get("CXX", "g++"), "c++", "clang++")
+    if not any(shutil.which(c) for c in compilers):
+        pytest.skip("no C++ compiler for torch.compile's CPU kernels")
     fg, dist, _ = segmenter.maps_auto_size(_frame(6)[:200, :240])
     fg_t, dist_t = torch.from_numpy(fg), torch.from_numpy(dist)
     want = labels_from_maps_t(fg_t, dist_t, min_size_px=8)
@@ -456,6 +459,9 @@ def test_the_denoised_frame_is_not_sent_to_the_device_again(segmenter):
         np.testing.assert_array_equal(labels, again)
         assert int(labels.max()) > 10
         batch = denoiser.predict_batch(frames)
+        # each twin holds its own frame, not a view of the whole batch
+        held = [twins._twins[id(d)][1] for d in batch]
+        assert [t.untyped_storage().nbytes() for t in held] == [d.nbytes for d in batch]
         calls.clear()
         together = segmenter.predict_batch(batch, diameter_px=18.2)
         assert calls == []
@@ -463,6 +469,17 @@ def test_the_denoised_frame_is_not_sent_to_the_device_again(segmenter):
             np.testing.assert_array_equal(
                 lab, segmenter.predict(d.copy(), diameter_px=18.2)
             )
+        # a batch whose first twin was pushed out: only that frame is sent
+        batch = denoiser.predict_batch(frames)
+        twins.forget(batch[0])
+        calls.clear()
+        assert all(
+            np.array_equal(a, b)
+            for a, b in zip(
+                segmenter.predict_batch(batch, diameter_px=18.2), together, strict=True
+            )
+        )
+        assert calls == [(1, *denoised.shape)]
         twins.forget(denoised)
     finally:
         del segmenter.predictor.to_device
@@ -496,3 +513,32 @@ def test_twins_are_bounded_taken_once_and_freed_with_their_array():
     for a in arrays:
         twins.forget(a)
     assert all(twins.take(a, cpu) is None for a in arrays)
+
+
+def test_a_failed_compiled_call_falls_back_to_eager_steps(segmenter, monkeypatch):
+    """A frame size past torch's recompile limit (or the device out of
+    memory) spreads that frame eagerly and keeps compiling on; any other
+    failure of the compiled steps turns them off for the process. The
+    labels are the eager ones either way."""
+    from torch._dynamo.exc import FailOnRecompileLimitHit
+
+    from smartscope.nn import device_labels
+
+    fg, dist, _ = segmenter.maps_auto_size(_frame(6)[:96, :128])
+    fg_t, dist_t = torch.from_numpy(fg), torch.from_numpy(dist)
+    want = labels_from_maps_t(fg_t, dist_t, min_size_px=8)
+
+    def past_the_limit(*args):
+        raise FailOnRecompileLimitHit("recompile_limit reached")
+
+    def broken(*args):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setitem(device_labels._compiled, "block", past_the_limit)
+    got = labels_from_maps_t(fg_t, dist_t, min_size_px=8, compiled=True)
+    assert torch.equal(got, want)
+    assert device_labels._compiled["block"] is past_the_limit
+    monkeypatch.setitem(device_labels._compiled, "block", broken)
+    got = labels_from_maps_t(fg_t, dist_t, min_size_px=8, compiled=True)
+    assert torch.equal(got, want)
+    assert device_labels._compiled["block"] is None

@@ -258,3 +258,14 @@ def test_dropping_nothing_keeps_the_labels(dtype):
     np.testing.assert_array_equal(
         _drop_small(gap, 1), np.where(blobs > 2, blobs - 1, blobs * (blobs != 2))
     )
+
+
+def test_dropping_from_labels_without_objects():
+    """Labels with no positive value (empty, or negative only) have no
+    objects, as before the foreground-only count."""
+    from smartscope.nn.instances import _drop_small
+
+    for labels in (np.zeros((5, 6), np.int32), np.full((5, 6), -3, np.int64)):
+        out = _drop_small(labels, 4)
+        assert out.dtype == np.int32
+        assert not out.any()

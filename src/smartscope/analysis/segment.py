@@ -284,7 +284,8 @@ def filter_by_area(
 
     Returns
     -------
-    (Y, X) int32 ndarray
+    (Y, X) int32 ndarray: ``labels`` itself where nothing changes (int32
+    labels numbered 1..N, all within the range), else a new array
     """
     px2 = pixel_size_um * pixel_size_um
     n = int(labels.max(initial=0))

@@ -131,11 +131,32 @@ _compiled: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]] | None] = 
 _compiled_lock = threading.Lock()
 
 
+def _one_call_failures() -> tuple[type[BaseException], ...]:
+    """Failures of a compiled call that say nothing about later calls."""
+    out: list[type[BaseException]] = [torch.OutOfMemoryError]
+    try:
+        from torch._dynamo.exc import FailOnRecompileLimitHit
+
+        out.append(FailOnRecompileLimitHit)
+    except ImportError:  # another torch: such a failure turns compiling off
+        pass
+    return tuple(out)
+
+
+_ONE_CALL_FAILURES = _one_call_failures()
+
+
 def compiled_spreading() -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
     """:func:`_block` through ``torch.compile`` (each step one fused kernel,
     Triton's on a GPU, C++ on the CPU, where eager mode launches six), made
-    once per process; ``None`` where torch cannot compile here (the caller
-    runs the steps eagerly)."""
+    once per process; ``None`` where torch cannot compile here, or compiling
+    failed (the caller runs the steps eagerly).
+
+    Compiled for each frame size it meets (static shapes: on this project's
+    CPU the kernels made for any size ran half as fast), up to torch's
+    recompile limit (8 sizes by default); a further size spreads eagerly.
+    The open and wall keys are the same at every size
+    (:func:`_open_and_wall`), so only a new size compiles again."""
     with _compiled_lock:
         if "block" not in _compiled:
             try:
@@ -163,6 +184,11 @@ def _spread_compiled(
             if torch.equal(new, prev):
                 return new, prev
             keys = new
+    except _ONE_CALL_FAILURES as exc:
+        # a size past torch's recompile limit, or the device out of memory:
+        # this frame spreads eagerly, the sizes compiled so far stay so
+        log.debug("compiled spreading not used for this frame: %s", exc)
+        return None
     except Exception as exc:
         log.warning(
             "compiled spreading failed (%s); spreading eagerly from now on", exc
@@ -199,6 +225,14 @@ def _spread(
 def _key_dtype(n: int) -> torch.dtype:
     # float32 holds integers exactly up to 2**24; min-pooling needs a float
     return torch.float32 if n < (1 << 24) - 2 else torch.float64
+
+
+def _open_and_wall(dtype: torch.dtype) -> tuple[float, float]:
+    """The keys of open pixels and of walls: above every label's key (at
+    most the frame's pixel count, which :func:`_key_dtype` holds exactly),
+    the same at every frame size."""
+    top = 1 << (24 if dtype == torch.float32 else 53)
+    return float(top - 1), float(top)
 
 
 def connected_components_t(mask: torch.Tensor) -> torch.Tensor:
@@ -331,7 +365,7 @@ def labels_from_maps_t(
     # where a band lets a label in and none came yet, ``wall`` elsewhere;
     # padded by a border of walls so a step reads its neighbours as views
     dtype = _key_dtype(n + 2)
-    open_key, wall = float(n + 1), float(n + 2)
+    open_key, wall = _open_and_wall(dtype)
     h, w = mask.shape
     keys = torch.full((h + 2, w + 2), wall, dtype=dtype, device=mask.device)
     keys[1:-1, 1:-1] = torch.where(seeds > 0, seeds.to(dtype), wall)

@@ -133,9 +133,9 @@ def _drop_small(
     labels = np.asarray(labels)
     flat = labels.ravel()
     fg = np.flatnonzero(flat != 0)  # (a bool mask's nonzero: 8x faster)
-    if fg.size == 0:
-        return np.zeros(labels.shape, np.int32)
     values = flat[fg]
+    if fg.size == 0 or values.max() <= 0:  # no objects (negative: none either)
+        return np.zeros(labels.shape, np.int32)
     sizes = np.bincount(values)
     keep = sizes > 0
     if max(min_size_px, border_min_size_px or 0) > 1:

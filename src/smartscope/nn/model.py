@@ -251,11 +251,16 @@ class Model(ABC):
         (:mod:`smartscope.nn.twins`)."""
         device = self.predictor.device
         kept = [twins.take(a, device) for a in images]
-        if all(t is not None for t in kept):
-            x = kept[0][None] if len(kept) == 1 else torch.stack(kept)  # type: ignore[arg-type]
-        else:
+        missing = [i for i, t in enumerate(kept) if t is None]
+        if len(missing) == len(images):
             host = images[0][None] if len(images) == 1 else np.stack(images)
             x = self.predictor.to_device(host)
+        else:
+            if missing:  # the rest of a batch whose twins were pushed out
+                sent = self.predictor.to_device(np.stack([images[i] for i in missing]))
+                for i, t in zip(missing, sent, strict=True):
+                    kept[i] = t
+            x = torch.stack([t.float() for t in kept])  # type: ignore[union-attr]
         self._mark("transfer")
         x = torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0)
         n = self.card.normalization
@@ -347,7 +352,9 @@ class DenoiseModel(Model):
             self._mark("postprocess")
             out = list(self.predictor.to_host(yt))
             for host, t in zip(out, yt, strict=True):
-                twins.remember(host, t)  # the segmenter takes it, not the host copy
+                # the segmenter takes it, not the host copy; each its own
+                # memory (a view would keep the whole batch on the device)
+                twins.remember(host, t.clone() if len(out) > 1 else t)
             self._mark("transfer")
             return out
 

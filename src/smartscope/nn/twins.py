@@ -44,10 +44,24 @@ def _drop(key: int) -> None:
         _twins.pop(key, None)
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are one (``cuda`` is the current CUDA device,
+    as a tensor's ``cuda:0`` is)."""
+    if a.type != b.type:
+        return False
+    if a.index == b.index or a.type != "cuda":
+        return True
+    current = torch.cuda.current_device()
+    return (current if a.index is None else a.index) == (
+        current if b.index is None else b.index
+    )
+
+
 def remember(array: np.ndarray, tensor: torch.Tensor) -> None:
     """Keep ``tensor`` (on its device) as the twin of ``array``, its host
     copy, until a model takes it, ``array`` is freed, or
-    :data:`MAX_TWINS` newer ones push it out."""
+    :data:`MAX_TWINS` newer ones push it out. ``tensor`` should own its
+    memory (not be a view of a batch, which a twin would keep whole)."""
     key = id(array)
     ref = weakref.ref(array, lambda _, key=key: _drop(key))
     with _lock:
@@ -62,7 +76,11 @@ def take(array: np.ndarray, device: torch.device) -> torch.Tensor | None:
     where it has none there."""
     with _lock:
         entry = _twins.get(id(array))
-        if entry is None or entry[0]() is not array or entry[1].device != device:
+        if (
+            entry is None
+            or entry[0]() is not array
+            or not _same_device(entry[1].device, device)
+        ):
             return None
         del _twins[id(array)]
         return entry[1]
