@@ -1,7 +1,7 @@
 """The analysis pipeline's throughput at 2048²: one stage against two.
 
 ``AnalysisPipeline`` with denoise-care + nuclei-seg + measure + track on the
-CPU, warmed up as a run is, ``stages`` 1 (threads ``auto``) and 2, in turn,
+CPU (or ``--device cuda``), warmed up as a run is, ``stages`` 1 (threads ``auto``) and 2, in turn,
 ``--repeats`` times: ``--frames`` copies of one simulated 2048² 10x frame
 are queued at once (queue large enough to skip none), and the time per frame
 is taken from the results' times from the third result on (steady state).
@@ -23,7 +23,7 @@ from smartscope.bench import machine_info
 from smartscope.bench_scaling import PIXEL_SIZE_UM, demo_frame, demo_frame_input
 
 
-def run(image: Any, stages: int, frames: int) -> dict[str, Any]:
+def run(image: Any, stages: int, frames: int, device: str = "cpu") -> dict[str, Any]:
     settings = AnalysisSettings(
         denoise="denoise-care",
         segmenter="model",
@@ -32,7 +32,7 @@ def run(image: Any, stages: int, frames: int) -> dict[str, Any]:
         stages=stages,
         queue_size=max(64, frames),
     )
-    pipeline = AnalysisPipeline(settings, device="cpu")
+    pipeline = AnalysisPipeline(settings, device=device)
     done: list[tuple[float, Any, str | None]] = []
     pipeline.frame_analysed.connect(
         lambda r: done.append((r.t_result, r.extra.get("threads"), r.error))
@@ -57,13 +57,19 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--size", type=int, default=2048)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     image = demo_frame(args.size)
-    out: dict[str, Any] = {"machine": machine_info(), "size": args.size, "runs": {}}
+    out: dict[str, Any] = {
+        "machine": machine_info(),
+        "size": args.size,
+        "device": args.device,
+        "runs": {},
+    }
     for rep in range(args.repeats):
         for stages in (1, 2):
-            r = run(image, stages, args.frames)
+            r = run(image, stages, args.frames, args.device)
             out["runs"].setdefault(str(stages), []).append(r)
             print(rep, r, flush=True)
     if args.json is not None:
