@@ -36,6 +36,7 @@ about 380 kernels and 21 syncs for the segmenter, network included).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -62,6 +63,18 @@ DEFAULT_LEVELS = 8
 log = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=64)
+def _constant(
+    values: tuple[float, ...], dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """A small constant tensor on ``device``, made once: made anew per
+    frame, it would be a blocking copy from the host (a sync) on CUDA.
+    A normal tensor even when first asked for under ``inference_mode``, so
+    it serves calls outside it too."""
+    with torch.inference_mode(False):
+        return torch.tensor(values, dtype=dtype, device=device)
+
+
 def percentile_range_t(
     image: torch.Tensor, *, p_low: float = 1.0, p_high: float = 99.8
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,7 +87,7 @@ def percentile_range_t(
     n = flat.shape[1]
     if n > 1 << 18:
         flat = flat[:, :: n >> 18]
-    q = torch.tensor([p_low / 100.0, p_high / 100.0], device=flat.device)
+    q = _constant((p_low / 100.0, p_high / 100.0), torch.float32, flat.device)
     low, high = torch.quantile(flat, q, dim=1, interpolation="linear")
     floor = torch.clamp(low.abs() * 1e-6, min=1e-6)
     high = torch.where(high > low, high, low + floor)
@@ -378,10 +391,10 @@ def labels_from_maps_t(
     # still a wall when its band opens (only open pixels take a label), so
     # opening it is one comparison, where a band mask per band took four.
     step = seed_threshold / levels
-    bounds = torch.tensor(
-        [seed_threshold - k * step for k in range(levels - 1, 0, -1)],
-        dtype=dist.dtype,
-        device=dist.device,
+    bounds = _constant(
+        tuple(seed_threshold - k * step for k in range(levels - 1, 0, -1)),
+        dist.dtype,
+        dist.device,
     )
     # (the maps arrive as views of the network's output: searchsorted wants
     # them contiguous)
