@@ -76,6 +76,7 @@ def count(models: dict, image: np.ndarray) -> dict:
             "views": counter.views,
             "syncs": sum(counter.syncs.values()),
             "sync_ops": dict(counter.syncs.most_common()),
+            "transfers": dict(counter.transfers),
             "top_kernels": dict(counter.kernels.most_common(12)),
         }
     return out

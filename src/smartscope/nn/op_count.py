@@ -49,18 +49,25 @@ _NO_LAUNCH = frozenset(
 )
 
 
+#: operations that copy a tensor, maybe between the host and a device
+_COPIES = frozenset({"_to_copy", "copy_", "_copy_from", "_copy_from_and_resize"})
+
+
 class OpCounter(TorchDispatchMode):
     """Counts the aten operations run inside it, by kind: ``kernels`` (by
     name: operations that compute, each a launch on a GPU), ``views``
-    (views and bare allocations: host time only) and ``syncs`` (by name:
+    (views and bare allocations: host time only), ``syncs`` (by name:
     the host waits for the result, :data:`SYNC_OPS` and boolean-mask
-    indexing)."""
+    indexing) and ``transfers`` (copies between the host and a device, by
+    direction, ``"to device"`` / ``"to host"``: seen only where a device
+    is, e.g. a tensor made from a Python list on CUDA, a blocking copy)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.kernels: collections.Counter[str] = collections.Counter()
         self.views = 0
         self.syncs: collections.Counter[str] = collections.Counter()
+        self.transfers: collections.Counter[str] = collections.Counter()
 
     def __torch_dispatch__(
         self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None
@@ -74,7 +81,16 @@ class OpCounter(TorchDispatchMode):
             name in ("index", "index_put", "index_put_") and _bool_index(args)
         ):
             self.syncs[name] += 1
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
+        if name in _COPIES and isinstance(out, torch.Tensor):
+            on_host = {
+                a.device.type == "cpu" for a in args if isinstance(a, torch.Tensor)
+            }
+            if out.device.type != "cpu" and True in on_host:
+                self.transfers["to device"] += 1
+            elif out.device.type == "cpu" and False in on_host:
+                self.transfers["to host"] += 1
+        return out
 
     @property
     def n_kernels(self) -> int:
