@@ -46,7 +46,7 @@ INT8_TILE_PX = 1024
 #: the same on a GPU. The CPU's tiles keep a tile's activations in its
 #: caches; a GPU has no such gain and pays per launch instead: a 2048 x 2048
 #: frame in 3 x 3 tiles launched each network kernel 9 times and ran 16%
-#: more pixels (the overlaps), 422 kernels for denoise-care instead of 60
+#: more pixels (the overlaps), 420 kernels for denoise-care instead of 59
 #: (benchmarks/device_ops.py). So a GPU runs in one piece any frame up to
 #: 2560 px, the issue's largest frame (2048 px) after the segmenter rescales
 #: it to its training diameter by up to 1.25x; a batch of 8 such frames
