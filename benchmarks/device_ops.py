@@ -7,8 +7,10 @@ the next kernels start only after the host has seen the answer). So before
 any GPU is at hand, the device path's cost there is bounded below by how
 many of each a frame takes. This script counts them, on any device, by
 running the demo's analysis models (``denoise-care``, then ``nuclei-seg`` at
-the demo's nucleus diameter) on the device path (``keep_on_device``) under a
-``TorchDispatchMode`` that sees every aten operation:
+the demo's nucleus diameter) on the benchmarks' frame at each size
+(:func:`smartscope.bench_scaling.demo_frame`) on the device path
+(``keep_on_device``) under a ``TorchDispatchMode`` that sees every aten
+operation:
 
 - ``kernels``: operations that compute (not views: ``slice``, ``select``,
   ``unsqueeze`` ... allocate nothing and launch nothing on the card, though
@@ -38,22 +40,18 @@ import numpy as np
 import torch
 
 from smartscope.bench import machine_info
-from smartscope.hardware import open_core
+from smartscope.bench_scaling import PIXEL_SIZE_UM, demo_frame
 from smartscope.nn import load_model
 from smartscope.nn.op_count import OpCounter
 
 #: the demo's nucleus (12 µm) at the 10x objective's 0.65 µm pixels
-DIAMETER_PX = 12.0 / 0.65
+DIAMETER_PX = 12.0 / PIXEL_SIZE_UM
 
 
-def demo_frame(size: int) -> np.ndarray:
-    """A simulated 10x DAPI frame of the demo microscope, ``size`` square
-    (the 512² camera frame tiled where larger)."""
-    with open_core(seed=0) as core:
-        core.snapImage()
-        image = np.asarray(core.getImage()).copy()
-    reps = -(-size // image.shape[0])
-    return np.tile(image, (reps, reps))[:size, :size]
+def _options(model) -> dict:
+    """What the analysis tells ``model`` about a frame (a segmenter: the
+    nuclei's diameter)."""
+    return {"diameter_px": DIAMETER_PX} if model.card.kind == "segment" else {}
 
 
 def count(models: dict, image: np.ndarray) -> dict:
@@ -61,10 +59,12 @@ def count(models: dict, image: np.ndarray) -> dict:
     frame of warm-up)."""
     out = {}
     for name, model in models.items():
-        kw = {"diameter_px": DIAMETER_PX} if model.card.kind == "segment" else {}
+        kw = _options(model)
         model.predict(image, **kw)
         # the eager path: compiled code cannot run under a dispatch mode
-        chosen, model.compile_postprocess = model.compile_postprocess, False
+        # (getattr: the script also counts code from before the option)
+        chosen = getattr(model, "compile_postprocess", None)
+        model.compile_postprocess = False
         counter = OpCounter()
         try:
             with counter:
@@ -86,7 +86,7 @@ def time_frame(models: dict, image: np.ndarray, repeats: int) -> dict:
     """Median ms per frame of each model on its device path."""
     out = {}
     for name, model in models.items():
-        kw = {"diameter_px": DIAMETER_PX} if model.card.kind == "segment" else {}
+        kw = _options(model)
         model.predict(image, **kw)
         times = []
         for _ in range(repeats):

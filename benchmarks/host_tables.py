@@ -9,8 +9,8 @@ On a GPU the models take a few milliseconds even at 2048²; what follows on
 the host (``filter_by_area`` on the segmenter's labels, ``measure_objects``,
 the tracker's update, all per frame and in order) then sets the floor of a
 frame's latency. This times each on the labels ``nuclei-seg`` gives for the
-demo frame (the 512² camera frame, tiled to larger sizes), medians of
-``--repeats``.
+benchmarks' frame at each size (:func:`smartscope.bench_scaling.demo_frame`,
+what ``smartscope bench --scaling`` times), medians of ``--repeats``.
 
 Usage::
 
@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from device_ops import DIAMETER_PX, demo_frame
+from device_ops import DIAMETER_PX
 from smartscope.analysis.measure import measure_objects
-from smartscope.analysis.result import FrameInput
 from smartscope.analysis.segment import filter_by_area
 from smartscope.analysis.track import Tracker
 from smartscope.bench import machine_info
+from smartscope.bench_scaling import demo_frame, demo_frame_input
 from smartscope.nn import load_model
 
 
@@ -56,18 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     for size in args.sizes:
         image = demo_frame(size)
         labels = model.predict(image, diameter_px=DIAMETER_PX)
-        frame = FrameInput(
-            image=image,
-            frame_index=0,
-            position="a",
-            stage_x_um=0.0,
-            stage_y_um=0.0,
-            z_um=0.0,
-            pixel_size_um=0.65,
-            exposure_ms=20.0,
-            t_frame=0.0,
-            t_s=0.0,
-        )
+        frame = demo_frame_input(image, 0)
         table = measure_objects(labels, image, frame)
 
         def track(table=table) -> None:

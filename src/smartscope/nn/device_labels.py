@@ -31,7 +31,7 @@ its shape. The spreading checks for convergence every :data:`CHECK_EVERY`
 steps, the components after each round and every two jumps: each check one
 device-to-host sync. On a GPU these launches and syncs, not the arithmetic,
 are the cost: ``benchmarks/device_ops.py`` counts them (a 512² demo frame:
-about 380 kernels and 21 syncs for the segmenter, network included).
+under 400 kernels and about 20 syncs for the segmenter, network included).
 """
 
 from __future__ import annotations
