@@ -135,6 +135,46 @@ def test_percentiles_from_one_partition_are_numpys(values, ps):
     assert np.isnan(_percentiles(with_nan, ps)).all()
 
 
+def _tail_cases() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(5)
+    n = 1 << 18  # a 512² frame; its sample takes every 32nd element
+    fooled = rng.normal(100.0, 5.0, n).astype(np.float32)
+    fooled[::32] = np.arange(n // 32, dtype=np.float32) - 1e6  # all low
+    fooled_high = -fooled
+    return {
+        "denoised-like": rng.gamma(2.0, 300.0, n).astype(np.float32),
+        "ties at the cuts": rng.integers(0, 12, n).astype(np.float32),
+        "float64 with a bright corner": np.concatenate(
+            [rng.normal(0, 1, n - 900), np.full(900, 1e4)]
+        ),
+        "sample all below the rest": fooled,
+        "sample all above the rest": fooled_high,
+        "sorted": np.sort(rng.normal(0, 1, 70_000)),
+        "small": rng.normal(0, 1, 37),
+    }
+
+
+@pytest.mark.parametrize("case", list(_tail_cases()))
+@pytest.mark.parametrize("ps", [(1.0, 99.8), (0.5, 99.9), (9.0, 91.0), (0.0, 100.0)])
+def test_float_percentiles_from_the_tails_are_exact(case, ps):
+    """Float data's ranks come from the elements beyond a cut set by a
+    strided sample: the same values as a full sort, also where the sample
+    misleads (its cut then holds too few elements and that tail is selected
+    from the whole array) and where many elements tie at the cut."""
+    from smartscope.nn.normalize import _percentiles, _tail_ranks
+
+    values = _tail_cases()[case]
+    n = values.size
+    ranks = sorted({0, n - 1, *(min(int((n - 1) * p / 100), n - 1) for p in ps)})
+    ranks = sorted({*ranks, *(min(k + 1, n - 1) for k in ranks)})
+    got = _tail_ranks(values, ranks)
+    want = np.sort(values)[ranks]
+    assert [got[k] for k in ranks] == want.tolist()
+    np.testing.assert_allclose(
+        _percentiles(values, ps), np.percentile(values, ps), rtol=1e-6, atol=1e-7
+    )
+
+
 def _discs(centres, radius, shape=(96, 128)) -> np.ndarray:
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     labels = np.zeros(shape, np.int32)
