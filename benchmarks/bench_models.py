@@ -6,8 +6,8 @@ Run from the repository root::
     python benchmarks/bench_models.py --quick       # 5 repeats, indicative only
     python benchmarks/bench_models.py --update-docs # also rewrite "## Models" in docs/benchmarks.md
 
-Loads the shipped models (``models/denoise-care``, ``models/denoise-n2v``,
-``models/nuclei-seg``) on the CPU with 2 torch threads, warms them up, and
+Loads the shipped models (``models/denoise-care``, ``models/denoise-care-fast``,
+``models/denoise-n2v``, ``models/nuclei-seg``) on the CPU with 2 torch threads, warms them up, and
 times ``model.predict(frame)`` on a simulated 512 x 512 uint16 frame (10x,
 DAPI, 5 mW, 20 ms), the models interleaved repeat by repeat. For the
 segmenter it also times the network alone (``model.maps``) so the watershed
@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
-MODELS = ("denoise-care", "denoise-n2v", "nuclei-seg")
+MODELS = ("denoise-care", "denoise-care-fast", "denoise-n2v", "nuclei-seg")
 F32 = "nuclei-seg (float32)"
 CARE32 = "denoise-care (float32)"
 
@@ -56,7 +56,10 @@ def _frame() -> np.ndarray:
 def run(repeats: int) -> dict:
     import torch
 
+    from smartscope.bench import machine_info
     from smartscope.nn import load_model
+
+    info = machine_info()
 
     torch.set_num_threads(2)
     frame = _frame()
@@ -89,7 +92,11 @@ def run(repeats: int) -> dict:
         }
         for k, v in ms.items()
     }
-    for care, k in (("denoise-care", "nuclei-seg"), (CARE32, F32)):
+    for care, k in (
+        ("denoise-care", "nuclei-seg"),
+        ("denoise-care-fast", "nuclei-seg"),
+        (CARE32, F32),
+    ):
         pair = ms[care] + ms[k]
         summary[f"{care} + {k}"] = {
             "median_ms": round(float(np.median(pair)), 1),
@@ -111,6 +118,7 @@ def run(repeats: int) -> dict:
         "precision": precisions,
         "parameters_after_bn_fusion": params,
         "machine": {
+            **{k: info[k] for k in ("cpu_model", "cpu_vector_isa")},
             "nproc": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
@@ -126,6 +134,10 @@ def markdown(res: dict, results_file: str) -> str:
     rows = [
         ("denoise-care (CARE), int8 + float32 (shipped)", "denoise-care"),
         ("denoise-care (CARE), float32", CARE32),
+        (
+            "denoise-care-fast (CARE, 8 base channels), int8 + float32",
+            "denoise-care-fast",
+        ),
         ("denoise-n2v (Noise2Void), int8 (shipped)", "denoise-n2v"),
         ("nuclei-seg (network + watershed), int8", "nuclei-seg"),
         ("nuclei-seg, network only, int8", "nuclei-seg network only"),
@@ -134,6 +146,10 @@ def markdown(res: dict, results_file: str) -> str:
         (
             "**denoise + segment** (shipped, precision auto)",
             "denoise-care + nuclei-seg",
+        ),
+        (
+            "denoise-care-fast + nuclei-seg (precision auto)",
+            "denoise-care-fast + nuclei-seg",
         ),
         ("denoise + segment, all float32", f"{CARE32} + {F32}"),
     ]
@@ -157,13 +173,15 @@ def markdown(res: dict, results_file: str) -> str:
         "",
         'Setup: the shipped models loaded with `load_model(name, device="cpu", '
         'warm_up=True)` (precision "auto": each model\'s int8 ONNX copy in ONNX Runtime, '
-        "all int8 for nuclei-seg and denoise-n2v, 10 of 18 convolutions for denoise-care; "
+        "all int8 for nuclei-seg and denoise-n2v, 10 of 18 convolutions for denoise-care, "
+        "13 of 18 for denoise-care-fast; "
         'denoise-care and nuclei-seg once more with `precision="float32"`: torch, '
         "channels-last, batch norm folded into the convolutions), `torch.set_num_threads(2)`; "
         "one simulated 512 × 512 uint16 frame (10x, DAPI, 5 mW, 20 ms); "
         "`model.predict(frame)` timed with `time.perf_counter`, the models interleaved "
         f"repeat by repeat, {res['repeats']} repeats. Each U-Net is depth 3, 16 base "
-        "channels, with a 2 × 2 pixel-unshuffle in front (see docs/models.md).",
+        "channels (denoise-care-fast: 8), with a 2 × 2 pixel-unshuffle in front (see "
+        "docs/models.md).",
         "",
         "| model | median ms | quartiles ms | fastest ms |",
         "|---|---:|---:|---:|",
@@ -176,7 +194,9 @@ def markdown(res: dict, results_file: str) -> str:
         )
     lines += [
         "",
-        f"Machine: {mach['nproc']} CPUs shared with other jobs while measuring (1-minute "
+        f"Machine: {mach['nproc']} CPUs ({mach.get('cpu_model', '?')}; vector instructions "
+        f"{', '.join(mach.get('cpu_vector_isa', [])) or '?'}) shared with other jobs "
+        f"while measuring (1-minute "
         f"load average {mach['load_average_1min']} at the end), {mach['platform']}, Python "
         f"{mach['python']}, torch {mach['torch']}, {mach['date']}. On a shared machine the "
         "fastest repeat is the best estimate of the unloaded cost.",

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from smartscope.bench import run
 
 
@@ -163,4 +165,22 @@ def test_realtime_runs_each_target_through_the_controller() -> None:
         assert one["frame_to_result_ms"]["n"] == one["frames_analysed"]
         assert isinstance(one["met"], bool)
     assert r["runs"]["busy"]["busy"] == 1
+    assert r["settings"]["denoise"] == "denoise-care"  # the demo's
     assert realtime_table(r).row_count == 2
+
+
+def test_realtime_runs_take_another_denoiser() -> None:
+    """``denoise`` swaps the demo's denoiser and nothing else."""
+    from smartscope.bench_realtime import check_denoiser, realtime_protocol
+    from smartscope.nn.errors import ModelError
+
+    demo = realtime_protocol(0.1, 5)
+    other = realtime_protocol(0.1, 5, denoise="denoise-n2v")
+    assert demo["analysis"]["denoise"] == "denoise-care"
+    assert other["analysis"] == {**demo["analysis"], "denoise": "denoise-n2v"}
+    assert {k: v for k, v in other.items() if k != "analysis"} == {
+        k: v for k, v in demo.items() if k != "analysis"
+    }
+    check_denoiser("denoise-n2v")
+    with pytest.raises(ModelError, match="is a segment model"):
+        check_denoiser("nuclei-seg")

@@ -34,7 +34,13 @@ from smartscope.nn.instances import labels_from_maps  # noqa: E402
 from smartscope.nn.model import save_model  # noqa: E402
 from smartscope.nn.unet import UNet, UNetConfig  # noqa: E402
 
-SHIPPED = ("denoise-care", "denoise-n2v", "nuclei-seg", "nuclei-seg-sim")
+SHIPPED = (
+    "denoise-care",
+    "denoise-care-fast",
+    "denoise-n2v",
+    "nuclei-seg",
+    "nuclei-seg-sim",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -186,6 +192,7 @@ def test_shipped_card_passes_the_spec(name) -> None:
     "name",
     [
         "denoise-care",  # the others with -m slow (about 5 s each)
+        pytest.param("denoise-care-fast", marks=pytest.mark.slow),
         pytest.param("denoise-n2v", marks=pytest.mark.slow),
         pytest.param("nuclei-seg", marks=pytest.mark.slow),
         pytest.param("nuclei-seg-sim", marks=pytest.mark.slow),

@@ -331,6 +331,7 @@ def test_bench_forwards_options(monkeypatch, tmp_path):
             "positions": False,
             "realtime": False,
             "device": "auto",
+            "realtime_denoise": None,
         }
     ]
     result = runner.invoke(cli.app, ["bench", "--scaling", "--device", "cpu"])
@@ -343,6 +344,31 @@ def test_bench_forwards_options(monkeypatch, tmp_path):
     result = runner.invoke(cli.app, ["bench", "--realtime"])
     assert result.exit_code == 0, result.output
     assert calls[-1]["realtime"] is True
+    result = runner.invoke(cli.app, ["bench", "--realtime", "--denoise", "denoise-n2v"])
+    assert result.exit_code == 0, result.output
+    assert calls[-1]["realtime_denoise"] == "denoise-n2v"
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--realtime", "--denoise", "nope"], "no model named or at 'nope'"),
+        (["--realtime", "--denoise", "nuclei-seg"], "is a segment model"),
+        (["--denoise", "denoise-care"], "add --realtime"),
+    ],
+)
+def test_bench_refuses_a_denoiser_it_cannot_use_before_measuring(
+    monkeypatch, argv, says
+):
+    calls = []
+    fake = types.ModuleType("smartscope.bench")
+    fake.run = lambda **kw: calls.append(kw) or {}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "smartscope.bench", fake)
+    result = runner.invoke(cli.app, ["bench", *argv])
+    assert result.exit_code == 2
+    assert "--denoise" in result.output
+    assert says in result.output
+    assert calls == []
 
 
 def test_bench_refuses_a_device_it_cannot_use_before_measuring(monkeypatch):

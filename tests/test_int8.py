@@ -78,7 +78,7 @@ def test_shipped_denoisers_run_mixed_int8_within_their_tolerance() -> None:
     from smartscope.nn.train import DENOISE_SPEC
 
     frames = simulate_frames(2, DENOISE_SPEC, seed=100_003)
-    for name in ("denoise-care", "denoise-n2v"):
+    for name in ("denoise-care", "denoise-care-fast", "denoise-n2v"):
         int8 = load_model(name, device="cpu")
         f32 = load_model(name, device="cpu", precision="float32")
         assert int8.predictor.precision == "int8"

@@ -36,7 +36,14 @@ def test_shipped_models_beat_the_baselines():
 
 
 @pytest.mark.parametrize(
-    "name", ["denoise-care", "denoise-n2v", "nuclei-seg-sim", "nuclei-seg"]
+    "name",
+    [
+        "denoise-care",
+        "denoise-care-fast",
+        "denoise-n2v",
+        "nuclei-seg-sim",
+        "nuclei-seg",
+    ],
 )
 def test_card_command_reproduces_card_metrics(name, tmp_path):
     from typer.testing import CliRunner

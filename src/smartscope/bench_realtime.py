@@ -11,7 +11,9 @@ the demo's handful) and the adaptive exposure left out (the exposure, hence
 the rate, stays the one asked for). ``busy`` pure-Python loops in other
 processes compete for the cores, as the rest of a microscope PC's software
 does. The analysis settings are the protocol's defaults (threads, precision
-and stages ``auto``).
+and stages ``auto``); ``denoise`` swaps in another denoiser (a shipped name
+or a model folder), e.g. ``denoise-care-fast``, CARE at a third of the
+cost, for a CPU that cannot keep up with ``denoise-care``.
 
 Targets (frames skipped for analysis, frame→action p99):
 
@@ -31,6 +33,7 @@ from typing import Any
 __all__ = [
     "TARGETS",
     "busy_processes",
+    "check_denoiser",
     "measure_realtime",
     "realtime_protocol",
     "realtime_table",
@@ -44,11 +47,15 @@ TARGETS: tuple[tuple[str, float, int, float], ...] = (
 
 
 def realtime_protocol(
-    interval_s: float, frames: int, *, every_frame: bool = True
+    interval_s: float,
+    frames: int,
+    *,
+    every_frame: bool = True,
+    denoise: str | None = None,
 ) -> dict[str, Any]:
     """The protocol (as a dict) of one target's run (see the module's text);
     ``every_frame=False`` keeps the demo's dead band (the stage moves a
-    handful of times a run)."""
+    handful of times a run); ``denoise`` replaces the demo's denoiser."""
     import yaml
 
     from smartscope._data import data_dir
@@ -60,6 +67,8 @@ def realtime_protocol(
     center = next(r for r in d["reactions"] if r["type"] == "center_on")
     d["reactions"] = [{**center, "dead_band_fraction": 0.0} if every_frame else center]
     d["stop"] = {}
+    if denoise is not None:
+        d["analysis"]["denoise"] = denoise
     d["save"] = {"labels": False, "denoised": False, "truth": False, "report": False}
     return d  # type: ignore[no-any-return]
 
@@ -91,17 +100,35 @@ def busy_processes(n: int) -> Iterator[None]:
                 p.terminate()
 
 
+def check_denoiser(name: str) -> None:
+    """Raise :class:`~smartscope.nn.errors.ModelError` unless ``name`` (a
+    shipped name or a model folder) is a well-formed denoiser (its card and
+    weights, as a protocol's ``analysis.denoise`` is checked; no torch)."""
+    from smartscope.nn.errors import ModelError
+    from smartscope.nn.locate import check_model_files
+
+    found = check_model_files(name)
+    if found.kind != "denoise":
+        raise ModelError(
+            f"{name!r} is a {found.kind} model (its card says kind: {found.kind}); "
+            "the realtime runs need a denoiser (kind: denoise)"
+        )
+
+
 def measure_realtime(
     *,
     frames: int = 600,
     targets: tuple[tuple[str, float, int, float], ...] = TARGETS,
+    denoise: str | None = None,
 ) -> dict[str, Any]:
     """One realtime controller run per target (see the module's text).
 
     Returns
     -------
     dict
-        ``settings`` and ``runs``: per target ``interval_s``, ``busy``,
+        ``settings`` (with ``denoise`` and ``model``, the runs' denoiser and
+        segmenter) and
+        ``runs``: per target ``interval_s``, ``busy``,
         ``frames``, ``frames_analysed``, ``frames_skipped_analysis``,
         ``frame_to_result_ms`` and ``frame_to_action_ms`` (n, p50, p95, p99,
         max; from the run's ``summary.json``), ``wall_s``, ``p99_bound_ms``
@@ -111,9 +138,12 @@ def measure_realtime(
     from smartscope.hardware import load_core, release_core
     from smartscope.protocol import Protocol
 
+    first = Protocol.model_validate(realtime_protocol(0.1, frames, denoise=denoise))
     out: dict[str, Any] = {
         "settings": {
             "protocol": "protocols/demo.yaml in realtime, center_on every frame",
+            "denoise": first.analysis.denoise,
+            "model": first.analysis.model,
             "frame_px": 512,
             "exposure_ms": 10,
             "frames": frames,
@@ -121,7 +151,9 @@ def measure_realtime(
         "runs": {},
     }
     for name, interval, busy, bound in targets:
-        proto = Protocol.model_validate(realtime_protocol(interval, frames))
+        proto = Protocol.model_validate(
+            realtime_protocol(interval, frames, denoise=denoise)
+        )
         with (
             busy_processes(busy),
             tempfile.TemporaryDirectory(prefix="smartscope-bench-") as tmp,
@@ -158,7 +190,12 @@ def realtime_table(res: dict[str, Any]) -> Any:
             return "-"
         return f"{d['p50']:.0f} / {d['p95']:.0f} / {d['p99']:.0f} ms (n {d['n']})"
 
-    t = Table(title="Realtime targets (demo protocol, center_on every frame)")
+    models = " + ".join(
+        str(res["settings"][k]) for k in ("denoise", "model") if res["settings"].get(k)
+    )
+    t = Table(
+        title=f"Realtime targets (demo protocol, {models}, center_on every frame)"
+    )
     for col in (
         "target",
         "analysed / skipped",

@@ -746,6 +746,16 @@ def bench(
             "(CUDA when there is one), cpu or cuda.",
         ),
     ] = "auto",
+    denoise: Annotated[
+        str | None,
+        typer.Option(
+            "--denoise",
+            help="The realtime runs' denoiser instead of the demo's "
+            "(denoise-care): a shipped name such as denoise-care-fast, or a "
+            "model folder.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Measure speed (simulator, acquisition, analysis) and print a table."""
     try:
@@ -764,6 +774,16 @@ def bench(
         resolve_device(device)
     except ValueError as e:
         _fail(f"--device: {e}")
+    if denoise is not None:
+        if not realtime:
+            _fail("--denoise sets the realtime runs' denoiser: add --realtime")
+        from smartscope.bench_realtime import check_denoiser
+        from smartscope.nn.errors import ModelError
+
+        try:
+            check_denoiser(denoise)
+        except ModelError as e:
+            _fail(f"--denoise: {e}")
     with _reported_errors():
         bench_module.run(
             json_path=json_path,
@@ -773,6 +793,7 @@ def bench(
             positions=positions,
             realtime=realtime,
             device=device,
+            realtime_denoise=denoise,
         )  # prints tables
 
 
