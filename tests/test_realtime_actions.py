@@ -23,7 +23,10 @@ from smartscope.protocol import Protocol
 WAIT_S = 60.0  # a bound on each wait, not a timing assertion
 
 
-def _protocol(time_mode: str) -> Protocol:
+ONE = [{"name": "p0", "x": 0, "y": 0}]
+
+
+def _protocol(time_mode: str, positions: list[dict] = ONE) -> Protocol:
     return Protocol.model_validate(
         {
             "name": "act-while-waiting",
@@ -32,7 +35,7 @@ def _protocol(time_mode: str) -> Protocol:
             "objective": "20x",
             "sequence": {
                 "channels": [{"config": "DAPI", "exposure": 10}],
-                "stage_positions": [{"name": "p0", "x": 0, "y": 0}],
+                "stage_positions": positions,
                 "time_plan": {"interval": 1, "loops": 3},
             },
             "analysis": {"segmenter": "classical", "diameter_um": 12},
@@ -44,11 +47,17 @@ def _protocol(time_mode: str) -> Protocol:
 
 @pytest.fixture
 def controller(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Controller]:
-    mode = request.param
+    mode, positions = (
+        request.param if isinstance(request.param, tuple) else (request.param, ONE)
+    )
     core = load_core(time_mode=mode, seed=2)
     try:
-        ctl = Controller(core, _protocol(mode), out_dir=tmp_path / "run", device="cpu")
+        ctl = Controller(
+            core, _protocol(mode, positions), out_dir=tmp_path / "run", device="cpu"
+        )
+        # as a run sets them
         ctl.acquisition.analysis_wait = mode
+        ctl.executor.move_ahead = mode == "realtime"
         yield ctl
     finally:
         release_core(core)
@@ -133,3 +142,55 @@ def test_virtual_time_applies_decisions_only_once_the_analysis_has_caught_up(
     thread.join(WAIT_S)
     assert not thread.is_alive()
     assert [(o.status, o.after) for o in outcomes] == [("applied", [120.0, -80.0])]
+
+
+def _stage_xy(ctl: Controller) -> tuple[float, float]:
+    x, y = ctl.core.getXYPosition()
+    return round(x, 6), round(y, 6)
+
+
+@pytest.mark.parametrize("controller", ["realtime"], indirect=True)
+def test_realtime_moves_the_only_position_when_the_decision_is_applied(
+    controller: Controller,
+) -> None:
+    """The stage travels and settles while the runner waits for the next
+    frame, not in that frame's setup: it is on its way once the move is
+    applied, to where the next frame's event puts it."""
+    ctl = controller
+    assert _stage_xy(ctl) == (0.0, 0.0)
+    thread, applied, _, outcomes = _one_decided_one_pending(ctl)
+    assert applied.wait(WAIT_S)
+    assert [o.status for o in outcomes] == ["applied"]
+    assert _stage_xy(ctl) == (120.0, -80.0)
+    assert ctl.plan.next_xy(0) == (120.0, -80.0)
+    ctl.gate.settled()
+    thread.join(WAIT_S)
+    # the next frame's event goes where the stage already is
+    block = next(ctl.plan.blocks(lambda t, due: None))
+    ev = block.events()[0]
+    assert (ev.x_pos, ev.y_pos) == (120.0, -80.0)
+
+
+@pytest.mark.parametrize(
+    "controller",
+    [
+        "virtual",  # a seeded run keeps its timeline: the frame's setup moves
+        (
+            "realtime",
+            [{"name": "p0", "x": 0, "y": 0}, {"name": "p1", "x": 300, "y": 0}],
+        ),  # another position may come first: moving now could be wasted
+    ],
+    indirect=True,
+)
+def test_the_stage_waits_for_the_frame_when_the_next_one_is_not_sure(
+    controller: Controller,
+) -> None:
+    ctl = controller
+    thread, _, _, outcomes = _one_decided_one_pending(ctl)
+    ctl.gate.settled()
+    thread.join(WAIT_S)
+    assert [(o.status, o.after) for o in outcomes] == [("applied", [120.0, -80.0])]
+    assert ctl.plan.coords(0)[:2] == (120.0, -80.0)  # the plan moved ...
+    assert _stage_xy(ctl) == (0.0, 0.0)  # ... the stage did not
+    if ctl.plan.n_active > 1:
+        assert ctl.plan.next_xy(0) is None

@@ -188,3 +188,49 @@ def test_focus_in_stage_coordinates_with_origins(core, sim, snap):
     assert t.z_um == pytest.approx(core.getPosition())
     assert t.focus_z_um == pytest.approx(sim.focus_z_um(), abs=1e-3)
     assert (t.stage_x_um, t.stage_y_um) == pytest.approx((0, 0))
+
+
+def test_waiting_for_moving_stages_happens_on_the_calling_thread(core, sim):
+    """waitForSystem / waitForDevice return once the stages are idle, asking
+    them from the caller's thread (no thread pool per wait, as pymmcore-plus
+    starts for every MDA event)."""
+    import threading
+
+    sim.time_mode = "realtime"
+    xy, z = core.getXYStageDevice(), core.getFocusDevice()
+    askers: set[int] = set()
+    for label in (xy, z):
+        dev = core._pydevices[label]
+        busy = dev.busy
+
+        def asked(busy=busy) -> bool:
+            askers.add(threading.get_ident())
+            return busy()
+
+        dev.busy = asked
+    core.setXYPosition(250, 0)  # 50 ms at 5 mm/s, then 20 ms to settle
+    core.setPosition(5)  # 10 ms at 500 µm/s, then 10 ms
+    core.waitForSystem()
+    assert not core.deviceBusy(xy)
+    assert not core.deviceBusy(z)
+    core.setXYPosition(0, 0)
+    core.waitForDevice(xy)
+    assert not core.deviceBusy(xy)
+    assert askers == {threading.get_ident()}
+
+
+def test_waiting_for_a_stage_that_stays_busy_times_out_naming_it(core, sim):
+    sim.time_mode = "realtime"
+    xy = core.getXYStageDevice()
+    core.setProperty(xy, "Speed_um_per_s", 10)
+    core.setXYPosition(4000, 0)  # 400 s at 10 µm/s
+    core.setTimeoutMs(20)
+    try:
+        with pytest.raises(TimeoutError, match=f"{xy!r}"):
+            core.waitForDevice(xy)
+        with pytest.raises(TimeoutError, match=f"{xy!r}"):
+            core.waitForSystem()
+    finally:
+        core.stop(xy)
+        core.setTimeoutMs(5000)
+    assert not core.deviceBusy(xy)

@@ -166,6 +166,19 @@ def test_realtime_mode_really_waits(core, sim):
     assert time.perf_counter() - t0 < 5
 
 
+def test_realtime_snap_lasts_its_exposure_with_the_render_inside_it(core, sim, snap):
+    """The sensor collects light from the frame's start for the exposure;
+    computing the image is part of that time, not added to it (a bound from
+    below only: a busy host may make the snap longer)."""
+    sim.time_mode = "realtime"
+    core.setExposure(60)
+    for _ in range(3):
+        t0 = sim.clock_s
+        snap()
+        assert sim.truth().t_s >= t0
+        assert sim.clock_s - sim.truth().t_s >= 0.060
+
+
 def test_realtime_clock_follows_wall_clock(core, sim):
     sim.time_mode = "realtime"
     t0_sim, t0 = sim.clock_s, time.perf_counter()

@@ -98,6 +98,10 @@ class Executor:
         #: light that autofocus sweeps already granted will take, mJ
         self.committed_mj = 0.0
         self._last_power_mw = 0.0
+        #: move the stage as soon as a move of the only position is applied
+        #: (set for realtime runs: a simulator in virtual time keeps the
+        #: moves in the frames' setup, so seeded runs keep their timeline)
+        self.move_ahead = False
 
     # ------------------------------------------------------------ devices
 
@@ -288,6 +292,21 @@ class Executor:
                 )
         return None
 
+    def _premove(self, p: int) -> None:
+        """Start the stage towards position ``p``'s moved coordinates now,
+        when its next frame is surely the next one taken (the only position):
+        the stage travels and settles while the acquisition waits for that
+        frame to be due, instead of after (the frame's own setup then finds
+        it there, or waits for the rest of the move). A device error here is
+        left to that setup, which moves with the protocol's retries."""
+        xy = self.plan.next_xy(p) if self.move_ahead else None
+        if xy is None:
+            return
+        try:
+            self.core.setXYPosition(*xy)
+        except DEVICE_ERRORS as e:
+            logger.info("moving the stage ahead of the next frame failed: %s", e)
+
     def _execute(
         self, a: Action, s: HardwareState, p: int | None, name: str | None
     ) -> tuple[Any, Any, Sweep | None]:
@@ -297,6 +316,8 @@ class Executor:
             if p is None or not plan.move(p, x_um=a.x_um, y_um=a.y_um):
                 core.setXYPosition(a.x_um - ox, a.y_um - oy)
                 core.waitForDevice(core.getXYStageDevice())
+            else:
+                self._premove(p)
             return [s.x_um, s.y_um], [a.x_um, a.y_um], None
         if isinstance(a, MoveFocus):
             if p is None or not plan.move(p, z_um=a.z_um):

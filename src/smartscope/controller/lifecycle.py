@@ -200,6 +200,7 @@ def _start(ctl: Controller) -> None:
             ctl._sim_kept_history = sim.keep_history
             sim.keep_history = False
         ctl.reactions.reset()
+        ctl.executor.move_ahead = sim is None or sim.time_mode == "realtime"
         if ctl._pipeline is not None:
             virtual = sim is not None and sim.time_mode == "virtual"
             ctl.acquisition.analysis_wait = "virtual" if virtual else "realtime"

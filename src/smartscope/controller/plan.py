@@ -181,6 +181,26 @@ class Plan:
         with self._lock:
             return self._positions[index].coords()
 
+    def next_xy(self, index: int) -> tuple[float, float] | None:
+        """Where the stage goes for the next frame, when that is sure: (x, y)
+        as the first event of position ``index``'s next visit sets the stage,
+        when it is the only position still visited in a time-first plan (its
+        next visit is then the next block); else None."""
+        if not self.dynamic:
+            return None
+        blocks = self._template()
+        with self._lock:
+            live = [p for p in self._positions if p.active]
+            if len(live) != 1 or live[0] is not self._positions[index]:
+                return None
+            for events in blocks:
+                if events and (_p_index(events[0][0]) or 0) == index:
+                    ev = self._overlay(events[0][0])
+                    if ev.x_pos is None or ev.y_pos is None:
+                        return None
+                    return ev.x_pos, ev.y_pos
+        return None
+
     def channels(self) -> list[str]:
         """The channel presets the plan acquires (positions' own included)."""
         return list(dict.fromkeys(c.config for c in self._all_channels()))

@@ -574,8 +574,14 @@ class Simulator:
             t_start = self.clock.now()
             truth = self._render(cam, buf, exposure_s, t_start)
             self._exposing = True
+        left = exposure_s
+        if self.clock.mode == "realtime":
+            # the sensor collects light from t_start on while the frame is
+            # computed: rendering is the simulator's work, not the camera's,
+            # so a snap takes its exposure (or the render, if longer), not both
+            left -= self.clock.now() - t_start
         try:
-            self.clock.advance(exposure_s)
+            self.clock.advance(left)
         finally:
             with self._lock:
                 self._sync()

@@ -97,6 +97,10 @@ class SimXYStage(SimLinked, XYStageDevice):
     def busy(self) -> bool:
         return self.sim.clock.now() < self._busy_until
 
+    def seconds_until_idle(self) -> float:
+        """Sample seconds until the move is done (0 when idle)."""
+        return max(0.0, self._busy_until - self.sim.clock.now())
+
     def set_origin_x(self) -> None:
         self._ox = self._x
 
@@ -152,6 +156,10 @@ class SimZStage(SimLinked, StageDevice):
 
     def busy(self) -> bool:
         return self.sim.clock.now() < self._busy_until
+
+    def seconds_until_idle(self) -> float:
+        """Sample seconds until the move is done (0 when idle)."""
+        return max(0.0, self._busy_until - self.sim.clock.now())
 
     def get_focus_direction(self) -> FocusDirection:
         return FocusDirection.TowardSample
