@@ -41,7 +41,7 @@ __all__ = [
     "TARGETS",
     "busy_processes",
     "check_denoiser",
-    "frame_timing",
+    "frame_rate",
     "measure_realtime",
     "realtime_protocol",
     "realtime_table",
@@ -57,16 +57,10 @@ TARGETS: tuple[tuple[str, float, int, float], ...] = (
 RATE_HELD = 0.99
 
 
-def frame_timing(events_jsonl: Path, interval_s: float) -> dict[str, Any]:
-    """How a run kept its time plan, from its ``events.jsonl``: ``fps`` (frames
-    per second from the first frame to the last, sample clock), and
-    ``late_ms`` (n, p50, p95, p99, max: how long after its planned time, first
-    frame + index x interval, each frame began; 0 for a frame on time)."""
+def frame_rate(events_jsonl: Path) -> float | None:
+    """Acquisition frames per second of a run, first frame to last (sample
+    clock), from its ``events.jsonl``; None for fewer than two frames."""
     import json
-
-    import numpy as np
-
-    from smartscope.io.summary import percentiles
 
     t = []
     with events_jsonl.open() as fh:
@@ -74,14 +68,9 @@ def frame_timing(events_jsonl: Path, interval_s: float) -> dict[str, Any]:
             rec = json.loads(line)
             if rec.get("kind") == "frame" and rec.get("role") == "acquisition":
                 t.append(float(rec["t_s"]))
-    ts = np.asarray(t)
-    if ts.size < 2:
-        return {"fps": None, "late_ms": percentiles([])}
-    late = ts - ts[0] - np.arange(ts.size) * interval_s
-    return {
-        "fps": round(float((ts.size - 1) / (ts[-1] - ts[0])), 3),
-        "late_ms": percentiles(np.maximum(late, 0.0) * 1000.0),
-    }
+    if len(t) < 2 or t[-1] <= t[0]:
+        return None
+    return round((len(t) - 1) / (t[-1] - t[0]), 3)
 
 
 def realtime_protocol(
@@ -167,7 +156,8 @@ def measure_realtime(
         ``settings`` (with ``denoise`` and ``model``, the runs' denoiser and
         segmenter) and
         ``runs``: per target ``interval_s``, ``busy``,
-        ``frames``, ``fps`` and ``frame_late_ms`` (:func:`frame_timing`),
+        ``frames``, ``fps`` (:func:`frame_rate`), ``frame_late_ms`` (the
+        summary's: how late the frames began for the time plan),
         ``rate_held``, ``frames_analysed``, ``frames_skipped_analysis``,
         ``frame_to_result_ms`` and ``frame_to_action_ms`` (n, p50, p95, p99,
         max; from the run's ``summary.json``), ``wall_s``, ``p99_bound_ms``
@@ -203,17 +193,17 @@ def measure_realtime(
                 s = Controller(core, proto, out_dir=Path(tmp) / "run").run()
             finally:
                 release_core(core)
-            timing = frame_timing(Path(tmp) / "run" / "events.jsonl", interval)
+            fps = frame_rate(Path(tmp) / "run" / "events.jsonl")
         f2a = s["latency_frame_to_action_ms"]
         skipped = int(s["frames_skipped_analysis"])
-        held = timing["fps"] is not None and timing["fps"] >= RATE_HELD / interval
+        held = fps is not None and fps >= RATE_HELD / interval
         out["runs"][name] = {
             "interval_s": interval,
             "busy": busy,
             "frames": int(s["frames_acquired"]),
-            "fps": timing["fps"],
+            "fps": fps,
             "rate_held": held,
-            "frame_late_ms": timing["late_ms"],
+            "frame_late_ms": s.get("frame_late_ms"),
             "frames_analysed": int(s["frames_analysed"]),
             "frames_skipped_analysis": skipped,
             "frame_to_result_ms": s["latency_frame_to_result_ms"],

@@ -202,6 +202,14 @@ def summary_table(summary: dict[str, Any]) -> Any:
             return "-"
         return f"p50 {d['p50']:.1f} / p95 {d['p95']:.1f} / p99 {d['p99']:.1f} ms"
 
+    def _late(d: dict | None) -> str:
+        if not d or d.get("n", 0) == 0:
+            return "-"  # no time plan
+        return (
+            f"p50 {d['p50']:.1f} / p99 {d['p99']:.1f} / max {d['max']:.1f} ms"
+            " after the planned start"
+        )
+
     actions = ", ".join(
         f"{k} " + "/".join(f"{n} {st}" for st, n in v.items())
         for k, v in summary.get("actions", {}).items()
@@ -217,6 +225,7 @@ def summary_table(summary: dict[str, Any]) -> Any:
         ("device errors", str(summary.get("device_errors", 0))),
         ("frame → result", _lat(lat_r)),
         ("frame → action", _lat(lat_a)),
+        ("frames late for the time plan", _late(summary.get("frame_late_ms"))),
         ("actions", actions or "none"),
         (
             "light dose",

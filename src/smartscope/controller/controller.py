@@ -35,7 +35,12 @@ from smartscope.controller import records as R
 from smartscope.controller.acquisition import VIRTUAL_WAIT_S, Acquisition
 from smartscope.controller.autofocus import frame_role
 from smartscope.controller.checks import check_hardware, check_plan
-from smartscope.controller.engine import IMAGE_META_KEY, LASER_META_KEY, DeviceFailure
+from smartscope.controller.engine import (
+    IMAGE_META_KEY,
+    LASER_META_KEY,
+    LATE_META_KEY,
+    DeviceFailure,
+)
 from smartscope.controller.executor import Executor, Outcome
 from smartscope.controller.frames import frame_input
 from smartscope.controller.gate import RunGate
@@ -294,6 +299,7 @@ class Controller:
                 role=role["role"] if role else "acquisition",
                 dose_mj=self.executor.dose_mj,
                 t0=self._t0,
+                late_ms=meta.get(LATE_META_KEY),
             )
         )
         if role is not None:

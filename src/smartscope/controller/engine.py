@@ -31,6 +31,7 @@ __all__ = [
     "DEVICE_ERRORS",
     "IMAGE_META_KEY",
     "LASER_META_KEY",
+    "LATE_META_KEY",
     "ControllerEngine",
     "DeviceFailure",
 ]
@@ -46,6 +47,22 @@ logger = logging.getLogger("smartscope.controller")
 LASER_META_KEY = "smartscope_laser_mw"
 #: frame-metadata key of where the frame was stored (series, t, c, z)
 IMAGE_META_KEY = "smartscope_image"
+#: frame-metadata key of how late the frame's event began for its time plan,
+#: ms (the event clock when its setup began minus its ``min_start_time``)
+LATE_META_KEY = "smartscope_late_ms"
+
+
+def late_ms(core: CMMCorePlus, event: useq.MDAEvent) -> float | None:
+    """How long after its planned start (``min_start_time``, on the runner's
+    event clock: the sample clock in virtual time) ``event`` begins, ms; None
+    for an event without one (no time plan, an autofocus plane)."""
+    if event.min_start_time is None:
+        return None
+    try:
+        now = float(core.mda.event_seconds_elapsed())
+    except Exception:
+        return None
+    return max(0.0, now - float(event.min_start_time)) * 1000.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +116,8 @@ class ControllerEngine(MDAEngine):
         #: on core.mda.events.frameReady, which under Qt signals is delivered
         #: on the GUI thread (blocked while Controller.run() waits there)
         self._on_frame = on_frame
+        #: how late the event being set up began for its time plan, ms
+        self._late_ms: float | None = None
 
     def _retry(
         self,
@@ -120,6 +139,8 @@ class ControllerEngine(MDAEngine):
 
     def setup_single_event(self, event: useq.MDAEvent) -> None:
         core, pol = self.mmcore, self._policy.stage
+        # the runner has waited for the event's time: this is when it begins
+        self._late_ms = late_ms(core, event)
         if event.x_pos is not None and event.y_pos is not None:
             x, y = event.x_pos, event.y_pos
             if not self._retry("stage", pol, event, lambda: core.setXYPosition(x, y)):
@@ -144,6 +165,8 @@ class ControllerEngine(MDAEngine):
             camera_device=core.getCameraDevice(),
             include_position=True,
         )
+        if self._late_ms is not None:
+            meta[LATE_META_KEY] = self._late_ms
         if self._on_exposed is not None:
             exposure = float(meta.get("exposure_ms", event.exposure or 0.0))
             meta[LASER_META_KEY] = self._on_exposed(exposure)

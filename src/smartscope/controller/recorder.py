@@ -75,6 +75,7 @@ class Counts:
     disabled: list[str] = field(default_factory=list)
     result_latency_ms: list[float] = field(default_factory=list)
     action_latency_ms: list[float] = field(default_factory=list)
+    frame_late_ms: list[float] = field(default_factory=list)
     actions: Counter = field(default_factory=Counter)
 
     def add(self, rec: R.Record) -> None:
@@ -83,6 +84,8 @@ class Counts:
             self.frames += 1
             if rec.role == "autofocus":
                 self.autofocus_frames += 1
+            elif rec.late_ms is not None:
+                self.frame_late_ms.append(rec.late_ms)
         elif isinstance(rec, R.AnalysisRecord):
             self.analysed += 1
             self.failed += rec.error is not None
@@ -123,6 +126,9 @@ class Counts:
             subscriber_errors=self.subscriber_errors,
             latency_frame_to_result_ms=percentiles(self.result_latency_ms),
             latency_frame_to_action_ms=percentiles(self.action_latency_ms),
+            frame_late_ms=(
+                percentiles(self.frame_late_ms) if self.frame_late_ms else None
+            ),
             actions=by_kind,
             **fields,
         ).model_dump(mode="json")

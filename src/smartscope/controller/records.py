@@ -85,6 +85,10 @@ class FrameRecord(Record):
     #: the objective preset in use and the image's pixel size, µm
     objective: str | None = None
     pixel_size_um: float | None = None
+    #: how long after its time plan's start time the frame's event began, ms
+    #: (0: on time; None: no time plan); realtime runs that cannot keep their
+    #: interval fall behind it (frames are then taken as soon as possible)
+    late_ms: float | None = None
 
 
 class AnalysisRecord(Record):
@@ -248,6 +252,9 @@ class Summary(BaseModel):
     #: how long the reactions took to decide on an analysed frame, ms
     #: (p50/p95/p99/max; the "react" stage of frame → action)
     reaction_ms: dict[str, int | float | None] | None = None
+    #: how late the acquisition frames began for the time plan, ms
+    #: (n/p50/p95/p99/max of the frames' ``late_ms``; None without a time plan)
+    frame_late_ms: dict[str, int | float | None] | None = None
     light_dose_mj: float
     light_dose_counts: str
     light_dose_mj_simulator: float | None = None
@@ -336,7 +343,9 @@ def analysis_record(result: Any, *, t0: float) -> AnalysisRecord:
     )
 
 
-def frame_record(frame: Any, *, role: str, dose_mj: float, t0: float) -> FrameRecord:
+def frame_record(
+    frame: Any, *, role: str, dose_mj: float, t0: float, late_ms: float | None = None
+) -> FrameRecord:
     """The record of one acquired frame (a ``FrameInput``)."""
     return FrameRecord(
         index=frame.frame_index,
@@ -355,6 +364,7 @@ def frame_record(frame: Any, *, role: str, dose_mj: float, t0: float) -> FrameRe
         image=frame.image_at,
         objective=frame.objective,
         pixel_size_um=frame.pixel_size_um,
+        late_ms=None if late_ms is None else round(float(late_ms), 3),
     )
 
 
