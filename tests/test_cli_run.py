@@ -79,6 +79,9 @@ def test_demo_command_runs_and_prints_the_run_folder(tmp_path: Path) -> None:
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert frames_on_disk(out) == summary["frames_acquired"] == frames_logged(out)
+    # virtual time: every frame began on its planned time
+    assert summary["frame_late_ms"]["max"] == 0.0
+    assert "fell behind" not in text
 
     # what the models did, as printed, against the run's own files
     assert "what the models did" in text
@@ -182,3 +185,29 @@ def test_bad_protocol_exits_2_with_file_line_and_field(tmp_path: Path) -> None:
     assert "max_step_um" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_a_run_that_falls_behind_its_time_plan_says_so(tmp_path: Path) -> None:
+    """40-ms exposures every 10 ms in realtime: frames begin later and later
+    (at least 30 ms more each), and ``smartscope run`` says the plan was not
+    kept; the frames are all there."""
+    proto = tmp_path / "fast.yaml"
+    proto.write_text(
+        "version: 1\n"
+        "name: too-fast\n"
+        "seed: 3\n"
+        "time_mode: realtime\n"
+        "sequence:\n"
+        "  channels: [{config: DAPI, exposure: 40}]\n"
+        "  time_plan: {interval: 0.01, loops: 8}\n"
+        "save: {truth: false, report: false}\n"
+    )
+    out = tmp_path / "r"
+    proc = run_smartscope("run", str(proto), "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert "fell behind its time plan" in text
+    assert "frames late for the time plan" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames_acquired"] == 8
+    assert summary["frame_late_ms"]["max"] >= 7 * 30.0 - 1.0

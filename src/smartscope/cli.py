@@ -59,12 +59,25 @@ LAZY_SUBCOMMANDS: tuple[tuple[str, str, str, str], ...] = (
 
 # ------------------------------------------------------------------ helpers
 
+#: ``smartscope run`` warns when the frames' p99 lateness for the time plan
+#: is above this, ms
+LATE_WARN_MS = 100.0
+
 
 def _print_summary(out_dir: Path, summary: dict[str, Any]) -> None:
     from smartscope.run import summary_table
 
     console = _console()
     console.print(summary_table(summary))
+    late = summary.get("frame_late_ms") or {}
+    if late.get("n") and late["p99"] is not None and late["p99"] > LATE_WARN_MS:
+        console.print(
+            f"[yellow]the acquisition fell behind its time plan: frames began up "
+            f"to {late['max'] / 1000:.2f} s after their planned time (p99 "
+            f"{late['p99']:.0f} ms); a late frame is taken as soon as possible, "
+            "so the interval was longer than planned (a shorter exposure, fewer "
+            "positions or a longer interval keep it)[/]"
+        )
     console.print(f"run folder [bold]{_escape(str(out_dir.resolve()))}[/]")
     if (out_dir / "report.html").is_file():
         report_path = (out_dir / "report.html").resolve()
