@@ -194,3 +194,59 @@ def test_the_stage_waits_for_the_frame_when_the_next_one_is_not_sure(
     assert _stage_xy(ctl) == (0.0, 0.0)  # ... the stage did not
     if ctl.plan.n_active > 1:
         assert ctl.plan.next_xy(0) is None
+
+
+def test_a_realtime_run_never_commands_the_stage_while_it_moves(
+    tmp_path: Any,
+) -> None:
+    """A whole realtime run in which the stage follows a nucleus on every
+    frame: the moves start as soon as they are applied, and the next frame's
+    setup waits for a move still under way before it commands the stage
+    (some stage controllers refuse a command while they move); every frame is
+    taken where its event put the stage."""
+    proto = Protocol.model_validate(
+        {
+            "name": "follow-every-frame",
+            "seed": 6,
+            "scene": "migration",
+            "time_mode": "realtime",
+            "objective": "20x",
+            "sequence": {
+                "channels": [{"config": "DAPI", "exposure": 10}],
+                "stage_positions": ONE,
+                "time_plan": {"interval": 0.1, "loops": 12},
+            },
+            "analysis": {"segmenter": "classical", "diameter_um": 12},
+            "reactions": [
+                {
+                    "type": "center_on",
+                    "select": "nearest_center",
+                    "dead_band_fraction": 0.0,
+                    "max_step_um": 60,
+                }
+            ],
+            "limits": {"xy_box_um": [-1400, 1400, -1400, 1400]},
+            "save": {"truth": False, "report": False},
+        }
+    )
+    core = load_core(time_mode="realtime", seed=6, scene="migration")
+    xy = core._pydevices[core.getXYStageDevice()]
+    commands: list[tuple[bool, float]] = []  # (busy when commanded, distance)
+    move = xy.set_position_um
+
+    def commanded(x: float, y: float) -> None:
+        ox, oy = xy.get_position_um()
+        commands.append((xy.busy(), max(abs(x - ox), abs(y - oy))))
+        move(x, y)
+
+    xy.set_position_um = commanded
+    try:
+        ctl = Controller(core, proto, out_dir=tmp_path / "run", device="cpu")
+        summary = ctl.run()
+    finally:
+        release_core(core)
+    moved = summary["actions"]["MoveStage"].get("applied", 0)
+    assert summary["frames_acquired"] == 12
+    assert moved >= 3  # the stage followed the nucleus
+    assert any(d > 0 for _, d in commands)
+    assert not [c for c in commands if c[0]], commands

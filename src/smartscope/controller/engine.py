@@ -143,7 +143,17 @@ class ControllerEngine(MDAEngine):
         self._late_ms = late_ms(core, event)
         if event.x_pos is not None and event.y_pos is not None:
             x, y = event.x_pos, event.y_pos
-            if not self._retry("stage", pol, event, lambda: core.setXYPosition(x, y)):
+
+            def move_xy() -> None:
+                # a move started ahead of this frame (Executor._premove) may
+                # still be under way: let it end before the next command
+                # (some stage controllers refuse one while they move)
+                label = core.getXYStageDevice()
+                if label and core.deviceBusy(label):
+                    core.waitForDevice(label)
+                core.setXYPosition(x, y)
+
+            if not self._retry("stage", pol, event, move_xy):
                 raise SkipEvent(num_frames=0, reason="XY stage error")
         if event.z_pos is not None:
             z = event.z_pos + self._z_correction.get(event.index.get("p"), 0.0)

@@ -297,12 +297,18 @@ class Executor:
         when its next frame is surely the next one taken (the only position):
         the stage travels and settles while the acquisition waits for that
         frame to be due, instead of after (the frame's own setup then finds
-        it there, or waits for the rest of the move). A device error here is
-        left to that setup, which moves with the protocol's retries."""
+        it there, or waits for the rest of the move). A stage still moving
+        (an earlier move of this wait) is not commanded again: some stage
+        controllers refuse a command while they move, and the setup moves it
+        on. A device error here is left to that setup, which moves with the
+        protocol's retries."""
         xy = self.plan.next_xy(p) if self.move_ahead else None
         if xy is None:
             return
         try:
+            label = self.core.getXYStageDevice()
+            if not label or self.core.deviceBusy(label):
+                return
             self.core.setXYPosition(*xy)
         except DEVICE_ERRORS as e:
             logger.info("moving the stage ahead of the next frame failed: %s", e)
