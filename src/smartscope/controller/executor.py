@@ -298,17 +298,17 @@ class Executor:
         the stage travels and settles while the acquisition waits for that
         frame to be due, instead of after (the frame's own setup then finds
         it there, or waits for the rest of the move). A stage still moving
-        (an earlier move of this wait) is not commanded again: some stage
-        controllers refuse a command while they move, and the setup moves it
-        on. A device error here is left to that setup, which moves with the
-        protocol's retries."""
+        (an earlier move of this wait) is sent on to the new target; a
+        controller that refuses a command while it moves raises, and that
+        error, like any device error here, is left to the frame's setup,
+        which waits for the stage to stop before commanding it and moves
+        with the protocol's retries. (Waiting here instead, or leaving such a
+        move to the setup, cost part of a settle per frame: 19.6 and
+        18.6-18.9 against 20.0 frames/s at 20/s, 2026-12-04.)"""
         xy = self.plan.next_xy(p) if self.move_ahead else None
         if xy is None:
             return
         try:
-            label = self.core.getXYStageDevice()
-            if not label or self.core.deviceBusy(label):
-                return
             self.core.setXYPosition(*xy)
         except DEVICE_ERRORS as e:
             logger.info("moving the stage ahead of the next frame failed: %s", e)
