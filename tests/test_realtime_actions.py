@@ -26,7 +26,14 @@ WAIT_S = 60.0  # a bound on each wait, not a timing assertion
 ONE = [{"name": "p0", "x": 0, "y": 0}]
 
 
-def _protocol(time_mode: str, positions: list[dict] = ONE) -> Protocol:
+def _protocol(
+    time_mode: str,
+    positions: list[dict] = ONE,
+    *,
+    interval_s: float = 1,
+    loops: int = 3,
+    **more: Any,
+) -> Protocol:
     return Protocol.model_validate(
         {
             "name": "act-while-waiting",
@@ -36,11 +43,12 @@ def _protocol(time_mode: str, positions: list[dict] = ONE) -> Protocol:
             "sequence": {
                 "channels": [{"config": "DAPI", "exposure": 10}],
                 "stage_positions": positions,
-                "time_plan": {"interval": 1, "loops": 3},
+                "time_plan": {"interval": interval_s, "loops": loops},
             },
             "analysis": {"segmenter": "classical", "diameter_um": 12},
             "limits": {"xy_box_um": [-500, 500, -500, 500]},
             "save": {"truth": False, "report": False},
+            **more,
         }
     )
 
@@ -202,32 +210,22 @@ def test_a_realtime_frame_setup_never_commands_the_stage_while_it_moves(
     """A whole realtime run in which the stage follows a nucleus on every
     frame: the moves start as soon as they are applied, and the next frame's
     setup waits for a move still under way before it commands the stage
-    (some stage controllers refuse a command while they move); every frame is
-    taken where its event put the stage."""
-    proto = Protocol.model_validate(
-        {
-            "name": "follow-every-frame",
-            "seed": 6,
-            "scene": "migration",
-            "time_mode": "realtime",
-            "objective": "20x",
-            "sequence": {
-                "channels": [{"config": "DAPI", "exposure": 10}],
-                "stage_positions": ONE,
-                "time_plan": {"interval": 0.1, "loops": 12},
-            },
-            "analysis": {"segmenter": "classical", "diameter_um": 12},
-            "reactions": [
-                {
-                    "type": "center_on",
-                    "select": "nearest_center",
-                    "dead_band_fraction": 0.0,
-                    "max_step_um": 60,
-                }
-            ],
-            "limits": {"xy_box_um": [-1400, 1400, -1400, 1400]},
-            "save": {"truth": False, "report": False},
-        }
+    (some stage controllers refuse a command while they move)."""
+    proto = _protocol(
+        "realtime",
+        interval_s=0.1,
+        loops=12,
+        seed=6,
+        scene="migration",
+        reactions=[
+            {
+                "type": "center_on",
+                "select": "nearest_center",
+                "dead_band_fraction": 0.0,
+                "max_step_um": 60,
+            }
+        ],
+        limits={"xy_box_um": [-1400, 1400, -1400, 1400]},
     )
     core = load_core(time_mode="realtime", seed=6, scene="migration")
     xy = core._pydevices[core.getXYStageDevice()]

@@ -234,3 +234,22 @@ def test_waiting_for_a_stage_that_stays_busy_times_out_naming_it(core, sim):
         core.stop(xy)
         core.setTimeoutMs(5000)
     assert not core.deviceBusy(xy)
+
+
+@pytest.mark.parametrize("says", [float("nan"), float("inf"), -1.0, "raises"])
+def test_a_device_that_cannot_say_when_it_is_idle_is_asked_again(core, sim, says):
+    """A wrong answer from ``seconds_until_idle`` neither breaks the wait nor
+    sleeps past the end of the move."""
+    sim.time_mode = "realtime"
+    xy = core.getXYStageDevice()
+    dev = core._pydevices[xy]
+
+    def wrong() -> float:
+        if says == "raises":
+            raise RuntimeError("no idea")
+        return says
+
+    dev.seconds_until_idle = wrong
+    core.setXYPosition(100, 0)  # 20 ms at 5 mm/s, then 20 ms to settle
+    core.waitForDevice(xy)
+    assert not core.deviceBusy(xy)

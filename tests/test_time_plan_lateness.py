@@ -22,17 +22,25 @@ from smartscope.run import summary_table
 
 
 def _run(tmp_path: Path, mode: str, interval_s: float, exposure_ms: float, n: int):
+    return _run_sequence(
+        tmp_path,
+        mode,
+        {
+            "channels": [{"config": "DAPI", "exposure": exposure_ms}],
+            "stage_positions": [{"name": "p0", "x": 0, "y": 0}],
+            "time_plan": {"interval": interval_s, "loops": n},
+        },
+    )
+
+
+def _run_sequence(tmp_path: Path, mode: str, sequence: dict[str, Any]):
     proto = Protocol.model_validate(
         {
             "name": "time-plan-kept",
             "seed": 3,
             "time_mode": mode,
             "objective": "20x",
-            "sequence": {
-                "channels": [{"config": "DAPI", "exposure": exposure_ms}],
-                "stage_positions": [{"name": "p0", "x": 0, "y": 0}],
-                "time_plan": {"interval": interval_s, "loops": n},
-            },
+            "sequence": sequence,
             "save": {"truth": False, "report": False},
         }
     )
@@ -79,24 +87,17 @@ def test_a_realtime_run_slower_than_its_plan_says_how_far_behind_it_fell(
 
 
 def test_without_a_time_plan_no_frame_is_late(tmp_path: Path) -> None:
-    proto = Protocol.model_validate(
+    summary, frames = _run_sequence(
+        tmp_path,
+        "virtual",
         {
-            "name": "no-time-plan",
-            "seed": 3,
-            "sequence": {
-                "channels": [{"config": "DAPI", "exposure": 10}],
-                "stage_positions": [
-                    {"name": "a", "x": 0, "y": 0},
-                    {"name": "b", "x": 100, "y": 0},
-                ],
-            },
-            "save": {"truth": False, "report": False},
-        }
+            "channels": [{"config": "DAPI", "exposure": 10}],
+            "stage_positions": [
+                {"name": "a", "x": 0, "y": 0},
+                {"name": "b", "x": 100, "y": 0},
+            ],
+        },
     )
-    core = load_core(time_mode="virtual", seed=3)
-    try:
-        summary = Controller(core, proto, out_dir=tmp_path / "run").run()
-    finally:
-        release_core(core)
     assert summary["frames_acquired"] == 2
+    assert [f["late_ms"] for f in frames] == [None, None]
     assert summary["frame_late_ms"] is None

@@ -4,6 +4,7 @@ adapters does."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -15,6 +16,21 @@ __all__ = ["SmartscopeCore"]
 #: how often a busy Python device that cannot say when it will be idle is
 #: asked again, s (pymmcore-plus asks every 10 ms)
 POLL_S = 0.001
+
+#: the longest sleep on a device's own estimate before asking it again, s (a
+#: move stopped from another thread is seen within this)
+MAX_SLEEP_S = 0.05
+
+
+def _seconds(left: Any) -> float:
+    """A device's ``seconds_until_idle()``; a value that is not a finite
+    number, or a call that raises, counts as "ask again soon"."""
+    try:
+        s = float(left())
+    except Exception:
+        return POLL_S
+    return s if math.isfinite(s) else POLL_S
+
 
 #: "Core" role properties and the setters that accept Python devices (the
 #: C++ core refuses a Python device's label as their value)
@@ -71,14 +87,14 @@ class SmartscopeCore(UniMMCore):
             with device:
                 if not device.busy():
                     return
-                wait = float(left()) if left is not None else POLL_S
+                wait = _seconds(left) if left is not None else POLL_S
             now = time.perf_counter()
             if now >= deadline:
                 raise TimeoutError(
                     f"Wait for device {label!r} timed out after "
                     f"{self.getTimeoutMs():g} ms"
                 )
-            time.sleep(min(max(wait, POLL_S), deadline - now))
+            time.sleep(min(max(wait, POLL_S), MAX_SLEEP_S, deadline - now))
 
     def setShutterOpen(self, *args: Any) -> None:
         """Open or close a shutter; with one argument, the current shutter.
