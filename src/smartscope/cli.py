@@ -65,7 +65,7 @@ LATE_WARN_MS = 100.0
 
 
 def _print_summary(out_dir: Path, summary: dict[str, Any]) -> None:
-    from smartscope.run import summary_table
+    from smartscope.run import analysis_behind, summary_table
 
     console = _console()
     console.print(summary_table(summary))
@@ -78,6 +78,9 @@ def _print_summary(out_dir: Path, summary: dict[str, Any]) -> None:
             "so the interval was longer than planned (a shorter exposure, fewer "
             "positions or a longer interval keep it)[/]"
         )
+    behind = analysis_behind(summary)
+    if behind is not None:
+        console.print(f"[yellow]{_escape(behind)}[/]")
     console.print(f"run folder [bold]{_escape(str(out_dir.resolve()))}[/]")
     if (out_dir / "report.html").is_file():
         report_path = (out_dir / "report.html").resolve()

@@ -312,6 +312,8 @@ def build_summary(
         positions=_positions(started, tally.frames),
         time_mode=started.time_mode,
         sample_clock_s=None,
+        planned_frame_ms=started.planned_frame_ms,
+        analysis_warm_up_ms=started.analysis_warm_up_ms,
         recovery=recovery,
     )
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from smartscope.errors import SmartscopeError
+from smartscope.io.summary import readable_ms
 
 __all__ = [
     "StartInterrupted",
@@ -187,6 +188,47 @@ def _run_with_progress(ctl: Any, proto: Any) -> dict[str, Any]:
     return summary
 
 
+#: the analysis stages in the order they run (``analysis_stages_ms``)
+STAGES = ("background", "denoise", "segment", "measure", "track")
+
+
+def analysis_time(summary: dict[str, Any]) -> str:
+    """The analysis' time a frame from ``analysis_stages_ms``: the medians'
+    sum and each stage's median ("-" without analysed frames)."""
+    stages = summary.get("analysis_stages_ms") or {}
+    medians = {
+        k: stages[k]["p50"]
+        for k in STAGES
+        if stages.get(k, {}).get("n") and stages[k]["p50"] is not None
+    }
+    if not medians:
+        return "-"
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in medians.items() if v >= 0.05)
+    return f"{sum(medians.values()):.1f} ms (medians: {parts})"
+
+
+def analysis_behind(summary: dict[str, Any]) -> str | None:
+    """Why frames were skipped from analysis, in one sentence (None when
+    none was): what the analysis took a frame against the plan's pace."""
+    skipped = int(summary.get("frames_skipped_analysis") or 0)
+    if not skipped:
+        return None
+    took = analysis_time(summary)
+    planned = summary.get("planned_frame_ms")
+    pace = (
+        f" while the plan took a frame every {readable_ms(planned)} ms"
+        if planned
+        else ""
+    )
+    return (
+        f"the analysis did not keep up: {skipped} of "
+        f"{summary.get('frames_acquired')} frames were not analysed (the queue "
+        f"was full; every frame is on disk); it took {took} a frame{pace}. A "
+        "longer interval, fewer positions or channels, a faster model or a "
+        "GPU keep up; analysis.queue_size absorbs longer bursts"
+    )
+
+
 def summary_table(summary: dict[str, Any]) -> Any:
     """The summary as a rich table (what ``smartscope run`` prints)."""
     from rich.table import Table
@@ -223,6 +265,7 @@ def summary_table(summary: dict[str, Any]) -> Any:
         ("analysis errors", str(summary.get("frames_failed_analysis", 0))),
         ("reaction errors", str(summary.get("reaction_errors", 0))),
         ("device errors", str(summary.get("device_errors", 0))),
+        ("analysis a frame", analysis_time(summary)),
         ("frame → result", _lat(lat_r)),
         ("frame → action", _lat(lat_a)),
         ("frames late for the time plan", _late(summary.get("frame_late_ms"))),

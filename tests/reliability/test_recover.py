@@ -187,6 +187,12 @@ def test_recover_repairs_everything_a_kill_leaves(
     assert summary["positions"][0]["name"] == "a"
     assert summary["time_mode"] == "virtual"
     assert summary["sample_time_s"] > 0
+    # the plan's pace from run_started, the analysis' time from its records
+    assert summary["planned_frame_ms"] == 30_000.0
+    assert summary["analysis_warm_up_ms"] is None  # classical: no models
+    stages = summary["analysis_stages_ms"]
+    assert set(stages) == {"background", "denoise", "segment", "measure", "track"}
+    assert stages["segment"]["n"] == damage["analysed"]
     # the half-written CSV row is cut
     csv_text = (run / "measurements.csv").read_text()
     assert csv_text.endswith("\n")

@@ -105,6 +105,11 @@ class FrameAnalyser:
         #: fine-tunes the denoiser during the run (``denoise_adapt``), from
         #: :meth:`start_adaptation` to :meth:`stop_adaptation`
         self.adapter: DenoiserAdapter | None = None
+        #: what denoising and segmentation took on a frame of the run's size
+        #: in :meth:`warm_up`, ms (``denoise`` where there is a denoiser,
+        #: ``segment``; the fastest of the calls after each thread count's
+        #: first); empty before a warm-up
+        self.warm_up_ms: dict[str, float] = {}
 
     @property
     def settings(self) -> AnalysisSettings:
@@ -215,21 +220,47 @@ class FrameAnalyser:
         tuner = self.thread_tuner
         counts = tuner.candidates if tuner is not None else (self._threads,)
         times: dict[int | None, list[float]] = {n: [] for n in counts}
+        models: dict[str, list[float]] = {}
         for rep in range(3):  # interleaved, so a passing load hits every count
             for n in counts:
                 if n is not None:
                     self._set_threads(n)
                 t = time.perf_counter()
                 denoised = self._denoise(image, frame) if stage != "back" else None
+                t_dn = time.perf_counter()
                 if stage != "front":
                     self._segment(image if denoised is None else denoised, frame)
+                t_seg = time.perf_counter()
                 if rep:  # the first call of each count is its set-up
-                    times[n].append((time.perf_counter() - t) * 1000.0)
+                    times[n].append((t_seg - t) * 1000.0)
+                    if denoised is not None:
+                        models.setdefault("denoise", []).append((t_dn - t) * 1e3)
+                    if stage != "front":
+                        models.setdefault("segment", []).append((t_seg - t_dn) * 1e3)
+        # each thread of ``stages: 2`` writes its own key
+        self.warm_up_ms.update({k: min(v) for k, v in models.items()})
         if tuner is not None:
             for n in counts:
                 if n is not None:
                     tuner.record(n, min(times[n]))
             self._set_threads(tuner.threads())
+
+    def warm_up_cost(self) -> dict[str, float] | None:
+        """What the analysis needs a frame, as measured by :meth:`warm_up`, ms:
+        ``denoise`` (with a denoiser), ``segment``, and ``per_frame``, the
+        shortest interval between frames the analysis can keep up with: the
+        sum of the two on one thread, the slower of them with ``stages: 2``
+        (each on its own thread; the camera, the writer and the rest of the
+        machine share the same cores, so this is a best case). None before
+        a warm-up, or when it failed."""
+        ms = dict(self.warm_up_ms)
+        if "segment" not in ms:
+            return None
+        parts = [v for k, v in ms.items() if k in ("denoise", "segment")]
+        per_frame = max(parts) if self.stages == 2 else sum(parts)
+        return {k: round(v, 2) for k, v in ms.items()} | {
+            "per_frame": round(per_frame, 2)
+        }
 
     def _set_threads(self, n: int) -> None:
         """Give the models ``n`` intra-op threads on the calling thread.

@@ -126,6 +126,11 @@ class Controller:
         #: ms the reactions took to decide on each analysed frame (summary
         #: ``reaction_ms``)
         self.reaction_ms: list[float] = []
+        #: the plan's shortest mean time between frames, ms, and what the
+        #: analysis needed a frame at its warm-up (set as the run starts;
+        #: ``run_started`` and the summary have both)
+        self.planned_frame_ms: float | None = None
+        self.analysis_warm_up_ms: dict[str, float] | None = None
         self.acquisition = Acquisition(
             plan=self.plan,
             executor=self.executor,

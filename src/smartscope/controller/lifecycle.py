@@ -24,11 +24,12 @@ from smartscope.controller.checks import check_grid_sizes, check_plan
 from smartscope.controller.engine import ControllerEngine
 from smartscope.controller.executor import LEDGER_COUNTS
 from smartscope.controller.recorder import Recorder, protocol_yaml
+from smartscope.controller.sequence import shortest_interval_s
 from smartscope.errors import SmartscopeError
 from smartscope.heap import trim_heap
 from smartscope.interrupts import deferred, shielded, signal_name, stop_signals
 from smartscope.io.disk import disk_full_error, disk_full_message
-from smartscope.io.summary import percentiles
+from smartscope.io.summary import percentiles, readable_ms
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -205,9 +206,13 @@ def _start(ctl: Controller) -> None:
             virtual = sim is not None and sim.time_mode == "virtual"
             ctl.acquisition.analysis_wait = "virtual" if virtual else "realtime"
             ctl._pipeline.adapt_paced = virtual
+        ctl.planned_frame_ms = planned_frame_ms(ctl)
         if ctl._pipeline is not None:
             ctl._pipeline.frame_skipped.connect(ctl._on_skipped)
             ctl._pipeline.start(warm_up=_frame_shape(ctl))
+            ctl.analysis_warm_up_ms = ctl._pipeline.warm_up_cost()
+            if sim is None or sim.time_mode != "virtual":
+                _warn_if_behind(ctl)
         ctl._old_engine = core.mda.set_engine(
             ControllerEngine(
                 core,
@@ -228,6 +233,56 @@ def _start(ctl: Controller) -> None:
         raise
 
 
+def planned_frame_ms(ctl: Controller) -> float | None:
+    """The plan's shortest mean time between two frames, ms: the shortest
+    interval between its time points shared by one time point's frames (or
+    their exposures, where those take longer). None without a time plan of
+    two or more points, or where the plan cannot say (positions with their
+    own intervals are counted at the plan's)."""
+    tp = ctl.plan.sequence.time_plan
+    if tp is None:
+        return None
+    try:
+        interval_s = shortest_interval_s(tp)
+        events = ctl.plan.preview()
+        default_ms = float(ctl.core.getExposure())
+    except Exception:
+        return None
+    if interval_s is None or not events:
+        return None
+    exposures_s = (
+        sum((default_ms if e.exposure is None else float(e.exposure)) for e in events)
+        / 1000.0
+    )
+    return round(max(interval_s, exposures_s) * 1000.0 / len(events), 3)
+
+
+def _warn_if_behind(ctl: Controller) -> None:
+    """Say before the first frame when the analysis, as its warm-up measured
+    it, cannot take the plan's frames as fast as they come (realtime and
+    real hardware; virtual time waits for the analysis)."""
+    cost, planned = ctl.analysis_warm_up_ms, ctl.planned_frame_ms
+    if cost is None or planned is None or cost["per_frame"] <= planned:
+        return
+    two = ctl._pipeline is not None and ctl._pipeline.stages == 2
+    parts = ", ".join(
+        f"{k} {readable_ms(cost[k])} ms" for k in ("denoise", "segment") if k in cost
+    )
+    logger.warning(
+        "the analysis may not keep up with this plan: on this machine the "
+        "models took %s ms a frame at the warm-up (%s%s) and the plan takes "
+        "a frame every %s ms: if the acquisition keeps that pace, at most "
+        "about %.0f%% of the frames will be analysed and reacted to (the "
+        "others are skipped from analysis, never from disk); a longer "
+        "interval, fewer positions or channels, a faster model or a GPU keep up",
+        readable_ms(cost["per_frame"]),
+        parts,
+        ", on two threads at once" if two else ", one after the other",
+        readable_ms(planned),
+        100.0 * planned / cost["per_frame"],
+    )
+
+
 def _log_run_started(ctl: Controller) -> None:
     """Set the run's time zero and write its first record."""
     p, sim = ctl.protocol, ctl._sim
@@ -243,6 +298,8 @@ def _log_run_started(ctl: Controller) -> None:
             simulator=None
             if sim is None
             else {"seed": sim.seed, "scene": sim.preset_name},
+            planned_frame_ms=ctl.planned_frame_ms,
+            analysis_warm_up_ms=ctl.analysis_warm_up_ms,
         )
     )
 
@@ -442,6 +499,8 @@ def _finish(ctl: Controller, error: BaseException | None) -> dict[str, Any]:
         time_mode=sim.time_mode if sim is not None else "realtime",
         sample_clock_s=None if sim is None else round(sim.clock_s, 3),
         reaction_ms=percentiles(ctl.reaction_ms),
+        planned_frame_ms=ctl.planned_frame_ms,
+        analysis_warm_up_ms=ctl.analysis_warm_up_ms,
     )
     ctl.summary = summary
     ctl._emit(ctl.run_finished, summary)

@@ -76,6 +76,7 @@ class Counts:
     result_latency_ms: list[float] = field(default_factory=list)
     action_latency_ms: list[float] = field(default_factory=list)
     frame_late_ms: list[float] = field(default_factory=list)
+    stages_ms: dict[str, list[float]] = field(default_factory=dict)
     actions: Counter = field(default_factory=Counter)
 
     def add(self, rec: R.Record) -> None:
@@ -90,6 +91,8 @@ class Counts:
             self.analysed += 1
             self.failed += rec.error is not None
             self.result_latency_ms.append(rec.latency_ms)
+            for stage, ms in (rec.stages_ms or {}).items():
+                self.stages_ms.setdefault(stage, []).append(ms)
         elif isinstance(rec, R.AnalysisSkippedRecord):
             if rec.reason == "abandoned at stop":
                 self.abandoned += 1
@@ -129,6 +132,8 @@ class Counts:
             frame_late_ms=(
                 percentiles(self.frame_late_ms) if self.frame_late_ms else None
             ),
+            analysis_stages_ms={k: percentiles(v) for k, v in self.stages_ms.items()}
+            or None,
             actions=by_kind,
             **fields,
         ).model_dump(mode="json")

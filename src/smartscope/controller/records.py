@@ -61,6 +61,12 @@ class RunStartedRecord(Record):
     devices: dict[str, Any]
     #: the simulator as the run found it (seed, scene); None on real hardware
     simulator: dict[str, Any] | None = None
+    #: the plan's shortest mean time between frames, ms (None without a
+    #: time plan of two or more points)
+    planned_frame_ms: float | None = None
+    #: what the analysis needed a frame at its warm-up, ms: ``denoise``,
+    #: ``segment``, ``per_frame`` (None without models)
+    analysis_warm_up_ms: dict[str, float] | None = None
 
 
 class FrameRecord(Record):
@@ -102,6 +108,9 @@ class AnalysisRecord(Record):
     error: str | None = None
     t_result: float
     latency_ms: float
+    #: where the frame's analysis time went, ms: background, denoise,
+    #: segment, measure, track
+    stages_ms: dict[str, float] | None = None
 
 
 class AnalysisSkippedRecord(Record):
@@ -255,6 +264,13 @@ class Summary(BaseModel):
     #: how late the acquisition frames began for the time plan, ms
     #: (n/p50/p95/p99/max of the frames' ``late_ms``; None without a time plan)
     frame_late_ms: dict[str, int | float | None] | None = None
+    #: the plan's shortest mean time between frames, ms (``run_started``'s)
+    planned_frame_ms: float | None = None
+    #: what the analysis needed a frame at its warm-up, ms (``run_started``'s)
+    analysis_warm_up_ms: dict[str, float] | None = None
+    #: where the analysed frames' time went, ms: per stage (background,
+    #: denoise, segment, measure, track) n/p50/p95/p99/max
+    analysis_stages_ms: dict[str, dict[str, int | float | None]] | None = None
     light_dose_mj: float
     light_dose_counts: str
     light_dose_mj_simulator: float | None = None
@@ -340,6 +356,11 @@ def analysis_record(result: Any, *, t0: float) -> AnalysisRecord:
         error=result.error,
         t_result=round(result.t_result - t0, 6),
         latency_ms=round(result.latency_ms, 3),
+        stages_ms={
+            k: round(float(v), 3)
+            for k, v in (result.extra.get("stages_ms") or {}).items()
+        }
+        or None,
     )
 
 

@@ -14,6 +14,7 @@ import useq
 __all__ = [
     "acquire_every",
     "num_timepoints",
+    "shortest_interval_s",
     "time_first",
     "timepoint_blocks",
     "timepoints",
@@ -101,6 +102,20 @@ def num_timepoints(tp: Any) -> float:
         return float(tp.num_timepoints())
     except (OverflowError, ValueError, TypeError):
         return math.inf
+
+
+#: time points of a plan looked at for its shortest interval
+INTERVAL_LOOKAHEAD = 10_000
+
+
+def shortest_interval_s(tp: Any) -> float | None:
+    """The shortest planned time between two consecutive points of the time
+    plan ``tp``, s (0: as fast as possible), among its first
+    :data:`INTERVAL_LOOKAHEAD`; None with fewer than two points."""
+    offsets = [float(t) for t in itertools.islice(iter(tp), INTERVAL_LOOKAHEAD)]
+    if len(offsets) < 2:
+        return None
+    return max(0.0, min(b - a for a, b in itertools.pairwise(offsets)))
 
 
 def used_axes(seq: useq.MDASequence) -> str:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["percentiles"]
+__all__ = ["percentiles", "readable_ms"]
 
 
 def percentiles(values_ms: Sequence[float]) -> dict[str, float | None]:
@@ -22,3 +22,8 @@ def percentiles(values_ms: Sequence[float]) -> dict[str, float | None]:
         "p99": round(float(p99), 3),
         "max": round(float(a.max()), 3),
     }
+
+
+def readable_ms(value: float) -> str:
+    """A duration in ms as a person reads it: 21, 0.2, 0.013."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.2g}"

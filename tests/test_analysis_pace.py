@@ -1,0 +1,197 @@
+"""Whether the analysis keeps up with the plan, said before and after a run.
+
+Before the first frame, in realtime (and on real hardware), the run compares
+what the models took at their warm-up with the plan's shortest mean time
+between frames and warns when they cannot keep that pace; every analysis
+record says where its frame's time went (``stages_ms``), the summary sums it
+up (``analysis_stages_ms``, with ``planned_frame_ms`` and
+``analysis_warm_up_ms``), and ``smartscope run`` says why frames were
+skipped. The realtime plans here are far from any machine's speed (a frame
+every 0.2 ms, or every second), so no test depends on how fast this one is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from smartscope.controller import Controller
+from smartscope.hardware import load_core, release_core
+from smartscope.protocol import Protocol
+from smartscope.run import STAGES, analysis_behind, analysis_time, summary_table
+
+WARNING = "the analysis may not keep up with this plan"
+
+
+def _run(
+    tmp_path: Path,
+    mode: str,
+    sequence: dict[str, Any],
+    analysis: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    proto = Protocol.model_validate(
+        {
+            "name": "pace",
+            "seed": 4,
+            "time_mode": mode,
+            "objective": "20x",
+            "sequence": sequence,
+            "analysis": analysis or {"segmenter": "classical"},
+            "save": {"truth": False, "report": False},
+        }
+    )
+    core = load_core(time_mode=mode, seed=4)
+    try:
+        summary = Controller(core, proto, out_dir=tmp_path / "run").run()
+    finally:
+        release_core(core)
+    events = [json.loads(x) for x in (tmp_path / "run" / "events.jsonl").open()]
+    return summary, events
+
+
+def _sequence(
+    interval_s: float, loops: int, exposure_ms: float = 10.0, **more: Any
+) -> dict[str, Any]:
+    return {
+        "channels": [{"config": "DAPI", "exposure": exposure_ms}],
+        "stage_positions": [{"name": "p0", "x": 0, "y": 0}],
+        "time_plan": {"interval": interval_s, "loops": loops},
+        **more,
+    }
+
+
+MODEL = {"segmenter": "model", "model": "nuclei-seg"}
+
+
+def test_the_planned_pace_counts_every_frame_of_a_time_point(tmp_path: Path) -> None:
+    # two positions x two channels every 2 s: a frame every 500 ms
+    seq = {
+        "channels": [
+            {"config": "DAPI", "exposure": 10},
+            {"config": "GFP", "exposure": 20},
+        ],
+        "stage_positions": [{"name": "a", "x": 0, "y": 0}, {"name": "b", "x": 50}],
+        "time_plan": {"interval": 2.0, "loops": 2},
+    }
+    summary, events = _run(tmp_path, "virtual", seq)
+    assert summary["planned_frame_ms"] == 500.0
+    assert events[0]["kind"] == "run_started"
+    assert events[0]["planned_frame_ms"] == 500.0
+    # classical segmentation: no models, nothing warmed up
+    assert summary["analysis_warm_up_ms"] is None
+    assert events[0]["analysis_warm_up_ms"] is None
+
+
+def test_as_fast_as_possible_is_paced_by_the_exposures(tmp_path: Path) -> None:
+    summary, _ = _run(tmp_path, "virtual", _sequence(0.0, 3, exposure_ms=40.0))
+    assert summary["planned_frame_ms"] == 40.0
+
+
+def test_no_time_plan_has_no_pace(tmp_path: Path) -> None:
+    seq = _sequence(1.0, 2)
+    del seq["time_plan"]
+    summary, _ = _run(tmp_path, "virtual", seq)
+    assert summary["planned_frame_ms"] is None
+
+
+def test_every_analysed_frame_says_where_its_time_went(tmp_path: Path) -> None:
+    summary, events = _run(tmp_path, "virtual", _sequence(1.0, 4))
+    analysis = [e for e in events if e["kind"] == "analysis"]
+    assert len(analysis) == 4
+    for rec in analysis:
+        assert set(rec["stages_ms"]) == set(STAGES)
+        assert all(v >= 0 for v in rec["stages_ms"].values())
+        # the stages are within the frame's latency (from frame to result)
+        assert sum(rec["stages_ms"].values()) <= rec["latency_ms"] + 1e-6
+    stages = summary["analysis_stages_ms"]
+    assert {k: v["n"] for k, v in stages.items()} == dict.fromkeys(STAGES, 4)
+    for k in STAGES:
+        got = sorted(r["stages_ms"][k] for r in analysis)
+        assert stages[k]["max"] == pytest.approx(got[-1], abs=1e-3)
+    assert analysis_time(summary).endswith(")")
+    assert "analysis a frame" in _printed(summary)
+
+
+def test_realtime_warns_before_the_first_frame_when_the_models_cannot_keep_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a frame every 0.2 ms: no segmentation network keeps that pace
+    with caplog.at_level(logging.WARNING, logger="smartscope.controller"):
+        summary, events = _run(
+            tmp_path, "realtime", _sequence(0.0002, 5, exposure_ms=0.1), MODEL
+        )
+    warnings = [r.getMessage() for r in caplog.records if WARNING in r.getMessage()]
+    assert len(warnings) == 1
+    assert "the plan takes a frame every 0.2 ms" in warnings[0]
+    assert "(segment " in warnings[0]
+    assert "one after the other" in warnings[0]
+    cost = events[0]["analysis_warm_up_ms"]
+    # one model on one thread: its time is the frame's
+    assert set(cost) == {"segment", "per_frame"}
+    assert cost["segment"] > 0.2
+    assert cost["per_frame"] == cost["segment"]
+    assert summary["analysis_warm_up_ms"] == cost
+    assert summary["planned_frame_ms"] == pytest.approx(0.2)
+    # the warning comes before the run's first record: before any frame
+    first_frame = next(i for i, e in enumerate(events) if e["kind"] == "frame")
+    assert first_frame == 1
+
+
+def test_realtime_does_not_warn_when_the_plan_leaves_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="smartscope.controller"):
+        summary, _ = _run(tmp_path, "realtime", _sequence(1.0, 2), MODEL)
+    assert not [r for r in caplog.records if WARNING in r.getMessage()]
+    assert summary["analysis_warm_up_ms"]["per_frame"] < 1000.0
+    assert summary["frames_skipped_analysis"] == 0
+    assert analysis_behind(summary) is None
+
+
+def test_virtual_time_waits_for_the_analysis_and_never_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="smartscope.controller"):
+        summary, _ = _run(
+            tmp_path, "virtual", _sequence(0.0002, 3, exposure_ms=0.1), MODEL
+        )
+    assert not [r for r in caplog.records if WARNING in r.getMessage()]
+    assert summary["analysis_warm_up_ms"]["per_frame"] > summary["planned_frame_ms"]
+    assert summary["frames_skipped_analysis"] == 0
+
+
+def test_skipped_frames_are_explained_with_the_analysis_time_and_the_pace() -> None:
+    stage = {"n": 7, "p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
+    summary = {
+        "frames_acquired": 10,
+        "frames_skipped_analysis": 3,
+        "planned_frame_ms": 50.0,
+        "analysis_stages_ms": {
+            "background": {**stage, "p50": 2.0},
+            "denoise": {**stage, "p50": 30.0},
+            "segment": {**stage, "p50": 40.0},
+            "measure": {**stage, "p50": 0.5},
+            "track": {**stage, "p50": 0.01},
+        },
+    }
+    text = analysis_behind(summary)
+    assert text is not None
+    assert "3 of 10 frames were not analysed" in text
+    assert "every frame is on disk" in text
+    assert "72.5 ms" in text  # the medians' sum
+    assert "denoise 30.0" in text
+    assert "segment 40.0" in text
+    assert "track" not in text.split("a frame while")[0].split("(medians:")[1]
+    assert "every 50 ms" in text
+    assert analysis_behind({**summary, "frames_skipped_analysis": 0}) is None
+
+
+def _printed(summary: dict[str, Any]) -> str:
+    console = Console(record=True, width=200)
+    console.print(summary_table(summary))
+    return console.export_text()
