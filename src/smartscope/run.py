@@ -192,9 +192,9 @@ def _run_with_progress(ctl: Any, proto: Any) -> dict[str, Any]:
 STAGES = ("background", "denoise", "segment", "measure", "track")
 
 
-def analysis_time(summary: dict[str, Any]) -> str:
+def analysis_time(summary: dict[str, Any], *, per: str = "") -> str:
     """The analysis' time a frame from ``analysis_stages_ms``: the medians'
-    sum and each stage's median ("-" without analysed frames)."""
+    sum, ``per``, then each stage's median ("-" without analysed frames)."""
     stages = summary.get("analysis_stages_ms") or {}
     medians = {
         k: stages[k]["p50"]
@@ -204,7 +204,7 @@ def analysis_time(summary: dict[str, Any]) -> str:
     if not medians:
         return "-"
     parts = ", ".join(f"{k} {v:.1f}" for k, v in medians.items() if v >= 0.05)
-    return f"{sum(medians.values()):.1f} ms (medians: {parts})"
+    return f"{sum(medians.values()):.1f} ms{per} (medians: {parts})"
 
 
 def analysis_behind(summary: dict[str, Any]) -> str | None:
@@ -213,17 +213,17 @@ def analysis_behind(summary: dict[str, Any]) -> str | None:
     skipped = int(summary.get("frames_skipped_analysis") or 0)
     if not skipped:
         return None
-    took = analysis_time(summary)
+    took = analysis_time(summary, per=" a frame in all")
     planned = summary.get("planned_frame_ms")
     pace = (
-        f" while the plan took a frame every {readable_ms(planned)} ms"
+        f", and the plan took a frame every {readable_ms(planned)} ms"
         if planned
         else ""
     )
     return (
         f"the analysis did not keep up: {skipped} of "
         f"{summary.get('frames_acquired')} frames were not analysed (the queue "
-        f"was full; every frame is on disk); it took {took} a frame{pace}. A "
+        f"was full; every frame is on disk); its stages took {took}{pace}. A "
         "longer interval, fewer positions or channels, a faster model or a "
         "GPU keep up; analysis.queue_size absorbs longer bursts"
     )
