@@ -165,6 +165,11 @@ def test_realtime_runs_each_target_through_the_controller() -> None:
         assert one["frame_to_result_ms"]["n"] == one["frames_analysed"]
         assert one["fps"] > 0
         assert one["frame_late_ms"]["n"] == 12  # the summary's
+        # where the analysis' time went, and what the warm-up measured
+        stages = one["analysis_stages_ms"]
+        assert stages["denoise"]["n"] == one["frames_analysed"]
+        assert stages["segment"]["p50"] > 0
+        assert set(one["analysis_warm_up_ms"]) == {"denoise", "segment", "per_frame"}
         assert isinstance(one["rate_held"], bool)
         assert isinstance(one["met"], bool)
         assert not one["met"] or one["rate_held"]
