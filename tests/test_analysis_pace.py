@@ -46,8 +46,8 @@ def _run(
         }
     )
     core = load_core(time_mode=mode, seed=4)
-    try:
-        summary = Controller(core, proto, out_dir=tmp_path / "run").run()
+    try:  # on the CPU: a GPU's speed is not what these runs are about
+        summary = Controller(core, proto, out_dir=tmp_path / "run", device="cpu").run()
     finally:
         release_core(core)
     events = [json.loads(x) for x in (tmp_path / "run" / "events.jsonl").open()]
@@ -120,7 +120,7 @@ def test_every_analysed_frame_says_where_its_time_went(tmp_path: Path) -> None:
 def test_realtime_warns_before_the_first_frame_when_the_models_cannot_keep_up(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # a frame every 0.2 ms: no segmentation network keeps that pace
+    # a frame every 0.2 ms: no segmentation network on a CPU keeps that pace
     with caplog.at_level(logging.WARNING, logger="smartscope.controller"):
         summary, events = _run(
             tmp_path, "realtime", _sequence(0.0002, 5, exposure_ms=0.1), MODEL

@@ -81,6 +81,20 @@ def test_pixel_size_follows_objective(core, objective, pixel_um):
     assert core.getPixelSizeUm() == pytest.approx(2 * pixel_um, rel=1e-9)
 
 
+def test_the_simulator_says_the_pixel_size_with_any_objective(core, sim):
+    """What ``smartscope check`` asks before the protocol's objective is in
+    place: the pixel size it will give, as the core reports it once it is."""
+    core.setConfig("Objective", "10x")
+    core.setProperty("Camera", "Binning", 2)
+    ahead = {o: sim.pixel_size_um(o) for o in ("4x", "10x", "20x", "40x")}
+    assert sim.pixel_size_um() == core.getPixelSizeUm()
+    for objective, pixel_um in ahead.items():
+        core.setConfig("Objective", objective)
+        assert core.getPixelSizeUm() == pytest.approx(pixel_um, rel=1e-12)
+    with pytest.raises(KeyError, match=r"60x.*known"):
+        sim.pixel_size_um("60x")
+
+
 def test_pixel_size_matches_truth(core, sim, snap):
     """The pixel size the core reports is the one the image is rendered with."""
     for objective in ("10x", "20x", "40x"):

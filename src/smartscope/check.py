@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smartscope.io.summary import readable_ms
+
 __all__ = ["CheckReport", "check_protocol"]
 
 
@@ -34,6 +36,12 @@ class CheckReport:
     free_bytes: int
     time_mode: str
     notes: list[str] = field(default_factory=list)
+    #: the plan's shortest mean time between frames, ms (None without a
+    #: time plan of two or more points)
+    planned_frame_ms: float | None = None
+    #: what the analysis needed a frame here, ms (``denoise``, ``segment``,
+    #: ``per_frame``), with ``time_analysis``; None otherwise or without models
+    analysis_ms: dict[str, float] | None = None
 
     def rows(self) -> list[tuple[str, str]]:
         """The report as (label, value) rows for a table."""
@@ -58,7 +66,25 @@ class CheckReport:
             ),
             ("free where the run folder goes", f"{self.free_bytes / 1e6:.1f} MB"),
             ("time", self.time_mode),
+            (
+                "a frame every",
+                "-"
+                if self.planned_frame_ms is None
+                else f"{readable_ms(self.planned_frame_ms)} ms (the plan's fastest)",
+            ),
+            *(
+                [("analysis a frame, here", _analysis_row(self.analysis_ms))]
+                if self.analysis_ms is not None
+                else []
+            ),
         ]
+
+
+def _analysis_row(ms: dict[str, float]) -> str:
+    parts = ", ".join(
+        f"{k} {readable_ms(ms[k])} ms" for k in ("denoise", "segment") if k in ms
+    )
+    return f"{readable_ms(ms['per_frame'])} ms at best ({parts})"
 
 
 def check_protocol(
@@ -67,15 +93,23 @@ def check_protocol(
     config: str | Path | None = None,
     out_dir: str | Path | None = None,
     core: Any = None,
+    time_analysis: bool = False,
+    device: str = "auto",
 ) -> CheckReport:
     """Validate ``protocol_path`` against ``config`` (None: the protocol's, else
     the simulator) without moving anything; raise a SmartscopeError naming
     what is wrong. With ``core`` (already loaded), check against it instead of
-    loading ``config``, and leave it loaded."""
+    loading ``config``, and leave it loaded.
+
+    ``time_analysis``: also load the protocol's models (on ``device``) and
+    time them on a frame of the camera's size, as a run's warm-up does, and
+    note whether the analysis keeps up with the plan's pace on this machine
+    (seconds; no device is touched but the camera's size and pixel size
+    read)."""
     from smartscope.controller import Controller
     from smartscope.controller.checks import check_grid_sizes
     from smartscope.controller.controller import RunError, _grid_waits_for_objective
-    from smartscope.controller.lifecycle import planned_bytes
+    from smartscope.controller.lifecycle import planned_bytes, planned_frame_ms
     from smartscope.hardware import load_core, release_core
     from smartscope.io.disk import RESERVE_BYTES, free_bytes
     from smartscope.protocol import load_protocol
@@ -123,6 +157,10 @@ def check_protocol(
                 "reactions may add frames (autofocus sweeps, added positions); "
                 "stop.max_frames bounds the run"
             )
+        pace = planned_frame_ms(ctl)
+        analysis_ms = None
+        if time_analysis:
+            analysis_ms = _time_analysis(proto, core, device, pace, notes)
         cfg_name = (
             str(cfg) if cfg is not None else "the simulator (simulators/demo.cfg)"
         )
@@ -138,10 +176,96 @@ def check_protocol(
             free_bytes=free,
             time_mode=_time_mode(core),
             notes=notes,
+            planned_frame_ms=pace,
+            analysis_ms=analysis_ms,
         )
     finally:
         if own:
             release_core(core)
+
+
+def _time_analysis(
+    proto: Any, core: Any, device: str, pace: float | None, notes: list[str]
+) -> dict[str, float] | None:
+    """The analysis' warm-up on a frame of the camera's size, here (None
+    without models), and a note on whether it keeps ``pace``."""
+    from smartscope.analysis import FrameAnalyser
+    from smartscope.sim import get_simulator, has_simulator
+
+    s = proto.analysis
+    if not s.enabled or (s.denoise is None and s.segmenter != "model"):
+        notes.append(
+            "--time-analysis: the protocol runs no model (classical segmentation "
+            "only); nothing was timed"
+        )
+        return None
+    shape = (int(core.getImageHeight()), int(core.getImageWidth()))
+    pixel, known = pixel_size_with_objective(core, proto)
+    analyser = FrameAnalyser(s, device=device)
+    analyser.warm_up(shape, pixel_size_um=pixel)
+    cost = analyser.warm_up_cost()
+    if cost is None:
+        return None
+    if not known:
+        notes.append(
+            f"the models were timed at the pixel size of the objective in place "
+            f"({pixel:g} µm), not with {proto.objective}, which check does not "
+            "move into place: the segmenter's cost changes with the nuclei's "
+            "size in pixels"
+        )
+    virtual = has_simulator(core) and get_simulator(core).time_mode == "virtual"
+    if pace is None:
+        return cost
+    if virtual:
+        notes.append(
+            "virtual time: the analysis paces the sample clock, so no frame is "
+            "skipped whatever the models take (the run takes longer instead)"
+        )
+    elif cost["per_frame"] > pace:
+        notes.append(
+            f"the analysis may not keep up with this plan on this machine: the "
+            f"models took {readable_ms(cost['per_frame'])} ms a frame and the "
+            f"plan takes a frame every {readable_ms(pace)} ms, so at most about "
+            f"{100.0 * pace / cost['per_frame']:.0f}% of the frames would be "
+            "analysed and reacted to (every frame is saved); a longer interval, "
+            "fewer positions or channels, a faster model or a GPU keep up"
+        )
+    else:
+        notes.append(
+            f"the analysis keeps up with this plan on this machine, at best: "
+            f"{readable_ms(cost['per_frame'])} ms a frame against a frame every "
+            f"{readable_ms(pace)} ms (the camera, the writer and other programs "
+            "share the cores during a run)"
+        )
+    return cost
+
+
+def pixel_size_with_objective(core: Any, proto: Any) -> tuple[float, bool]:
+    """The pixel size (µm, binning included) the run's frames will have once
+    the protocol's objective is in place, and whether that is known: the
+    pixel size now where that objective is in place (or the protocol names
+    none), the simulator's for that objective; otherwise (real hardware
+    with another objective in place, which check does not move) the pixel
+    size now, and False."""
+    from smartscope.sim import get_simulator, has_simulator
+
+    now = float(core.getPixelSizeUm() or 1.0)
+    group, preset = proto.devices.objective_group, proto.objective
+    if (
+        preset is None
+        or group not in core.getAvailableConfigGroups()
+        or core.getCurrentConfig(group) == preset
+    ):
+        return now, True
+    if not has_simulator(core):
+        return now, False
+    try:
+        label = next(
+            v for _, prop, v in core.getConfigData(group, preset) if prop == "Label"
+        )
+        return get_simulator(core).pixel_size_um(str(label)), True
+    except Exception:  # a preset that sets no simulated objective
+        return now, False
 
 
 def _time_mode(core: Any) -> str:

@@ -303,6 +303,21 @@ def check(
         ),
     ] = None,
     out: RunDirOption = None,
+    time_analysis: Annotated[
+        bool,
+        typer.Option(
+            "--time-analysis",
+            help="Also load the protocol's models and time them on a frame of "
+            "the camera's size (seconds): whether the analysis keeps up with "
+            "the plan on this machine.",
+        ),
+    ] = False,
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device", help="Where models run for --time-analysis: auto, cpu or cuda."
+        ),
+    ] = "auto",
 ) -> None:
     """Check a protocol against a configuration and move nothing.
 
@@ -314,8 +329,16 @@ def check(
     """
     from smartscope.check import check_protocol
 
+    if device not in ("auto", "cpu", "cuda"):
+        _fail(f"--device must be auto, cpu or cuda, got {device!r}")
     with _reported_errors():
-        report = check_protocol(protocol, config=config, out_dir=out)
+        report = check_protocol(
+            protocol,
+            config=config,
+            out_dir=out,
+            time_analysis=time_analysis,
+            device=device,
+        )
     from rich.table import Table
 
     table = Table(title=f"{_escape(report.protocol)}: ready to run")

@@ -26,6 +26,7 @@ from smartscope.sim.optics import View, blur, blur_sigma_px, render_nuclei
 from smartscope.sim.scene import STATE_NAMES, Scene, ScenePreset, load_scene_preset
 from smartscope.sim.shot_noise import ShotNoise
 from smartscope.sim.truth import CELLS_CSV_HEADER, CellTruth, FrameTruth, TruthRecorder
+from smartscope.sim.turrets import objective_spec
 
 if TYPE_CHECKING:
     from pymmcore_plus import CMMCorePlus
@@ -223,6 +224,21 @@ class Simulator:
         with self._lock:
             self._sync()
             self._autoshutter = bool(state)
+
+    def pixel_size_um(self, objective: str | None = None) -> float:
+        """The camera's pixel at the sample, µm (binning included), with the
+        objective labelled ``objective`` (None: the one in place).
+
+        Raises
+        ------
+        KeyError
+            If there is no simulated objective of that label (naming the known).
+        SimulatorError
+            If the simulator has no camera or no objective.
+        """
+        cam, obj = self._device("camera"), self._device("objective")
+        spec = obj.spec if objective is None else objective_spec(objective)
+        return float(cam.pixel_pitch_um * cam.binning / spec.magnification)
 
     def _update_core_pixel_size(self) -> None:
         core = self.core
