@@ -190,6 +190,7 @@ def _time_analysis(
     """The analysis' warm-up on a frame of the camera's size, here (None
     without models), and a note on whether it keeps ``pace``."""
     from smartscope.analysis import FrameAnalyser
+    from smartscope.controller.lifecycle import behind_message
     from smartscope.sim import get_simulator, has_simulator
 
     s = proto.analysis
@@ -221,15 +222,12 @@ def _time_analysis(
             "virtual time: the analysis paces the sample clock, so no frame is "
             "skipped whatever the models take (the run takes longer instead)"
         )
-    elif cost["per_frame"] > pace:
-        notes.append(
-            f"the analysis may not keep up with this plan on this machine: the "
-            f"models took {readable_ms(cost['per_frame'])} ms a frame and the "
-            f"plan takes a frame every {readable_ms(pace)} ms, so at most about "
-            f"{100.0 * pace / cost['per_frame']:.0f}% of the frames would be "
-            "analysed and reacted to (every frame is saved); a longer interval, "
-            "fewer positions or channels, a faster model or a GPU keep up"
+    elif (
+        behind := behind_message(
+            cost, pace, two_threads=analyser.stages == 2, when="here"
         )
+    ) is not None:
+        notes.append(behind)
     else:
         notes.append(
             f"the analysis keeps up with this plan on this machine, at best: "

@@ -262,24 +262,37 @@ def _warn_if_behind(ctl: Controller) -> None:
     it, cannot take the plan's frames as fast as they come (realtime and
     real hardware; virtual time waits for the analysis)."""
     cost, planned = ctl.analysis_warm_up_ms, ctl.planned_frame_ms
-    if cost is None or planned is None or cost["per_frame"] <= planned:
-        return
     two = ctl._pipeline is not None and ctl._pipeline.stages == 2
+    message = behind_message(cost, planned, two_threads=two, when="at the warm-up")
+    if message is not None:
+        logger.warning("%s", message)
+
+
+def behind_message(
+    cost: dict[str, float] | None,
+    planned_ms: float | None,
+    *,
+    two_threads: bool,
+    when: str,
+) -> str | None:
+    """Why the analysis may not keep up with a plan (None when it keeps up, or
+    when either figure is missing): ``cost`` as ``warm_up_cost()`` gives it,
+    the plan's ``planned_frame_ms``; ``when`` says where the models were timed."""
+    if cost is None or planned_ms is None or cost["per_frame"] <= planned_ms:
+        return None
     parts = ", ".join(
         f"{k} {readable_ms(cost[k])} ms" for k in ("denoise", "segment") if k in cost
     )
-    logger.warning(
-        "the analysis may not keep up with this plan: on this machine the "
-        "models took %s ms a frame at the warm-up (%s%s) and the plan takes "
-        "a frame every %s ms: if the acquisition keeps that pace, at most "
-        "about %.0f%% of the frames will be analysed and reacted to (the "
-        "others are skipped from analysis, never from disk); a longer "
-        "interval, fewer positions or channels, a faster model or a GPU keep up",
-        readable_ms(cost["per_frame"]),
-        parts,
-        ", on two threads at once" if two else ", one after the other",
-        readable_ms(planned),
-        100.0 * planned / cost["per_frame"],
+    how = "on two threads at once" if two_threads else "one after the other"
+    return (
+        f"the analysis may not keep up with this plan: on this machine the "
+        f"models took {readable_ms(cost['per_frame'])} ms a frame {when} "
+        f"({parts}, {how}) and the plan takes a frame every "
+        f"{readable_ms(planned_ms)} ms: if the acquisition keeps that pace, at "
+        f"most about {100.0 * planned_ms / cost['per_frame']:.0f}% of the frames "
+        "will be analysed and reacted to (the others are skipped from analysis, "
+        "never from disk); a longer interval, fewer positions or channels, a "
+        "faster model or a GPU keep up"
     )
 
 
