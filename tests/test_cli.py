@@ -383,6 +383,24 @@ def test_bench_refuses_a_device_it_cannot_use_before_measuring(monkeypatch):
     assert calls == []
 
 
+def test_bench_all_is_every_measurement_in_one_run(monkeypatch, tmp_path):
+    calls = []
+    fake = types.ModuleType("smartscope.bench")
+    fake.run = lambda **kw: calls.append(kw) or {}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "smartscope.bench", fake)
+    out = tmp_path / "all.json"
+    result = runner.invoke(cli.app, ["bench", "--all", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    (kw,) = calls
+    assert all(kw[k] for k in ("long", "scaling", "positions", "realtime"))
+    assert not kw["quick"]
+    assert kw["json_path"] == out
+    refused = runner.invoke(cli.app, ["bench", "--all", "--quick"])
+    assert refused.exit_code == 2
+    assert "--quick" in refused.output
+    assert len(calls) == 1
+
+
 def test_bench_smartscope_error_exits_2(monkeypatch):
     def run(**kw):
         raise SmartscopeError("camera [Camera] timed out")

@@ -768,6 +768,15 @@ def bench(
             "positions, 500 frames each (minutes on a CPU).",
         ),
     ] = False,
+    everything: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="The whole reference measurement in one run: --long, "
+            "--scaling, --positions and --realtime together (tens of minutes "
+            "on a CPU); with --json, one file of every figure.",
+        ),
+    ] = False,
     realtime: Annotated[
         bool,
         typer.Option(
@@ -797,6 +806,10 @@ def bench(
     ] = None,
 ) -> None:
     """Measure speed (simulator, acquisition, analysis) and print a table."""
+    if everything:
+        if quick:
+            _fail("--all is the whole measurement; leave out --quick")
+        long = scaling = positions = realtime = True
     try:
         bench_module = importlib.import_module("smartscope.bench")
     except ModuleNotFoundError as e:
