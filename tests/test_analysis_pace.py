@@ -195,3 +195,32 @@ def _printed(summary: dict[str, Any]) -> str:
     console = Console(record=True, width=200)
     console.print(summary_table(summary))
     return console.export_text()
+
+
+@pytest.mark.parametrize(
+    ("shape", "diameter_px"), [((512, 512), 37.0), ((256, 384), 12.0)]
+)
+def test_the_warm_up_frame_has_nuclei_of_the_runs_size(
+    shape: tuple[int, int], diameter_px: float
+) -> None:
+    """The models are timed at the warm-up on round nuclei of the diameter
+    the analysis expects, on a grid 2.5 diameters apart, which the
+    classical segmenter finds one by one at about that size."""
+    import numpy as np
+
+    from smartscope.analysis.analyser import warm_up_frame
+    from smartscope.analysis.segment import segment_nuclei
+
+    image = warm_up_frame(shape, diameter_px)
+    assert image.shape == shape
+    assert image.dtype == np.uint16
+    np.testing.assert_array_equal(image, warm_up_frame(shape, diameter_px))
+    labels = segment_nuclei(image, pixel_size_um=1.0, diameter_um=diameter_px)
+    step = 2.5 * diameter_px
+    grid = len(np.arange(step / 2, shape[0], step)) * len(
+        np.arange(step / 2, shape[1], step)
+    )
+    found = int(labels.max())
+    assert grid * 0.8 <= found <= grid
+    areas = np.bincount(labels.ravel())[1:]
+    assert np.median(areas) == pytest.approx(np.pi * diameter_px**2 / 4, rel=0.3)

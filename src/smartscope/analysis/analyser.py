@@ -204,7 +204,7 @@ class FrameAnalyser:
         self.load_models()
         if self._denoiser is None and self._segmenter is None:
             return
-        image = np.random.default_rng(0).poisson(100.0, shape).astype(np.uint16)
+        image = warm_up_frame(shape, self._settings.diameter_um / pixel_size_um)
         frame = FrameInput(
             image=image,
             frame_index=-1,
@@ -655,6 +655,33 @@ def _check_adaptable(model: AnalysisModel, name: str) -> None:
 #: thread tuner (docs/benchmarks.md: 2 cores); with more cores one stage's
 #: models get several threads, and two stages are not measured there yet
 _TWO_STAGE_CORES = (2, 3)
+
+
+def warm_up_frame(shape: tuple[int, int], diameter_px: float) -> np.ndarray:
+    """A uint16 frame for the models' warm-up: round nuclei of
+    ``diameter_px`` on a jittered grid (about an eighth of the field) over a
+    background, with shot noise. The segmenter then finds and separates
+    objects as on a real frame (on a frame of noise alone its
+    post-processing has nothing to do, and the warm-up said 20-45% less
+    than the run's frames took: docs/benchmarks.md). Always the same frame
+    for the same arguments."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    h, w = shape
+    d = float(min(max(diameter_px, 2.0), max(min(h, w) / 2.0, 2.0)))
+    step = 2.5 * d
+    yy, xx = np.mgrid[step / 2 : h : step, step / 2 : w : step]
+    cy = (yy + rng.uniform(-d / 3, d / 3, yy.shape)).ravel()
+    cx = (xx + rng.uniform(-d / 3, d / 3, xx.shape)).ravel()
+    mask = np.zeros(shape, bool)
+    r = np.rint(np.clip(cy, 0, h - 1)).astype(int)
+    c = np.rint(np.clip(cx, 0, w - 1)).astype(int)
+    mask[r, c] = True
+    dist = ndimage.distance_transform_edt(~mask)
+    signal = np.where(dist < d / 2, 400.0, 0.0)
+    signal = ndimage.gaussian_filter(signal, max(d / 10.0, 0.5))
+    return rng.poisson(100.0 + signal).astype(np.uint16)
 
 
 def _timings(model: AnalysisModel | None) -> dict[str, float] | None:
