@@ -257,8 +257,21 @@ def test_smartscope_run_writes_the_report(cli_run: tuple[Any, Path]) -> None:
     head = page[: page.index("<section")]
     assert summary["status"] in head
     assert summary["finish_reason"] in head
-    for sid in ("stage-path", "settings", "latency", "dose", "contact-sheet"):
+    for sid in (
+        "stage-path",
+        "settings",
+        "latency",
+        "analysis-time",
+        "dose",
+        "contact-sheet",
+    ):
         assert _has_plot(found[sid]), sid
+    # the stages' medians, as the summary has them
+    stages = summary["analysis_stages_ms"]
+    for k in ("denoise", "segment"):
+        assert f"{k} {stages[k]['p50']:.1f} ms" in found["analysis-time"], k
+    # the demo takes a frame a minute: far above the analysis' time
+    assert "a frame every 60000 ms, is far above" in found["analysis-time"]
     # the demo follows one nucleus: the report names it, and it is the truth's
     assert "Followed: track" in found["stage-path"]
     assert "it was the simulator&#x27;s cell" in found["stage-path"]
@@ -310,6 +323,7 @@ def test_no_report_option_and_a_report_without_analysis_or_truth(
     path = write_report(out)
     found = _check_page(path.read_text())
     assert "No frame was analysed" in _sentence(found["latency"])
+    assert "No frame was analysed" in _sentence(found["analysis-time"])
     assert "analysis was off" in _sentence(found["skipped"])
     assert "No ground truth" in found["stage-path"]
     assert "did not follow" in found["stage-path"]

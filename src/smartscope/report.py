@@ -27,6 +27,7 @@ from typing import Any
 from smartscope.report_data import ReportError, RunData, load_run
 from smartscope.report_plots import (
     Panel,
+    analysis_time_panel,
     contact_sheet_panel,
     dose_panel,
     latency_panel,
@@ -61,6 +62,7 @@ SECTIONS: tuple[_Section, ...] = (
     _Section("stage-path", "Stage path and tracks", _stage_path),
     _Section("settings", "Exposure, power and interval", settings_panel),
     _Section("latency", "Frame → result → action latency", latency_panel),
+    _Section("analysis-time", "Where the analysis time went", analysis_time_panel),
     _Section("dose", "Light dose", dose_panel),
     _Section("skipped", "Frames skipped for analysis", skipped_panel),
     _Section("contact-sheet", "Raw and denoised frames", contact_sheet_panel),
