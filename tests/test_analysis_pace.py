@@ -68,6 +68,19 @@ def _sequence(
 MODEL = {"segmenter": "model", "model": "nuclei-seg"}
 
 
+def _run_warned(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    mode: str,
+    sequence: dict[str, Any],
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[logging.LogRecord]]:
+    """:func:`_run` with the segmentation model, and the "may not keep up"
+    warnings it logged."""
+    with caplog.at_level(logging.WARNING, logger="smartscope.controller"):
+        summary, events = _run(tmp_path, mode, sequence, MODEL)
+    return summary, events, [r for r in caplog.records if WARNING in r.getMessage()]
+
+
 def test_the_planned_pace_counts_every_frame_of_a_time_point(tmp_path: Path) -> None:
     # two positions x two channels every 2 s: a frame every 500 ms
     seq = {
@@ -121,15 +134,14 @@ def test_realtime_warns_before_the_first_frame_when_the_models_cannot_keep_up(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # a frame every 0.2 ms: no segmentation network on a CPU keeps that pace
-    with caplog.at_level(logging.WARNING, logger="smartscope.controller"):
-        summary, events = _run(
-            tmp_path, "realtime", _sequence(0.0002, 5, exposure_ms=0.1), MODEL
-        )
-    warnings = [r.getMessage() for r in caplog.records if WARNING in r.getMessage()]
-    assert len(warnings) == 1
-    assert "the plan takes a frame every 0.2 ms" in warnings[0]
-    assert "(segment " in warnings[0]
-    assert "one after the other" in warnings[0]
+    summary, events, warned = _run_warned(
+        tmp_path, caplog, "realtime", _sequence(0.0002, 5, exposure_ms=0.1)
+    )
+    assert len(warned) == 1
+    message = warned[0].getMessage()
+    assert "the plan takes a frame every 0.2 ms" in message
+    assert "(segment " in message
+    assert "one after the other" in message
     cost = events[0]["analysis_warm_up_ms"]
     # one model on one thread: its time is the frame's
     assert set(cost) == {"segment", "per_frame"}
@@ -137,17 +149,17 @@ def test_realtime_warns_before_the_first_frame_when_the_models_cannot_keep_up(
     assert cost["per_frame"] == cost["segment"]
     assert summary["analysis_warm_up_ms"] == cost
     assert summary["planned_frame_ms"] == pytest.approx(0.2)
-    # the warning comes before the run's first record: before any frame
-    first_frame = next(i for i, e in enumerate(events) if e["kind"] == "frame")
-    assert first_frame == 1
+    # the warning comes before the run's time zero (its first record, and
+    # every frame after it), on the same clock (time.time)
+    assert events[0]["kind"] == "run_started"
+    assert warned[0].created <= events[0]["t_wall"]
 
 
 def test_realtime_does_not_warn_when_the_plan_leaves_time(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="smartscope.controller"):
-        summary, _ = _run(tmp_path, "realtime", _sequence(1.0, 2), MODEL)
-    assert not [r for r in caplog.records if WARNING in r.getMessage()]
+    summary, _, warned = _run_warned(tmp_path, caplog, "realtime", _sequence(1.0, 2))
+    assert not warned
     assert summary["analysis_warm_up_ms"]["per_frame"] < 1000.0
     assert summary["frames_skipped_analysis"] == 0
     assert analysis_behind(summary) is None
@@ -156,11 +168,10 @@ def test_realtime_does_not_warn_when_the_plan_leaves_time(
 def test_virtual_time_waits_for_the_analysis_and_never_warns(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="smartscope.controller"):
-        summary, _ = _run(
-            tmp_path, "virtual", _sequence(0.0002, 3, exposure_ms=0.1), MODEL
-        )
-    assert not [r for r in caplog.records if WARNING in r.getMessage()]
+    summary, _, warned = _run_warned(
+        tmp_path, caplog, "virtual", _sequence(0.0002, 3, exposure_ms=0.1)
+    )
+    assert not warned
     assert summary["analysis_warm_up_ms"]["per_frame"] > summary["planned_frame_ms"]
     assert summary["frames_skipped_analysis"] == 0
 
@@ -189,6 +200,10 @@ def test_skipped_frames_are_explained_with_the_analysis_time_and_the_pace() -> N
     assert "track" not in text.split(", and the plan")[0].split("(medians:")[1]
     assert "every 50 ms" in text
     assert analysis_behind({**summary, "frames_skipped_analysis": 0}) is None
+    # autofocus planes are not analysed, so not counted
+    with_af = analysis_behind({**summary, "frames_acquired": 14, "frames_autofocus": 4})
+    assert with_af is not None
+    assert "3 of 10 frames were not analysed" in with_af
 
 
 def _printed(summary: dict[str, Any]) -> str:

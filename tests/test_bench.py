@@ -178,7 +178,7 @@ def test_realtime_runs_each_target_through_the_controller() -> None:
     table = realtime_table(r)
     assert table.row_count == 2
     cells = [str(c) for c in table.columns[3].cells]
-    assert all(" ms (denoise " in c and ", segment " in c for c in cells)
+    assert all(" ms (medians: denoise " in c and ", segment " in c for c in cells)
 
 
 def test_frame_rate_is_the_acquisition_frames_own(tmp_path: Path) -> None:

@@ -314,15 +314,23 @@ def test_bench_missing_module_is_a_clear_error(monkeypatch):
     assert "Traceback" not in result.output
 
 
-def test_bench_forwards_options(monkeypatch, tmp_path):
-    calls = []
+@pytest.fixture
+def bench_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """``smartscope.bench`` replaced by a module whose ``run`` only records
+    its keyword arguments (the CLI's own checks and forwarding, not the
+    measurements); the list of calls."""
+    calls: list[dict] = []
     fake = types.ModuleType("smartscope.bench")
     fake.run = lambda **kw: calls.append(kw) or {}  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "smartscope.bench", fake)
+    return calls
+
+
+def test_bench_forwards_options(tmp_path, bench_calls):
     target = tmp_path / "bench.json"
     result = runner.invoke(cli.app, ["bench", "--json", str(target), "--quick"])
     assert result.exit_code == 0, result.output
-    assert calls == [
+    assert bench_calls == [
         {
             "json_path": target,
             "quick": True,
@@ -336,17 +344,17 @@ def test_bench_forwards_options(monkeypatch, tmp_path):
     ]
     result = runner.invoke(cli.app, ["bench", "--scaling", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert calls[-1]["scaling"] is True
-    assert calls[-1]["device"] == "cpu"
+    assert bench_calls[-1]["scaling"] is True
+    assert bench_calls[-1]["device"] == "cpu"
     result = runner.invoke(cli.app, ["bench", "--positions"])
     assert result.exit_code == 0, result.output
-    assert calls[-1]["positions"] is True
+    assert bench_calls[-1]["positions"] is True
     result = runner.invoke(cli.app, ["bench", "--realtime"])
     assert result.exit_code == 0, result.output
-    assert calls[-1]["realtime"] is True
+    assert bench_calls[-1]["realtime"] is True
     result = runner.invoke(cli.app, ["bench", "--realtime", "--denoise", "denoise-n2v"])
     assert result.exit_code == 0, result.output
-    assert calls[-1]["realtime_denoise"] == "denoise-n2v"
+    assert bench_calls[-1]["realtime_denoise"] == "denoise-n2v"
 
 
 @pytest.mark.parametrize(
@@ -358,47 +366,35 @@ def test_bench_forwards_options(monkeypatch, tmp_path):
     ],
 )
 def test_bench_refuses_a_denoiser_it_cannot_use_before_measuring(
-    monkeypatch, argv, says
+    argv, says, bench_calls
 ):
-    calls = []
-    fake = types.ModuleType("smartscope.bench")
-    fake.run = lambda **kw: calls.append(kw) or {}  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "smartscope.bench", fake)
     result = runner.invoke(cli.app, ["bench", *argv])
     assert result.exit_code == 2
     assert "--denoise" in result.output
     assert says in result.output
-    assert calls == []
+    assert bench_calls == []
 
 
-def test_bench_refuses_a_device_it_cannot_use_before_measuring(monkeypatch):
-    calls = []
-    fake = types.ModuleType("smartscope.bench")
-    fake.run = lambda **kw: calls.append(kw) or {}  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "smartscope.bench", fake)
+def test_bench_refuses_a_device_it_cannot_use_before_measuring(bench_calls):
     result = runner.invoke(cli.app, ["bench", "--device", "tpu"])
     assert result.exit_code == 2
     assert "--device" in result.output
     assert "'tpu'" in result.output
-    assert calls == []
+    assert bench_calls == []
 
 
-def test_bench_all_is_every_measurement_in_one_run(monkeypatch, tmp_path):
-    calls = []
-    fake = types.ModuleType("smartscope.bench")
-    fake.run = lambda **kw: calls.append(kw) or {}  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "smartscope.bench", fake)
+def test_bench_all_is_every_measurement_in_one_run(tmp_path, bench_calls):
     out = tmp_path / "all.json"
     result = runner.invoke(cli.app, ["bench", "--all", "--json", str(out)])
     assert result.exit_code == 0, result.output
-    (kw,) = calls
+    (kw,) = bench_calls
     assert all(kw[k] for k in ("long", "scaling", "positions", "realtime"))
     assert not kw["quick"]
     assert kw["json_path"] == out
     refused = runner.invoke(cli.app, ["bench", "--all", "--quick"])
     assert refused.exit_code == 2
     assert "--quick" in refused.output
-    assert len(calls) == 1
+    assert len(bench_calls) == 1
 
 
 def test_bench_smartscope_error_exits_2(monkeypatch):

@@ -205,3 +205,21 @@ def test_check_command_times_the_analysis(tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["check", str(path), "--device", "tpu"])
     assert bad.exit_code == 2
     assert "--device" in bad.output
+
+
+def test_check_refuses_a_gpu_it_does_not_have_before_loading_anything(
+    tmp_path: Path,
+) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    path = _protocol(tmp_path, 1.0, "segment", "realtime")
+    out = CliRunner().invoke(
+        app, ["check", str(path), "--time-analysis", "--device", "cuda"]
+    )
+    assert out.exit_code == 2
+    assert "--device" in out.output
+    assert "CUDA" in out.output
+    assert "--device cpu" in out.output
+    assert "Traceback" not in out.output

@@ -220,18 +220,11 @@ def measure_realtime(
     return out
 
 
-def _stages(stages: dict[str, Any] | None) -> str:
-    """The analysis' medians a frame, short: all stages, then the models'."""
-    p50 = {k: v["p50"] for k, v in (stages or {}).items() if v.get("n")}
-    if not p50:
-        return "-"
-    models = ", ".join(f"{k} {p50[k]:.0f}" for k in ("denoise", "segment") if k in p50)
-    return f"{sum(p50.values()):.0f} ms ({models})"
-
-
 def realtime_table(res: dict[str, Any]) -> Any:
     """A rich table of :func:`measure_realtime`'s result."""
     from rich.table import Table
+
+    from smartscope.run import analysis_time
 
     def q(d: dict[str, Any]) -> str:
         if not d.get("n"):
@@ -260,7 +253,11 @@ def realtime_table(res: dict[str, Any]) -> Any:
             f"(p99 ≤ {r['p99_bound_ms']:.0f} ms)",
             "-" if r["fps"] is None else f"{r['fps']:.2f}",
             f"{r['frames_analysed']} / {r['frames_skipped_analysis']} of {r['frames']}",
-            _stages(r.get("analysis_stages_ms")),
+            analysis_time(
+                {"analysis_stages_ms": r.get("analysis_stages_ms")},
+                only=("denoise", "segment"),
+                digits=0,
+            ),
             q(r["frame_to_result_ms"]),
             q(r["frame_to_action_ms"]),
             "yes" if r["met"] else "no",

@@ -81,10 +81,9 @@ class CheckReport:
 
 
 def _analysis_row(ms: dict[str, float]) -> str:
-    parts = ", ".join(
-        f"{k} {readable_ms(ms[k])} ms" for k in ("denoise", "segment") if k in ms
-    )
-    return f"{readable_ms(ms['per_frame'])} ms at best ({parts})"
+    from smartscope.controller.lifecycle import model_times
+
+    return f"{readable_ms(ms['per_frame'])} ms at best ({model_times(ms)})"
 
 
 def check_protocol(

@@ -331,6 +331,13 @@ def check(
 
     if device not in ("auto", "cpu", "cuda"):
         _fail(f"--device must be auto, cpu or cuda, got {device!r}")
+    if time_analysis:
+        from smartscope.nn.predictor import resolve_device
+
+        try:
+            resolve_device(device)
+        except ValueError as e:
+            _fail(f"--device: {e}; use --device cpu (or auto)")
     with _reported_errors():
         report = check_protocol(
             protocol,

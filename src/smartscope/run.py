@@ -192,9 +192,16 @@ def _run_with_progress(ctl: Any, proto: Any) -> dict[str, Any]:
 STAGES = ("background", "denoise", "segment", "measure", "track")
 
 
-def analysis_time(summary: dict[str, Any], *, per: str = "") -> str:
-    """The analysis' time a frame from ``analysis_stages_ms``: the medians'
-    sum, ``per``, then each stage's median ("-" without analysed frames)."""
+def analysis_time(
+    summary: dict[str, Any],
+    *,
+    per: str = "",
+    only: tuple[str, ...] = STAGES,
+    digits: int = 1,
+) -> str:
+    """The analysis' time a frame from ``analysis_stages_ms``: the sum of
+    every stage's median, ``per``, then the medians of the stages in
+    ``only`` that round above 0 ("-" without analysed frames)."""
     stages = summary.get("analysis_stages_ms") or {}
     medians = {
         k: stages[k]["p50"]
@@ -203,8 +210,12 @@ def analysis_time(summary: dict[str, Any], *, per: str = "") -> str:
     }
     if not medians:
         return "-"
-    parts = ", ".join(f"{k} {v:.1f}" for k, v in medians.items() if v >= 0.05)
-    return f"{sum(medians.values()):.1f} ms{per} (medians: {parts})"
+    parts = ", ".join(
+        f"{k} {v:.{digits}f}"
+        for k, v in medians.items()
+        if k in only and round(v, digits) > 0
+    )
+    return f"{sum(medians.values()):.{digits}f} ms{per} (medians: {parts})"
 
 
 def analysis_behind(summary: dict[str, Any]) -> str | None:
@@ -220,9 +231,13 @@ def analysis_behind(summary: dict[str, Any]) -> str | None:
         if planned
         else ""
     )
+    # autofocus planes are not analysed: of the frames that were to be
+    acquired = int(summary.get("frames_acquired") or 0) - int(
+        summary.get("frames_autofocus") or 0
+    )
     return (
         f"the analysis did not keep up: {skipped} of "
-        f"{summary.get('frames_acquired')} frames were not analysed (the queue "
+        f"{acquired} frames were not analysed (the queue "
         f"was full; every frame is on disk); its stages took {took}{pace}. A "
         "longer interval, fewer positions or channels, a faster model or a "
         "GPU keep up; analysis.queue_size absorbs longer bursts"

@@ -280,9 +280,7 @@ def behind_message(
     the plan's ``planned_frame_ms``; ``when`` says where the models were timed."""
     if cost is None or planned_ms is None or cost["per_frame"] <= planned_ms:
         return None
-    parts = ", ".join(
-        f"{k} {readable_ms(cost[k])} ms" for k in ("denoise", "segment") if k in cost
-    )
+    parts = model_times(cost)
     how = "on two threads at once" if two_threads else "one after the other"
     return (
         f"the analysis may not keep up with this plan: on this machine the "
@@ -293,6 +291,13 @@ def behind_message(
         "will be analysed and reacted to (the others are skipped from analysis, "
         "never from disk); a longer interval, fewer positions or channels, a "
         "faster model or a GPU keep up"
+    )
+
+
+def model_times(cost: dict[str, float]) -> str:
+    """ "denoise 21 ms, segment 18 ms" from a warm-up's ``cost``."""
+    return ", ".join(
+        f"{k} {readable_ms(cost[k])} ms" for k in ("denoise", "segment") if k in cost
     )
 
 
