@@ -87,6 +87,20 @@ def _print_summary(out_dir: Path, summary: dict[str, Any]) -> None:
         console.print(f"report     [bold]{_escape(str(report_path))}[/]")
 
 
+def _check_device(device: str, *, available: bool = False) -> None:
+    """Exit 2 unless ``device`` is auto, cpu or cuda (and, with
+    ``available``, one this machine has), saying what to use."""
+    if device not in ("auto", "cpu", "cuda"):
+        _fail(f"--device must be auto, cpu or cuda, got {device!r}")
+    if available:
+        from smartscope.nn.predictor import resolve_device
+
+        try:
+            resolve_device(device)
+        except ValueError as e:
+            _fail(f"--device: {e}; use --device cpu (or auto)")
+
+
 def _escape(text: str) -> str:
     from rich.markup import escape
 
@@ -240,8 +254,7 @@ def run(
     moved); 130 / 143 / 129 interrupted by SIGINT / SIGTERM / SIGHUP (after the current frame,
     the folder finished). After SIGKILL, `smartscope recover RUN_DIR`.
     """
-    if device not in ("auto", "cpu", "cuda"):
-        _fail(f"--device must be auto, cpu or cuda, got {device!r}")
+    _check_device(device)
     if time not in (None, "virtual", "realtime"):
         _fail(f"--time must be virtual or realtime, got {time!r}")
     from smartscope.run import run_protocol
@@ -329,15 +342,7 @@ def check(
     """
     from smartscope.check import check_protocol
 
-    if device not in ("auto", "cpu", "cuda"):
-        _fail(f"--device must be auto, cpu or cuda, got {device!r}")
-    if time_analysis:
-        from smartscope.nn.predictor import resolve_device
-
-        try:
-            resolve_device(device)
-        except ValueError as e:
-            _fail(f"--device: {e}; use --device cpu (or auto)")
+    _check_device(device, available=time_analysis)
     with _reported_errors():
         report = check_protocol(
             protocol,
