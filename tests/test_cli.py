@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from contracts import CELLS_CSV_COLUMNS
 from smartscope import cli
+from smartscope._data import data_dir
 from smartscope.errors import SmartscopeError
 
 PIXEL_SIZE_UM = 0.65  # 6.5 µm camera pixels behind the default 10x objective
@@ -447,3 +448,21 @@ def test_lazy_subcommand_forwards_arguments(monkeypatch):
     result = runner.invoke(app, ["train", "export"])
     assert result.exit_code == 2
     assert "no model to export" in result.output
+
+
+def test_run_refuses_an_unknown_device_before_anything_moves(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(
+        cli.app,
+        [
+            "run",
+            str(data_dir("protocols") / "demo.yaml"),
+            "--device",
+            "tpu",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "--device must be auto, cpu or cuda, got 'tpu'" in result.output
+    assert not out.exists()
