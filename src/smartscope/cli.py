@@ -912,6 +912,23 @@ for _row in LAZY_SUBCOMMANDS:
         add_lazy_subcommand(app, *_row)
 
 
+def _swallowed_interrupt(exit_: SystemExit) -> KeyboardInterrupt | None:
+    """The stop signal behind ``exit_`` when typer (or click) made it of a
+    KeyboardInterrupt that landed outside a command's own handlers (while the
+    command's modules were still being imported): typer exits 130 without a
+    word whatever the signal, click prints "Aborted!" and exits 1. Both raise
+    their exit ``from`` the interrupt; a command that handled the signal
+    itself raises its exit without a cause."""
+    seen: BaseException | None = exit_.__context__
+    for _ in range(8):  # typer's Exit, a nested command's, ...
+        if seen is None:
+            return None
+        if isinstance(seen.__cause__, KeyboardInterrupt):
+            return seen.__cause__
+        seen = seen.__context__
+    return None
+
+
 def main() -> None:
     """Entry point of the ``smartscope`` console script."""
     import signal
@@ -925,7 +942,13 @@ def main() -> None:
         signal.signal(sig, signal.SIG_IGN)
     try:
         with stop_signals():  # stop signals are interrupts from here on
-            app(prog_name="smartscope")
+            try:
+                app(prog_name="smartscope")
+            except SystemExit as e:
+                interrupt = _swallowed_interrupt(e)
+                if interrupt is None:
+                    raise
+                raise interrupt from None
     except SmartscopeError as e:  # raised outside a command's own handler
         if _DEBUG:
             raise

@@ -155,6 +155,52 @@ def test_under_nohup_a_hangup_is_ignored(tmp_path: Path) -> None:
     assert _check(out, signal.SIGTERM, proc.returncode, stdout, stderr) == "running"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_a_signal_while_the_command_imports_says_so_and_names_itself(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    sig: signal.Signals,
+) -> None:
+    """A signal that lands while ``smartscope run`` still imports its modules,
+    before its own handlers are in place, reaches typer first: typer 0.29
+    makes any KeyboardInterrupt a silent exit 130 (found by CI: SIGINT 0.8 s
+    after start on a busy machine, exit 130 and an empty stderr; a SIGTERM
+    there would have exited 130 too). Sent here from inside the import of
+    ``smartscope.run`` itself, in this process, so that it lands there every
+    time."""
+    import importlib.abc
+    import os
+    import sys
+
+    from smartscope import cli
+
+    class SignalOnImport(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, path: object, target: object = None) -> None:
+            if name == "smartscope.run":
+                os.kill(os.getpid(), sig)
+                time.sleep(0.05)  # the handler runs here and raises
+            return None
+
+    out = tmp_path / "run"
+    monkeypatch.delitem(sys.modules, "smartscope.run", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [SignalOnImport(), *sys.meta_path])
+    argv = ["smartscope", "run", str(_protocol(tmp_path)), "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    handlers = {s: signal.getsignal(s) for s in EXIT}
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli.main()
+    finally:  # main leaves the signals ignored for the interpreter's exit
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    assert exit_.value.code == EXIT[sig]
+    stderr = capsys.readouterr().err
+    assert f"interrupted ({sig.name}) during start-up" in stderr
+    assert "Traceback" not in stderr
+    assert not out.exists()
+
+
 def test_a_signal_while_models_load_is_raised_after_loading() -> None:
     """TorchScript compiles in C++ that calls back into Python: an exception
     raised in there by the signal handler aborted the process (found by the
