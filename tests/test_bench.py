@@ -40,6 +40,16 @@ def test_quick_bench_reports_simulator_and_controller(tmp_path: Path) -> None:
     assert ctl["analysis_classical"]["objects_per_frame"] > 5
 
 
+def test_the_host_sections_can_be_left_out(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.sh spends a GPU's time on the models only: the
+    simulator and controller sections (CPU work) are left out, and the JSON
+    says what was measured by what it holds."""
+    out = tmp_path / "bench.json"
+    run(json_path=out, quick=True, simulator=False, controller=False)
+    on_disk = json.loads(out.read_text())
+    assert set(on_disk) == {"schema_version", "machine", "source", "quick"}
+
+
 def test_scaling_reports_each_size_stage_by_stage() -> None:
     from smartscope.bench_scaling import measure_scaling, scaling_table
 

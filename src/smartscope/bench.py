@@ -403,6 +403,7 @@ def run(
     quick: bool = False,
     *,
     defocus: bool = False,
+    simulator: bool = True,
     controller: bool = True,
     long: bool = False,
     scaling: bool = False,
@@ -423,6 +424,11 @@ def run(
     defocus : bool
         Also time 512 × 512 snaps at 40x, 0, 5 and 20 µm out of focus (slow:
         tens of seconds while wide blurs are computed by direct convolution).
+    simulator, controller : bool
+        The sections that measure the simulator and the controller (its
+        overhead, the analysis' throughput, the demo's latencies); leaving
+        them out keeps only the sections asked for (``benchmarks/gpu_check.sh``
+        does, to spend a GPU's time on the models).
     device : "auto", "cpu" or "cuda"
         Where the models run in the analysis measurements (model analysis
         throughput, ``scaling``, ``positions``); "auto": CUDA when there is
@@ -472,16 +478,17 @@ def run(
         "source": _source_state(),
         "quick": quick,
     }
-    results["simulator"] = _measure(
-        warmup=warmup,
-        repeats_512=rep_512,
-        repeats_2048=rep_2048,
-        timepoints=timepoints,
-        runs=runs,
-        defocus=defocus,
-        console=console,
-    )
-    _print_table(results, console)
+    if simulator:
+        results["simulator"] = _measure(
+            warmup=warmup,
+            repeats_512=rep_512,
+            repeats_2048=rep_2048,
+            timepoints=timepoints,
+            runs=runs,
+            defocus=defocus,
+            console=console,
+        )
+        _print_table(results, console)
     if controller:
         results["controller"] = _measure_controller(
             quick=quick, long=long, console=console, device=device

@@ -1,0 +1,202 @@
+"""The analysis fed at a camera's pace: frames/s sustained, frames skipped,
+frame→result latency.
+
+The GPU targets of issue 12 (2048² at 100 frames/s with none skipped, p99
+under 20 ms; 512² p99 under 5 ms) are about the analysis keeping up with a
+camera; the simulator cannot render 2048² frames at 100/s on the host's
+CPU, so here the camera is a clock: ``frames`` frames, cycled from
+``distinct`` frames the simulator rendered beforehand (the demo scene at
+10x, the sample moving between them), are submitted to the
+:class:`~smartscope.analysis.pipeline.AnalysisPipeline` a run uses (its
+default bounded queue, its warm-up, its device) at ``rate_hz``, each stamped
+as it is submitted, as the acquisition thread stamps a frame it receives.
+Reported: frames submitted, analysed and skipped (the queue was full), the
+rate the frames were submitted at and the rate the results came at,
+frame→result (the frame handed over → its labels, measurements and tracks
+ready: what a reaction decides on, which takes about 0.1 ms more, measured
+by ``smartscope bench --positions``) n, p50, p95, p99 and max, the analysis
+stages' and the models' steps' medians, and how late the clock's ticks were
+(the submitting thread's own lateness, which would otherwise pass for the
+analysis').
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+__all__ = ["measure_paced", "render_frames"]
+
+
+def render_frames(
+    size: int, distinct: int, *, step_s: float = 60.0
+) -> tuple[list[np.ndarray], list[int]]:
+    """``distinct`` frames of ``size``² of the demo scene (10x, 5 mW, 20 ms,
+    DAPI), ``step_s`` of sample time apart (the nuclei move between them), and
+    how many nuclei each shows (the simulator's truth)."""
+    from smartscope.hardware import load_core, release_core
+    from smartscope.sim import get_simulator
+
+    core = load_core(seed=1, time_mode="virtual")
+    try:
+        core.setProperty("Camera", "SensorWidth_px", size)
+        core.setProperty("Camera", "SensorHeight_px", size)
+        core.setConfig("Objective", "10x")
+        core.setProperty("Laser", "Power_mW", 5)
+        core.setExposure(20)
+        sim = get_simulator(core)
+        frames, nuclei = [], []
+        for _ in range(distinct):
+            core.snapImage()
+            frames.append(core.getImage().copy())
+            nuclei.append(int(np.count_nonzero(np.unique(sim.truth().labels))))
+            sim.clock.advance(step_s)
+        return frames, nuclei
+    finally:
+        release_core(core)
+
+
+def _percentiles(values: list[float]) -> dict[str, Any]:
+    if not values:
+        return {"n": 0}
+    v = np.asarray(values)
+    p50, p95, p99 = np.percentile(v, [50, 95, 99])
+    return {
+        "n": int(v.size),
+        "p50": round(float(p50), 2),
+        "p95": round(float(p95), 2),
+        "p99": round(float(p99), 2),
+        "max": round(float(v.max()), 2),
+    }
+
+
+def measure_paced(
+    *,
+    size: int = 512,
+    rate_hz: float = 20.0,
+    frames: int = 600,
+    device: str = "auto",
+    denoise: str | None = "denoise-care",
+    distinct: int = 8,
+    settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Feed ``frames`` frames of ``size``² to the analysis at ``rate_hz`` and
+    measure whether it keeps up (see the module's text).
+
+    ``denoise``: the denoiser (None: none); the segmenter is ``nuclei-seg``.
+    ``settings``: further :class:`AnalysisSettings` fields (``stages``,
+    ``batch_frames``, ``queue_size`` ...).
+
+    Returns
+    -------
+    dict
+        ``settings``; ``submitted``, ``analysed``, ``skipped``, ``failed``
+        (``analysed + skipped == submitted``); ``submitted_per_s`` and
+        ``analysed_per_s`` (from the first result to the last);
+        ``frame_to_result_ms`` (n, p50, p95, p99, max); ``stages_ms`` and
+        ``model_stages_ms`` (medians); ``objects_per_frame`` (median) and
+        ``truth_nuclei_per_frame`` (the simulator's count, median);
+        ``tick_late_ms`` (the clock's lateness: p99, max); ``device``.
+    """
+    from smartscope.analysis import AnalysisPipeline, AnalysisSettings
+    from smartscope.analysis.result import FrameInput
+    from smartscope.bench_scaling import PIXEL_SIZE_UM
+    from smartscope.nn.predictor import resolve_device
+
+    if not rate_hz > 0:
+        raise ValueError(f"rate_hz must be > 0, got {rate_hz}")
+    if frames < 1 or distinct < 1:
+        raise ValueError(f"frames and distinct must be >= 1, got {frames}, {distinct}")
+    on = str(resolve_device(device))
+    images, nuclei = render_frames(size, distinct)
+    analysis = AnalysisSettings(
+        denoise=denoise,
+        segmenter="model",
+        model="nuclei-seg",
+        diameter_um=12,
+        **(settings or {}),
+    )
+    pipeline = AnalysisPipeline(analysis, device=on)
+    results: list[Any] = []
+    pipeline.frame_analysed.connect(lambda r: results.append(r))
+    pipeline.start(warm_up=(images[0].shape, PIXEL_SIZE_UM))
+    late: list[float] = []
+    period = 1.0 / rate_hz
+
+    def feed() -> None:
+        t0 = time.perf_counter() + period
+        for k in range(frames):
+            due = t0 + k * period
+            while (wait := due - time.perf_counter()) > 0:
+                time.sleep(wait)
+            now = time.perf_counter()
+            late.append((now - due) * 1000.0)
+            pipeline.submit(
+                FrameInput(
+                    image=images[k % distinct],
+                    frame_index=k,
+                    position="a",
+                    stage_x_um=0.0,
+                    stage_y_um=0.0,
+                    z_um=0.0,
+                    pixel_size_um=PIXEL_SIZE_UM,
+                    exposure_ms=20.0,
+                    t_frame=now,
+                    t_s=k * period,
+                    channel="DAPI",
+                )
+            )
+
+    clock = threading.Thread(target=feed, name="paced-camera")
+    t_start = time.perf_counter()
+    clock.start()
+    clock.join()
+    t_fed = time.perf_counter()
+    pipeline.stop(drain=True, timeout_s=600)
+    ok = [r for r in results if r.error is None]
+    stages: dict[str, list[float]] = {}
+    model_stages: dict[str, list[float]] = {}
+    for r in ok:
+        for name, ms in r.extra.get("stages_ms", {}).items():
+            stages.setdefault(name, []).append(ms)
+        for name, ms in r.extra.get("model_stages_ms", {}).items():
+            model_stages.setdefault(name, []).append(ms)
+    t_results = sorted(r.t_result for r in results)
+    span = t_results[-1] - t_results[0] if len(t_results) > 1 else 0.0
+    return {
+        "settings": {
+            "size_px": size,
+            "rate_hz": rate_hz,
+            "frames": frames,
+            "distinct_frames": distinct,
+            "denoise": denoise,
+            "model": "nuclei-seg",
+            "queue_size": analysis.queue_size,
+            "stages": pipeline.stages,  # as resolved ("auto" decided)
+            "batch_frames": analysis.batch_frames,
+            "requested": dict(settings or {}),
+        },
+        "device": on,
+        "submitted": pipeline.submitted,
+        "analysed": pipeline.analysed,
+        "skipped": pipeline.skipped,
+        "failed": pipeline.failed,
+        "submitted_per_s": round(frames / (t_fed - t_start), 2),
+        "analysed_per_s": round((len(t_results) - 1) / span, 2) if span > 0 else None,
+        "frame_to_result_ms": _percentiles([r.latency_ms for r in results]),
+        "stages_ms": {k: round(float(np.median(v)), 2) for k, v in stages.items()},
+        "model_stages_ms": {
+            k: round(float(np.median(v)), 2) for k, v in model_stages.items()
+        },
+        "objects_per_frame": (
+            float(np.median([len(r.objects) for r in ok])) if ok else None
+        ),
+        "truth_nuclei_per_frame": float(np.median(nuclei)),
+        "tick_late_ms": {
+            "p99": round(float(np.percentile(late, 99)), 2),
+            "max": round(float(max(late)), 2),
+        },
+    }
