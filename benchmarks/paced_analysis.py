@@ -31,14 +31,20 @@ def main() -> None:
     ap.add_argument("--distinct", type=int, default=8, help="frames rendered")
     ap.add_argument("--stages", default=None, help="analysis.stages: auto, 1 or 2")
     ap.add_argument("--batch-frames", default=None, help="analysis.batch_frames")
+    ap.add_argument("--max-wait-ms", type=float, help="analysis.max_wait_ms")
+    ap.add_argument("--queue-size", type=int, help="analysis.queue_size")
     ap.add_argument("--json", type=Path, help="append the result here (JSON lines)")
     args = ap.parse_args()
-    settings = {}
+    settings: dict[str, object] = {}
     if args.stages is not None:
         settings["stages"] = args.stages if args.stages == "auto" else int(args.stages)
     if args.batch_frames is not None:
         b = args.batch_frames
         settings["batch_frames"] = b if b == "auto" else int(b)
+    if args.max_wait_ms is not None:
+        settings["max_wait_ms"] = args.max_wait_ms
+    if args.queue_size is not None:
+        settings["queue_size"] = args.queue_size
     r = measure_paced(
         size=args.size,
         rate_hz=args.rate,

@@ -124,6 +124,55 @@ def test_a_full_queue_drops_the_oldest_frames(frames) -> None:
     assert analysed[-4:] == [46, 47, 48, 49]
 
 
+def _three_waiting_late(pipeline: AnalysisPipeline, frames) -> None:
+    """Submit three frames taken 10 s ago, all waiting before the worker
+    takes the first (it needs the pipeline's lock to take one)."""
+    taken = time.perf_counter() - 10.0
+    with pipeline._cond:
+        for frame in series(frames, 3):
+            pipeline.submit(dataclasses.replace(frame, t_frame=taken))
+
+
+def test_frames_that_waited_too_long_go_and_the_newest_is_analysed(frames) -> None:
+    """``max_wait_ms``: an analysis that fell behind works on the newest frame
+    (its reactions act on what the sample looks like now) instead of working
+    through a queue of stale ones; the newest is analysed however late."""
+    pipeline = AnalysisPipeline(AnalysisSettings(queue_size=8, max_wait_ms=50))
+    why: list[tuple[int, str]] = []
+    pipeline.frame_skipped.connect(lambda i, reason: why.append((i, reason)))
+    results: list[FrameResult] = []
+    pipeline.frame_analysed.connect(results.append)
+    pipeline.start()
+    _three_waiting_late(pipeline, frames)
+    assert pipeline.stop(drain=True)
+    assert why == [(0, "too late"), (1, "too late")]
+    assert [r.frame_index for r in results] == [2]
+    assert results[0].error is None
+    assert (pipeline.submitted, pipeline.analysed, pipeline.skipped) == (3, 1, 2)
+
+
+@pytest.mark.parametrize("max_wait_ms", [None, 50.0])
+def test_late_frames_stay_without_max_wait_or_where_the_clock_waits(
+    frames, max_wait_ms: float | None
+) -> None:
+    """No ``max_wait_ms``, or virtual time (``drop_late`` False: the analysis
+    paces the clock there), and every waiting frame is analysed."""
+    pipeline = AnalysisPipeline(AnalysisSettings(queue_size=8, max_wait_ms=max_wait_ms))
+    pipeline.drop_late = max_wait_ms is None  # the controller's virtual time
+    results: list[FrameResult] = []
+    pipeline.frame_analysed.connect(results.append)
+    pipeline.start()
+    _three_waiting_late(pipeline, frames)
+    assert pipeline.stop(drain=True)
+    assert [r.frame_index for r in results] == [0, 1, 2]
+    assert pipeline.skipped == 0
+
+
+def test_max_wait_must_be_a_positive_time() -> None:
+    with pytest.raises(ValueError, match="max_wait_ms"):
+        AnalysisSettings(max_wait_ms=0)
+
+
 def test_stop_without_drain_skips_what_is_queued(frames) -> None:
     pipeline = SlowPipeline(AnalysisSettings(queue_size=8))
     seen = Recorder(pipeline)

@@ -682,8 +682,8 @@ def _dose_bars(
 
 
 def skipped_panel(data: RunData) -> Panel:
-    """Frames dropped from analysis (queue full, abandoned at stop) and
-    analysis errors over the run's wall time."""
+    """Frames dropped from analysis (queue full, too late, abandoned at stop)
+    and analysis errors over the run's wall time."""
     frames = data.acquisition_frames()
     if not frames:
         return _no_data("No frame was acquired: none was skipped for analysis.")
@@ -707,15 +707,18 @@ def skipped_panel(data: RunData) -> Panel:
     _style(ax)
     groups = {
         "skipped: queue full": [
-            s.index for s in data.skipped if s.reason != "abandoned at stop"
+            s.index
+            for s in data.skipped
+            if s.reason not in ("abandoned at stop", "too late")
         ],
+        "skipped: too late": [s.index for s in data.skipped if s.reason == "too late"],
         "abandoned at stop": [
             s.index for s in data.skipped if s.reason == "abandoned at stop"
         ],
         "analysis error": errors,
         "analysed": [i for i, a in data.analyses.items() if a.error is None],
     }
-    colors = ["#d62728", "#ff7f0e", "#8c564b", "#1f77b4"]
+    colors = ["#d62728", "#e377c2", "#ff7f0e", "#8c564b", "#1f77b4"]
     for (name, idx), color in zip(groups.items(), colors, strict=True):
         t = np.sort(np.array([t_of[i] for i in idx if i in t_of], dtype=float))
         if not t.size:
@@ -736,8 +739,9 @@ def skipped_panel(data: RunData) -> Panel:
         "Cumulative counts of frames by their fate in the analysis, at the "
         "time each frame was taken (analysis_skipped, analysis_error and "
         "analysis records). A frame skipped for analysis (the analysis queue "
-        "was full) or abandoned at the stop is still on disk; reactions did "
-        "not see it."
+        "was full, or it had waited longer than analysis.max_wait_ms while a "
+        "newer frame waited) or abandoned at the stop is still on disk; "
+        "reactions did not see it."
     )
     return Panel(_png(fig), caption)
 

@@ -237,8 +237,9 @@ def analysis_behind(summary: dict[str, Any]) -> str | None:
     )
     return (
         f"the analysis did not keep up: {skipped} of "
-        f"{acquired} frames were not analysed (the queue "
-        f"was full; every frame is on disk); its stages took {took}{pace}. A "
+        f"{acquired} frames were not analysed (the queue was full, or they "
+        "had waited longer than analysis.max_wait_ms; every frame is on "
+        f"disk); its stages took {took}{pace}. A "
         "longer interval, fewer positions or channels, a faster model or a "
         "GPU keep up; analysis.queue_size absorbs longer bursts"
     )

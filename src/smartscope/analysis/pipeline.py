@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Literal
@@ -78,13 +79,17 @@ class AnalysisPipeline(FrameAnalyser):
 
     frame_skipped = Signal(
         int,
-        description="Emits ``(frame_index: int)`` for a frame dropped from "
-        "analysis: the queue was full, or the pipeline stopped without draining.",
+        str,
+        description="Emits ``(frame_index: int, reason: str)`` for a frame "
+        "dropped from analysis: 'queue full', 'too late' (waited longer than "
+        "max_wait_ms), 'not drained' or 'not running'.",
     )
-    """Emits ``(frame_index: int)`` for a frame dropped from analysis: the queue
-    was full (the oldest waiting frame goes), the pipeline stopped without
-    draining, or it was not running. The worker emits it when it has finished
-    the frame it was analysing."""
+    """Emits ``(frame_index: int, reason: str)`` for a frame dropped from
+    analysis: ``"queue full"`` (the oldest waiting frame goes), ``"too late"``
+    (it waited longer than ``settings.max_wait_ms`` and a newer frame waits),
+    ``"not drained"`` (the pipeline stopped without draining) or ``"not
+    running"``. The worker emits it when it has finished the frame it was
+    analysing. A callback may take the index alone."""
 
     analysis_failed = Signal(
         int,
@@ -112,7 +117,7 @@ class AnalysisPipeline(FrameAnalyser):
         self._on_result = on_result
         self._queue: deque[FrameInput] = deque()
         self._cond = threading.Condition()
-        self._skip_notices: deque[int] = deque()
+        self._skip_notices: deque[tuple[int, str]] = deque()
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._submitted = 0
@@ -122,6 +127,9 @@ class AnalysisPipeline(FrameAnalyser):
         #: what the adaptation's pacing "auto" means for this run (True in the
         #: simulator's virtual time); set before :meth:`start`
         self.adapt_paced = False
+        #: ``settings.max_wait_ms`` applies (False in virtual time, where the
+        #: analysis paces the clock); set before :meth:`start`
+        self.drop_late = True
 
     # ------------------------------------------------------------ properties
 
@@ -142,7 +150,8 @@ class AnalysisPipeline(FrameAnalyser):
 
     @property
     def skipped(self) -> int:
-        """Frames dropped from analysis (queue full, not running, or not drained)."""
+        """Frames dropped from analysis (queue full, too late, not running, or
+        not drained)."""
         return self._skipped
 
     @property
@@ -229,12 +238,13 @@ class AnalysisPipeline(FrameAnalyser):
                 dropped: int | None = frame.frame_index
             else:
                 if len(self._queue) >= self._settings.queue_size:
-                    self._skip_notices.append(self._queue.popleft().frame_index)
+                    oldest = self._queue.popleft().frame_index
+                    self._skip_notices.append((oldest, "queue full"))
                     self._skipped += 1
                 self._queue.append(frame)
                 self._cond.notify()
                 return
-        self._emit_skipped(dropped)
+        self._emit_skipped(dropped, "not running")
 
     def stop(self, drain: bool = True, timeout_s: float = 30.0) -> bool:
         """Stop the worker.
@@ -257,7 +267,8 @@ class AnalysisPipeline(FrameAnalyser):
             self._stopping = True
             if not drain:
                 while self._queue:
-                    self._skip_notices.append(self._queue.popleft().frame_index)
+                    index = self._queue.popleft().frame_index
+                    self._skip_notices.append((index, "not drained"))
                     self._skipped += 1
             self._cond.notify_all()
         if thread is None:
@@ -336,10 +347,25 @@ class AnalysisPipeline(FrameAnalyser):
 
     def _take_frames(self, handoff: queue.Queue[_Front | None] | None) -> None:
         queue_, cond, notices = self._queue, self._cond, self._skip_notices
+        max_wait = self._settings.max_wait_ms
+        late_s = max_wait / 1000.0 if max_wait is not None else None
         while True:
+            if handoff is not None:
+                # the next frame is taken once the second stage has taken the
+                # last: it is then the newest waiting, and a frame is never
+                # denoised only to wait while two are ahead of it (the same
+                # throughput, one frame less in flight)
+                handoff.join()
             with cond:
                 while not queue_ and not self._stopping and not notices:
                     cond.wait()
+                if late_s is not None and self.drop_late and len(queue_) > 1:
+                    # fallen behind: the frames that waited too long go, the
+                    # newest stays (a late result beats none)
+                    now = time.perf_counter()
+                    while len(queue_) > 1 and now - queue_[0].t_frame > late_s:
+                        notices.append((queue_.popleft().frame_index, "too late"))
+                        self._skipped += 1
                 frame = queue_.popleft() if queue_ else None
                 batch = [frame] if frame is not None else []
                 if frame is not None and self.batch_frames > 1 and handoff is None:
@@ -355,8 +381,8 @@ class AnalysisPipeline(FrameAnalyser):
                 to_notify = list(notices) if notices else ()
                 notices.clear()
                 done = frame is None and self._stopping
-            for index in to_notify:
-                self._emit_skipped(index)
+            for index, reason in to_notify:
+                self._emit_skipped(index, reason)
             if frame is not None:
                 if handoff is not None:
                     handoff.put(self._front(frame))
@@ -382,6 +408,7 @@ class AnalysisPipeline(FrameAnalyser):
         finally:
             warmed.set()
         while (front := handoff.get()) is not None:
+            handoff.task_done()  # the first stage may take the next frame
             self._process(self._back(front))
 
     def _process(self, result: FrameResult) -> None:
@@ -408,10 +435,10 @@ class AnalysisPipeline(FrameAnalyser):
         if trim:  # between frames: hand freed memory back (a few ms)
             trim_heap()
 
-    def _emit_skipped(self, frame_index: int | None) -> None:
+    def _emit_skipped(self, frame_index: int | None, reason: str) -> None:
         if frame_index is None:
             return
         try:
-            self.frame_skipped.emit(frame_index)
+            self.frame_skipped.emit(frame_index, reason)
         except Exception:
             logger.exception("a subscriber of frame_skipped raised")

@@ -224,6 +224,19 @@ class AnalysisSettings(BaseModel):
         description="frames waiting for analysis; when full, the oldest is "
         "dropped from analysis (never from disk)",
     )
+    max_wait_ms: float | None = Field(
+        None,
+        gt=0,
+        le=3_600_000,
+        description="realtime and hardware runs: a frame that has waited "
+        "longer than this for analysis (since the camera handed it over) is "
+        "dropped from analysis (never from disk) when a newer frame waits "
+        "behind it, so that an analysis that falls behind works on the newest "
+        "frame and the reactions act on what the sample looks like now; the "
+        "newest frame is always analysed. None: frames wait however long "
+        "(queue_size bounds how many). Virtual time ignores it: the analysis "
+        "paces the clock there and no frame is late",
+    )
     executor: Literal["local", "ray"] = Field(
         "local",
         description="'local': a thread of this process; 'ray': a Ray actor, "

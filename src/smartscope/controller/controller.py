@@ -384,9 +384,10 @@ class Controller:
                 )
         self._emit(self.frame_analysed, result)
 
-    def _on_skipped(self, frame_index: int) -> None:
+    def _on_skipped(self, frame_index: int, reason: str = "queue full") -> None:
         self._views.pop(frame_index, None)
-        reason = "abandoned at stop" if self.gate.stopping else "queue full"
+        if self.gate.stopping:
+            reason = "abandoned at stop"
         self._log(R.AnalysisSkippedRecord(index=frame_index, reason=reason))
         self.gate.settled()
 

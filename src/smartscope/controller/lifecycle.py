@@ -206,6 +206,7 @@ def _start(ctl: Controller) -> None:
             virtual = sim is not None and sim.time_mode == "virtual"
             ctl.acquisition.analysis_wait = "virtual" if virtual else "realtime"
             ctl._pipeline.adapt_paced = virtual
+            ctl._pipeline.drop_late = not virtual  # no frame is late in virtual time
         ctl.planned_frame_ms = planned_frame_ms(ctl)
         if ctl._pipeline is not None:
             ctl._pipeline.frame_skipped.connect(ctl._on_skipped)

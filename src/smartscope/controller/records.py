@@ -116,7 +116,8 @@ class AnalysisRecord(Record):
 class AnalysisSkippedRecord(Record):
     kind: Literal["analysis_skipped"] = "analysis_skipped"
     index: int
-    #: "queue full" or "abandoned at stop"; the frame stays on disk
+    #: "queue full", "too late" (waited longer than analysis.max_wait_ms) or
+    #: "abandoned at stop"; the frame stays on disk
     reason: str
 
 
@@ -247,7 +248,7 @@ class Summary(BaseModel):
     frames_acquired: int = Field(description="every frame on disk, autofocus included")
     frames_autofocus: int
     frames_analysed: int
-    frames_skipped_analysis: int = Field(description="queue full; on disk")
+    frames_skipped_analysis: int = Field(description="queue full or too late; on disk")
     frames_abandoned_analysis: int = Field(
         description="queued when the run was stopped"
     )
