@@ -241,7 +241,8 @@ def analysis_behind(summary: dict[str, Any]) -> str | None:
         "had waited longer than analysis.max_wait_ms; every frame is on "
         f"disk); its stages took {took}{pace}. A "
         "longer interval, fewer positions or channels, a faster model or a "
-        "GPU keep up; analysis.queue_size absorbs longer bursts"
+        "GPU keep up; analysis.queue_size absorbs longer bursts, and "
+        "analysis.max_wait_ms keeps the reactions on the newest frames"
     )
 
 

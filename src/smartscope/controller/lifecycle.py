@@ -291,7 +291,8 @@ def behind_message(
         f"roughly {100.0 * planned_ms / cost['per_frame']:.0f}% of the frames "
         "will be analysed and reacted to (the others are skipped from analysis, "
         "never from disk); a longer interval, fewer positions or channels, a "
-        "faster model or a GPU keep up"
+        "faster model or a GPU keep up, and analysis.max_wait_ms keeps the "
+        "reactions on the newest frames meanwhile"
     )
 
 
