@@ -64,7 +64,8 @@ if ! "$PY" -c "import pymmcore_plus, useq, zarr, pydantic" 2>/dev/null \
 fi
 "$PY" -c "import smartscope" 2>/dev/null || export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 work="$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")"
-pack() { tar -czf "$out/gpu-check.tar.gz" -C "$work" .; }
+# written aside and moved into place: a timeout while packing keeps the last pack
+pack() { tar -czf "$out/.gpu-check.tmp" -C "$work" . && mv -f "$out/.gpu-check.tmp" "$out/gpu-check.tar.gz"; }
 if [ "$rehearse" = 1 ]; then
   dev=cpu
   ops_args=(--sizes 256 --repeats 2)
@@ -84,20 +85,28 @@ nvidia-smi > "$work/nvidia-smi.txt" 2>&1 || true
 run_part() {
   case "$1" in
   tests)
-    "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$work/pytest-gpu.txt" | tail -3 ;;
-  paced)
+    "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$work/pytest-gpu.txt" | tail -3
+    return "${PIPESTATUS[0]}" ;;
+  paced)  # each run's failure counts (a part's status is not only its last command's)
+    local rc=0
     for r in "${paced_runs[@]}"; do
       read -r size rate n <<< "$r"
       "$PY" benchmarks/paced_analysis.py --device "$dev" --size "$size" --rate "$rate" \
-        --frames "$n" --json "$work/paced-$dev.jsonl" | "$PY" -c "import json, sys; r = json.loads(sys.stdin.read()); print(r['settings']['size_px'], r['settings']['rate_hz'], 'frames/s:', r['analysed'], 'analysed', r['skipped'], 'skipped, frame->result ms', r['frame_to_result_ms'], r['stages_ms'], r['model_stages_ms'])"
-    done ;;
+        --frames "$n" --json "$work/paced-$dev.jsonl" | "$PY" -c "import json, sys; r = json.loads(sys.stdin.read()); print(r['settings']['size_px'], r['settings']['rate_hz'], 'frames/s:', r['analysed'], 'analysed', r['skipped'], 'skipped, frame->result ms', r['frame_to_result_ms'], r['stages_ms'], r['model_stages_ms'])" \
+        || rc=1
+    done
+    return $rc ;;
   labels)
-    "$PY" benchmarks/device_labels.py --device "$dev" --json "$work/device-labels-$dev.json" | tail -1 ;;
+    "$PY" benchmarks/device_labels.py --device "$dev" --json "$work/device-labels-$dev.json" | tail -1
+    return "${PIPESTATUS[0]}" ;;
   ops)
+    local rc=0
     for c in on off; do  # the first frame of each size compiles (not timed)
       "$PY" benchmarks/device_ops.py --device "$dev" --time "${ops_args[@]}" --compile $c \
-        --json "$work/device-ops-$dev-compile-$c.json" 2>&1 | tee -a "$work/device-ops-$dev.txt" | grep "²"
-    done ;;
+        --json "$work/device-ops-$dev-compile-$c.json" 2>&1 | tee -a "$work/device-ops-$dev.txt" | grep "²" \
+        || rc=1
+    done
+    return $rc ;;
   bench)  # `smartscope bench --scaling --positions`, without its CPU-only sections
     "$PY" -c "import sys; from smartscope import bench; bench.run(sys.argv[1], quick=sys.argv[3] == '1', simulator=False, controller=False, scaling=True, positions=True, device=sys.argv[2])" \
       "$work/bench-$dev.json" "$dev" "$rehearse" > "$work/bench-$dev.txt" 2>&1 \

@@ -124,13 +124,23 @@ def test_a_full_queue_drops_the_oldest_frames(frames) -> None:
     assert analysed[-4:] == [46, 47, 48, 49]
 
 
-def _three_waiting_late(pipeline: AnalysisPipeline, frames) -> None:
-    """Submit three frames taken 10 s ago, all waiting before the worker
-    takes the first (it needs the pipeline's lock to take one)."""
+def _three_waiting_late(
+    pipeline: AnalysisPipeline, frames, positions: tuple[str, ...] = ("p0",)
+) -> None:
+    """Submit three frames (of ``positions`` in turn) taken 10 s ago, all
+    waiting before the worker takes the first (it needs the pipeline's lock
+    to take one)."""
+    _waiting_late(pipeline, frames, 3, positions)
+
+
+def _waiting_late(
+    pipeline: AnalysisPipeline, frames, n: int, positions: tuple[str, ...]
+) -> None:
     taken = time.perf_counter() - 10.0
     with pipeline._cond:
-        for frame in series(frames, 3):
-            pipeline.submit(dataclasses.replace(frame, t_frame=taken))
+        for frame in series(frames, n):
+            where = positions[frame.frame_index % len(positions)]
+            pipeline.submit(dataclasses.replace(frame, t_frame=taken, position=where))
 
 
 def test_frames_that_waited_too_long_go_and_the_newest_is_analysed(frames) -> None:
@@ -149,6 +159,26 @@ def test_frames_that_waited_too_long_go_and_the_newest_is_analysed(frames) -> No
     assert [r.frame_index for r in results] == [2]
     assert results[0].error is None
     assert (pipeline.submitted, pipeline.analysed, pipeline.skipped) == (3, 1, 2)
+
+
+def test_the_newest_frame_of_each_position_is_analysed_however_late(frames) -> None:
+    """Two time points of three positions, all late: the first time point's
+    frames go, the second's are all analysed (a position whose frame comes
+    first in every time point is not starved by the ones after it)."""
+    pipeline = AnalysisPipeline(AnalysisSettings(queue_size=8, max_wait_ms=50))
+    why: list[tuple[int, str]] = []
+    pipeline.frame_skipped.connect(lambda i, reason: why.append((i, reason)))
+    results: list[FrameResult] = []
+    pipeline.frame_analysed.connect(results.append)
+    pipeline.start()
+    _waiting_late(pipeline, frames, 6, ("a", "b", "c"))
+    assert pipeline.stop(drain=True)
+    assert why == [(0, "too late"), (1, "too late"), (2, "too late")]
+    assert [(r.frame_index, r.frame.position) for r in results] == [
+        (3, "a"),
+        (4, "b"),
+        (5, "c"),
+    ]
 
 
 @pytest.mark.parametrize("max_wait_ms", [None, 50.0])

@@ -450,6 +450,38 @@ def test_lazy_subcommand_forwards_arguments(monkeypatch):
     assert "no model to export" in result.output
 
 
+def test_a_stop_signal_in_a_lazy_subcommand_names_itself(monkeypatch):
+    """`smartscope train` runs a typer app of its own, which makes a stop
+    signal in a long training an exit 130 without a word (whatever the
+    signal); the forwarding command says it was interrupted, by which
+    signal, and exits with that signal's status, not as a start-up
+    interrupt."""
+    from smartscope.interrupts import Interrupted
+
+    train_app = typer.Typer()
+
+    @train_app.command()
+    def fit() -> None:
+        raise Interrupted("SIGTERM")  # what the stop-signal guard raises
+
+    @train_app.command()
+    def other() -> None: ...
+
+    app = typer.Typer()
+
+    @app.command()
+    def nothing() -> None: ...
+
+    cli.add_lazy_subcommand(app, "train", "smartscope_fake_train2", "train_app", "T.")
+    fake = types.ModuleType("smartscope_fake_train2")
+    fake.train_app = train_app  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "smartscope_fake_train2", fake)
+    result = runner.invoke(app, ["train", "fit"])
+    assert result.exit_code == 143, result.output
+    assert "interrupted (SIGTERM)" in result.output
+    assert "start-up" not in result.output
+
+
 def test_run_refuses_an_unknown_device_before_anything_moves(tmp_path):
     out = tmp_path / "run"
     result = runner.invoke(

@@ -10,7 +10,8 @@ CPU, so here the camera is a clock: ``frames`` frames, cycled from
 :class:`~smartscope.analysis.pipeline.AnalysisPipeline` a run uses (its
 default bounded queue, its warm-up, its device) at ``rate_hz``, each stamped
 as it is submitted, as the acquisition thread stamps a frame it receives.
-Reported: frames submitted, analysed and skipped (the queue was full), the
+Reported: frames submitted, analysed and skipped (the queue was full, or
+with ``max_wait_ms`` in ``settings`` they had waited too long), the
 rate the frames were submitted at and the rate the results came at,
 frame→result (the frame handed over → its labels, measurements and tracks
 ready: what a reaction decides on, which takes about 0.1 ms more, measured
@@ -152,10 +153,17 @@ def measure_paced(
 
     clock = threading.Thread(target=feed, name="paced-camera")
     t_start = time.perf_counter()
-    clock.start()
-    clock.join()
-    t_fed = time.perf_counter()
-    pipeline.stop(drain=True, timeout_s=600)
+    try:
+        clock.start()
+        clock.join()
+        t_fed = time.perf_counter()
+    finally:  # the worker drains what waits; its counts are final after it
+        stopped = pipeline.stop(drain=True, timeout_s=600)
+    if not stopped:
+        raise RuntimeError(
+            f"the analysis was still busy 600 s after the last of {frames} "
+            "frames: no figures"
+        )
     ok = [r for r in results if r.error is None]
     stages: dict[str, list[float]] = {}
     model_stages: dict[str, list[float]] = {}

@@ -900,11 +900,17 @@ def add_lazy_subcommand(
                 if isinstance(target, typer.Typer)
                 else target
             )
-            command.main(
-                args=list(ctx.args),
-                prog_name=f"smartscope {name}",
-                standalone_mode=True,
-            )
+            try:
+                command.main(
+                    args=list(ctx.args),
+                    prog_name=f"smartscope {name}",
+                    standalone_mode=True,
+                )
+            except SystemExit as e:  # typer made a stop signal an exit 130
+                interrupt = _swallowed_interrupt(e)
+                if interrupt is None:
+                    raise
+                raise interrupt from None  # "interrupted (SIGTERM)", exit 143
 
 
 for _row in LAZY_SUBCOMMANDS:

@@ -705,20 +705,17 @@ def skipped_panel(data: RunData) -> Panel:
     fig = _figure(8.0, 3.4)
     ax = fig.add_subplot()
     _style(ax)
+    named = ("queue full", "too late", "abandoned at stop")
     groups = {
-        "skipped: queue full": [
-            s.index
-            for s in data.skipped
-            if s.reason not in ("abandoned at stop", "too late")
-        ],
-        "skipped: too late": [s.index for s in data.skipped if s.reason == "too late"],
-        "abandoned at stop": [
-            s.index for s in data.skipped if s.reason == "abandoned at stop"
-        ],
+        "skipped: queue full": [s.index for s in data.skipped if s.reason == named[0]],
+        "skipped: too late": [s.index for s in data.skipped if s.reason == named[1]],
+        "abandoned at stop": [s.index for s in data.skipped if s.reason == named[2]],
+        # e.g. "analysis thread ended": the analysis ended before the frame
+        "skipped: other": [s.index for s in data.skipped if s.reason not in named],
         "analysis error": errors,
         "analysed": [i for i, a in data.analyses.items() if a.error is None],
     }
-    colors = ["#d62728", "#e377c2", "#ff7f0e", "#8c564b", "#1f77b4"]
+    colors = ["#d62728", "#e377c2", "#ff7f0e", "#7f7f7f", "#8c564b", "#1f77b4"]
     for (name, idx), color in zip(groups.items(), colors, strict=True):
         t = np.sort(np.array([t_of[i] for i in idx if i in t_of], dtype=float))
         if not t.size:

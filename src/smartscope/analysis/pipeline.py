@@ -86,7 +86,8 @@ class AnalysisPipeline(FrameAnalyser):
     )
     """Emits ``(frame_index: int, reason: str)`` for a frame dropped from
     analysis: ``"queue full"`` (the oldest waiting frame goes), ``"too late"``
-    (it waited longer than ``settings.max_wait_ms`` and a newer frame waits),
+    (it waited longer than ``settings.max_wait_ms`` and a newer frame of its
+    position and channel waits),
     ``"not drained"`` (the pipeline stopped without draining) or ``"not
     running"``. The worker emits it when it has finished the frame it was
     analysing. A callback may take the index alone."""
@@ -360,12 +361,7 @@ class AnalysisPipeline(FrameAnalyser):
                 while not queue_ and not self._stopping and not notices:
                     cond.wait()
                 if late_s is not None and self.drop_late and len(queue_) > 1:
-                    # fallen behind: the frames that waited too long go, the
-                    # newest stays (a late result beats none)
-                    now = time.perf_counter()
-                    while len(queue_) > 1 and now - queue_[0].t_frame > late_s:
-                        notices.append((queue_.popleft().frame_index, "too late"))
-                        self._skipped += 1
+                    self._drop_late(late_s)
                 frame = queue_.popleft() if queue_ else None
                 batch = [frame] if frame is not None else []
                 if frame is not None and self.batch_frames > 1 and handoff is None:
@@ -394,6 +390,30 @@ class AnalysisPipeline(FrameAnalyser):
                         self._process(self.analyse(f))
             elif done:
                 return
+
+    def _drop_late(self, late_s: float) -> None:
+        """Fallen behind: the waiting frames that waited longer than
+        ``late_s`` go, except the newest of each position and channel (a late
+        result beats none, and a position or channel whose frame comes first
+        in every time point is not starved by those after it). Under the
+        pipeline's lock."""
+        now = time.perf_counter()
+        newest: dict[tuple[str, str], int] = {}
+        for frame in self._queue:
+            newest[(frame.position, frame.channel)] = frame.frame_index
+        kept: list[FrameInput] = []
+        for frame in self._queue:
+            if (
+                now - frame.t_frame > late_s
+                and newest[(frame.position, frame.channel)] != frame.frame_index
+            ):
+                self._skip_notices.append((frame.frame_index, "too late"))
+                self._skipped += 1
+            else:
+                kept.append(frame)
+        if len(kept) != len(self._queue):
+            self._queue.clear()
+            self._queue.extend(kept)
 
     def _run_back(
         self,

@@ -230,10 +230,11 @@ class AnalysisSettings(BaseModel):
         le=3_600_000,
         description="realtime and hardware runs: a frame that has waited "
         "longer than this for analysis (since the camera handed it over) is "
-        "dropped from analysis (never from disk) when a newer frame waits "
-        "behind it, so that an analysis that falls behind works on the newest "
-        "frame and the reactions act on what the sample looks like now; the "
-        "newest frame is always analysed. None: frames wait however long "
+        "dropped from analysis (never from disk) when a newer frame of its "
+        "position and channel waits behind it, so that an analysis that falls "
+        "behind works on the newest frames and the reactions act on what the "
+        "sample looks like now; the newest frame of each position and channel "
+        "is always analysed. None: frames wait however long "
         "(queue_size bounds how many). Virtual time ignores it: the analysis "
         "paces the clock there and no frame is late",
     )

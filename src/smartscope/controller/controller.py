@@ -386,7 +386,7 @@ class Controller:
 
     def _on_skipped(self, frame_index: int, reason: str = "queue full") -> None:
         self._views.pop(frame_index, None)
-        if self.gate.stopping:
+        if self.gate.stopping and reason != "too late":  # late before the stop
             reason = "abandoned at stop"
         self._log(R.AnalysisSkippedRecord(index=frame_index, reason=reason))
         self.gate.settled()
