@@ -4,6 +4,7 @@ time, all tries together) does not spend it on a broken script."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -44,11 +45,19 @@ def _packed(out: Path) -> dict[str, bytes]:
         }
 
 
+@pytest.fixture(scope="module")
+def paced(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """The rehearsal of part ``paced``, once for the tests that read it."""
+    out = tmp_path_factory.mktemp("gpu-check") / "out"
+    return out, _rehearse(out, "paced")
+
+
 def test_the_paced_part_packs_its_results_where_the_device_tool_returns_them(
-    tmp_path: Path,
+    paced: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
-    out = tmp_path / "out"
-    done = _rehearse(out, "paced")
+    out, done = paced
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "== paced took" in done.stdout
     # at most 8 files come back from the device tool's $OUT: two here
@@ -62,6 +71,43 @@ def test_the_paced_part_packs_its_results_where_the_device_tool_returns_them(
     r = json.loads(line)
     assert r["device"] == "cpu"
     assert r["submitted"] == r["analysed"] + r["skipped"] == 10
+
+
+def _gpu_report():
+    spec = importlib.util.spec_from_file_location(
+        "gpu_report", ROOT / "benchmarks" / "gpu_report.py"
+    )
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def test_the_report_reads_the_pack_and_judges_the_targets(
+    paced: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    out, done = paced
+    assert done.returncode == 0
+    gpu_report = _gpu_report()
+    text = gpu_report.report(gpu_report.read_results(out / "gpu-check.tar.gz"))
+    assert "| 256² | 5 | " in text  # the rehearsal's paced run
+    assert "part `sustained` did not run" in text
+    assert "part `bench` did not run" in text
+
+    def run(size: int, rate: float, skipped: int, p99: float) -> dict:
+        return {
+            "settings": {"size_px": size, "rate_hz": rate},
+            "skipped": skipped,
+            "frame_to_result_ms": {"n": 1000, "p99": p99},
+        }
+
+    verdict = gpu_report.target_verdict
+    assert verdict(run(2048, 100, 0, 19.9)).startswith("met")
+    assert verdict(run(2048, 100, 1, 10.0)).startswith("NOT met")  # one skipped
+    assert verdict(run(2048, 50, 0, 10.0)).startswith("NOT met")  # too slow a pace
+    assert verdict(run(2048, 100, 0, 20.0)).startswith("NOT met")
+    assert verdict(run(512, 100, 0, 4.9)).startswith("met")
+    assert verdict(run(512, 100, 0, 5.1)).startswith("NOT met")
+    assert verdict(run(256, 5, 0, 60.0)) == ""  # no target at that size
 
 
 def test_an_unknown_part_fails_and_the_others_still_run(tmp_path: Path) -> None:

@@ -1,0 +1,171 @@
+"""What `gpu_check.sh` measured, as Markdown for docs/benchmarks.md, with
+each GPU target of issue 12 said met or not.
+
+Reads ``OUT/gpu-check.tar.gz`` (or a folder it was unpacked into) and prints
+the tables: the machine, the -m gpu tests, the targets (part ``paced``:
+2048² at 100 frames/s with none skipped and frame→result p99 under 20 ms;
+512² p99 under 5 ms), the sustained rate (part ``sustained``), the frame
+sizes and positions (part ``bench``), one analysis stage against two
+(``stages``) and the device labels against the host's (``labels``). A part
+that did not run is said so.
+
+Usage::
+
+    python benchmarks/gpu_report.py OUT/gpu-check.tar.gz > /tmp/gpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+#: issue 12's GPU targets: size -> (frames/s at least or None, p99 ms under)
+TARGETS: dict[int, tuple[float | None, float]] = {2048: (100.0, 20.0), 512: (None, 5.0)}
+
+
+def read_results(path: Path) -> dict[str, bytes]:
+    """The files of a gpu_check result, by name (a .tar.gz or a folder)."""
+    if path.is_dir():
+        return {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
+    with tarfile.open(path) as tar:
+        out = {}
+        for m in tar.getmembers():
+            f = tar.extractfile(m) if m.isfile() else None
+            if f is not None:
+                out[Path(m.name).name] = f.read()
+        return out
+
+
+def _json(files: dict[str, bytes], prefix: str) -> Any | None:
+    for name in sorted(files):
+        if name.startswith(prefix) and name.endswith(".json"):
+            return json.loads(files[name])
+    return None
+
+
+def _q(d: dict[str, Any]) -> str:
+    return " / ".join(f"{d[k]:g}" for k in ("p50", "p95", "p99", "max") if k in d)
+
+
+def target_verdict(run: dict[str, Any]) -> str:
+    """Whether a ``paced`` run meets its size's GPU target ("" when the size
+    has none)."""
+    size = run["settings"]["size_px"]
+    if size not in TARGETS:
+        return ""
+    rate, p99 = TARGETS[size]
+    lat = run["frame_to_result_ms"]
+    ok = run["skipped"] == 0 and lat.get("n", 0) > 0 and lat["p99"] < p99
+    if rate is not None:
+        ok = ok and run["settings"]["rate_hz"] >= rate
+        want = f"≥ {rate:g}/s, 0 skipped, p99 < {p99:g} ms"
+    else:
+        want = f"p99 < {p99:g} ms"
+    return f"{'met' if ok else 'NOT met'} ({want})"
+
+
+def report(files: dict[str, bytes]) -> str:
+    """The Markdown."""
+    lines: list[str] = []
+    torch_line = files.get("torch.txt", b"").decode().strip()
+    lines += ["### Machine", "", f"python, torch, device: `{torch_line or 'unknown'}`"]
+    smi = files.get("nvidia-smi.txt", b"").decode().splitlines()
+    gpu = [x.strip() for x in smi if "NVIDIA" in x and "Driver" not in x]
+    if gpu:
+        lines.append(f"nvidia-smi: `{' '.join(gpu[0].split())}`")
+    tests = files.get("pytest-gpu.txt", b"").decode().strip().splitlines()
+    lines += ["", f"-m gpu tests: `{tests[-1] if tests else 'did not run'}`", ""]
+
+    lines += ["### Targets (part `paced`)", ""]
+    paced = [n for n in files if n.startswith("paced-") and n.endswith(".jsonl")]
+    runs = [json.loads(x) for n in paced for x in files[n].decode().splitlines() if x]
+    if runs:
+        lines += [
+            "| size | frames/s fed | analysed / skipped | analysed/s | "
+            "frame→result p50 / p95 / p99 / max (ms) | target |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for r in runs:
+            s = r["settings"]
+            lines.append(
+                f"| {s['size_px']}² | {s['rate_hz']:g} | {r['analysed']} / "
+                f"{r['skipped']} | {r['analysed_per_s']} | "
+                f"{_q(r['frame_to_result_ms'])} | {target_verdict(r)} |"
+            )
+        lines.append("")
+        for r in runs:
+            lines.append(
+                f"- {r['settings']['size_px']}² stages (ms, medians): "
+                f"{r['stages_ms']}; inside the models: {r['model_stages_ms']}"
+            )
+    else:
+        lines.append("part `paced` did not run")
+    lines.append("")
+
+    lines += ["### Sustained (part `sustained`)", ""]
+    sus = _json(files, "scaling-")
+    if sus:
+        lines += ["| size | frames | frames/s | ms median / p95 | peak GPU MB |"]
+        lines += ["|---|---:|---:|---:|---:|"]
+        for size, e in sus["sizes"].items():
+            lines.append(
+                f"| {size}² | {e['frames']} | {e['frames_per_s']} | "
+                f"{e['ms']['median']} / {e['ms']['p95']} | {e.get('peak_gpu_mb', '')} |"
+            )
+    else:
+        lines.append("part `sustained` did not run")
+    lines.append("")
+
+    lines += ["### Frame sizes and positions (part `bench`)", ""]
+    bench = _json(files, "bench-")
+    if bench and "scaling" in bench:
+        lines += ["| size | ms median | × 512² | peak GPU MB |", "|---|---:|---:|---:|"]
+        for size, e in bench["scaling"]["sizes"].items():
+            lines.append(
+                f"| {size}² | {e['ms']['median']} | {e['ratio_to_512']} | "
+                f"{e.get('peak_gpu_mb', '')} |"
+            )
+        lines.append("")
+    if bench and "positions" in bench:
+        lines += [
+            "| positions | frames | skipped | frame→action p50 / p95 / p99 / max |",
+            "|---:|---:|---:|---:|",
+        ]
+        for n, e in bench["positions"]["runs"].items():
+            lines.append(
+                f"| {n} | {e['frames']} | {e['frames_skipped_analysis']} | "
+                f"{_q(e['frame_to_action_ms'])} |"
+            )
+    if not bench:
+        lines.append("part `bench` did not run")
+    lines.append("")
+
+    lines += ["### One analysis stage or two (part `stages`)", ""]
+    st = _json(files, "stages-")
+    if st:
+        for n, rs in st["runs"].items():
+            ms = ", ".join(str(r["ms_per_frame"]) for r in rs)
+            lines.append(f"- {st['size']}², stages {n}: {ms} ms a frame")
+    else:
+        lines.append("part `stages` did not run")
+    lines.append("")
+
+    lines += ["### Device labels against the host's (part `labels`)", ""]
+    lab = _json(files, "device-labels-")
+    lines.append(
+        f"`{json.dumps(lab['summary'])}`" if lab else "part `labels` did not run"
+    )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", type=Path, help="gpu-check.tar.gz or its folder")
+    print(report(read_results(ap.parse_args().results)), end="")
+
+
+if __name__ == "__main__":
+    main()
