@@ -63,7 +63,9 @@ if ! "$PY" -c "import pymmcore_plus, useq, zarr, pydantic" 2>/dev/null \
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 "$PY" -c "import smartscope" 2>/dev/null || export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+# the results as they come; what is kept is OUT/gpu-check.tar.gz
 work="$(mktemp -d "${TMPDIR:-/tmp}/gpu-check.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
 # written aside and moved into place: a timeout while packing keeps the last pack
 pack() { tar -czf "$out/.gpu-check.tmp" -C "$work" . && mv -f "$out/.gpu-check.tmp" "$out/gpu-check.tar.gz"; }
 if [ "$rehearse" = 1 ]; then

@@ -47,6 +47,9 @@ def _json(files: dict[str, bytes], prefix: str) -> Any | None:
 
 
 def _q(d: dict[str, Any]) -> str:
+    """p50 / p95 / p99 / max ("none" where nothing was measured)."""
+    if not d.get("n"):
+        return "none"
     return " / ".join(f"{d[k]:g}" for k in ("p50", "p95", "p99", "max") if k in d)
 
 

@@ -52,9 +52,11 @@ class Recorder:
     def __init__(self, pipeline: AnalysisPipeline) -> None:
         self.results: list[FrameResult] = []
         self.skipped: list[int] = []
+        self.why: list[tuple[int, str]] = []
         self.failed: list[tuple[int, str]] = []
         pipeline.frame_analysed.connect(self.results.append)
-        pipeline.frame_skipped.connect(self.skipped.append)
+        pipeline.frame_skipped.connect(self.skipped.append)  # the index alone
+        pipeline.frame_skipped.connect(lambda i, reason: self.why.append((i, reason)))
         pipeline.analysis_failed.connect(lambda i, msg: self.failed.append((i, msg)))
 
 
@@ -124,40 +126,39 @@ def test_a_full_queue_drops_the_oldest_frames(frames) -> None:
     assert analysed[-4:] == [46, 47, 48, 49]
 
 
-def _three_waiting_late(
-    pipeline: AnalysisPipeline, frames, positions: tuple[str, ...] = ("p0",)
-) -> None:
-    """Submit three frames (of ``positions`` in turn) taken 10 s ago, all
-    waiting before the worker takes the first (it needs the pipeline's lock
-    to take one)."""
-    _waiting_late(pipeline, frames, 3, positions)
-
-
-def _waiting_late(
-    pipeline: AnalysisPipeline, frames, n: int, positions: tuple[str, ...]
-) -> None:
+def _late_run(
+    frames,
+    n: int,
+    positions: tuple[str, ...] = ("p0",),
+    *,
+    max_wait_ms: float | None = 50.0,
+    drop_late: bool = True,
+) -> tuple[AnalysisPipeline, Recorder]:
+    """``n`` frames (of ``positions`` in turn) taken 10 s ago, all waiting
+    before the worker takes the first (it needs the pipeline's lock to take
+    one), analysed to the end."""
+    pipeline = AnalysisPipeline(AnalysisSettings(queue_size=8, max_wait_ms=max_wait_ms))
+    pipeline.drop_late = drop_late
+    seen = Recorder(pipeline)
+    pipeline.start()
     taken = time.perf_counter() - 10.0
     with pipeline._cond:
         for frame in series(frames, n):
             where = positions[frame.frame_index % len(positions)]
             pipeline.submit(dataclasses.replace(frame, t_frame=taken, position=where))
+    assert pipeline.stop(drain=True)
+    return pipeline, seen
 
 
 def test_frames_that_waited_too_long_go_and_the_newest_is_analysed(frames) -> None:
     """``max_wait_ms``: an analysis that fell behind works on the newest frame
     (its reactions act on what the sample looks like now) instead of working
     through a queue of stale ones; the newest is analysed however late."""
-    pipeline = AnalysisPipeline(AnalysisSettings(queue_size=8, max_wait_ms=50))
-    why: list[tuple[int, str]] = []
-    pipeline.frame_skipped.connect(lambda i, reason: why.append((i, reason)))
-    results: list[FrameResult] = []
-    pipeline.frame_analysed.connect(results.append)
-    pipeline.start()
-    _three_waiting_late(pipeline, frames)
-    assert pipeline.stop(drain=True)
-    assert why == [(0, "too late"), (1, "too late")]
-    assert [r.frame_index for r in results] == [2]
-    assert results[0].error is None
+    pipeline, seen = _late_run(frames, 3)
+    assert seen.why == [(0, "too late"), (1, "too late")]
+    assert seen.skipped == [0, 1]  # a callback may take the index alone
+    assert [r.frame_index for r in seen.results] == [2]
+    assert seen.results[0].error is None
     assert (pipeline.submitted, pipeline.analysed, pipeline.skipped) == (3, 1, 2)
 
 
@@ -165,16 +166,9 @@ def test_the_newest_frame_of_each_position_is_analysed_however_late(frames) -> N
     """Two time points of three positions, all late: the first time point's
     frames go, the second's are all analysed (a position whose frame comes
     first in every time point is not starved by the ones after it)."""
-    pipeline = AnalysisPipeline(AnalysisSettings(queue_size=8, max_wait_ms=50))
-    why: list[tuple[int, str]] = []
-    pipeline.frame_skipped.connect(lambda i, reason: why.append((i, reason)))
-    results: list[FrameResult] = []
-    pipeline.frame_analysed.connect(results.append)
-    pipeline.start()
-    _waiting_late(pipeline, frames, 6, ("a", "b", "c"))
-    assert pipeline.stop(drain=True)
-    assert why == [(0, "too late"), (1, "too late"), (2, "too late")]
-    assert [(r.frame_index, r.frame.position) for r in results] == [
+    _, seen = _late_run(frames, 6, ("a", "b", "c"))
+    assert seen.why == [(0, "too late"), (1, "too late"), (2, "too late")]
+    assert [(r.frame_index, r.frame.position) for r in seen.results] == [
         (3, "a"),
         (4, "b"),
         (5, "c"),
@@ -187,14 +181,10 @@ def test_late_frames_stay_without_max_wait_or_where_the_clock_waits(
 ) -> None:
     """No ``max_wait_ms``, or virtual time (``drop_late`` False: the analysis
     paces the clock there), and every waiting frame is analysed."""
-    pipeline = AnalysisPipeline(AnalysisSettings(queue_size=8, max_wait_ms=max_wait_ms))
-    pipeline.drop_late = max_wait_ms is None  # the controller's virtual time
-    results: list[FrameResult] = []
-    pipeline.frame_analysed.connect(results.append)
-    pipeline.start()
-    _three_waiting_late(pipeline, frames)
-    assert pipeline.stop(drain=True)
-    assert [r.frame_index for r in results] == [0, 1, 2]
+    pipeline, seen = _late_run(
+        frames, 3, max_wait_ms=max_wait_ms, drop_late=max_wait_ms is None
+    )
+    assert [r.frame_index for r in seen.results] == [0, 1, 2]
     assert pipeline.skipped == 0
 
 

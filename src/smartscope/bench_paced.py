@@ -38,16 +38,10 @@ def render_frames(
     """``distinct`` frames of ``size``² of the demo scene (10x, 5 mW, 20 ms,
     DAPI), ``step_s`` of sample time apart (the nuclei move between them), and
     how many nuclei each shows (the simulator's truth)."""
-    from smartscope.hardware import load_core, release_core
+    from smartscope.bench_scaling import demo_core
     from smartscope.sim import get_simulator
 
-    core = load_core(seed=1, time_mode="virtual")
-    try:
-        core.setProperty("Camera", "SensorWidth_px", size)
-        core.setProperty("Camera", "SensorHeight_px", size)
-        core.setConfig("Objective", "10x")
-        core.setProperty("Laser", "Power_mW", 5)
-        core.setExposure(20)
+    with demo_core(size) as core:
         sim = get_simulator(core)
         frames, nuclei = [], []
         for _ in range(distinct):
@@ -56,22 +50,6 @@ def render_frames(
             nuclei.append(int(np.count_nonzero(np.unique(sim.truth().labels))))
             sim.clock.advance(step_s)
         return frames, nuclei
-    finally:
-        release_core(core)
-
-
-def _percentiles(values: list[float]) -> dict[str, Any]:
-    if not values:
-        return {"n": 0}
-    v = np.asarray(values)
-    p50, p95, p99 = np.percentile(v, [50, 95, 99])
-    return {
-        "n": int(v.size),
-        "p50": round(float(p50), 2),
-        "p95": round(float(p95), 2),
-        "p99": round(float(p99), 2),
-        "max": round(float(v.max()), 2),
-    }
 
 
 def measure_paced(
@@ -103,8 +81,8 @@ def measure_paced(
         ``tick_late_ms`` (the clock's lateness: p99, max); ``device``.
     """
     from smartscope.analysis import AnalysisPipeline, AnalysisSettings
-    from smartscope.analysis.result import FrameInput
-    from smartscope.bench_scaling import PIXEL_SIZE_UM
+    from smartscope.bench_scaling import PIXEL_SIZE_UM, demo_frame_input
+    from smartscope.io.summary import percentiles
     from smartscope.nn.predictor import resolve_device
 
     if not rate_hz > 0:
@@ -133,23 +111,9 @@ def measure_paced(
             due = t0 + k * period
             while (wait := due - time.perf_counter()) > 0:
                 time.sleep(wait)
-            now = time.perf_counter()
-            late.append((now - due) * 1000.0)
-            pipeline.submit(
-                FrameInput(
-                    image=images[k % distinct],
-                    frame_index=k,
-                    position="a",
-                    stage_x_um=0.0,
-                    stage_y_um=0.0,
-                    z_um=0.0,
-                    pixel_size_um=PIXEL_SIZE_UM,
-                    exposure_ms=20.0,
-                    t_frame=now,
-                    t_s=k * period,
-                    channel="DAPI",
-                )
-            )
+            frame = demo_frame_input(images[k % distinct], k, t_s=k * period)
+            late.append((frame.t_frame - due) * 1000.0)  # stamped as handed over
+            pipeline.submit(frame)
 
     clock = threading.Thread(target=feed, name="paced-camera")
     t_start = time.perf_counter()
@@ -194,7 +158,7 @@ def measure_paced(
         "failed": pipeline.failed,
         "submitted_per_s": round(frames / (t_fed - t_start), 2),
         "analysed_per_s": round((len(t_results) - 1) / span, 2) if span > 0 else None,
-        "frame_to_result_ms": _percentiles([r.latency_ms for r in results]),
+        "frame_to_result_ms": percentiles([r.latency_ms for r in results]),
         "stages_ms": {k: round(float(np.median(v)), 2) for k, v in stages.items()},
         "model_stages_ms": {
             k: round(float(np.median(v)), 2) for k, v in model_stages.items()

@@ -19,23 +19,27 @@ measures it inside a run.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-__all__ = ["SIZES", "measure_scaling"]
+__all__ = ["SIZES", "demo_core", "demo_frame", "demo_frame_input", "measure_scaling"]
 
 SIZES = (256, 512, 1024, 2048)
 #: the demo camera's 6.5 µm pixels through the 10x objective
 PIXEL_SIZE_UM = 6.5 / 10
 
 
-def demo_frame(size: int = 512) -> np.ndarray:
-    """One ``size`` x ``size`` frame of the default scene (10x, 5 mW, 20 ms),
-    the frame the analysis benchmarks time."""
+@contextlib.contextmanager
+def demo_core(size: int = 512) -> Iterator[Any]:
+    """The demo microscope (seed 1, virtual time) set up for the frames the
+    analysis benchmarks time: a ``size`` x ``size`` sensor, 10x, 5 mW, 20 ms;
+    released afterwards."""
     from smartscope.hardware import load_core, release_core
 
     core = load_core(seed=1, time_mode="virtual")
@@ -45,16 +49,24 @@ def demo_frame(size: int = 512) -> np.ndarray:
         core.setConfig("Objective", "10x")
         core.setProperty("Laser", "Power_mW", 5)
         core.setExposure(20)
-        core.snapImage()
-        return core.getImage()
+        yield core
     finally:
         release_core(core)
 
 
-def demo_frame_input(image: np.ndarray, k: int) -> Any:
-    """``image`` (a :func:`demo_frame`) as frame ``k`` of position ``a``, one
-    frame a second, taken now: what the analysis benchmarks feed the
-    analysis (a :class:`~smartscope.analysis.result.FrameInput`)."""
+def demo_frame(size: int = 512) -> np.ndarray:
+    """One ``size`` x ``size`` frame of the default scene (10x, 5 mW, 20 ms),
+    the frame the analysis benchmarks time."""
+    with demo_core(size) as core:
+        core.snapImage()
+        return core.getImage()
+
+
+def demo_frame_input(image: np.ndarray, k: int, *, t_s: float | None = None) -> Any:
+    """``image`` (a :func:`demo_frame`) as frame ``k`` of position ``a``, taken
+    now, ``t_s`` into the run (default: one frame a second): what the
+    analysis benchmarks feed the analysis (a
+    :class:`~smartscope.analysis.result.FrameInput`)."""
     from smartscope.analysis.result import FrameInput
 
     return FrameInput(
@@ -67,7 +79,7 @@ def demo_frame_input(image: np.ndarray, k: int) -> Any:
         pixel_size_um=PIXEL_SIZE_UM,
         exposure_ms=20,
         t_frame=time.perf_counter(),
-        t_s=float(k),
+        t_s=float(k) if t_s is None else t_s,
     )
 
 
