@@ -6,9 +6,10 @@
 #
 #   bash benchmarks/gpu_check.sh OUT [PART ...] [--rehearse]
 #
-# PART: tests, paced, labels, ops, bench, sustained, stages (default: all,
-# in that order). Where one command may run at most 10 minutes, run it in two:
-#   bash benchmarks/gpu_check.sh OUT tests paced labels ops
+# PART: tests, paced, graphs, labels, ops, bench, sustained, stages (default:
+# all, in that order). Where one command may run at most 10 minutes, run it
+# in two:
+#   bash benchmarks/gpu_check.sh OUT tests paced graphs labels ops
 #   bash benchmarks/gpu_check.sh OUT bench sustained stages
 #
 # On the device tool's machine (Python 3.12 with torch and CUDA, but not
@@ -30,6 +31,8 @@
 # 2. the targets: frames fed to the analysis at a camera's pace
 #    (benchmarks/paced_analysis.py): 2048² and 512² at 100 frames/s, 1000
 #    frames each: frames skipped, frame→result p50/p95/p99/max;
+# 2a. the same with the networks' CUDA graphs off (analysis.cuda_graphs:
+#    false), against part 2 (on, the default): whether replaying pays;
 # 2b. the device post-processing against the host's, timed on CUDA;
 # 3. the sections of `smartscope bench --device cuda --scaling --positions`
 #    that use the models (its simulator and controller sections run on the
@@ -50,7 +53,7 @@ for a in "$@"; do
 done
 out="${args[0]:-${OUT:-gpu-results}}"
 parts="${args[*]:1}"
-parts="${parts:-tests paced labels ops bench sustained stages}"
+parts="${parts:-tests paced graphs labels ops bench sustained stages}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 exec > >(tee -a "$out/gpu-check.log") 2>&1
@@ -89,12 +92,14 @@ run_part() {
   tests)
     "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tee "$work/pytest-gpu.txt" | tail -3
     return "${PIPESTATUS[0]}" ;;
-  paced)  # each run's failure counts (a part's status is not only its last command's)
-    local rc=0
+  paced | graphs)  # each run's failure counts (a part's status is not only its last command's)
+    local rc=0 graphs=on
+    [ "$1" = graphs ] && graphs=off
     for r in "${paced_runs[@]}"; do
       read -r size rate n <<< "$r"
       "$PY" benchmarks/paced_analysis.py --device "$dev" --size "$size" --rate "$rate" \
-        --frames "$n" --json "$work/paced-$dev.jsonl" | "$PY" -c "import json, sys; r = json.loads(sys.stdin.read()); print(r['settings']['size_px'], r['settings']['rate_hz'], 'frames/s:', r['analysed'], 'analysed', r['skipped'], 'skipped, frame->result ms', r['frame_to_result_ms'], r['stages_ms'], r['model_stages_ms'])" \
+        --frames "$n" --cuda-graphs "$graphs" --json "$work/paced-$dev-graphs-$graphs.jsonl" \
+        | "$PY" -c "import json, sys; r = json.loads(sys.stdin.read()); print(r['settings']['size_px'], r['settings']['rate_hz'], 'frames/s, graphs', sys.argv[1], r['cuda_graphs'], ':', r['analysed'], 'analysed', r['skipped'], 'skipped, frame->result ms', r['frame_to_result_ms'], r['stages_ms'], r['model_stages_ms'])" "$graphs" \
         || rc=1
     done
     return $rc ;;
@@ -129,7 +134,7 @@ PY
     "$PY" benchmarks/stages_2048.py --device "$dev" "${stages_args[@]}" \
       --json "$work/stages-2048-$dev.json" ;;
   *)
-    echo "unknown part: $1 (tests, paced, labels, ops, bench, sustained, stages)" >&2
+    echo "unknown part: $1 (tests, paced, graphs, labels, ops, bench, sustained, stages)" >&2
     return 2 ;;
   esac
 }

@@ -53,6 +53,20 @@ def _q(d: dict[str, Any]) -> str:
     return " / ".join(f"{d[k]:g}" for k in ("p50", "p95", "p99", "max") if k in d)
 
 
+def _graphs(run: dict[str, Any]) -> str:
+    """Whether a ``paced`` run's networks replayed CUDA graphs: "on", "off"
+    (asked), or "failed: ..." per model where a recording failed."""
+    asked = run["settings"].get("requested", {}).get("cuda_graphs", True)
+    if not asked:
+        return "off"
+    failed = [
+        f"{role} failed: {m['failed']}"
+        for role, m in run.get("cuda_graphs", {}).items()
+        if m.get("failed")
+    ]
+    return "; ".join(failed) if failed else "on"
+
+
 def target_verdict(run: dict[str, Any]) -> str:
     """Whether a ``paced`` run meets its size's GPU target ("" when the size
     has none)."""
@@ -87,14 +101,14 @@ def report(files: dict[str, bytes]) -> str:
     runs = [json.loads(x) for n in paced for x in files[n].decode().splitlines() if x]
     if runs:
         lines += [
-            "| size | frames/s fed | analysed / skipped | analysed/s | "
+            "| size | CUDA graphs | frames/s fed | analysed / skipped | analysed/s | "
             "frame→result p50 / p95 / p99 / max (ms) | target |",
-            "|---|---:|---:|---:|---:|---|",
+            "|---|---|---:|---:|---:|---:|---|",
         ]
         for r in runs:
             s = r["settings"]
             lines.append(
-                f"| {s['size_px']}² | {s['rate_hz']:g} | {r['analysed']} / "
+                f"| {s['size_px']}² | {_graphs(r)} | {s['rate_hz']:g} | {r['analysed']} / "
                 f"{r['skipped']} | {r['analysed_per_s']} | "
                 f"{_q(r['frame_to_result_ms'])} | {target_verdict(r)} |"
             )

@@ -33,6 +33,9 @@ def main() -> None:
     ap.add_argument("--batch-frames", default=None, help="analysis.batch_frames")
     ap.add_argument("--max-wait-ms", type=float, help="analysis.max_wait_ms")
     ap.add_argument("--queue-size", type=int, help="analysis.queue_size")
+    ap.add_argument(
+        "--cuda-graphs", choices=("on", "off"), help="analysis.cuda_graphs (default on)"
+    )
     ap.add_argument("--json", type=Path, help="append the result here (JSON lines)")
     args = ap.parse_args()
     settings: dict[str, object] = {}
@@ -45,6 +48,8 @@ def main() -> None:
         settings["max_wait_ms"] = args.max_wait_ms
     if args.queue_size is not None:
         settings["queue_size"] = args.queue_size
+    if args.cuda_graphs is not None:
+        settings["cuda_graphs"] = args.cuda_graphs == "on"
     r = measure_paced(
         size=args.size,
         rate_hz=args.rate,

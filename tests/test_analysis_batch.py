@@ -261,3 +261,48 @@ def test_analysers_sharing_a_thread_each_use_their_own_thread_count(frames) -> N
         assert result.error is None
         seen.append((result.extra["threads"], torch.get_num_threads()))
     assert seen == [(1, 1), (2, 2), (1, 1), (2, 2)]
+
+
+@pytest.mark.parametrize("batch_frames", [1, 3])
+def test_the_warm_up_takes_each_batch_size_once(batch_frames) -> None:
+    """A network's first call at a new input shape sets it up (on a GPU it
+    records the shape's CUDA graph), so the warm-up before the first frame
+    takes each batch size the analysis may form, 2 to ``batch_frames``,
+    through both models (the device path on the CPU here, as on a GPU)."""
+    settings = AnalysisSettings(
+        **MODELS, precision="float32", batch_frames=batch_frames
+    )
+    analyser = FrameAnalyser(settings, device="cpu")
+    analyser.load_models()
+    sizes: dict[str, list[int]] = {"denoise": [], "segment": []}
+    for role, model in (
+        ("denoise", analyser._denoiser),
+        ("segment", analyser._segmenter),
+    ):
+        model.keep_on_device = True
+        real = model.predict_batch
+
+        def spy(images, *args, _real=real, _role=role, **kw):
+            sizes[_role].append(len(images))
+            return _real(images, *args, **kw)
+
+        model.predict_batch = spy
+    analyser.warm_up((128, 128), pixel_size_um=0.65)
+    want = list(range(2, batch_frames + 1))
+    assert sizes == {"denoise": want, "segment": want}
+
+
+def test_cuda_graphs_setting_reaches_the_networks() -> None:
+    """``cuda_graphs`` (default on) is handed to each model's predictor;
+    on the CPU no graph is ever recorded."""
+    on = FrameAnalyser(AnalysisSettings(**MODELS), device="cpu")
+    off = FrameAnalyser(AnalysisSettings(**MODELS, cuda_graphs=False), device="cpu")
+    for analyser, want in ((on, True), (off, False)):
+        analyser.load_models()
+        for model in (analyser._denoiser, analyser._segmenter):
+            assert model.predictor.cuda_graphs is want
+            assert not model.predictor.uses_cuda_graphs  # the CPU
+    on._denoiser.predictor.run(np.zeros((64, 64), np.float32))
+    assert on._denoiser.predictor.recorded_shapes == []
+    with pytest.raises(ValidationError, match="cuda_graphs"):
+        AnalysisSettings(**MODELS, cuda_graphs="sometimes")

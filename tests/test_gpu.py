@@ -159,3 +159,188 @@ def test_a_2048_frame_runs_in_one_piece_on_cuda(monkeypatch) -> None:
     assert uploads == []
     again = gpu.predict(denoised.copy(), diameter_px=18.2)  # sent: the same input
     assert average_precision(again, labels, thresholds=(0.9,))[0.9] >= 0.99
+
+
+# ------------------------------------------------------------- CUDA graphs
+
+
+def _normalised(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(shape, generator=g).cuda()
+
+
+def test_networks_replay_cuda_graphs_with_the_networks_values() -> None:
+    """On CUDA each network's call replays the graph recorded for its input
+    shape (the default), and gives what launching the kernels one by one
+    gives: the denoised frame and the labels."""
+    from smartscope.metrics import average_precision
+    from smartscope.nn import load_model
+
+    image = _frame()
+    replayed = {n: load_model(n, device="cuda") for n in ("denoise-care", "nuclei-seg")}
+    launched = {n: load_model(n, device="cuda") for n in ("denoise-care", "nuclei-seg")}
+    for model in launched.values():
+        model.predictor.cuda_graphs = False
+    for name, model in replayed.items():
+        assert model.predictor.uses_cuda_graphs, name
+        assert not launched[name].predictor.uses_cuda_graphs
+    want = launched["denoise-care"].predict(image)
+    for _ in range(3):  # the first call records, the others replay
+        got = replayed["denoise-care"].predict(image)
+        scale = float(want.max() - want.min())
+        assert np.abs(got - want).max() < 0.01 * scale
+    assert replayed["denoise-care"].predictor.recorded_shapes == [(1, 1, *image.shape)]
+    assert launched["denoise-care"].predictor.recorded_shapes == []
+    want_labels = launched["nuclei-seg"].predict(want, diameter_px=18.2)
+    for _ in range(3):
+        got_labels = replayed["nuclei-seg"].predict(want, diameter_px=18.2)
+        ap = average_precision(want_labels, got_labels, thresholds=(0.9,))[0.9]
+        assert ap >= 0.99
+    for model in replayed.values():
+        assert model.predictor.graphs_failed is None
+        assert len(model.predictor.recorded_shapes) == 1
+
+
+def test_a_replayed_output_is_the_callers_own() -> None:
+    """The next replay writes the graph's output buffer again; what a call
+    returned (a denoised frame kept for the segmenter, a batch's maps) must
+    not change with it."""
+    from smartscope.nn import load_model
+
+    p = load_model("denoise-care", device="cuda").predictor
+    a, b = _normalised(1, (256, 256)), _normalised(2, (256, 256))
+    first = p.run_t(a)
+    kept = first.clone()
+    second = p.run_t(b)
+    assert torch.equal(first, kept)
+    assert not torch.allclose(first, second)
+    p.cuda_graphs = False
+    np.testing.assert_allclose(first.cpu(), p.run_t(a).cpu(), atol=0.02)
+    np.testing.assert_allclose(second.cpu(), p.run_t(b).cpu(), atol=0.02)
+
+
+def test_each_batch_size_and_frame_size_gets_its_graph(monkeypatch) -> None:
+    """A batch of three and single frames of two sizes: three graphs, each
+    image's output that of the image alone; past ``MAX_CUDA_GRAPHS`` the
+    graph used longest ago goes."""
+    from smartscope.nn import load_model
+    from smartscope.nn import predictor as predictor_module
+
+    p = load_model("denoise-care", device="cuda").predictor
+    batch = torch.stack([_normalised(s, (256, 256)) for s in range(3)])
+    together = p.run_t(batch)
+    for i in range(3):
+        alone = p.run_t(batch[i])
+        np.testing.assert_allclose(together[i].cpu(), alone.cpu(), atol=0.02)
+    p.run_t(_normalised(4, (128, 192)))
+    assert p.recorded_shapes == [(3, 1, 256, 256), (1, 1, 256, 256), (1, 1, 128, 192)]
+    monkeypatch.setattr(predictor_module, "MAX_CUDA_GRAPHS", 2)
+    p.run_t(_normalised(5, (96, 96)))
+    assert p.recorded_shapes == [(1, 1, 128, 192), (1, 1, 96, 96)]
+    assert p.graphs_failed is None
+
+
+class _Syncing(torch.nn.Module):
+    """A network that reads a value back to the host mid-call, which a CUDA
+    graph cannot hold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y * (1.0 if float(y.mean()) > -1e9 else 0.0)
+
+
+def test_a_network_a_graph_cannot_hold_runs_launched(caplog) -> None:
+    """Recording fails (a host read mid-call): one warning, graphs off for
+    that predictor, and every call, the failed one included, gives the
+    network's own values."""
+    from smartscope.nn.predictor import Predictor
+
+    net = _Syncing()
+    p = Predictor(net, size_multiple=1, device="cuda", precision="float32")
+    x = _normalised(3, (64, 64))
+    with caplog.at_level("WARNING", logger="smartscope.nn.predictor"):
+        got = p.run_t(x)
+        again = p.run_t(x)
+    assert p.graphs_failed is not None
+    assert not p.uses_cuda_graphs
+    assert p.recorded_shapes == []
+    assert sum("CUDA graphs off" in r.getMessage() for r in caplog.records) == 1
+    with torch.inference_mode():
+        want = net(x[None, None].contiguous(memory_format=torch.channels_last))[0]
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(again, want)
+    # the device is usable after the failed capture
+    ok = Predictor(torch.nn.Conv2d(1, 2, 3, padding=1), size_multiple=1, device="cuda")
+    ok.run_t(x)
+    assert ok.graphs_failed is None
+    assert ok.recorded_shapes == [(1, 1, 64, 64)]
+
+
+def test_two_threads_record_and_replay_at_once() -> None:
+    """The two analysis stages each record their own model's graphs on their
+    own thread, one possibly while the other launches: both stay right."""
+    import threading
+
+    from smartscope.nn import load_model
+
+    models = [
+        load_model(n, device="cuda").predictor for n in ("denoise-care", "nuclei-seg")
+    ]
+    inputs = [_normalised(s, (256, 256)) for s in range(4)] + [
+        _normalised(s, (320, 320)) for s in range(4, 8)
+    ]
+    outputs: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for _ in range(3):
+                for x in inputs:
+                    outputs[i].append(models[i].run_t(x))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    for i, p in enumerate(models):
+        assert p.graphs_failed is None
+        assert len(p.recorded_shapes) == 2
+        p.cuda_graphs = False
+        for k, x in enumerate(inputs):
+            want = p.run_t(x).cpu()
+            for rep in range(3):
+                got = outputs[i][rep * len(inputs) + k].cpu()
+                np.testing.assert_allclose(got, want, atol=0.02)
+
+
+def test_the_analysis_records_its_batches_in_the_warm_up(tmp_path: Path) -> None:
+    """``batch_frames: 3`` on CUDA: the warm-up records every batch size's
+    graphs before the first frame; ``cuda_graphs: false`` records none."""
+    from smartscope.analysis import AnalysisSettings
+    from smartscope.analysis.analyser import FrameAnalyser
+
+    for graphs in (True, False):
+        analyser = FrameAnalyser(
+            AnalysisSettings(
+                denoise="denoise-care",
+                segmenter="model",
+                model="nuclei-seg",
+                batch_frames=3,
+                cuda_graphs=graphs,
+            ),
+            device="cuda",
+        )
+        analyser.warm_up((256, 256), pixel_size_um=0.65)
+        denoiser = analyser._denoiser.predictor
+        assert denoiser.cuda_graphs is graphs
+        want = [(n, 1, 256, 256) for n in (1, 2, 3)] if graphs else []
+        assert denoiser.recorded_shapes == want
+        assert (len(analyser._segmenter.predictor.recorded_shapes) == 3) is graphs

@@ -49,9 +49,10 @@ def _packed(out: Path) -> dict[str, bytes]:
 def paced(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    """The rehearsal of part ``paced``, once for the tests that read it."""
+    """The rehearsal of parts ``paced`` and ``graphs`` (the same runs with
+    the networks' CUDA graphs off), once for the tests that read it."""
     out = tmp_path_factory.mktemp("gpu-check") / "out"
-    return out, _rehearse(out, "paced")
+    return out, _rehearse(out, "paced", "graphs")
 
 
 def test_the_paced_part_packs_its_results_where_the_device_tool_returns_them(
@@ -60,17 +61,22 @@ def test_the_paced_part_packs_its_results_where_the_device_tool_returns_them(
     out, done = paced
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "== paced took" in done.stdout
+    assert "== graphs took" in done.stdout
     # at most 8 files come back from the device tool's $OUT: two here
     assert sorted(p.name for p in out.iterdir()) == [
         "gpu-check.log",
         "gpu-check.tar.gz",
     ]
     files = _packed(out)
-    assert {"torch.txt", "paced-cpu.jsonl"} <= set(files)
-    (line,) = files["paced-cpu.jsonl"].decode().splitlines()
-    r = json.loads(line)
-    assert r["device"] == "cpu"
-    assert r["submitted"] == r["analysed"] + r["skipped"] == 10
+    assert {"torch.txt", "paced-cpu-graphs-on.jsonl"} <= set(files)
+    for graphs in ("on", "off"):
+        (line,) = files[f"paced-cpu-graphs-{graphs}.jsonl"].decode().splitlines()
+        r = json.loads(line)
+        assert r["device"] == "cpu"
+        assert r["submitted"] == r["analysed"] + r["skipped"] == 10
+        assert r["settings"]["requested"]["cuda_graphs"] is (graphs == "on")
+        # the CPU records none
+        assert {m["used"] for m in r["cuda_graphs"].values()} == {False}
 
 
 def _gpu_report():
@@ -89,7 +95,8 @@ def test_the_report_reads_the_pack_and_judges_the_targets(
     assert done.returncode == 0
     gpu_report = _gpu_report()
     text = gpu_report.report(gpu_report.read_results(out / "gpu-check.tar.gz"))
-    assert "| 256² | 5 | " in text  # the rehearsal's paced run
+    assert "| 256² | on | 5 | " in text  # the rehearsal's paced runs
+    assert "| 256² | off | 5 | " in text
     assert "part `sustained` did not run" in text
     assert "part `bench` did not run" in text
 
@@ -99,6 +106,13 @@ def test_the_report_reads_the_pack_and_judges_the_targets(
             "skipped": skipped,
             "frame_to_result_ms": {"n": 1000, "p99": p99},
         }
+
+    graphs = gpu_report._graphs
+    failed = {"segment": {"used": False, "failed": "RuntimeError: capture"}}
+    assert graphs({"settings": {}, "cuda_graphs": failed}) == (
+        "segment failed: RuntimeError: capture"
+    )
+    assert graphs({"settings": {"requested": {"cuda_graphs": False}}}) == "off"
 
     verdict = gpu_report.target_verdict
     assert verdict(run(2048, 100, 0, 19.9)).startswith("met")
@@ -116,7 +130,7 @@ def test_an_unknown_part_fails_and_the_others_still_run(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "unknown part: nonsense" in done.stdout + done.stderr
     assert "failed: nonsense" in done.stdout + done.stderr
-    assert "paced-cpu.jsonl" in _packed(out)
+    assert "paced-cpu-graphs-on.jsonl" in _packed(out)
 
 
 @pytest.mark.slow
@@ -127,7 +141,8 @@ def test_every_part_rehearses_on_the_cpu(tmp_path: Path) -> None:
     files = _packed(out)
     for name in (
         "pytest-gpu.txt",
-        "paced-cpu.jsonl",
+        "paced-cpu-graphs-on.jsonl",
+        "paced-cpu-graphs-off.jsonl",
         "device-labels-cpu.json",
         "device-ops-cpu-compile-on.json",
         "device-ops-cpu-compile-off.json",

@@ -78,7 +78,9 @@ def measure_paced(
         ``frame_to_result_ms`` (n, p50, p95, p99, max); ``stages_ms`` and
         ``model_stages_ms`` (medians); ``objects_per_frame`` (median) and
         ``truth_nuclei_per_frame`` (the simulator's count, median);
-        ``tick_late_ms`` (the clock's lateness: p99, max); ``device``.
+        ``tick_late_ms`` (the clock's lateness: p99, max); ``device``;
+        ``cuda_graphs`` (per model: replayed from CUDA graphs, the shapes
+        recorded, why they were turned off).
     """
     from smartscope.analysis import AnalysisPipeline, AnalysisSettings
     from smartscope.bench_scaling import PIXEL_SIZE_UM, demo_frame_input
@@ -167,6 +169,7 @@ def measure_paced(
             float(np.median([len(r.objects) for r in ok])) if ok else None
         ),
         "truth_nuclei_per_frame": float(np.median(nuclei)),
+        "cuda_graphs": pipeline.cuda_graphs_state(),
         "tick_late_ms": {
             "p99": round(float(np.percentile(late, 99)), 2),
             "max": round(float(max(late)), 2),

@@ -156,6 +156,10 @@ class FrameAnalyser:
                 role="segmenter",
             )
         self._denoiser, self._segmenter = denoiser, segmenter
+        for m in (denoiser, segmenter):
+            predictor = getattr(m, "predictor", None)
+            if predictor is not None:
+                predictor.cuda_graphs = s.cuda_graphs
         if s.heap == "keep" and (denoiser or segmenter) is not None:
             keep_freed_memory()
         on_cpu = (denoiser or segmenter) is not None and _on_cpu(self._device)
@@ -239,11 +243,46 @@ class FrameAnalyser:
                         models.setdefault("segment", []).append((t_seg - t_dn) * 1e3)
         # each thread of ``stages: 2`` writes its own key
         self.warm_up_ms.update({k: min(v) for k, v in models.items()})
+        if stage == "both":
+            self._warm_up_batches(image, frame)
         if tuner is not None:
             for n in counts:
                 if n is not None:
                     tuner.record(n, min(times[n]))
             self._set_threads(tuner.threads())
+
+    def _warm_up_batches(self, image: np.ndarray, frame: FrameInput) -> None:
+        """Each batch size the analysis may take (2 to ``batch_frames``)
+        through the models once: a network's first call at a new input
+        shape sets it up (on a GPU it records the shape's CUDA graph), and a
+        batch first met in the run would stall the frames behind it, which
+        is when batches form. Not timed; failures are left to the run's
+        own batches (which fall back to one frame at a time)."""
+        for n in range(2, self.batch_frames + 1):
+            images = [image] * n
+            try:
+                denoised = self._denoise_batch(images)
+                self._segment_batch(images if denoised is None else denoised, frame)
+            except Exception as e:
+                logger.debug("warm-up of a batch of %d frames failed: %s", n, e)
+                return
+
+    def cuda_graphs_state(self) -> dict[str, dict[str, Any]]:
+        """Per model (``denoise``, ``segment``): whether its network replays
+        CUDA graphs (``used``), the input shapes recorded so far and why
+        graphs were turned off (``failed``, None if they were not). Empty
+        without models."""
+        out: dict[str, dict[str, Any]] = {}
+        for role, model in (("denoise", self._denoiser), ("segment", self._segmenter)):
+            p = getattr(model, "predictor", None)
+            if p is None:
+                continue
+            out[role] = {
+                "used": p.uses_cuda_graphs,
+                "shapes": [list(s) for s in p.recorded_shapes],
+                "failed": p.graphs_failed,
+            }
+        return out
 
     def warm_up_cost(self) -> dict[str, float] | None:
         """What the analysis needs a frame, as measured by :meth:`warm_up`, ms:

@@ -208,6 +208,16 @@ class AnalysisSettings(BaseModel):
         "take batches; not with denoise.adapt), 1 (one at a time) on the "
         "CPU, where batches were measured slower",
     )
+    cuda_graphs: bool = Field(
+        True,
+        description="where the models run on a GPU: record each network's "
+        "kernels once per input shape (a CUDA graph) and replay them, one "
+        "launch per network call instead of one per kernel; the first "
+        "frame of each shape and batch records, in the warm-up before the "
+        "run's first frame. A recording that fails or gives other values "
+        "than the network turns them off for that model, with a warning. "
+        "false: launch the kernels one by one. Ignored on the CPU",
+    )
     heap: Literal["keep", "system"] = Field(
         "keep",
         description="'keep': once models are loaded, the C allocator keeps "

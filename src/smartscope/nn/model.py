@@ -217,6 +217,7 @@ class Model(ABC):
             precision="float32" if old.precision == "int8" else old.precision,
             tile_px=old.tile_px,
             overlap_px=old.overlap_px,
+            cuda_graphs=old.cuda_graphs,
         )
         self.source_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
 

@@ -8,12 +8,19 @@ seams where the receptive field is covered), and returns ``(C, Y, X)``
 float32 on the CPU. Inference runs under ``torch.inference_mode`` and, on
 CUDA, ``bfloat16`` autocast; on the CPU, with ``int8`` precision, an int8
 copy of the network (ONNX, :mod:`smartscope.nn.quantize`) runs in ONNX
-Runtime instead, with as many threads as torch is set to use.
+Runtime instead, with as many threads as torch is set to use. On CUDA the
+network's kernels for each input shape are recorded once as a CUDA graph and
+replayed (one launch for the whole network; see :class:`Predictor`'s
+``cuda_graphs``).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -25,6 +32,7 @@ __all__ = [
     "CUDA_TILE_PX",
     "DEFAULT_TILE_PX",
     "INT8_TILE_PX",
+    "MAX_CUDA_GRAPHS",
     "OnnxRunner",
     "Predictor",
     "default_tile_px",
@@ -52,6 +60,21 @@ INT8_TILE_PX = 1024
 #: it to its training diameter by up to 1.25x; a batch of 8 such frames
 #: holds about 4 GB of bfloat16 activations
 CUDA_TILE_PX = 2560
+
+#: most input shapes (batch and frame size) a predictor keeps CUDA graphs
+#: for; a further shape pushes out the one used longest ago. The graphs of
+#: one predictor share one memory pool, so they hold about what the largest
+#: shape's activations need, not their sum
+MAX_CUDA_GRAPHS = 16
+#: a replayed graph's output against the network's own on the same input,
+#: checked once per recording (bfloat16 carries about 3 significant digits)
+GRAPH_CHECK_TOLERANCE = 0.02
+
+log = logging.getLogger(__name__)
+
+#: torch allows one CUDA graph capture at a time in a process; the two
+#: analysis stages each record their model's graphs on their own thread
+_capture_lock = threading.Lock()
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "float32", "bfloat16", "int8"]
@@ -148,6 +171,16 @@ class OnnxRunner:
         return torch.from_numpy(session.run(None, {self._input: arr})[0])
 
 
+@dataclass
+class _Recorded:
+    """A network's kernels recorded for one input shape: replaying
+    ``graph`` reads ``x`` and writes ``out``."""
+
+    graph: Any  # torch.cuda.CUDAGraph
+    x: torch.Tensor
+    out: torch.Tensor
+
+
 class Predictor:
     """One network, ready to predict.
 
@@ -170,6 +203,17 @@ class Predictor:
     int8_onnx : bytes, optional
         The network quantised to int8, as an ONNX model
         (:mod:`smartscope.nn.quantize`).
+    cuda_graphs : bool, optional
+        On CUDA, record the network's kernels for each new input shape as a
+        CUDA graph and replay it: one launch per call instead of one per
+        kernel (about 60 per U-Net, plus autocast's casts), which the host
+        pays a few µs each for and which bound a small frame's latency. The
+        first call of a shape records (the network runs three times, the
+        device is synchronised: the warm-up's job); the replayed output is
+        checked against the network's own once, and a shape whose recording
+        fails or differs turns graphs off for this predictor, with a
+        warning, and the kernels are launched one by one as before.
+        ``None`` (the default): on for CUDA. Ignored on the CPU.
     """
 
     def __init__(
@@ -182,6 +226,7 @@ class Predictor:
         tile_px: int | None = None,
         overlap_px: int = 64,
         int8_onnx: bytes | None = None,
+        cuda_graphs: bool | None = None,
     ) -> None:
         self.device = resolve_device(device)
         on_cpu = self.device.type == "cpu"
@@ -221,6 +266,13 @@ class Predictor:
         self.channels_last = True
         self._onnx = OnnxRunner(int8_onnx) if precision == "int8" else None
         self._warm = False
+        self.cuda_graphs = cuda_graphs
+        #: the recorded graphs by input (shape, dtype), least recently used first
+        self._graphs: OrderedDict[tuple[Any, ...], _Recorded] = OrderedDict()
+        self._graph_pool: Any = None
+        self._graph_stream: Any = None
+        #: why graphs were turned off for this predictor (None: they were not)
+        self.graphs_failed: str | None = None
 
     def use_int8(self, onnx_model: bytes) -> None:
         """Predict with this int8 ONNX copy of the network from now on (CPU,
@@ -237,13 +289,115 @@ class Predictor:
         self.run(np.zeros(shape, np.float32))
         self._warm = True
 
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        """Whether the network's calls are replayed from CUDA graphs (see
+        ``cuda_graphs``): on CUDA, a torch network, not turned off, and no
+        recording failed."""
+        return (
+            self.device.type == "cuda"
+            and self._onnx is None
+            and self.cuda_graphs is not False
+            and self.graphs_failed is None
+        )
+
+    @property
+    def recorded_shapes(self) -> list[tuple[int, ...]]:
+        """The input shapes (B, 1, Y, X) with a recorded CUDA graph, least
+        recently used first."""
+        return [key[0] for key in self._graphs]
+
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         if self._onnx is not None:
             return self._onnx(batch)
+        if self.uses_cuda_graphs:
+            out = self._replayed(batch)
+            if out is not None:
+                return out
+        return self._network_call(batch)
+
+    def _network_call(self, batch: torch.Tensor, *, cache: bool = True) -> torch.Tensor:
+        """The network on ``batch``, kernel by kernel (``cache``: autocast's
+        cache of the weights' bfloat16 copies, which a graph being recorded
+        must not use)."""
         if self.device.type == "cuda" and self.precision == "bfloat16":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
+            with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache):
                 return self.network(batch).float()
         return self.network(batch)
+
+    def _replayed(self, batch: torch.Tensor) -> torch.Tensor | None:
+        """The network's output for ``batch`` from its shape's CUDA graph
+        (recorded now if new); None where graphs are off from now on. The
+        output is the caller's own: the graph's buffer is copied, as the next
+        replay writes it again."""
+        key = (tuple(batch.shape), batch.dtype)
+        rec = self._graphs.get(key)
+        if rec is None:
+            rec = self._record(batch)
+            if rec is None:
+                return None
+            self._graphs[key] = rec
+            while len(self._graphs) > MAX_CUDA_GRAPHS:
+                self._graphs.popitem(last=False)
+        else:
+            self._graphs.move_to_end(key)
+            rec.x.copy_(batch)
+            rec.graph.replay()
+        return rec.out.clone()
+
+    def _record(self, batch: torch.Tensor) -> _Recorded | None:
+        """Record the network's kernels on ``batch``'s shape as a CUDA graph
+        and replay it once on ``batch`` (following torch's recipe: a few
+        calls on a side stream first, so that cuDNN and cuBLAS set up outside
+        the capture); its output is checked against the network's own. On
+        any failure graphs are off for this predictor (``graphs_failed``)."""
+        caller = torch.cuda.current_stream(self.device)
+        try:
+            with _capture_lock:
+                if self._graph_stream is None:
+                    self._graph_stream = torch.cuda.Stream(self.device)
+                side = self._graph_stream
+                x = batch.clone()  # the graph's input buffer, laid out as batch
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):
+                    for _ in range(2):
+                        expected = self._network_call(x, cache=False)
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                # thread_local: the other analysis stage may launch its own
+                # kernels meanwhile
+                with torch.cuda.graph(
+                    graph,
+                    pool=self._graph_pool,
+                    stream=side,
+                    capture_error_mode="thread_local",
+                ):
+                    out = self._network_call(x, cache=False)
+                if self._graph_pool is None:
+                    self._graph_pool = graph.pool()
+                graph.replay()
+                diff = float((out - expected).abs().max())
+                scale = 1.0 + float(expected.abs().max())
+                if not diff <= GRAPH_CHECK_TOLERANCE * scale:  # also NaN
+                    raise RuntimeError(
+                        f"the replayed graph's output differs from the "
+                        f"network's by up to {diff:.4g} (scale {scale:.4g})"
+                    )
+            return _Recorded(graph=graph, x=x, out=out)
+        except Exception as exc:
+            self.graphs_failed = f"{type(exc).__name__}: {exc}"
+            self._graphs.clear()
+            log.warning(
+                "CUDA graphs off for this network (recording input shape %s "
+                "failed: %s); its kernels are launched one by one",
+                tuple(batch.shape),
+                self.graphs_failed,
+            )
+            return None
+        finally:
+            # a capture that failed may leave its stream current
+            # (torch.cuda.graph's exit raises before it restores the stream)
+            torch.cuda.set_stream(caller)
 
     def _padding(self, h: int, w: int) -> tuple[int, int]:
         """Rows and columns to add below and right of an ``h`` x ``w`` input."""
