@@ -267,6 +267,8 @@ def test_a_network_a_graph_cannot_hold_runs_launched(caplog) -> None:
         again = p.run_t(x)
     assert p.graphs_failed is not None
     assert not p.uses_cuda_graphs
+    # the failed capture's stream is not left current
+    assert torch.cuda.current_stream() == torch.cuda.default_stream()
     assert p.recorded_shapes == []
     assert sum("CUDA graphs off" in r.getMessage() for r in caplog.records) == 1
     with torch.inference_mode():
