@@ -265,10 +265,11 @@ def test_analysers_sharing_a_thread_each_use_their_own_thread_count(frames) -> N
 
 @pytest.mark.parametrize("batch_frames", [1, 3])
 def test_the_warm_up_takes_each_batch_size_once(batch_frames) -> None:
-    """A network's first call at a new input shape sets it up (on a GPU it
-    records the shape's CUDA graph), so the warm-up before the first frame
-    takes each batch size the analysis may form, 2 to ``batch_frames``,
-    through both models (the device path on the CPU here, as on a GPU)."""
+    """A network's first calls at a new input shape set it up (on a GPU the
+    second records the shape's CUDA graph), so the warm-up before the first
+    frame takes each batch size the analysis may form, 2 to
+    ``batch_frames``, twice through both models (the device path on the
+    CPU here, as on a GPU)."""
     settings = AnalysisSettings(
         **MODELS, precision="float32", batch_frames=batch_frames
     )
@@ -288,7 +289,7 @@ def test_the_warm_up_takes_each_batch_size_once(batch_frames) -> None:
 
         model.predict_batch = spy
     analyser.warm_up((128, 128), pixel_size_um=0.65)
-    want = list(range(2, batch_frames + 1))
+    want = [n for n in range(2, batch_frames + 1) for _ in range(2)]
     assert sizes == {"denoise": want, "segment": want}
 
 

@@ -185,7 +185,7 @@ def test_networks_replay_cuda_graphs_with_the_networks_values() -> None:
         assert model.predictor.uses_cuda_graphs, name
         assert not launched[name].predictor.uses_cuda_graphs
     want = launched["denoise-care"].predict(image)
-    for _ in range(3):  # the first call records, the others replay
+    for _ in range(3):  # the first call launches, the second records
         got = replayed["denoise-care"].predict(image)
         scale = float(want.max() - want.min())
         assert np.abs(got - want).max() < 0.01 * scale
@@ -209,6 +209,9 @@ def test_a_replayed_output_is_the_callers_own() -> None:
 
     p = load_model("denoise-care", device="cuda").predictor
     a, b = _normalised(1, (256, 256)), _normalised(2, (256, 256))
+    p.run_t(a)
+    p.run_t(a)  # the shape's second call records
+    assert p.recorded_shapes == [(1, 1, 256, 256)]
     first = p.run_t(a)
     kept = first.clone()
     second = p.run_t(b)
@@ -228,14 +231,21 @@ def test_each_batch_size_and_frame_size_gets_its_graph(monkeypatch) -> None:
 
     p = load_model("denoise-care", device="cuda").predictor
     batch = torch.stack([_normalised(s, (256, 256)) for s in range(3)])
-    together = p.run_t(batch)
-    for i in range(3):
-        alone = p.run_t(batch[i])
-        np.testing.assert_allclose(together[i].cpu(), alone.cpu(), atol=0.02)
-    p.run_t(_normalised(4, (128, 192)))
+    p.run_t(batch)  # a shape's first call launches its kernels
+    assert p.recorded_shapes == []
+    together = p.run_t(batch)  # its second records
+    for _ in range(2):
+        for i in range(3):
+            alone = p.run_t(batch[i])
+            np.testing.assert_allclose(together[i].cpu(), alone.cpu(), atol=0.02)
+    other = _normalised(4, (128, 192))
+    p.run_t(other)
+    p.run_t(other)
     assert p.recorded_shapes == [(3, 1, 256, 256), (1, 1, 256, 256), (1, 1, 128, 192)]
     monkeypatch.setattr(predictor_module, "MAX_CUDA_GRAPHS", 2)
-    p.run_t(_normalised(5, (96, 96)))
+    small = _normalised(5, (96, 96))
+    p.run_t(small)
+    p.run_t(small)
     assert p.recorded_shapes == [(1, 1, 128, 192), (1, 1, 96, 96)]
     assert p.graphs_failed is None
 
@@ -254,9 +264,9 @@ class _Syncing(torch.nn.Module):
 
 
 def test_a_network_a_graph_cannot_hold_runs_launched(caplog) -> None:
-    """Recording fails (a host read mid-call): one warning, graphs off for
-    that predictor, and every call, the failed one included, gives the
-    network's own values."""
+    """Recording (at the shape's second call) fails, a host read mid-call:
+    one warning, graphs off for that predictor, and every call, the failed
+    one included, gives the network's own values."""
     from smartscope.nn.predictor import Predictor
 
     net = _Syncing()
@@ -277,6 +287,7 @@ def test_a_network_a_graph_cannot_hold_runs_launched(caplog) -> None:
     torch.testing.assert_close(again, want)
     # the device is usable after the failed capture
     ok = Predictor(torch.nn.Conv2d(1, 2, 3, padding=1), size_multiple=1, device="cuda")
+    ok.run_t(x)
     ok.run_t(x)
     assert ok.graphs_failed is None
     assert ok.recorded_shapes == [(1, 1, 64, 64)]
@@ -325,7 +336,8 @@ def test_two_threads_record_and_replay_at_once() -> None:
 
 def test_the_analysis_records_its_batches_in_the_warm_up(tmp_path: Path) -> None:
     """``batch_frames: 3`` on CUDA: the warm-up records every batch size's
-    graphs before the first frame; ``cuda_graphs: false`` records none."""
+    graphs before the first frame (each size's second call); ``cuda_graphs:
+    false`` records none."""
     from smartscope.analysis import AnalysisSettings
     from smartscope.analysis.analyser import FrameAnalyser
 

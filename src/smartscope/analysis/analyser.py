@@ -253,16 +253,18 @@ class FrameAnalyser:
 
     def _warm_up_batches(self, image: np.ndarray, frame: FrameInput) -> None:
         """Each batch size the analysis may take (2 to ``batch_frames``)
-        through the models once: a network's first call at a new input
-        shape sets it up (on a GPU it records the shape's CUDA graph), and a
-        batch first met in the run would stall the frames behind it, which
-        is when batches form. Not timed; failures are left to the run's
-        own batches (which fall back to one frame at a time)."""
+        through the models twice: a network's first calls at a new input
+        shape set it up (on a GPU its second records the shape's CUDA
+        graph), and a batch first met in the run would stall the frames
+        behind it, which is when batches form. Not timed; failures are left
+        to the run's own batches (which fall back to one frame at a time)."""
         for n in range(2, self.batch_frames + 1):
             images = [image] * n
             try:
-                denoised = self._denoise_batch(images)
-                self._segment_batch(images if denoised is None else denoised, frame)
+                for _ in range(2):
+                    denoised = self._denoise_batch(images)
+                    segment = images if denoised is None else denoised
+                    self._segment_batch(segment, frame)
             except Exception as e:
                 logger.debug("warm-up of a batch of %d frames failed: %s", n, e)
                 return

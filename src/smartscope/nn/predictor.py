@@ -66,6 +66,10 @@ CUDA_TILE_PX = 2560
 #: one predictor share one memory pool, so they hold about what the largest
 #: shape's activations need, not their sum
 MAX_CUDA_GRAPHS = 16
+#: input shapes a predictor remembers having seen once (a shape is recorded
+#: at its second call, so images of ever new sizes, a dataset's, run eagerly
+#: instead of each paying for a recording)
+SEEN_SHAPES = 64
 #: a replayed graph's output against the network's own on the same input,
 #: checked once per recording (bfloat16 carries about 3 significant digits)
 GRAPH_CHECK_TOLERANCE = 0.02
@@ -208,8 +212,10 @@ class Predictor:
         CUDA graph and replay it: one launch per call instead of one per
         kernel (about 60 per U-Net, plus autocast's casts), which the host
         pays a few µs each for and which bound a small frame's latency. The
-        first call of a shape records (the network runs three times, the
-        device is synchronised: the warm-up's job); the replayed output is
+        first call of a shape runs as without graphs and its second records
+        (the network runs three times, the device is synchronised: the
+        warm-up's job), so images of ever new sizes pay for no recording;
+        the replayed output is
         checked against the network's own once, and a shape whose recording
         fails or differs turns graphs off for this predictor, with a
         warning, and the kernels are launched one by one as before.
@@ -269,6 +275,8 @@ class Predictor:
         self.cuda_graphs = cuda_graphs
         #: the recorded graphs by input (shape, dtype), least recently used first
         self._graphs: OrderedDict[tuple[Any, ...], _Recorded] = OrderedDict()
+        #: the shapes called once and not recorded yet, oldest first
+        self._seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
         self._graph_pool: Any = None
         self._graph_stream: Any = None
         #: why graphs were turned off for this predictor (None: they were not)
@@ -327,12 +335,19 @@ class Predictor:
 
     def _replayed(self, batch: torch.Tensor) -> torch.Tensor | None:
         """The network's output for ``batch`` from its shape's CUDA graph
-        (recorded now if new); None where graphs are off from now on. The
-        output is the caller's own: the graph's buffer is copied, as the next
-        replay writes it again."""
+        (recorded now at the shape's second call); None at its first call
+        and where graphs are off from now on. The output is the caller's
+        own: the graph's buffer is copied, as the next replay writes it
+        again."""
         key = (tuple(batch.shape), batch.dtype)
         rec = self._graphs.get(key)
         if rec is None:
+            if key not in self._seen:
+                self._seen[key] = None
+                while len(self._seen) > SEEN_SHAPES:
+                    self._seen.popitem(last=False)
+                return None
+            del self._seen[key]
             rec = self._record(batch)
             if rec is None:
                 return None
