@@ -294,16 +294,34 @@ def test_the_warm_up_takes_each_batch_size_once(batch_frames) -> None:
 
 
 def test_cuda_graphs_setting_reaches_the_networks() -> None:
-    """``cuda_graphs`` (default on) is handed to each model's predictor;
-    on the CPU no graph is ever recorded."""
+    """``cuda_graphs`` (default on) is handed to each model's predictor,
+    where it means this project's U-Nets (an adapting denoiser's weights
+    change every version: none); on the CPU no graph is ever recorded."""
     on = FrameAnalyser(AnalysisSettings(**MODELS), device="cpu")
     off = FrameAnalyser(AnalysisSettings(**MODELS, cuda_graphs=False), device="cpu")
     for analyser, want in ((on, True), (off, False)):
         analyser.load_models()
         for model in (analyser._denoiser, analyser._segmenter):
-            assert model.predictor.cuda_graphs is want
-            assert not model.predictor.uses_cuda_graphs  # the CPU
+            p = model.predictor
+            assert p.own_network
+            # int8 in ONNX Runtime on the CPU: not a torch network
+            assert not p.wants_cuda_graphs
+            assert p.cuda_graphs is (None if want else False)
+            assert not p.uses_cuda_graphs  # the CPU
     on._denoiser.predictor.run(np.zeros((64, 64), np.float32))
     assert on._denoiser.predictor.recorded_shapes == []
+    adapting = FrameAnalyser(
+        AnalysisSettings(
+            segmenter="model",
+            model="nuclei-seg",
+            denoise={"model": "denoise-n2v", "adapt": True},
+            precision="float32",
+        ),
+        device="cpu",
+    )
+    adapting.load_models()
+    assert adapting._denoiser.predictor.cuda_graphs is False
+    assert adapting._segmenter.predictor.cuda_graphs is None
+    assert adapting._segmenter.predictor.wants_cuda_graphs  # float32: torch
     with pytest.raises(ValidationError, match="cuda_graphs"):
         AnalysisSettings(**MODELS, cuda_graphs="sometimes")

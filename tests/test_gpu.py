@@ -250,70 +250,111 @@ def test_each_batch_size_and_frame_size_gets_its_graph(monkeypatch) -> None:
     assert p.graphs_failed is None
 
 
-class _Syncing(torch.nn.Module):
-    """A network that reads a value back to the host mid-call, which a CUDA
-    graph cannot hold."""
+_FAILED_CAPTURE = """
+import json, logging, sys
+import torch
+from smartscope.nn import load_model
+from smartscope.nn.predictor import Predictor
 
-    def __init__(self) -> None:
+warnings = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        warnings.append(record.getMessage())
+logging.getLogger("smartscope.nn.predictor").addHandler(Keep(logging.WARNING))
+
+class Syncing(torch.nn.Module):
+    # reads a value back to the host mid-call, which a CUDA graph cannot hold
+    def __init__(self):
         super().__init__()
         self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x):
         y = self.conv(x)
         return y * (1.0 if float(y.mean()) > -1e9 else 0.0)
 
+net = Syncing()
+p = Predictor(net, size_multiple=1, device="cuda", precision="float32", cuda_graphs=True)
+x = torch.rand(64, 64, generator=torch.Generator().manual_seed(3)).cuda()
+got = [p.run_t(x) for _ in range(3)]  # the second call records, and fails
+with torch.inference_mode():
+    want = net(x[None, None].contiguous(memory_format=torch.channels_last))[0]
+unet = load_model("denoise-care", device="cuda").predictor
+launched = load_model("denoise-care", device="cuda").predictor
+launched.cuda_graphs = False
+y = torch.rand(128, 128, generator=torch.Generator().manual_seed(4)).cuda()
+after = [unet.run_t(y) for _ in range(3)]
+print(json.dumps({
+    "failed": p.graphs_failed,
+    "uses": p.uses_cuda_graphs,
+    "recorded": p.recorded_shapes,
+    "warnings": [w for w in warnings if "CUDA graphs off" in w],
+    "default_stream": torch.cuda.current_stream() == torch.cuda.default_stream(),
+    "same": [bool(torch.equal(g, want)) for g in got],
+    "unet_uses": unet.uses_cuda_graphs,
+    "unet_recorded": unet.recorded_shapes,
+    "unet_same": [bool(torch.allclose(a, launched.run_t(y), atol=0.02)) for a in after],
+}))
+"""
 
-def test_a_network_a_graph_cannot_hold_runs_launched(caplog) -> None:
-    """Recording (at the shape's second call) fails, a host read mid-call:
-    one warning, graphs off for that predictor, and every call, the failed
-    one included, gives the network's own values."""
-    from smartscope.nn.predictor import Predictor
 
-    net = _Syncing()
-    p = Predictor(net, size_multiple=1, device="cuda", precision="float32")
-    x = _normalised(3, (64, 64))
-    with caplog.at_level("WARNING", logger="smartscope.nn.predictor"):
-        got = p.run_t(x)
-        again = p.run_t(x)
-    assert p.graphs_failed is not None
-    assert not p.uses_cuda_graphs
-    # the failed capture's stream is not left current
-    assert torch.cuda.current_stream() == torch.cuda.default_stream()
-    assert p.recorded_shapes == []
-    assert sum("CUDA graphs off" in r.getMessage() for r in caplog.records) == 1
-    with torch.inference_mode():
-        want = net(x[None, None].contiguous(memory_format=torch.channels_last))[0]
-    torch.testing.assert_close(got, want)
-    torch.testing.assert_close(again, want)
-    # the device is usable after the failed capture
-    ok = Predictor(torch.nn.Conv2d(1, 2, 3, padding=1), size_multiple=1, device="cuda")
-    ok.run_t(x)
-    ok.run_t(x)
-    assert ok.graphs_failed is None
-    assert ok.recorded_shapes == [(1, 1, 64, 64)]
+def test_a_network_a_graph_cannot_hold_runs_launched() -> None:
+    """Recording (at the shape's second call) fails midway, a host read
+    mid-call: one warning, every call, the failed one included, gives the
+    network's own values, the capture's stream is not left current, and no
+    network of the process records again (torch before 2.13 can leave its
+    allocator mid-capture: pytorch#180395), so a U-Net then launches its
+    kernels, with the same values. In a process of its own, since the
+    failure is for the whole process."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _FAILED_CAPTURE],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    assert r["failed"]
+    assert not r["uses"]
+    assert r["recorded"] == []
+    assert len(r["warnings"]) == 1
+    assert "every network of this process" in r["warnings"][0]
+    assert r["default_stream"]
+    assert r["same"] == [True, True, True]
+    assert not r["unet_uses"]
+    assert r["unet_recorded"] == []
+    assert r["unet_same"] == [True, True, True]
 
 
 def test_two_threads_record_and_replay_at_once() -> None:
     """The two analysis stages each record their own model's graphs on their
-    own thread, one possibly while the other launches: both stay right."""
+    own thread, one possibly while the other predicts (its steps timed:
+    synchronised, which must not be device-wide while the other records):
+    both stay right."""
     import threading
 
+    from smartscope.bench_scaling import demo_frame
+    from smartscope.metrics import average_precision
     from smartscope.nn import load_model
 
-    models = [
-        load_model(n, device="cuda").predictor for n in ("denoise-care", "nuclei-seg")
-    ]
-    inputs = [_normalised(s, (256, 256)) for s in range(4)] + [
-        _normalised(s, (320, 320)) for s in range(4, 8)
-    ]
-    outputs: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+    names = ("denoise-care", "nuclei-seg")
+    models = [load_model(n, device="cuda") for n in names]
+    launched = [load_model(n, device="cuda") for n in names]
+    for m in launched:
+        m.predictor.cuda_graphs = False
+    images = [demo_frame(256), demo_frame(320)]
+    kw = [{}, {"diameter_px": 18.2}]
+    outputs: dict[int, list[np.ndarray]] = {0: [], 1: []}
     errors: list[BaseException] = []
 
     def work(i: int) -> None:
         try:
             for _ in range(3):
-                for x in inputs:
-                    outputs[i].append(models[i].run_t(x))
+                for image in images:
+                    outputs[i].append(models[i].predict(image, **kw[i]))
         except BaseException as e:
             errors.append(e)
 
@@ -321,17 +362,21 @@ def test_two_threads_record_and_replay_at_once() -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(120)
+        t.join(300)
     assert not errors
-    for i, p in enumerate(models):
-        assert p.graphs_failed is None
-        assert len(p.recorded_shapes) == 2
-        p.cuda_graphs = False
-        for k, x in enumerate(inputs):
-            want = p.run_t(x).cpu()
+    for i, model in enumerate(models):
+        assert model.predictor.graphs_failed is None
+        assert len(model.predictor.recorded_shapes) == 2
+        for k, image in enumerate(images):
+            want = launched[i].predict(image, **kw[i])
             for rep in range(3):
-                got = outputs[i][rep * len(inputs) + k].cpu()
-                np.testing.assert_allclose(got, want, atol=0.02)
+                got = outputs[i][rep * len(images) + k]
+                if i == 0:
+                    scale = float(want.max() - want.min())
+                    assert np.abs(got - want).max() < 0.01 * scale
+                else:
+                    ap = average_precision(want, got, thresholds=(0.9,))[0.9]
+                    assert ap >= 0.95
 
 
 def test_the_analysis_records_its_batches_in_the_warm_up(tmp_path: Path) -> None:

@@ -344,3 +344,29 @@ def test_tiles_by_default_on_the_cpu_not_on_a_gpu():
     assert gpu_tile == 2560
     cpu.tile_px = gpu_tile
     assert cpu._layout(2219) == [(0, 2219, 0, 2219)]
+
+
+def test_cuda_graphs_by_default_for_this_project_s_networks_only():
+    """A U-Net of this project's replays CUDA graphs on a GPU by default; a
+    foreign network (an imported bioimage.io model, which may read values
+    back or branch on them mid-call) only when asked; ONNX Runtime's int8
+    copy never. On the CPU none is recorded."""
+    from torch import nn
+
+    from smartscope.nn.predictor import Predictor
+
+    unet = Predictor(UNet(UNetConfig()), device="cpu", precision="float32")
+    foreign = Predictor(nn.Conv2d(1, 1, 3, padding=1), device="cpu")
+    asked = Predictor(nn.Conv2d(1, 1, 3, padding=1), device="cpu", cuda_graphs=True)
+    assert (unet.wants_cuda_graphs, foreign.wants_cuda_graphs) == (True, False)
+    assert asked.wants_cuda_graphs
+    unet.cuda_graphs = False
+    assert not unet.wants_cuda_graphs
+    shipped = load_model("nuclei-seg", device="cpu")  # int8 in ONNX Runtime
+    assert shipped.predictor.own_network
+    assert not shipped.predictor.wants_cuda_graphs
+    for p in (unet, foreign, asked):
+        assert not p.uses_cuda_graphs
+        p.run(np.zeros((32, 32), np.float32))
+        p.run(np.zeros((32, 32), np.float32))
+        assert p.recorded_shapes == []

@@ -159,7 +159,12 @@ class FrameAnalyser:
         for m in (denoiser, segmenter):
             predictor = getattr(m, "predictor", None)
             if predictor is not None:
-                predictor.cuda_graphs = s.cuda_graphs
+                # None: the predictor's default (this project's U-Nets). A
+                # denoiser that adapts gets a new network every version,
+                # each of whose shapes would be recorded again mid-run
+                adapting = m is denoiser and s.denoise_adapt is not None
+                on = s.cuda_graphs and not adapting
+                predictor.cuda_graphs = None if on else False
         if s.heap == "keep" and (denoiser or segmenter) is not None:
             keep_freed_memory()
         on_cpu = (denoiser or segmenter) is not None and _on_cpu(self._device)
@@ -268,6 +273,14 @@ class FrameAnalyser:
             except Exception as e:
                 logger.debug("warm-up of a batch of %d frames failed: %s", n, e)
                 return
+
+    def _models_on_cuda(self) -> bool:
+        """Whether a loaded model runs on a GPU."""
+        for model in (self._denoiser, self._segmenter):
+            device = getattr(getattr(model, "predictor", None), "device", None)
+            if device is not None and device.type == "cuda":
+                return True
+        return False
 
     def cuda_graphs_state(self) -> dict[str, dict[str, Any]]:
         """Per model (``denoise``, ``segment``): whether its network replays

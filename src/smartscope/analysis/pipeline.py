@@ -320,6 +320,11 @@ class AnalysisPipeline(FrameAnalyser):
             )
             back.start()
         try:
+            if back is not None and self._models_on_cuda():
+                # on a GPU the stages warm up in turn: a stage recording its
+                # network's CUDA graph must not meet the other's device-wide
+                # work (a kernel compiled on first use may sync the device)
+                back_warmed.wait(_WARM_UP_TIMEOUT_S)
             self._warm_up_here(warm_up, "both" if back is None else "front")
         finally:
             if back is not None:

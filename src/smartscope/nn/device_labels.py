@@ -142,6 +142,9 @@ def _block(
 
 _compiled: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]] | None] = {}
 _compiled_lock = threading.Lock()
+#: (shape, device) the compiled block has run at: a new one compiles, and on
+#: a GPU Triton tunes its kernels then, synchronising the whole device
+_compiled_shapes: set[tuple[tuple[int, ...], str]] = set()
 
 
 def _one_call_failures() -> tuple[type[BaseException], ...]:
@@ -182,6 +185,20 @@ def compiled_spreading() -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | N
         return _compiled["block"]
 
 
+def _spread_loop(
+    block: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+    keys: torch.Tensor,
+    open_key: float,
+    wall: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blocks of compiled steps until one changes nothing."""
+    while True:
+        new, prev = block(keys, open_key, wall)
+        if torch.equal(new, prev):
+            return new, prev
+        keys = new
+
+
 def _spread_compiled(
     keys: torch.Tensor, open_key: float, wall: float
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -191,12 +208,19 @@ def _spread_compiled(
     block = compiled_spreading()
     if block is None:
         return None
+    shape = (tuple(keys.shape), str(keys.device))
     try:
-        while True:
-            new, prev = block(keys, open_key, wall)
-            if torch.equal(new, prev):
-                return new, prev
-            keys = new
+        if keys.is_cuda and shape not in _compiled_shapes:
+            from smartscope.nn.predictor import CUDA_CAPTURE_LOCK
+
+            # compiling for a new size syncs the device: not while another
+            # thread records a CUDA graph
+            with CUDA_CAPTURE_LOCK:
+                done = _spread_loop(block, keys, open_key, wall)
+        else:
+            done = _spread_loop(block, keys, open_key, wall)
+        _compiled_shapes.add(shape)
+        return done
     except _ONE_CALL_FAILURES as exc:
         # a size past torch's recompile limit, or the device out of memory:
         # this frame spreads eagerly, the sizes compiled so far stay so

@@ -171,7 +171,9 @@ class Model(ABC):
     def _mark(self, stage: str) -> None:
         """Add the time since the last mark to ``timings_ms[stage]``."""
         if self.predictor.device.type == "cuda":
-            torch.cuda.synchronize(self.predictor.device)
+            # the stream's work, not the device's: a device-wide sync is not
+            # allowed while another thread records a CUDA graph
+            torch.cuda.current_stream(self.predictor.device).synchronize()
         now = time.perf_counter()
         ms = (now - self._clock_t) * 1000.0
         self.timings_ms[stage] = self.timings_ms.get(stage, 0.0) + ms
@@ -219,6 +221,7 @@ class Model(ABC):
             overlap_px=old.overlap_px,
             cuda_graphs=old.cuda_graphs,
         )
+        self.predictor.graphs_failed = old.graphs_failed
         self.source_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
 
     @property

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "CUDA_CAPTURE_LOCK",
     "CUDA_TILE_PX",
     "DEFAULT_TILE_PX",
     "INT8_TILE_PX",
@@ -63,8 +64,9 @@ CUDA_TILE_PX = 2560
 
 #: most input shapes (batch and frame size) a predictor keeps CUDA graphs
 #: for; a further shape pushes out the one used longest ago. The graphs of
-#: one predictor share one memory pool, so they hold about what the largest
-#: shape's activations need, not their sum
+#: one predictor share one memory pool for their activations (about what
+#: the largest shape needs, not their sum); each graph's input and output
+#: buffers are its own (at 2560² about 100 MB a graph)
 MAX_CUDA_GRAPHS = 16
 #: input shapes a predictor remembers having seen once (a shape is recorded
 #: at its second call, so images of ever new sizes, a dataset's, run eagerly
@@ -76,9 +78,18 @@ GRAPH_CHECK_TOLERANCE = 0.02
 
 log = logging.getLogger(__name__)
 
-#: torch allows one CUDA graph capture at a time in a process; the two
-#: analysis stages each record their model's graphs on their own thread
-_capture_lock = threading.Lock()
+#: held while a CUDA graph is recorded: torch allows one capture at a time
+#: in a process (the two analysis stages each record their model's graphs
+#: on their own thread), and code that may synchronise the whole device,
+#: such as a kernel compiled and tuned on first use, holds it too, since a
+#: device-wide sync during another thread's capture breaks that capture
+CUDA_CAPTURE_LOCK = threading.Lock()
+#: why CUDA graphs are off for every network of this process (None: they
+#: are not): a capture that failed midway can leave torch's caching
+#: allocator believing it still runs (pytorch#180395: torch before 2.13
+#: does not end the capture's allocation to its pool when ending it fails),
+#: so no other capture is tried after one
+_capture_broken: str | None = None
 
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "float32", "bfloat16", "int8"]
@@ -208,18 +219,23 @@ class Predictor:
         The network quantised to int8, as an ONNX model
         (:mod:`smartscope.nn.quantize`).
     cuda_graphs : bool, optional
-        On CUDA, record the network's kernels for each new input shape as a
+        On CUDA, record the network's kernels for each input shape as a
         CUDA graph and replay it: one launch per call instead of one per
         kernel (about 60 per U-Net, plus autocast's casts), which the host
         pays a few µs each for and which bound a small frame's latency. The
         first call of a shape runs as without graphs and its second records
         (the network runs three times, the device is synchronised: the
-        warm-up's job), so images of ever new sizes pay for no recording;
-        the replayed output is
-        checked against the network's own once, and a shape whose recording
-        fails or differs turns graphs off for this predictor, with a
-        warning, and the kernels are launched one by one as before.
-        ``None`` (the default): on for CUDA. Ignored on the CPU.
+        warm-up's job), so images of ever new sizes pay for no recording
+        (and a model loader's single warm-up call records nothing: a
+        setting made after loading is in effect before any recording); the
+        replayed output is checked against the network's own once, and a
+        shape whose recording fails or differs turns graphs off for this
+        predictor (a capture that failed midway: for every network of the
+        process), with a warning, and the kernels are launched one by one
+        as before. ``None`` (the default): on for this project's U-Nets
+        (:class:`~smartscope.nn.unet.UNet`), off for other networks (a
+        foreign network may read values back or branch on them mid-call,
+        which a graph cannot hold). Ignored on the CPU.
     """
 
     def __init__(
@@ -264,6 +280,10 @@ class Predictor:
         self.tile_px = max(m, int(tile_px) // m * m)
         self.overlap_px = max(0, min(int(overlap_px), self.tile_px // 2) // 2 * 2)
         network.eval()
+        from smartscope.nn.unet import UNet
+
+        #: the network is one of this project's U-Nets (CUDA graphs by default)
+        self.own_network = isinstance(network, UNet)
         if not isinstance(network, torch.jit.ScriptModule):
             network = fuse_batchnorm(network)
         # channels-last convolutions ran about 1.8x faster on the CPU here
@@ -298,15 +318,23 @@ class Predictor:
         self._warm = True
 
     @property
+    def wants_cuda_graphs(self) -> bool:
+        """Whether the network's calls would replay CUDA graphs on CUDA:
+        ``cuda_graphs``, or by default a U-Net of this project's, and a
+        torch network (not ONNX Runtime's int8 copy)."""
+        wanted = self.own_network if self.cuda_graphs is None else self.cuda_graphs
+        return wanted and self._onnx is None
+
+    @property
     def uses_cuda_graphs(self) -> bool:
         """Whether the network's calls are replayed from CUDA graphs (see
-        ``cuda_graphs``): on CUDA, a torch network, not turned off, and no
-        recording failed."""
+        ``cuda_graphs``): wanted, on CUDA, and no recording failed (of this
+        predictor, or a capture of the process)."""
         return (
             self.device.type == "cuda"
-            and self._onnx is None
-            and self.cuda_graphs is not False
+            and self.wants_cuda_graphs
             and self.graphs_failed is None
+            and _capture_broken is None
         )
 
     @property
@@ -365,22 +393,26 @@ class Predictor:
         and replay it once on ``batch`` (following torch's recipe: a few
         calls on a side stream first, so that cuDNN and cuBLAS set up outside
         the capture); its output is checked against the network's own. On
-        any failure graphs are off for this predictor (``graphs_failed``)."""
+        any failure graphs are off for this predictor (``graphs_failed``),
+        and where the capture itself failed, for the process."""
+        global _capture_broken
         caller = torch.cuda.current_stream(self.device)
+        capturing = False
         try:
-            with _capture_lock:
+            with CUDA_CAPTURE_LOCK, torch.cuda.device(self.device):
                 if self._graph_stream is None:
                     self._graph_stream = torch.cuda.Stream(self.device)
                 side = self._graph_stream
                 x = batch.clone()  # the graph's input buffer, laid out as batch
                 side.wait_stream(torch.cuda.current_stream(self.device))
                 with torch.cuda.stream(side):
-                    for _ in range(2):
+                    for _ in range(3):  # as torch.cuda.make_graphed_callables
                         expected = self._network_call(x, cache=False)
                 torch.cuda.current_stream(self.device).wait_stream(side)
                 graph = torch.cuda.CUDAGraph()
                 # thread_local: the other analysis stage may launch its own
                 # kernels meanwhile
+                capturing = True
                 with torch.cuda.graph(
                     graph,
                     pool=self._graph_pool,
@@ -388,6 +420,7 @@ class Predictor:
                     capture_error_mode="thread_local",
                 ):
                     out = self._network_call(x, cache=False)
+                capturing = False
                 if self._graph_pool is None:
                     self._graph_pool = graph.pool()
                 graph.replay()
@@ -402,9 +435,12 @@ class Predictor:
         except Exception as exc:
             self.graphs_failed = f"{type(exc).__name__}: {exc}"
             self._graphs.clear()
+            if capturing:
+                _capture_broken = self.graphs_failed
             log.warning(
-                "CUDA graphs off for this network (recording input shape %s "
-                "failed: %s); its kernels are launched one by one",
+                "CUDA graphs off for %s (recording input shape %s failed: %s); "
+                "kernels are launched one by one",
+                "every network of this process" if capturing else "this network",
                 tuple(batch.shape),
                 self.graphs_failed,
             )
