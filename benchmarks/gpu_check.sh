@@ -9,8 +9,8 @@
 # PART: tests, paced, graphs, labels, ops, bench, sustained, stages (default:
 # all, in that order). Where one command may run at most 10 minutes, run it
 # in two:
-#   bash benchmarks/gpu_check.sh OUT tests paced graphs labels ops
-#   bash benchmarks/gpu_check.sh OUT bench sustained stages
+#   bash benchmarks/gpu_check.sh OUT tests paced labels ops
+#   bash benchmarks/gpu_check.sh OUT graphs bench sustained stages
 #
 # On the device tool's machine (Python 3.12 with torch and CUDA, but not
 # smartscope's other dependencies, and nothing can be fetched there): run

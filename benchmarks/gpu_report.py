@@ -54,17 +54,20 @@ def _q(d: dict[str, Any]) -> str:
 
 
 def _graphs(run: dict[str, Any]) -> str:
-    """Whether a ``paced`` run's networks replayed CUDA graphs: "on", "off"
-    (asked), or "failed: ..." per model where a recording failed."""
+    """Whether a ``paced`` run's networks replayed CUDA graphs: "on" (every
+    model used them), "off" (asked), else per model what happened ("denoise
+    failed: ...", "segment not used")."""
     asked = run["settings"].get("requested", {}).get("cuda_graphs", True)
     if not asked:
         return "off"
-    failed = [
-        f"{role} failed: {m['failed']}"
-        for role, m in run.get("cuda_graphs", {}).items()
-        if m.get("failed")
-    ]
-    return "; ".join(failed) if failed else "on"
+    models = run.get("cuda_graphs", {})
+    said = []
+    for role, m in models.items():
+        if m.get("failed"):
+            said.append(f"{role} failed: {m['failed']}")
+        elif not m.get("used"):
+            said.append(f"{role} not used")
+    return "; ".join(said) if said else "on" if models else "unknown"
 
 
 def target_verdict(run: dict[str, Any]) -> str:
@@ -115,7 +118,8 @@ def report(files: dict[str, bytes]) -> str:
         lines.append("")
         for r in runs:
             lines.append(
-                f"- {r['settings']['size_px']}² stages (ms, medians): "
+                f"- {r['settings']['size_px']}², CUDA graphs {_graphs(r)}, "
+                "stages (ms, medians): "
                 f"{r['stages_ms']}; inside the models: {r['model_stages_ms']}"
             )
     else:

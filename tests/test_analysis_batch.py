@@ -263,23 +263,29 @@ def test_analysers_sharing_a_thread_each_use_their_own_thread_count(frames) -> N
     assert seen == [(1, 1), (2, 2), (1, 1), (2, 2)]
 
 
-@pytest.mark.parametrize("batch_frames", [1, 3])
-def test_the_warm_up_takes_each_batch_size_once(batch_frames) -> None:
-    """A network's first calls at a new input shape set it up (on a GPU the
-    second records the shape's CUDA graph), so the warm-up before the first
-    frame takes each batch size the analysis may form, 2 to
-    ``batch_frames``, twice through both models (the device path on the
-    CPU here, as on a GPU)."""
+@pytest.mark.parametrize(
+    ("batch_frames", "gpu", "want"),
+    [(1, True, []), (3, True, [2, 2, 3, 3]), (3, False, [])],
+)
+def test_the_warm_up_takes_each_batch_size_twice_on_a_gpu(batch_frames, gpu, want):
+    """On a GPU a network's second call at a new input shape records the
+    shape's CUDA graph, so the warm-up before the first frame takes each
+    batch size the analysis may form, 2 to ``batch_frames``, twice through
+    both models (here the device path on the CPU, the analysis told its
+    models are on a GPU); on the CPU, where nothing is recorded, it does
+    not. The graphs' buffers are sized for the largest batch."""
     settings = AnalysisSettings(
         **MODELS, precision="float32", batch_frames=batch_frames
     )
     analyser = FrameAnalyser(settings, device="cpu")
     analyser.load_models()
+    analyser._models_on_cuda = lambda: gpu  # type: ignore[method-assign]
     sizes: dict[str, list[int]] = {"denoise": [], "segment": []}
     for role, model in (
         ("denoise", analyser._denoiser),
         ("segment", analyser._segmenter),
     ):
+        assert model.predictor.graph_batch_frames == batch_frames
         model.keep_on_device = True
         real = model.predict_batch
 
@@ -289,7 +295,6 @@ def test_the_warm_up_takes_each_batch_size_once(batch_frames) -> None:
 
         model.predict_batch = spy
     analyser.warm_up((128, 128), pixel_size_um=0.65)
-    want = [n for n in range(2, batch_frames + 1) for _ in range(2)]
     assert sizes == {"denoise": want, "segment": want}
 
 

@@ -95,7 +95,8 @@ def test_the_report_reads_the_pack_and_judges_the_targets(
     assert done.returncode == 0
     gpu_report = _gpu_report()
     text = gpu_report.report(gpu_report.read_results(out / "gpu-check.tar.gz"))
-    assert "| 256² | on | 5 | " in text  # the rehearsal's paced runs
+    # the rehearsal's paced runs (the CPU replays no graph)
+    assert "| 256² | denoise not used; segment not used | 5 | " in text
     assert "| 256² | off | 5 | " in text
     assert "part `sustained` did not run" in text
     assert "part `bench` did not run" in text
@@ -113,6 +114,8 @@ def test_the_report_reads_the_pack_and_judges_the_targets(
         "segment failed: RuntimeError: capture"
     )
     assert graphs({"settings": {"requested": {"cuda_graphs": False}}}) == "off"
+    used = {"denoise": {"used": True}, "segment": {"used": True}}
+    assert graphs({"settings": {}, "cuda_graphs": used}) == "on"
 
     verdict = gpu_report.target_verdict
     assert verdict(run(2048, 100, 0, 19.9)).startswith("met")

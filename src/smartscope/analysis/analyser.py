@@ -177,6 +177,10 @@ class FrameAnalyser:
             on_cpu,
             self.stages,
         )
+        for m in models:
+            predictor = getattr(m, "predictor", None)
+            if predictor is not None:  # its CUDA graphs' buffers fit a batch
+                predictor.graph_batch_frames = self.batch_frames
         if on_cpu:
             if self.stages == 2:  # one model thread per stage
                 self._set_threads(1)
@@ -248,7 +252,7 @@ class FrameAnalyser:
                         models.setdefault("segment", []).append((t_seg - t_dn) * 1e3)
         # each thread of ``stages: 2`` writes its own key
         self.warm_up_ms.update({k: min(v) for k, v in models.items()})
-        if stage == "both":
+        if stage == "both" and self._models_on_cuda():
             self._warm_up_batches(image, frame)
         if tuner is not None:
             for n in counts:
@@ -258,11 +262,14 @@ class FrameAnalyser:
 
     def _warm_up_batches(self, image: np.ndarray, frame: FrameInput) -> None:
         """Each batch size the analysis may take (2 to ``batch_frames``)
-        through the models twice: a network's first calls at a new input
-        shape set it up (on a GPU its second records the shape's CUDA
-        graph), and a batch first met in the run would stall the frames
-        behind it, which is when batches form. Not timed; failures are left
-        to the run's own batches (which fall back to one frame at a time)."""
+        through the models twice, on a GPU: the second call at a new input
+        shape records its CUDA graph (three network calls and a device-wide
+        sync), and a batch first met in the run would stall the frames
+        behind it, which is when batches form. (On the CPU, where batches
+        are 1 unless asked for and nothing is recorded, the warm-up does
+        not pay for it: 70 extra frames for batches of 8.) Not timed;
+        failures are left to the run's own batches (which fall back to one
+        frame at a time)."""
         for n in range(2, self.batch_frames + 1):
             images = [image] * n
             try:

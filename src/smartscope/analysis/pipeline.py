@@ -220,7 +220,9 @@ class AnalysisPipeline(FrameAnalyser):
             daemon=True,
         )
         self._thread.start()
-        warmed.wait(_WARM_UP_TIMEOUT_S)
+        # two stages on a GPU warm up one after the other
+        turns = 2 if self.stages == 2 and self._models_on_cuda() else 1
+        warmed.wait(_WARM_UP_TIMEOUT_S * turns)
 
     def submit(self, frame: FrameInput) -> None:
         """Queue a frame for analysis; returns at once.

@@ -212,13 +212,14 @@ class AnalysisSettings(BaseModel):
         True,
         description="where the models run on a GPU: record each network's "
         "kernels once per input shape (a CUDA graph) and replay them, one "
-        "launch per network call instead of one per kernel; each frame size "
-        "and batch size is recorded in the warm-up before the run's first "
-        "frame. For this project's networks (an imported bioimage.io network "
-        "and a denoiser that adapts launch their kernels one by one). A "
-        "recording that fails or gives other values than the network turns "
-        "them off for that model, with a warning. false: launch the kernels "
-        "one by one. Ignored on the CPU",
+        "launch per network call instead of one per kernel. The camera's "
+        "frame size is recorded at every batch size in the warm-up before "
+        "the run's first frame, another size at its second frame. For this "
+        "project's networks (an imported bioimage.io network and a denoiser "
+        "that adapts launch their kernels one by one). A recording that "
+        "gives other values than the network turns them off for that model, "
+        "one that fails midway for every model of the process, with a "
+        "warning. false: launch the kernels one by one. Ignored on the CPU",
     )
     heap: Literal["keep", "system"] = Field(
         "keep",

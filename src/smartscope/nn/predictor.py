@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -65,8 +66,11 @@ CUDA_TILE_PX = 2560
 #: most input shapes (batch and frame size) a predictor keeps CUDA graphs
 #: for; a further shape pushes out the one used longest ago. The graphs of
 #: one predictor share one memory pool for their activations (about what
-#: the largest shape needs, not their sum); each graph's input and output
-#: buffers are its own (at 2560² about 100 MB a graph)
+#: the largest shape needs, not their sum), and the graphs of one frame
+#: size share one input and one output buffer, sized for the largest batch
+#: (``graph_batch_frames``): by arithmetic, float32 in and out at 2048²,
+#: batches of up to 8, 270 MB for a denoiser and, at the segmenter's
+#: 2560² with two output channels, 630 MB
 MAX_CUDA_GRAPHS = 16
 #: input shapes a predictor remembers having seen once (a shape is recorded
 #: at its second call, so images of ever new sizes, a dataset's, run eagerly
@@ -186,14 +190,24 @@ class OnnxRunner:
         return torch.from_numpy(session.run(None, {self._input: arr})[0])
 
 
+@dataclass(eq=False)
+class _Buffers:
+    """The input and output buffers the graphs of one frame size share
+    (batches up to their first dimension), outside the graphs' pool."""
+
+    x: torch.Tensor
+    out: torch.Tensor | None = None
+
+
 @dataclass
 class _Recorded:
     """A network's kernels recorded for one input shape: replaying
-    ``graph`` reads ``x`` and writes ``out``."""
+    ``graph`` reads ``x`` and writes ``out`` (views of ``buffers``)."""
 
     graph: Any  # torch.cuda.CUDAGraph
     x: torch.Tensor
     out: torch.Tensor
+    buffers: _Buffers
 
 
 class Predictor:
@@ -299,6 +313,13 @@ class Predictor:
         self._seen: OrderedDict[tuple[Any, ...], None] = OrderedDict()
         self._graph_pool: Any = None
         self._graph_stream: Any = None
+        #: the buffers of each frame size's graphs, while a graph uses them
+        self._buffers: weakref.WeakValueDictionary[tuple[Any, ...], _Buffers] = (
+            weakref.WeakValueDictionary()
+        )
+        #: the largest batch the graphs' buffers are sized for (the
+        #: analysis' ``batch_frames``); a larger batch gets larger buffers
+        self.graph_batch_frames = 1
         #: why graphs were turned off for this predictor (None: they were not)
         self.graphs_failed: str | None = None
 
@@ -350,6 +371,9 @@ class Predictor:
             out = self._replayed(batch)
             if out is not None:
                 return out
+        elif self._graphs:  # turned off since: their memory goes
+            self._graphs.clear()
+            self._graph_pool = None
         return self._network_call(batch)
 
     def _network_call(self, batch: torch.Tensor, *, cache: bool = True) -> torch.Tensor:
@@ -396,59 +420,93 @@ class Predictor:
         any failure graphs are off for this predictor (``graphs_failed``),
         and where the capture itself failed, for the process."""
         global _capture_broken
-        caller = torch.cuda.current_stream(self.device)
         capturing = False
-        try:
-            with CUDA_CAPTURE_LOCK, torch.cuda.device(self.device):
-                if self._graph_stream is None:
-                    self._graph_stream = torch.cuda.Stream(self.device)
-                side = self._graph_stream
-                x = batch.clone()  # the graph's input buffer, laid out as batch
-                side.wait_stream(torch.cuda.current_stream(self.device))
-                with torch.cuda.stream(side):
-                    for _ in range(3):  # as torch.cuda.make_graphed_callables
-                        expected = self._network_call(x, cache=False)
-                torch.cuda.current_stream(self.device).wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                # thread_local: the other analysis stage may launch its own
-                # kernels meanwhile
-                capturing = True
-                with torch.cuda.graph(
-                    graph,
-                    pool=self._graph_pool,
-                    stream=side,
-                    capture_error_mode="thread_local",
-                ):
-                    out = self._network_call(x, cache=False)
-                capturing = False
-                if self._graph_pool is None:
-                    self._graph_pool = graph.pool()
-                graph.replay()
-                diff = float((out - expected).abs().max())
-                scale = 1.0 + float(expected.abs().max())
-                if not diff <= GRAPH_CHECK_TOLERANCE * scale:  # also NaN
-                    raise RuntimeError(
-                        f"the replayed graph's output differs from the "
-                        f"network's by up to {diff:.4g} (scale {scale:.4g})"
-                    )
-            return _Recorded(graph=graph, x=x, out=out)
-        except Exception as exc:
-            self.graphs_failed = f"{type(exc).__name__}: {exc}"
-            self._graphs.clear()
-            if capturing:
-                _capture_broken = self.graphs_failed
-            log.warning(
-                "CUDA graphs off for %s (recording input shape %s failed: %s); "
-                "kernels are launched one by one",
-                "every network of this process" if capturing else "this network",
-                tuple(batch.shape),
-                self.graphs_failed,
+        with torch.cuda.device(self.device):
+            caller = torch.cuda.current_stream()
+            try:
+                with CUDA_CAPTURE_LOCK:
+                    if self._graph_stream is None:
+                        self._graph_stream = torch.cuda.Stream()
+                    side = self._graph_stream
+                    bufs = self._input_buffers(batch)
+                    n = batch.shape[0]
+                    x = bufs.x[:n]
+                    x.copy_(batch)
+                    side.wait_stream(caller)
+                    with torch.cuda.stream(side):
+                        for _ in range(3):  # as torch.cuda.make_graphed_callables
+                            expected = self._network_call(x, cache=False)
+                    caller.wait_stream(side)
+                    if bufs.out is None or bufs.out.shape[1:] != expected.shape[1:]:
+                        # outside the graphs' pool: no graph's scratch memory
+                        size = (bufs.x.shape[0], *expected.shape[1:])
+                        bufs.out = torch.empty(
+                            size, dtype=expected.dtype, device=expected.device
+                        )
+                    out = bufs.out[:n]
+                    graph = torch.cuda.CUDAGraph()
+                    # thread_local: the other analysis stage may launch its
+                    # own kernels meanwhile
+                    capturing = True
+                    with torch.cuda.graph(
+                        graph,
+                        pool=self._graph_pool,
+                        stream=side,
+                        capture_error_mode="thread_local",
+                    ):
+                        out.copy_(self._network_call(x, cache=False))
+                    capturing = False
+                    if self._graph_pool is None:
+                        self._graph_pool = graph.pool()
+                    graph.replay()
+                    diff = float((out - expected).abs().max())
+                    scale = 1.0 + float(expected.abs().max())
+                    if not diff <= GRAPH_CHECK_TOLERANCE * scale:  # also NaN
+                        raise RuntimeError(
+                            f"the replayed graph's output differs from the "
+                            f"network's by up to {diff:.4g} (scale {scale:.4g})"
+                        )
+                return _Recorded(graph=graph, x=x, out=out, buffers=bufs)
+            except Exception as exc:
+                self.graphs_failed = f"{type(exc).__name__}: {exc}"
+                self._graphs.clear()
+                self._graph_pool = None
+                if capturing:
+                    _capture_broken = self.graphs_failed
+                log.warning(
+                    "CUDA graphs off for %s (recording input shape %s failed: "
+                    "%s); kernels are launched one by one",
+                    "every network of this process" if capturing else "this network",
+                    tuple(batch.shape),
+                    self.graphs_failed,
+                )
+                return None
+            finally:
+                # a capture that failed may leave its stream current
+                # (torch.cuda.graph's exit raises before it restores it)
+                torch.cuda.set_stream(caller)
+
+    def _input_buffers(self, batch: torch.Tensor) -> _Buffers:
+        """The buffers of ``batch``'s frame size, large enough for its batch
+        (new ones for ``graph_batch_frames`` or this batch, whichever is
+        larger, where there are none yet or they are too small; the graphs
+        recorded on the old ones keep them)."""
+        key = (tuple(batch.shape[1:]), batch.dtype)
+        bufs = self._buffers.get(key)
+        if bufs is None or bufs.x.shape[0] < batch.shape[0]:
+            n = max(batch.shape[0], self.graph_batch_frames)
+            last = batch.ndim == 4 and batch.is_contiguous(
+                memory_format=torch.channels_last
             )
-            return None
-        finally:
-            # a capture that failed may leave its stream current
-            # (torch.cuda.graph's exit raises before it restores the stream)
-            torch.cuda.set_stream(caller)
+            x = torch.empty(
+                (n, *batch.shape[1:]),
+                dtype=batch.dtype,
+                device=batch.device,
+                memory_format=torch.channels_last if last else torch.contiguous_format,
+            )
+            bufs = _Buffers(x=x)
+            self._buffers[key] = bufs
+        return bufs
 
     def _padding(self, h: int, w: int) -> tuple[int, int]:
         """Rows and columns to add below and right of an ``h`` x ``w`` input."""
