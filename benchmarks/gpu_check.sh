@@ -6,10 +6,10 @@
 #
 #   bash benchmarks/gpu_check.sh OUT [PART ...] [--rehearse]
 #
-# PART: tests, paced, graphs, labels, ops, bench, sustained, stages (default:
-# all, in that order). Where one command may run at most 10 minutes, run it
-# in two:
-#   bash benchmarks/gpu_check.sh OUT tests paced labels ops
+# PART: tests, paced, profile, graphs, labels, ops, bench, sustained, stages
+# (default: all, in that order). Where one command may run at most 10
+# minutes, run it in two:
+#   bash benchmarks/gpu_check.sh OUT tests paced profile labels ops
 #   bash benchmarks/gpu_check.sh OUT graphs bench sustained stages
 #
 # On the device tool's machine (Python 3.12 with torch and CUDA, but not
@@ -31,7 +31,11 @@
 # 2. the targets: frames fed to the analysis at a camera's pace
 #    (benchmarks/paced_analysis.py): 2048² and 512² at 100 frames/s, 1000
 #    frames each: frames skipped, frame→result p50/p95/p99/max;
-# 2a. the same with the networks' CUDA graphs off (analysis.cuda_graphs:
+# 2a. where a frame's time goes on the card (benchmarks/gpu_profile.py:
+#    torch.profiler over 20 frames at 512² and 2048²: device time per frame
+#    and its share of the wall time, launches, graph replays, copies and
+#    host waits per frame, the top operators, the timelines);
+# 2b. part 2 with the networks' CUDA graphs off (analysis.cuda_graphs:
 #    false), against part 2 (on, the default): whether replaying pays;
 # 2b. the device post-processing against the host's, timed on CUDA;
 # 3. the sections of `smartscope bench --device cuda --scaling --positions`
@@ -53,7 +57,7 @@ for a in "$@"; do
 done
 out="${args[0]:-${OUT:-gpu-results}}"
 parts="${args[*]:1}"
-parts="${parts:-tests paced graphs labels ops bench sustained stages}"
+parts="${parts:-tests paced profile graphs labels ops bench sustained stages}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 exec > >(tee -a "$out/gpu-check.log") 2>&1
@@ -77,12 +81,14 @@ if [ "$rehearse" = 1 ]; then
   sustained_frames=5; sustained_sizes="256, 512"
   stages_args=(--frames 5 --repeats 1 --size 512)
   paced_runs=("256 5 10")
+  profile_args=(--sizes 256 --frames 3)
 else
   dev=cuda
   ops_args=(--repeats 30)
   sustained_frames=500; sustained_sizes="512, 2048"
   stages_args=(--frames 200 --repeats 2)
   paced_runs=("2048 100 1000" "512 100 1000")  # size, frames/s, frames
+  profile_args=(--sizes 512 2048 --frames 20)
 fi
 echo "gpu_check: parts: $parts; device $dev; results in $out/gpu-check.tar.gz"
 nvidia-smi > "$work/nvidia-smi.txt" 2>&1 || true
@@ -103,6 +109,10 @@ run_part() {
         || rc=1
     done
     return $rc ;;
+  profile)
+    "$PY" benchmarks/gpu_profile.py --device "$dev" "${profile_args[@]}" --out "$work" 2>&1 \
+      | grep -v '^USDT' | tee "$work/profile-$dev.log" | tail -4
+    return "${PIPESTATUS[0]}" ;;
   labels)
     "$PY" benchmarks/device_labels.py --device "$dev" --json "$work/device-labels-$dev.json" | tail -1
     return "${PIPESTATUS[0]}" ;;
@@ -134,7 +144,7 @@ PY
     "$PY" benchmarks/stages_2048.py --device "$dev" "${stages_args[@]}" \
       --json "$work/stages-2048-$dev.json" ;;
   *)
-    echo "unknown part: $1 (tests, paced, graphs, labels, ops, bench, sustained, stages)" >&2
+    echo "unknown part: $1 (tests, paced, profile, graphs, labels, ops, bench, sustained, stages)" >&2
     return 2 ;;
   esac
 }

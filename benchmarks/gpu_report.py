@@ -4,7 +4,9 @@ each GPU target of issue 12 said met or not.
 Reads ``OUT/gpu-check.tar.gz`` (or a folder it was unpacked into) and prints
 the tables: the machine, the -m gpu tests, the targets (part ``paced``:
 2048² at 100 frames/s with none skipped and frame→result p99 under 20 ms;
-512² p99 under 5 ms), the sustained rate (part ``sustained``), the frame
+512² p99 under 5 ms; with the networks' CUDA graphs on, and off in part
+``graphs``), where the time goes on the device (part ``profile``), the
+sustained rate (part ``sustained``), the frame
 sizes and positions (part ``bench``), one analysis stage against two
 (``stages``) and the device labels against the host's (``labels``). A part
 that did not run is said so.
@@ -124,6 +126,38 @@ def report(files: dict[str, bytes]) -> str:
             )
     else:
         lines.append("part `paced` did not run")
+    lines.append("")
+
+    lines += ["### Where the time goes (part `profile`)", ""]
+    prof = _json(files, "profile-")
+    if prof:
+        lines += [
+            "| size | ms a frame (profiled) | device ms a frame | device busy | "
+            "launches / graph replays / copies / host waits a frame |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for r in prof["sizes"]:
+            lines.append(
+                f"| {r['size_px']}² | {r['wall_ms_per_frame']:g} "
+                f"({r['profiled_ms_per_frame']:g}) | {r['device_ms_per_frame']:g} | "
+                f"{r.get('device_busy', '')} | {r['launches_per_frame']:g} / "
+                f"{r['graph_launches_per_frame']:g} / {r['copies_per_frame']:g} / "
+                f"{r['waits_per_frame']:g} |"
+            )
+        lines.append("")
+        for r in prof["sizes"]:
+            top = ", ".join(
+                f"{t['op'][:60]} {t['ms_per_frame']:g}" for t in r["top_device"][:5]
+            )
+            host = ", ".join(
+                f"{t['op'][:40]} {t['self_ms_per_frame']:g}" for t in r["top_host"][:5]
+            )
+            lines.append(
+                f"- {r['size_px']}²: on the device (ms a frame) {top or 'none'}; "
+                f"on the host {host or 'none'}"
+            )
+    else:
+        lines.append("part `profile` did not run")
     lines.append("")
 
     lines += ["### Sustained (part `sustained`)", ""]

@@ -49,10 +49,11 @@ def _packed(out: Path) -> dict[str, bytes]:
 def paced(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    """The rehearsal of parts ``paced`` and ``graphs`` (the same runs with
-    the networks' CUDA graphs off), once for the tests that read it."""
+    """The rehearsal of parts ``paced``, ``graphs`` (the same runs with
+    the networks' CUDA graphs off) and ``profile``, once for the tests that
+    read it."""
     out = tmp_path_factory.mktemp("gpu-check") / "out"
-    return out, _rehearse(out, "paced", "graphs")
+    return out, _rehearse(out, "paced", "graphs", "profile")
 
 
 def test_the_paced_part_packs_its_results_where_the_device_tool_returns_them(
@@ -62,13 +63,26 @@ def test_the_paced_part_packs_its_results_where_the_device_tool_returns_them(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "== paced took" in done.stdout
     assert "== graphs took" in done.stdout
+    assert "== profile took" in done.stdout
     # at most 8 files come back from the device tool's $OUT: two here
     assert sorted(p.name for p in out.iterdir()) == [
         "gpu-check.log",
         "gpu-check.tar.gz",
     ]
     files = _packed(out)
-    assert {"torch.txt", "paced-cpu-graphs-on.jsonl"} <= set(files)
+    assert {
+        "torch.txt",
+        "paced-cpu-graphs-on.jsonl",
+        "profile-cpu.json",
+        "profile-cpu.txt",
+        "trace-256-cpu.json.gz",
+    } <= set(files)
+    prof = json.loads(files["profile-cpu.json"])
+    (size,) = prof["sizes"]
+    assert size["size_px"] == 256
+    assert size["frames"] == 3
+    assert size["wall_ms_per_frame"] > 0
+    assert size["top_host"]  # the torch operators of the analysis
     for graphs in ("on", "off"):
         (line,) = files[f"paced-cpu-graphs-{graphs}.jsonl"].decode().splitlines()
         r = json.loads(line)
@@ -98,6 +112,8 @@ def test_the_report_reads_the_pack_and_judges_the_targets(
     # the rehearsal's paced runs (the CPU replays no graph)
     assert "| 256² | denoise not used; segment not used | 5 | " in text
     assert "| 256² | off | 5 | " in text
+    assert "### Where the time goes (part `profile`)" in text
+    assert "| 256² | " in text.split("### Where the time goes")[1]
     assert "part `sustained` did not run" in text
     assert "part `bench` did not run" in text
 
@@ -146,6 +162,7 @@ def test_every_part_rehearses_on_the_cpu(tmp_path: Path) -> None:
         "pytest-gpu.txt",
         "paced-cpu-graphs-on.jsonl",
         "paced-cpu-graphs-off.jsonl",
+        "profile-cpu.json",
         "device-labels-cpu.json",
         "device-ops-cpu-compile-on.json",
         "device-ops-cpu-compile-off.json",
