@@ -315,8 +315,8 @@ def test_a_network_a_graph_cannot_hold_runs_launched() -> None:
     """Recording (at the shape's second call) fails midway, a host read
     mid-call: one warning, every call, the failed one included, gives the
     network's own values, the capture's stream is not left current, and no
-    network of the process records again (torch before 2.13 can leave its
-    allocator mid-capture: pytorch#180395), so a U-Net then launches its
+    network of the process records again (torch without
+    pytorch/pytorch#180395 leaves its allocator mid-capture), so a U-Net then launches its
     kernels, with the same values. In a process of its own, since the
     failure is for the whole process."""
     import json

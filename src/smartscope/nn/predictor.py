@@ -90,9 +90,10 @@ log = logging.getLogger(__name__)
 CUDA_CAPTURE_LOCK = threading.Lock()
 #: why CUDA graphs are off for every network of this process (None: they
 #: are not): a capture that failed midway can leave torch's caching
-#: allocator believing it still runs (pytorch#180395: torch before 2.13
-#: does not end the capture's allocation to its pool when ending it fails),
-#: so no other capture is tried after one
+#: allocator believing it still runs (torch releases without
+#: pytorch/pytorch#180395 do not end the capture's allocation to its pool
+#: when ending the capture fails; #190348 and #190308 leak its pool), so no
+#: other capture is tried after one
 _capture_broken: str | None = None
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -235,8 +236,8 @@ class Predictor:
     cuda_graphs : bool, optional
         On CUDA, record the network's kernels for each input shape as a
         CUDA graph and replay it: one launch per call instead of one per
-        kernel (about 60 per U-Net, plus autocast's casts), which the host
-        pays a few µs each for and which bound a small frame's latency. The
+        kernel (about 60 per U-Net, plus autocast's casts), each a launch
+        the host pays for in turn. The
         first call of a shape runs as without graphs and its second records
         (the network runs three times, the device is synchronised: the
         warm-up's job), so images of ever new sizes pay for no recording
