@@ -117,7 +117,9 @@ def measure_scaling(
         ``ratio_to_512`` (median time), ``threads`` (counts used),
         ``peak_rss_mb`` (the process's peak once that size was set up, the
         sizes set up smallest first) and, on CUDA, ``peak_gpu_mb`` (torch's
-        peak allocation while that size was set up). ``settings.device`` is
+        peak allocation while that size was set up, its CUDA graphs
+        recorded) and ``cuda_graphs`` (per model: replayed, the shapes
+        recorded, why they were turned off). ``settings.device`` is
         the device the models ran on.
     """
     from smartscope.analysis.analyser import FrameAnalyser
@@ -198,6 +200,8 @@ def measure_scaling(
         }
         if "peak_gpu_mb" in run:
             entry["peak_gpu_mb"] = run["peak_gpu_mb"]
+            # which networks replayed CUDA graphs, at which shapes
+            entry["cuda_graphs"] = run["analyser"].cuda_graphs_state()
         out["sizes"][str(size)] = entry
     base = out["sizes"].get("512")
     for entry in out["sizes"].values():
