@@ -37,7 +37,7 @@
 #    host waits per frame, the top operators, the timelines);
 # 2b. part 2 with the networks' CUDA graphs off (analysis.cuda_graphs:
 #    false), against part 2 (on, the default): whether replaying pays;
-# 2b. the device post-processing against the host's, timed on CUDA;
+# 2c. the device post-processing against the host's, timed on CUDA;
 # 3. the sections of `smartscope bench --device cuda --scaling --positions`
 #    that use the models (its simulator and controller sections run on the
 #    CPU and are left out): analysis by frame size (256² to 2048², stage by
