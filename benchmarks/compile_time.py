@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
+    if min(args.batches) < 1 or args.size < 16:
+        ap.error(
+            f"--batches must be at least 1 and --size at least 16, "
+            f"got {args.batches} and {args.size}"
+        )
     torch.set_num_threads(2)
     rows = []
     for name in args.models:

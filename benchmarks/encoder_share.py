@@ -50,6 +50,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
+    if args.repeats < 1 or args.size < 16:
+        ap.error(
+            f"--repeats must be at least 1 and --size at least 16, "
+            f"got {args.repeats} and {args.size}"
+        )
     torch.set_num_threads(1)
     rows = []
     with torch.inference_mode():

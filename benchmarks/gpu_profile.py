@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--out", type=Path, help="folder for the files (default: a temporary one)"
     )
     args = ap.parse_args(argv)
+    if args.frames < 1:
+        ap.error(f"--frames must be at least 1, got {args.frames}")
     out = args.out or Path(tempfile.mkdtemp(prefix="gpu-profile-"))
     out.mkdir(parents=True, exist_ok=True)
     kind = torch.device(args.device).type

@@ -156,15 +156,6 @@ class FrameAnalyser:
                 role="segmenter",
             )
         self._denoiser, self._segmenter = denoiser, segmenter
-        for m in (denoiser, segmenter):
-            predictor = getattr(m, "predictor", None)
-            if predictor is not None:
-                # None: the predictor's default (this project's U-Nets). A
-                # denoiser that adapts gets a new network every version,
-                # each of whose shapes would be recorded again mid-run
-                adapting = m is denoiser and s.denoise_adapt is not None
-                on = s.cuda_graphs and not adapting
-                predictor.cuda_graphs = None if on else False
         if s.heap == "keep" and (denoiser or segmenter) is not None:
             keep_freed_memory()
         on_cpu = (denoiser or segmenter) is not None and _on_cpu(self._device)
@@ -179,7 +170,14 @@ class FrameAnalyser:
         )
         for m in models:
             predictor = getattr(m, "predictor", None)
-            if predictor is not None:  # its CUDA graphs' buffers fit a batch
+            if predictor is not None:
+                # None: the predictor's default (this project's U-Nets). A
+                # denoiser that adapts gets a new network every version,
+                # each of whose shapes would be recorded again mid-run
+                adapting = m is denoiser and s.denoise_adapt is not None
+                on = s.cuda_graphs and not adapting
+                predictor.cuda_graphs = None if on else False
+                # the graphs' buffers fit the largest batch
                 predictor.graph_batch_frames = self.batch_frames
         if on_cpu:
             if self.stages == 2:  # one model thread per stage

@@ -142,8 +142,8 @@ def _block(
 
 _compiled: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor]] | None] = {}
 _compiled_lock = threading.Lock()
-#: (shape, device) the compiled block has run at: a new one compiles, and on
-#: a GPU Triton tunes its kernels then, synchronising the whole device
+#: (shape, device) the compiled block has run at on a GPU: a new one
+#: compiles, and Triton tunes its kernels then, synchronising the device
 _compiled_shapes: set[tuple[tuple[int, ...], str]] = set()
 
 
@@ -208,8 +208,8 @@ def _spread_compiled(
     block = compiled_spreading()
     if block is None:
         return None
-    shape = (tuple(keys.shape), str(keys.device))
     try:
+        shape = (tuple(keys.shape), str(keys.device))
         if keys.is_cuda and shape not in _compiled_shapes:
             from smartscope.nn.predictor import CUDA_CAPTURE_LOCK
 
@@ -217,10 +217,9 @@ def _spread_compiled(
             # thread records a CUDA graph
             with CUDA_CAPTURE_LOCK:
                 done = _spread_loop(block, keys, open_key, wall)
-        else:
-            done = _spread_loop(block, keys, open_key, wall)
-        _compiled_shapes.add(shape)
-        return done
+            _compiled_shapes.add(shape)
+            return done
+        return _spread_loop(block, keys, open_key, wall)
     except _ONE_CALL_FAILURES as exc:
         # a size past torch's recompile limit, or the device out of memory:
         # this frame spreads eagerly, the sizes compiled so far stay so
