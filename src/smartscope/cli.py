@@ -967,6 +967,13 @@ def main() -> None:
         _print_error(f"interrupted ({name}) during start-up: nothing was done")
         sys.exit(exit_status(name))
     except Exception as e:  # a bug: one line, the traceback with --debug
+        from smartscope.interrupts import interrupt_behind, signal_name
+
+        interrupt = interrupt_behind(e)  # a stop signal a library made an error
+        if interrupt is not None and not _DEBUG:
+            name = signal_name(interrupt)
+            _print_error(f"interrupted ({name})")
+            sys.exit(exit_status(name))
         if _DEBUG:
             raise
         _print_error(

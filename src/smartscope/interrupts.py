@@ -26,6 +26,7 @@ __all__ = [
     "Interrupted",
     "StopSignals",
     "deferred",
+    "interrupt_behind",
     "settle",
     "shielded",
     "signal_name",
@@ -83,7 +84,7 @@ class StopSignals:
             return
         if self.received is None and not self._shield:
             self.received = name
-            raise Interrupted(name)
+            raise _raising(name)
         self.ignored.append(name)
         first = self.received or name
         if self.received is None:
@@ -98,6 +99,38 @@ class StopSignals:
 
 
 _active: StopSignals | None = None
+#: the last Interrupted a handler raised (what :func:`interrupt_behind` looks for)
+_raised: Interrupted | None = None
+
+
+def _raising(name: str) -> Interrupted:
+    global _raised
+    _raised = Interrupted(name)
+    return _raised
+
+
+def interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The stop signal ``exc`` stands for: ``exc`` itself when it is a
+    KeyboardInterrupt, or the :class:`Interrupted` a handler raised inside a
+    library that turned it into an error of its own (pydantic-core, when the
+    signal lands while it serialises, raises a serialization error that keeps
+    only the interrupt's text: "... Interrupted: SIGINT"); None for an error
+    that is not an interrupt."""
+    if isinstance(exc, KeyboardInterrupt):
+        return exc
+    raised = _raised
+    if raised is None:
+        return None
+    seen: BaseException | None = exc
+    for _ in range(8):  # the interrupt among the error's causes
+        if seen is None:
+            break
+        if seen is raised:
+            return raised
+        seen = seen.__cause__ or seen.__context__
+    if f"{type(raised).__name__}: {raised}" in str(exc):
+        return raised
+    return None
 
 
 @contextlib.contextmanager
@@ -149,7 +182,7 @@ def deferred() -> Iterator[None]:
         guard._defer -= 1
     if not guard._defer and guard.pending is not None and not guard._shield:
         name, guard.pending = guard.pending, None
-        raise Interrupted(name)
+        raise _raising(name)
 
 
 def settle() -> None:

@@ -271,3 +271,68 @@ def test_a_signal_in_the_warm_up_still_leaves_events_that_begin_with_run_started
     assert summary["status"] == "interrupted"
     assert summary["signal"] == "SIGINT"
     assert summary["frames_acquired"] == 0
+
+
+def test_a_signal_a_library_turns_into_its_own_error_still_stops_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pydantic-core turns an exception raised while it serialises into its
+    own serialization error, keeping only the text: a stop signal landing
+    there (found by CI: SIGINT 6-7 s into a run, exit 1 "internal error:
+    ... serializer: Interrupted: SIGINT (a bug in smartscope ...)", no
+    summary.json) was a crash. Sent here from inside a serialization in the
+    run's start-up, in this process: the run ends interrupted, its folder
+    complete, as for a signal anywhere else."""
+    import os
+
+    from pydantic import BaseModel, field_serializer
+    from pydantic_core import PydanticSerializationError
+
+    from smartscope.analysis import AnalysisPipeline
+    from smartscope.controller import Controller
+    from smartscope.hardware import load_core, release_core
+    from smartscope.interrupts import interrupt_behind, stop_signals
+    from smartscope.protocol import load_protocol
+
+    class Serialised(BaseModel):
+        x: int
+
+        @field_serializer("x")
+        def _signal(self, v: int) -> int:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs here, inside pydantic-core
+            return v
+
+    start = AnalysisPipeline.start
+    hidden: list[BaseException] = []
+
+    def start_then_serialise(
+        self: AnalysisPipeline, *args: object, **kw: object
+    ) -> None:
+        start(self, *args, **kw)
+        try:
+            Serialised(x=1).model_dump_json()
+        except PydanticSerializationError as e:  # what pydantic makes of it
+            hidden.append(e)
+            raise
+
+    monkeypatch.setattr(AnalysisPipeline, "start", start_then_serialise)
+    proto = load_protocol(_protocol(tmp_path))
+    core = load_core(seed=proto.seed, scene=proto.scene, time_mode=proto.time_mode)
+    out = tmp_path / "run"
+    try:
+        ctl = Controller(core, proto, out_dir=out, device="cpu")
+        with stop_signals():
+            ctl.run()
+    finally:
+        release_core(core)
+    (error,) = hidden
+    assert "Interrupted: SIGINT" in str(error)
+    assert interrupt_behind(error) is not None
+    assert interrupt_behind(ValueError("an error of its own")) is None
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert summary["signal"] == "SIGINT"
+    records = _records(out)
+    assert records[0]["kind"] == "run_started"
+    assert records[-1]["kind"] == "run_finished"

@@ -27,7 +27,13 @@ from smartscope.controller.recorder import Recorder, protocol_yaml
 from smartscope.controller.sequence import shortest_interval_s
 from smartscope.errors import SmartscopeError
 from smartscope.heap import trim_heap
-from smartscope.interrupts import deferred, shielded, signal_name, stop_signals
+from smartscope.interrupts import (
+    deferred,
+    interrupt_behind,
+    shielded,
+    signal_name,
+    stop_signals,
+)
 from smartscope.io.disk import disk_full_error, disk_full_message
 from smartscope.io.summary import percentiles, readable_ms
 
@@ -76,7 +82,10 @@ def _run(ctl: Controller, on_tick: Callable[[], None] | None) -> dict[str, Any]:
                 if not done.wait(0.05) and on_tick is not None:
                     try:
                         on_tick()
-                    except Exception:
+                    except Exception as e:
+                        interrupt = interrupt_behind(e)  # a library hid it
+                        if interrupt is not None:
+                            raise interrupt from e
                         logger.exception("on_tick raised")
             except KeyboardInterrupt as e:  # SIGINT, or SIGTERM under stop_signals
                 name = signal_name(e)
@@ -227,10 +236,14 @@ def _start(ctl: Controller) -> None:
         with deferred():  # the run's time zero and its first record, together
             _log_run_started(ctl)
     except BaseException as e:
+        # a stop signal, also one a library turned into an error of its own
+        interrupt = interrupt_behind(e)
         with shielded():
             if not ctl._t0:  # stopped while starting (a signal in the warm-up):
                 _log_run_started(ctl)  # the events still begin with run_started
-            _finish(ctl, e)
+            _finish(ctl, e if interrupt is None else interrupt)
+        if interrupt is not None and interrupt is not e:
+            raise interrupt from e
         raise
 
 
