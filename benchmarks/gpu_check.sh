@@ -78,6 +78,7 @@ pack() { tar -czf "$out/.gpu-check.tmp" -C "$work" . && mv -f "$out/.gpu-check.t
 if [ "$rehearse" = 1 ]; then
   dev=cpu
   ops_args=(--sizes 256 --repeats 2)
+  host_args=(--sizes 256 --repeats 2)
   sustained_frames=5; sustained_sizes="256, 512"
   stages_args=(--frames 5 --repeats 1 --size 512)
   paced_runs=("256 5 10")
@@ -85,6 +86,7 @@ if [ "$rehearse" = 1 ]; then
 else
   dev=cuda
   ops_args=(--repeats 30)
+  host_args=(--repeats 30)
   sustained_frames=500; sustained_sizes="512, 2048"
   stages_args=(--frames 200 --repeats 2)
   paced_runs=("2048 100 1000" "512 100 1000")  # size, frames/s, frames
@@ -123,6 +125,10 @@ run_part() {
         --json "$work/device-ops-$dev-compile-$c.json" 2>&1 | tee -a "$work/device-ops-$dev.txt" | grep "²" \
         || rc=1
     done
+    # the area filter and measurements on the host against on the device
+    "$PY" benchmarks/host_tables.py --device "$dev" "${host_args[@]}" \
+      --json "$work/host-tables-$dev.json" > "$work/host-tables-$dev.txt" 2>&1 \
+      || { tail -5 "$work/host-tables-$dev.txt"; rc=1; }
     return $rc ;;
   bench)  # `smartscope bench --scaling --positions`, without its CPU-only sections
     "$PY" -c "import sys; from smartscope import bench; bench.run(sys.argv[1], quick=sys.argv[3] == '1', simulator=False, controller=False, scaling=True, positions=True, device=sys.argv[2])" \

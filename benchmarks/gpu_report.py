@@ -208,6 +208,26 @@ def report(files: dict[str, bytes]) -> str:
         lines.append("part `stages` did not run")
     lines.append("")
 
+    lines += ["### Area filter and measurements, host or device (part `ops`)", ""]
+    host = _json(files, "host-tables-")
+    if host:
+        lines += [
+            "| size | objects | host: filter + measure (ms) | device, with the "
+            "copies back (ms) | table from the sums (ms) | kernels / syncs |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for r in host["rows"]:
+            lines.append(
+                f"| {r['size']}² | {r['objects']} | "
+                f"{r['filter_by_area_ms']:g} + {r['measure_ms']:g} | "
+                f"{r.get('device_filter_measure_ms', '')} | "
+                f"{r.get('table_from_sums_ms', '')} | "
+                f"{r.get('device_kernels', '')} / {r.get('device_syncs', '')} |"
+            )
+    else:
+        lines.append("part `ops` did not run")
+    lines.append("")
+
     lines += ["### Device labels against the host's (part `labels`)", ""]
     lab = _json(files, "device-labels-")
     lines.append(

@@ -12,9 +12,18 @@ frame's latency. This times each on the labels ``nuclei-seg`` gives for the
 benchmarks' frame at each size (:func:`smartscope.bench_scaling.demo_frame`,
 what ``smartscope bench --scaling`` times), medians of ``--repeats``.
 
+With a segmenter on a GPU the area filter and the measurements run on the
+card instead (:mod:`smartscope.analysis.measure_device`): ``--device`` also
+times that path on the labels and raw frame already there, synchronised,
+with the copies of the labels and the objects' sums back
+(``device_filter_measure_ms``), and the table the host then makes of the
+sums (``table_from_sums_ms``), and counts its kernels and syncs. On the
+CPU it times the same torch code, which says nothing of a GPU's speed.
+
 Usage::
 
     python benchmarks/host_tables.py --json benchmarks/results/host-tables-DATE.json
+    python benchmarks/host_tables.py --device cuda --json ...
 """
 
 from __future__ import annotations
@@ -25,14 +34,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from device_ops import DIAMETER_PX
-from smartscope.analysis.measure import measure_objects
-from smartscope.analysis.segment import filter_by_area
+from smartscope.analysis.measure import measure_objects, object_table
+from smartscope.analysis.measure_device import filter_and_measure_t
+from smartscope.analysis.segment import area_limits_px, filter_by_area
 from smartscope.analysis.track import Tracker
 from smartscope.bench import machine_info
 from smartscope.bench_scaling import demo_frame, demo_frame_input
 from smartscope.nn import load_model
+from smartscope.nn.op_count import OpCounter
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -45,12 +57,44 @@ def _median_ms(fn, repeats: int) -> float:
     return round(float(np.median(times)), 3)
 
 
+def _on_device(labels, image, frame, device: str, repeats: int) -> dict:
+    """The device path's filter (the protocol's range, as above) and
+    measurements of one frame whose labels and raw pixels are on
+    ``device``, with the copies back; its kernels and syncs."""
+    dev = torch.device(device)
+    lab_t = torch.from_numpy(labels[None]).to(dev)
+    img_t = torch.from_numpy(image[None].astype(np.int32)).to(dev)
+    min_px, max_px = area_limits_px(0.65, 20, 500)
+
+    def filter_measure():
+        out, stats = filter_and_measure_t(lab_t, img_t, min_px=min_px, max_px=max_px)
+        out.cpu()  # the labels come back (the sums did inside)
+        return stats[0]
+
+    stats = filter_measure()
+    counter = OpCounter()
+    with counter:
+        filter_measure()
+    return {
+        "device": str(dev),
+        "device_filter_measure_ms": _median_ms(filter_measure, repeats),
+        "table_from_sums_ms": _median_ms(lambda: object_table(stats, frame), repeats),
+        "device_kernels": sum(counter.kernels.values()),
+        "device_syncs": dict(counter.syncs),
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048])
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument(
+        "--device", help="also time the filter and measurements on this device"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     model = load_model("nuclei-seg", device="cpu")
     rows = []
     for size in args.sizes:
@@ -91,6 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
             ),
             "track_two_frames_ms": _median_ms(track, args.repeats),
         }
+        if args.device:
+            row.update(_on_device(labels, image, frame, args.device, args.repeats))
         rows.append(row)
         print(row)
     result = {"benchmark": "host_tables", "machine": machine_info(), "rows": rows}

@@ -428,3 +428,60 @@ def test_the_analysis_records_its_batches_in_the_warm_up(tmp_path: Path) -> None
         want = [(n, 1, 256, 256) for n in (1, 2, 3)] if graphs else []
         assert denoiser.recorded_shapes == want
         assert (len(analyser._segmenter.predictor.recorded_shapes) == 3) is graphs
+
+
+def test_the_measurements_on_cuda_are_the_hosts() -> None:
+    """The area filter and the measurements on the card (2048², a batch of
+    two: float64 sums by atomics, in no fixed order) against the host's
+    filter and measurements of the same labels; and through the analysis
+    on CUDA the segmenter copies nothing over (the raw frame is the
+    denoiser's) and its objects are the host's measurements of its
+    labels."""
+    from smartscope.analysis import AnalysisSettings, filter_by_area, measure_objects
+    from smartscope.analysis.analyser import FrameAnalyser
+    from smartscope.analysis.measure import object_stats
+    from smartscope.analysis.measure_device import filter_and_measure_t
+    from smartscope.bench_scaling import demo_frame, demo_frame_input
+    from smartscope.nn import load_model
+
+    image = demo_frame(2048)
+    labels = load_model("nuclei-seg", device="cpu").predict(image, diameter_px=18.2)
+    shifted = np.roll(labels, 300, axis=1)
+    lab_t = torch.from_numpy(np.stack([labels, shifted])).cuda()
+    img_t = torch.from_numpy(np.stack([image, image]).astype(np.int32)).cuda()
+    out, stats = filter_and_measure_t(lab_t, img_t, min_px=150, max_px=900.0)
+    for i, lab in enumerate((labels, shifted)):
+        want = filter_by_area(
+            lab, pixel_size_um=1.0, min_area_um2=150, max_area_um2=900
+        )
+        np.testing.assert_array_equal(out[i].cpu().numpy(), want)
+        ref = object_stats(want, image)
+        for name in ref.__dataclass_fields__:
+            np.testing.assert_allclose(
+                getattr(stats[i], name), getattr(ref, name), rtol=1e-9, atol=1e-9
+            )
+    analyser = FrameAnalyser(
+        AnalysisSettings(denoise="denoise-care", segmenter="model", model="nuclei-seg"),
+        device="cuda",
+    )
+    analyser.load_models()
+    assert analyser._measures_on_device()
+    uploads = []
+    real = analyser._segmenter.predictor.to_device
+    analyser._segmenter.predictor.to_device = lambda a, real=real: (
+        uploads.append(a.shape) or real(a)
+    )
+    frame = demo_frame_input(image, 0)
+    result = analyser.analyse(frame)
+    assert result.error is None
+    assert uploads == []
+    assert len(result.objects) > 100
+    table = measure_objects(result.labels, image, frame)
+    np.testing.assert_array_equal([o.label for o in result.objects], table.label)
+    np.testing.assert_allclose([o.x_um for o in result.objects], table.x_um, atol=1e-6)
+    np.testing.assert_allclose(
+        [o.mean_intensity for o in result.objects], table.mean_intensity, rtol=1e-9
+    )
+    np.testing.assert_allclose(
+        [o.eccentricity for o in result.objects], table.eccentricity, atol=1e-9
+    )

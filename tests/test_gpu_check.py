@@ -168,6 +168,7 @@ def test_every_part_rehearses_on_the_cpu(tmp_path: Path) -> None:
         "device-labels-cpu.json",
         "device-ops-cpu-compile-on.json",
         "device-ops-cpu-compile-off.json",
+        "host-tables-cpu.json",
         "bench-cpu.json",
         "scaling-5-cpu.json",
         "stages-2048-cpu.json",

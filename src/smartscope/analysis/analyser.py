@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from smartscope.analysis.measure import measure_objects
+from smartscope.analysis.measure import ObjectStats, measure_objects, object_table
 from smartscope.analysis.models import (
     AnalysisModel,
     ModelLoadError,
@@ -29,7 +29,7 @@ from smartscope.analysis.models import (
 )
 from smartscope.analysis.normalize import estimate_background
 from smartscope.analysis.result import FrameInput, FrameResult, ObjectMeasurement
-from smartscope.analysis.segment import filter_by_area, segment_nuclei
+from smartscope.analysis.segment import area_limits_px, filter_by_area, segment_nuclei
 from smartscope.analysis.settings import AnalysisSettings
 from smartscope.analysis.threads import ThreadTuner, thread_candidates
 from smartscope.analysis.track import Tracker, TrackIdCounter
@@ -65,6 +65,19 @@ class _Front:
     batch: int = 1
     #: where the denoiser's time went (its ``timings_ms``)
     denoise_ms: dict[str, float] | None = None
+
+
+@dataclass
+class _Segmented:
+    """A frame's labels, and where the device path made them: its objects'
+    sums, measured there with the area filter."""
+
+    labels: np.ndarray
+    #: whether ``stats`` holds the measurements (made on the device)
+    measured: bool = False
+    stats: ObjectStats | None = None
+    #: the frame's share of the device's filter, measurements and copies back
+    measure_ms: float = 0.0
 
 
 class _FrontError(Exception):
@@ -274,7 +287,7 @@ class FrameAnalyser:
                 for _ in range(2):
                     denoised = self._denoise_batch(images)
                     segment = images if denoised is None else denoised
-                    self._segment_batch(segment, frame)
+                    self._segment_batch(segment, [frame] * n)
             except Exception as e:
                 logger.debug("warm-up of a batch of %d frames failed: %s", n, e)
                 return
@@ -399,11 +412,11 @@ class FrameAnalyser:
         fronts = self._front_batch(frames)
         good = [f for f in fronts if f.error is None]
         t_seg0 = time.perf_counter()
-        by_front: dict[int, np.ndarray | Exception] = {}
+        by_front: dict[int, _Segmented | Exception] = {}
         if good:
             images = [f.frame.image if f.denoised is None else f.denoised for f in good]
             try:
-                batch = self._segment_batch(images, good[0].frame)
+                batch = self._segment_batch(images, [f.frame for f in good])
                 by_front = dict(zip(map(id, good), batch, strict=True))
             except Exception:
                 # a batch that failed (a bad frame, the card's memory): each
@@ -517,18 +530,18 @@ class FrameAnalyser:
             if f.error is not None:
                 raise _FrontError(f.error)
             denoised = f.denoised
-            labels = self._segment(
+            segmented = self._segment(
                 f.frame.image if denoised is None else denoised, f.frame
             )
         except Exception as e:
             return self._error_result(f, e)
         t_seg = time.perf_counter()
-        return self._finish(f, labels, t_seg, _timings(self._segmenter))
+        return self._finish(f, segmented, t_seg, _timings(self._segmenter))
 
     def _finish(
         self,
         f: _Front,
-        labels: np.ndarray,
+        segmented: _Segmented,
         t_seg: float,
         segment_ms: dict[str, float] | None = None,
         *,
@@ -539,6 +552,7 @@ class FrameAnalyser:
         frame = f.frame
         image = frame.image
         denoised = f.denoised
+        labels = segmented.labels
         share = 1.0 / f.batch  # of a batch's model time
         try:
             tuner = self.thread_tuner
@@ -547,7 +561,10 @@ class FrameAnalyser:
                 models_s = f.t_dn - f.t_bg + t_seg - f.t_seg0
                 tuner.record(self._threads, models_s * share * 1000)
             t_meas0 = time.perf_counter()
-            table = measure_objects(labels, image, frame)
+            if segmented.measured:  # the sums made on the device
+                table = object_table(segmented.stats, frame)
+            else:
+                table = measure_objects(labels, image, frame)
             t_meas = time.perf_counter()
             tracker = self._trackers.get(frame.position)
             if tracker is None:
@@ -594,8 +611,9 @@ class FrameAnalyser:
                 "stages_ms": {
                     "background": (f.t_bg - f.t0) * share * 1000.0,
                     "denoise": (f.t_dn - f.t_bg) * share * 1000.0,
-                    "segment": (t_seg - f.t_seg0) * share * 1000.0,
-                    "measure": (t_meas - t_meas0) * 1000.0,
+                    "segment": (t_seg - f.t_seg0) * share * 1000.0
+                    - segmented.measure_ms,
+                    "measure": (t_meas - t_meas0) * 1000.0 + segmented.measure_ms,
                     "track": (t1 - t_meas) * 1000.0,
                 },
                 **({"batch": f.batch} if f.batch > 1 else {}),
@@ -635,6 +653,7 @@ class FrameAnalyser:
         """(Y, X) float32 denoised image in raw units, or None without a denoiser."""
         if self._denoiser is None:
             return None
+        self._keep_raw_frames()
         return predict_denoised(
             self._denoiser, image, name=self._settings.denoise or "?"
         )
@@ -644,21 +663,101 @@ class FrameAnalyser:
         denoiser takes batches."""
         if self._denoiser is None or not images:
             return None
+        self._keep_raw_frames()
         return predict_denoised_batch(
             self._denoiser, images, name=self._settings.denoise or "?"
         )
 
+    def _measures_on_device(self) -> bool:
+        """Whether the segmenter makes its labels on a device (its device
+        path: on CUDA by default), where the area filter and the
+        measurements then run too."""
+        seg = self._segmenter
+        return (
+            seg is not None
+            and callable(getattr(seg, "predict_batch_t", None))
+            and bool(getattr(seg, "on_device", False))
+        )
+
+    def _keep_raw_frames(self) -> None:
+        """Tell the model that copies the raw frames to the device to leave
+        them there for the measurements (:meth:`_segment_on_device`) when
+        those run there: the denoiser, or the segmenter without one.
+        Asked again each frame: ``keep_on_device`` may change between."""
+        on = self._measures_on_device()
+        first = self._denoiser if self._denoiser is not None else self._segmenter
+        if first is not None and hasattr(first, "keep_inputs"):
+            first.keep_inputs = on
+
+    def _segment_on_device(
+        self, images: list[np.ndarray], frames: list[FrameInput]
+    ) -> list[_Segmented] | None:
+        """Labels, area filter and measurements of images of one size and
+        pixel size on the segmenter's device, the labels and the objects'
+        sums copied back once (:mod:`smartscope.analysis.measure_device`);
+        None where the segmenter does not make its labels on a device.
+        The raw frames are the twins the first model left there, or
+        copied over."""
+        if not self._measures_on_device():
+            return None
+        import torch
+
+        from smartscope.analysis.measure_device import filter_and_measure_t
+        from smartscope.nn import twins
+
+        seg = self._segmenter
+        options = self._segmenter_options(frames[0])
+        name = options.pop("name")
+        if self._denoiser is None:
+            self._keep_raw_frames()
+        labels_t = seg.predict_batch_t(images, **options)  # type: ignore[union-attr]
+        if labels_t is None:
+            return None
+        if tuple(labels_t.shape[1:]) != images[0].shape[:2]:
+            raise ValueError(
+                f"segmenter model {name!r} returned shape "
+                f"{tuple(labels_t.shape[1:])} for an image of shape {images[0].shape}"
+            )
+        t0 = time.perf_counter()
+        predictor = seg.predictor  # type: ignore[union-attr]
+        raw = [twins.take(f.image, labels_t.device) for f in frames]
+        missing = [i for i, t in enumerate(raw) if t is None]
+        if missing:
+            sent = predictor.to_device(np.stack([frames[i].image for i in missing]))
+            for i, t in zip(missing, sent, strict=True):
+                raw[i] = t
+        s = self._settings
+        min_px, max_px = area_limits_px(
+            frames[0].pixel_size_um, s.min_area_um2, s.max_area_um2
+        )
+        with torch.inference_mode():
+            raw_t = raw[0][None] if len(raw) == 1 else torch.stack(raw)  # type: ignore[arg-type]
+            out_t, stats = filter_and_measure_t(
+                labels_t, raw_t, min_px=min_px, max_px=max_px
+            )
+            labels = list(predictor.to_host(out_t))
+        ms = (time.perf_counter() - t0) * 1000.0 / len(frames)
+        return [
+            _Segmented(lab, measured=True, stats=st, measure_ms=ms)
+            for lab, st in zip(labels, stats, strict=True)
+        ]
+
     def _segment_batch(
-        self, images: list[np.ndarray], frame: FrameInput
-    ) -> list[np.ndarray]:
-        """:meth:`_segment` of images of one size and pixel size (that of
-        ``frame``), in one call where the segmenter takes batches."""
+        self, images: list[np.ndarray], frames: list[FrameInput]
+    ) -> list[_Segmented]:
+        """:meth:`_segment` of images of one size and pixel size (those of
+        ``frames``, one each), in one call where the segmenter takes
+        batches."""
+        measured = self._segment_on_device(images, frames)
+        if measured is not None:
+            return measured
+        frame = frames[0]
         if self._segmenter is None:
-            return [self._segment(im, frame) for im in images]
+            return [self._segment(im, f) for im, f in zip(images, frames, strict=True)]
         batch = predict_labels_batch(
             self._segmenter, images, **self._segmenter_options(frame)
         )
-        return [self._within_area(labels, frame) for labels in batch]
+        return [_Segmented(self._within_area(labels, frame)) for labels in batch]
 
     def _segmenter_options(self, frame: FrameInput) -> dict[str, Any]:
         """What the segmentation model is told about ``frame``'s nuclei."""
@@ -680,21 +779,27 @@ class FrameAnalyser:
             max_area_um2=s.max_area_um2,
         )
 
-    def _segment(self, image: np.ndarray, frame: FrameInput) -> np.ndarray:
-        """(Y, X) int32 instance labels of ``image`` (raw or denoised)."""
+    def _segment(self, image: np.ndarray, frame: FrameInput) -> _Segmented:
+        """(Y, X) int32 instance labels of ``image`` (raw or denoised), and
+        the measurements where they were made on the device."""
         s = self._settings
         if self._segmenter is not None:
+            measured = self._segment_on_device([image], [frame])
+            if measured is not None:
+                return measured[0]
             labels = predict_labels(
                 self._segmenter, image, **self._segmenter_options(frame)
             )
-            return self._within_area(labels, frame)
-        return segment_nuclei(
-            image,
-            pixel_size_um=frame.pixel_size_um,
-            diameter_um=s.diameter_um,
-            threshold=s.threshold,
-            min_area_um2=s.min_area_um2,
-            max_area_um2=s.max_area_um2,
+            return _Segmented(self._within_area(labels, frame))
+        return _Segmented(
+            segment_nuclei(
+                image,
+                pixel_size_um=frame.pixel_size_um,
+                diameter_um=s.diameter_um,
+                threshold=s.threshold,
+                min_area_um2=s.min_area_um2,
+                max_area_um2=s.max_area_um2,
+            )
         )
 
 

@@ -13,7 +13,13 @@ import numpy as np
 
 from smartscope.analysis.result import FrameInput
 
-__all__ = ["ObjectTable", "measure_objects"]
+__all__ = [
+    "ObjectStats",
+    "ObjectTable",
+    "measure_objects",
+    "object_stats",
+    "object_table",
+]
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,37 @@ class ObjectTable:
         return cls(np.empty(0, np.int32), f, f, f, f, f, f, f, f)
 
 
+@dataclass(frozen=True)
+class ObjectStats:
+    """What :func:`object_table` needs of the N objects of a frame, in
+    pixels: the sums over each object's pixels, reduced. The host computes
+    them from the labels (:func:`object_stats`), a device path from its own
+    copy of the labels (:mod:`smartscope.analysis.measure_device`); the
+    table is then made the same way from either.
+
+    Attributes
+    ----------
+    label : (N,) int32
+    n_px : (N,) float64
+        Pixels of each object.
+    row, col : (N,) float64
+        Centroid, pixels.
+    m_rr, m_cc, m_rc : (N,) float64
+        Second central moments, pixels².
+    mean_intensity, max_intensity : (N,) float64
+    """
+
+    label: np.ndarray
+    n_px: np.ndarray
+    row: np.ndarray
+    col: np.ndarray
+    m_rr: np.ndarray
+    m_cc: np.ndarray
+    m_rc: np.ndarray
+    mean_intensity: np.ndarray
+    max_intensity: np.ndarray
+
+
 def measure_objects(
     labels: np.ndarray, image: np.ndarray, frame: FrameInput
 ) -> ObjectTable:
@@ -83,6 +120,12 @@ def measure_objects(
     ObjectTable
         One row per label present, in increasing label order.
     """
+    return object_table(object_stats(labels, image), frame)
+
+
+def object_stats(labels: np.ndarray, image: np.ndarray) -> ObjectStats | None:
+    """The per-object sums of :func:`measure_objects`, on the host; None
+    without objects."""
     if labels.shape != image.shape:
         raise ValueError(
             f"labels {labels.shape} and image {image.shape} must have the same shape"
@@ -92,44 +135,57 @@ def measure_objects(
     # (2048²: 1.1 against 8.7 ms, numpy 2.4)
     fg = np.flatnonzero(flat != 0)
     if fg.size == 0:
-        return ObjectTable.empty()
+        return None
     lab = flat[fg]
     order = np.argsort(lab, kind="stable")
     fg, lab = fg[order], lab[order]
     # first index of each label's run of pixels
     starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
-    label_ids = lab[starts]
     w = labels.shape[1]
     r = (fg // w).astype(np.float64)
     c = (fg % w).astype(np.float64)
     values = image.ravel()[fg].astype(np.float64)
     counts = np.diff(np.r_[starts, lab.size])
     n_px = counts.astype(np.float64)
-    sum_r = np.add.reduceat(r, starts)
-    sum_c = np.add.reduceat(c, starts)
-    row = sum_r / n_px
-    col = sum_c / n_px
+    row = np.add.reduceat(r, starts) / n_px
+    col = np.add.reduceat(c, starts) / n_px
     # second central moments (the ellipse with the same moments)
     dr = r - np.repeat(row, counts)
     dc = c - np.repeat(col, counts)
-    m_rr = np.add.reduceat(dr * dr, starts) / n_px
-    m_cc = np.add.reduceat(dc * dc, starts) / n_px
-    m_rc = np.add.reduceat(dr * dc, starts) / n_px
+    return ObjectStats(
+        label=lab[starts].astype(np.int32, copy=False),
+        n_px=n_px,
+        row=row,
+        col=col,
+        m_rr=np.add.reduceat(dr * dr, starts) / n_px,
+        m_cc=np.add.reduceat(dc * dc, starts) / n_px,
+        m_rc=np.add.reduceat(dr * dc, starts) / n_px,
+        mean_intensity=np.add.reduceat(values, starts) / n_px,
+        max_intensity=np.maximum.reduceat(values, starts),
+    )
+
+
+def object_table(stats: ObjectStats | None, frame: FrameInput) -> ObjectTable:
+    """The measurements of a frame's objects from their sums (None: no
+    objects): area, eccentricity and stage coordinates."""
+    if stats is None or stats.label.size == 0:
+        return ObjectTable.empty()
+    m_rr, m_cc, m_rc = stats.m_rr, stats.m_cc, stats.m_rc
     half_trace = (m_rr + m_cc) / 2
     root = np.sqrt(((m_rr - m_cc) / 2) ** 2 + m_rc * m_rc)
     l1, l2 = half_trace + root, half_trace - root
     with np.errstate(divide="ignore", invalid="ignore"):
         ecc = np.where(l1 > 0, np.sqrt(np.clip(1.0 - l2 / l1, 0.0, 1.0)), 0.0)
     # pixel_to_stage is linear in (row, col), so it maps whole columns at once
-    x_um, y_um = frame.pixel_to_stage(row, col)  # type: ignore[arg-type]
+    x_um, y_um = frame.pixel_to_stage(stats.row, stats.col)  # type: ignore[arg-type]
     return ObjectTable(
-        label=label_ids.astype(np.int32, copy=False),
-        row=row,
-        col=col,
+        label=stats.label,
+        row=stats.row,
+        col=stats.col,
         x_um=np.asarray(x_um, np.float64),
         y_um=np.asarray(y_um, np.float64),
-        area_um2=n_px * (frame.pixel_size_um * frame.pixel_size_um),
-        mean_intensity=np.add.reduceat(values, starts) / n_px,
-        max_intensity=np.maximum.reduceat(values, starts),
+        area_um2=stats.n_px * (frame.pixel_size_um * frame.pixel_size_um),
+        mean_intensity=stats.mean_intensity,
+        max_intensity=stats.max_intensity,
         eccentricity=ecc,
     )

@@ -28,7 +28,13 @@ from skimage.segmentation import watershed
 
 from smartscope.analysis.normalize import estimate_background
 
-__all__ = ["ThresholdMethod", "filter_by_area", "segment_nuclei", "smoothing_sigma_px"]
+__all__ = [
+    "ThresholdMethod",
+    "area_limits_px",
+    "filter_by_area",
+    "segment_nuclei",
+    "smoothing_sigma_px",
+]
 
 ThresholdMethod = Literal["otsu", "li", "triangle"]
 
@@ -287,11 +293,15 @@ def filter_by_area(
     (Y, X) int32 ndarray: ``labels`` itself where nothing changes (int32
     labels numbered 1..N, all within the range), else a new array
     """
-    px2 = pixel_size_um * pixel_size_um
+    min_px, max_px = area_limits_px(pixel_size_um, min_area_um2, max_area_um2)
     n = int(labels.max(initial=0))
-    return _filter_and_renumber(
-        labels,
-        n,
-        min_px=max(1, int(np.ceil(min_area_um2 / px2))),
-        max_px=max_area_um2 / px2,
-    )
+    return _filter_and_renumber(labels, n, min_px=min_px, max_px=max_px)
+
+
+def area_limits_px(
+    pixel_size_um: float, min_area_um2: float, max_area_um2: float
+) -> tuple[int, float]:
+    """An area range in µm² as object sizes in pixels, (smallest, largest)
+    kept, as :func:`filter_by_area` applies it (at least one pixel)."""
+    px2 = pixel_size_um * pixel_size_um
+    return max(1, int(np.ceil(min_area_um2 / px2))), max_area_um2 / px2

@@ -121,6 +121,13 @@ class Model(ABC):
         each new frame size compiles once, seconds, in the warm-up where
         the controller runs one; a failure to compile falls back to eager
         steps with a warning). ``None`` (the default): on CUDA.
+    keep_inputs : bool
+        Whether the device path leaves each frame it copies to the device
+        there as the host frame's twin (:mod:`smartscope.nn.twins`), for
+        the next step to take instead of copying it again: the analysis
+        sets it on the model that first receives the raw frames, whose
+        pixels the measurements on the device read
+        (:mod:`smartscope.analysis.measure_device`). Default False.
     """
 
     def __init__(
@@ -159,6 +166,7 @@ class Model(ABC):
         )
         self.keep_on_device: bool | None = None
         self.compile_postprocess: bool | None = None
+        self.keep_inputs = False
         self.timings_ms: dict[str, float] = {}
         self._clock_t = 0.0
         if warm_up:
@@ -259,9 +267,11 @@ class Model(ABC):
         if len(missing) == len(images):
             host = images[0][None] if len(images) == 1 else np.stack(images)
             x = self.predictor.to_device(host)
+            self._keep_inputs(images, x)
         else:
             if missing:  # the rest of a batch whose twins were pushed out
                 sent = self.predictor.to_device(np.stack([images[i] for i in missing]))
+                self._keep_inputs([images[i] for i in missing], sent)
                 for i, t in zip(missing, sent, strict=True):
                     kept[i] = t
             x = torch.stack([t.float() for t in kept])  # type: ignore[union-attr]
@@ -272,6 +282,15 @@ class Model(ABC):
         x = normalize_t(x, low, high)
         self._mark("normalise")
         return x, low, high
+
+    def _keep_inputs(self, images: list[np.ndarray], sent: torch.Tensor) -> None:
+        """Leave the frames just copied to the device there as their host
+        arrays' twins, where ``keep_inputs`` asks for it (each its own
+        memory where several crossed together)."""
+        if not self.keep_inputs:
+            return
+        for host, t in zip(images, sent, strict=True):
+            twins.remember(host, t.clone() if len(images) > 1 else t)
 
     def _batchable(self, images: list[np.ndarray]) -> bool:
         """Whether ``images`` (:func:`as_2d`'s) go through the device path
@@ -580,6 +599,36 @@ class SegmentModel(Model):
         self._start_clock()
         return self._predict_t(arrays, factor, tta, post, min_size_px)
 
+    def predict_batch_t(
+        self,
+        images: list[np.ndarray],
+        *,
+        diameter_px: float,
+        tta: bool | None = None,
+        min_size_px: float | None = None,
+    ) -> torch.Tensor | None:
+        """:meth:`predict_batch` with the labels left on the device, for
+        steps that follow there (the analysis's area filter and
+        measurements: :mod:`smartscope.analysis.measure_device`); None
+        where the device path does not apply (it is off, or the images
+        have several shapes), for :meth:`predict_batch` to do.
+
+        Returns
+        -------
+        (B, Y, X) int32 Tensor on the predictor's device, or None
+        """
+        _check_min_size(min_size_px)
+        arrays = [as_2d(im) for im in images]
+        if not arrays or self._finds_size(diameter_px) or not self._batchable(arrays):
+            return None
+        if tta is None:
+            tta = self.card.test_time_augmentation
+        factor = self._scale_factor(diameter_px)
+        post = self.card.postprocess or Postprocess()
+        self._start_clock()
+        with torch.inference_mode():
+            return self._labels_t(arrays, factor, tta, post, min_size_px)
+
     def _finds_size(self, diameter_px: float | None) -> bool:
         """Whether :meth:`predict` finds the nuclei's size itself."""
         post = self.card.postprocess or Postprocess()
@@ -599,28 +648,40 @@ class SegmentModel(Model):
     ) -> list[np.ndarray]:
         """The device path: images of one shape cross once each way, in as
         they came and out as labels."""
-        inner, border = self._limits(factor, post, min_size_px)
         with torch.inference_mode():
-            xt, _, _ = self._normalized_t(arrays)
-            fg, dist = self._maps_t(xt, factor, tta)
-            labels = torch.stack(
-                [
-                    labels_from_maps_t(
-                        fg[i],
-                        dist[i],
-                        fg_threshold=post.fg_threshold,
-                        seed_threshold=post.seed_threshold,
-                        min_size_px=inner,
-                        border_min_size_px=border,
-                        compiled=self.compiles_postprocess,
-                    )
-                    for i in range(len(arrays))
-                ]
-            )
-            self._mark("postprocess")
+            labels = self._labels_t(arrays, factor, tta, post, min_size_px)
             out = list(self.predictor.to_host(labels))
             self._mark("transfer")
             return out
+
+    def _labels_t(
+        self,
+        arrays: list[np.ndarray],
+        factor: float,
+        tta: bool,
+        post: Postprocess,
+        min_size_px: float | None,
+    ) -> torch.Tensor:
+        """The device path up to the labels, (B, Y, X) int32 on the device."""
+        inner, border = self._limits(factor, post, min_size_px)
+        xt, _, _ = self._normalized_t(arrays)
+        fg, dist = self._maps_t(xt, factor, tta)
+        labels = torch.stack(
+            [
+                labels_from_maps_t(
+                    fg[i],
+                    dist[i],
+                    fg_threshold=post.fg_threshold,
+                    seed_threshold=post.seed_threshold,
+                    min_size_px=inner,
+                    border_min_size_px=border,
+                    compiled=self.compiles_postprocess,
+                )
+                for i in range(len(arrays))
+            ]
+        )
+        self._mark("postprocess")
+        return labels
 
     def maps_auto_size(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Foreground, distance and the size factor :meth:`predict` without

@@ -13,9 +13,14 @@ of that tensor. An array changed in place after it came back would no
 longer match its twin: the analysis never does that; code that does must
 not hand such an array on (or calls :func:`forget`).
 
+The model that first copies the raw frames to the device leaves those
+there too when the analysis measures its objects on the device
+(``Model.keep_inputs``): the measurements read the raw pixels under the
+labels.
+
 At most :data:`MAX_TWINS` are kept (the oldest go first) and each is taken
-once, so the device memory they hold stays bounded (16 frames of 2048²
-float32: 256 MB) however long the host arrays live.
+once, so the device memory they hold stays bounded (32 frames of 2048²
+float32 or widened uint16: 512 MB) however long the host arrays live.
 """
 
 from __future__ import annotations
@@ -29,9 +34,9 @@ import torch
 
 __all__ = ["MAX_TWINS", "forget", "remember", "take"]
 
-#: device copies kept at most (a batch of 8 frames, and the next batch
-#: denoised while the segmenter works on this one)
-MAX_TWINS = 16
+#: device copies kept at most (a batch of 8 frames, raw and denoised, and
+#: the next batch denoised while the segmenter works on this one)
+MAX_TWINS = 32
 
 # reentrant: a twin's array may be freed (and its callback run) while the
 # lock is held
