@@ -81,7 +81,7 @@ if [ "$rehearse" = 1 ]; then
   host_args=(--sizes 256 --repeats 2)
   sustained_frames=5; sustained_sizes="256, 512"
   stages_args=(--frames 5 --repeats 1 --size 512)
-  paced_runs=("256 5 10")
+  paced_runs=("256 5 10 none")
   profile_args=(--sizes 256 --frames 3)
 else
   dev=cuda
@@ -89,7 +89,8 @@ else
   host_args=(--repeats 30)
   sustained_frames=500; sustained_sizes="512, 2048"
   stages_args=(--frames 200 --repeats 2)
-  paced_runs=("2048 100 1000" "512 100 1000")  # size, frames/s, frames
+  # size, frames/s, frames, images the results keep (none: they stay on the card)
+  paced_runs=("2048 100 1000 all" "2048 100 1000 none" "512 100 1000 all")
   profile_args=(--sizes 512 2048 --frames 20)
 fi
 echo "gpu_check: parts: $parts; device $dev; results in $out/gpu-check.tar.gz"
@@ -104,9 +105,9 @@ run_part() {
     local rc=0 graphs=on
     [ "$1" = graphs ] && graphs=off
     for r in "${paced_runs[@]}"; do
-      read -r size rate n <<< "$r"
+      read -r size rate n keep <<< "$r"
       "$PY" benchmarks/paced_analysis.py --device "$dev" --size "$size" --rate "$rate" \
-        --frames "$n" --cuda-graphs "$graphs" --json "$work/paced-$dev-graphs-$graphs.jsonl" \
+        --frames "$n" --cuda-graphs "$graphs" --keep-images "$keep" --json "$work/paced-$dev-graphs-$graphs.jsonl" \
         | "$PY" -c "import json, sys; r = json.loads(sys.stdin.read()); print(r['settings']['size_px'], r['settings']['rate_hz'], 'frames/s, graphs', sys.argv[1], r['cuda_graphs'], ':', r['analysed'], 'analysed', r['skipped'], 'skipped, frame->result ms', r['frame_to_result_ms'], r['stages_ms'], r['model_stages_ms'])" "$graphs" \
         || rc=1
     done

@@ -72,6 +72,12 @@ def _graphs(run: dict[str, Any]) -> str:
     return "; ".join(said) if said else "on" if models else "unknown"
 
 
+def _kept(settings: dict[str, Any]) -> str:
+    """The images the results carried (older results: both)."""
+    kept = settings.get("images_kept", ["denoised", "labels"])
+    return ", ".join(kept) if kept else "none (left on the card)"
+
+
 def target_verdict(run: dict[str, Any]) -> str:
     """Whether a ``paced`` run meets its size's GPU target ("" when the size
     has none)."""
@@ -106,14 +112,15 @@ def report(files: dict[str, bytes]) -> str:
     runs = [json.loads(x) for n in paced for x in files[n].decode().splitlines() if x]
     if runs:
         lines += [
-            "| size | CUDA graphs | frames/s fed | analysed / skipped | analysed/s | "
-            "frame→result p50 / p95 / p99 / max (ms) | target |",
-            "|---|---|---:|---:|---:|---:|---|",
+            "| size | CUDA graphs | images kept | frames/s fed | analysed / skipped | "
+            "analysed/s | frame→result p50 / p95 / p99 / max (ms) | target |",
+            "|---|---|---|---:|---:|---:|---:|---|",
         ]
         for r in runs:
             s = r["settings"]
             lines.append(
-                f"| {s['size_px']}² | {_graphs(r)} | {s['rate_hz']:g} | {r['analysed']} / "
+                f"| {s['size_px']}² | {_graphs(r)} | {_kept(s)} | {s['rate_hz']:g} | "
+                f"{r['analysed']} / "
                 f"{r['skipped']} | {r['analysed_per_s']} | "
                 f"{_q(r['frame_to_result_ms'])} | {target_verdict(r)} |"
             )

@@ -36,6 +36,12 @@ def main() -> None:
     ap.add_argument(
         "--cuda-graphs", choices=("on", "off"), help="analysis.cuda_graphs (default on)"
     )
+    ap.add_argument(
+        "--keep-images",
+        choices=("all", "none", "labels", "denoised"),
+        default="all",
+        help="the images the results carry (none: on a GPU they stay there)",
+    )
     ap.add_argument("--json", type=Path, help="append the result here (JSON lines)")
     args = ap.parse_args()
     settings: dict[str, object] = {}
@@ -58,6 +64,12 @@ def main() -> None:
         denoise=None if args.denoise == "none" else args.denoise,
         distinct=args.distinct,
         settings=settings,
+        images_kept={
+            "all": frozenset({"labels", "denoised"}),
+            "none": frozenset(),
+            "labels": frozenset({"labels"}),
+            "denoised": frozenset({"denoised"}),
+        }[args.keep_images],
     )
     r["machine"] = machine_info()
     line = json.dumps(r)

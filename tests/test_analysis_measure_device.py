@@ -232,3 +232,72 @@ def test_the_analysis_measures_on_the_segmenters_device(frames, denoise) -> None
                 ), name
         assert b.extra["stages_ms"]["measure"] > 0
         assert b.extra["stages_ms"]["segment"] > 0
+
+
+def _spy_to_host(model, calls: list) -> None:
+    real = model.predictor.to_host
+    model.predictor.to_host = lambda t, real=real, name=model.name: (
+        calls.append(name) or real(t)
+    )
+
+
+@pytest.mark.parametrize(
+    ("kept", "copied"),
+    [
+        (frozenset(), []),
+        (frozenset({"labels"}), ["nuclei-seg"]),
+        (frozenset({"labels", "denoised"}), ["denoise-care", "nuclei-seg"]),
+    ],
+)
+def test_images_no_result_keeps_stay_on_the_device(frames, kept, copied) -> None:
+    """``images_kept`` without the denoised frames or the labels: on the
+    device path (here the CPU) they are never brought back to the host
+    (the segmenter takes the denoiser's tensors as they are; the labels
+    stay where they were measured) and the results carry None for them;
+    the objects and tracks are those of an analysis that keeps both, one
+    frame at a time and in a batch."""
+    settings = AnalysisSettings(
+        denoise="denoise-care",
+        segmenter="model",
+        model="nuclei-seg",
+        precision="float32",
+        min_area_um2=60.0,
+    )
+    both, some = FrameAnalyser(settings), FrameAnalyser(settings)
+    for a in (both, some):
+        a.load_models()
+        a._denoiser.keep_on_device = a._segmenter.keep_on_device = True
+    some.images_kept = kept
+    calls: list[str] = []
+    _spy_to_host(some._denoiser, calls)
+    _spy_to_host(some._segmenter, calls)
+    want = [both.analyse(f) for f in frames] + both.analyse_batch(frames)
+    got = [some.analyse(f) for f in frames]
+    assert calls == copied * 3
+    got += some.analyse_batch(frames)
+    assert calls == copied * 4  # one copy each for the batch
+    for a, b in zip(want, got, strict=True):
+        assert b.error is None
+        assert (b.labels is None) is ("labels" not in kept)
+        assert (b.denoised is None) is ("denoised" not in kept)
+        if b.labels is not None:
+            np.testing.assert_array_equal(a.labels, b.labels)
+        assert [o.track_id for o in a.objects] == [o.track_id for o in b.objects]
+        np.testing.assert_allclose(
+            [o.x_um for o in a.objects], [o.x_um for o in b.objects], atol=1e-6
+        )
+
+
+def test_the_host_path_leaves_out_what_no_result_keeps(frames) -> None:
+    """On the host path (the CPU's default) nothing is copied, but the
+    results carry only the images kept, as on a GPU."""
+    settings = AnalysisSettings(
+        denoise="denoise-care", segmenter="model", model="nuclei-seg"
+    )
+    analyser = FrameAnalyser(settings, device="cpu")
+    analyser.images_kept = frozenset({"denoised"})
+    result = analyser.analyse(frames[0])
+    assert result.error is None
+    assert result.labels is None
+    assert result.denoised is not None
+    assert len(result.objects) > 5

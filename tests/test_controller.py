@@ -659,3 +659,79 @@ def test_realtime_run_follows_the_plan(run_dir: Path) -> None:
     # the runner never starts a time point before it is due
     assert all(f["t_s"] >= 0.3 * f["event_index"]["t"] for f in frames)
     assert summary["frames_analysed"] == 5
+
+
+class _Counts(Reaction):
+    """Reads the objects only, and says so; notes what each result carried."""
+
+    name = "counts"
+    reads_images = frozenset()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[bool, int]] = []
+
+    def react(self, result: FrameResult, run: RunView) -> Sequence[Action]:
+        self.seen.append((result.labels is not None, len(result.objects)))
+        return ()
+
+
+class _Unspoken(Reaction):
+    """A reaction that does not say which images it reads."""
+
+    name = "unspoken"
+
+    def react(self, result: FrameResult, run: RunView) -> Sequence[Action]:
+        return ()
+
+
+def test_a_run_keeps_in_its_results_the_images_it_saves_or_reads(
+    run_dir: Path,
+) -> None:
+    """The analysis results of a run carry the label images only where the
+    run saves them, a reaction reads them (``Reaction.reads_images``; both
+    for one that does not say) or something listens to ``frame_analysed``
+    (on a GPU the others are never copied back); the objects are there
+    either way, and saved labels are written."""
+    from smartscope.controller.lifecycle import _images_kept
+    from smartscope.io.read_images import read_derived
+
+    core = load_core()
+    try:
+        counts = _Counts()
+        ctl = Controller(core, _small_protocol(), out_dir=run_dir, reactions=[counts])
+        assert _images_kept(ctl) == frozenset()
+        summary = ctl.run()
+        assert summary["frames_analysed"] == 8
+        assert ctl._pipeline.images_kept == frozenset()
+        assert [has for has, _ in counts.seen] == [False] * 8
+        assert sum(n for _, n in counts.seen) > 8
+        saved = _small_protocol(save={"labels": True}, name="saved")
+        counts = _Counts()
+        ctl = Controller(
+            core, saved, out_dir=run_dir.parent / "saved", reactions=[counts]
+        )
+        assert _images_kept(ctl) == {"labels"}
+        assert ctl.run()["frames_analysed"] == 8
+        assert [has for has, _ in counts.seen] == [True] * 8
+        stored = read_derived(run_dir.parent / "saved", 7, "labels")
+        assert stored is not None
+        assert stored.max() > 0
+        mitosis = _small_protocol(
+            reactions=[{"type": "event_rate", "fast_interval_s": 10}]
+        )
+        ctl = Controller(core, mitosis, out_dir=run_dir.parent / "m")
+        assert _images_kept(ctl) == {"labels"}
+        ctl = Controller(
+            core,
+            _small_protocol(),
+            out_dir=run_dir.parent / "u",
+            reactions=[_Unspoken()],
+        )
+        assert _images_kept(ctl) == {"labels", "denoised"}
+        ctl = Controller(core, _small_protocol(), out_dir=run_dir.parent / "l")
+        assert _images_kept(ctl) == frozenset()
+        ctl.frame_analysed.connect(lambda result: None)
+        assert _images_kept(ctl) == {"labels", "denoised"}
+    finally:
+        release_core(core)

@@ -485,3 +485,38 @@ def test_the_measurements_on_cuda_are_the_hosts() -> None:
     np.testing.assert_allclose(
         [o.eccentricity for o in result.objects], table.eccentricity, atol=1e-9
     )
+
+
+def test_images_no_result_keeps_stay_on_the_card() -> None:
+    """A run that saves no images and whose reactions read none
+    (``images_kept`` empty): on CUDA neither the denoised frames nor the
+    labels are copied back (2 x 16 MB a 2048² frame), one frame at a time
+    and in a batch, and the objects are those of an analysis that keeps
+    both."""
+    import dataclasses
+
+    from smartscope.analysis import AnalysisSettings
+    from smartscope.analysis.analyser import FrameAnalyser
+    from smartscope.bench_scaling import demo_frame, demo_frame_input
+
+    settings = AnalysisSettings(
+        denoise="denoise-care", segmenter="model", model="nuclei-seg"
+    )
+    analyser = FrameAnalyser(settings, device="cuda")
+    analyser.load_models()
+    analyser.images_kept = frozenset()
+    calls = []
+    for model in (analyser._denoiser, analyser._segmenter):
+        real = model.predictor.to_host
+        model.predictor.to_host = lambda t, real=real: calls.append(t.shape) or real(t)
+    frame = demo_frame_input(demo_frame(2048), 0)
+    frames = [frame, dataclasses.replace(frame, frame_index=1)]
+    results = [analyser.analyse(frame), *analyser.analyse_batch(frames)]
+    assert calls == []
+    for r in results:
+        assert r.error is None
+        assert r.labels is None
+        assert r.denoised is None
+        assert len(r.objects) > 100
+    both = FrameAnalyser(settings, device="cuda").analyse(frame)
+    assert abs(len(both.objects) - len(results[0].objects)) <= 2

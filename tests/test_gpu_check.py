@@ -89,6 +89,7 @@ def test_the_paced_part_packs_its_results_where_the_device_tool_returns_them(
         assert r["device"] == "cpu"
         assert r["submitted"] == r["analysed"] + r["skipped"] == 10
         assert r["settings"]["requested"]["cuda_graphs"] is (graphs == "on")
+        assert r["settings"]["images_kept"] == []  # the rehearsal keeps none
         # the CPU records none
         assert {m["used"] for m in r["cuda_graphs"].values()} == {False}
 
@@ -110,8 +111,11 @@ def test_the_report_reads_the_pack_and_judges_the_targets(
     gpu_report = _gpu_report()
     text = gpu_report.report(gpu_report.read_results(out / "gpu-check.tar.gz"))
     # the rehearsal's paced runs (the CPU replays no graph)
-    assert "| 256² | denoise not used; segment not used | 5 | " in text
-    assert "| 256² | off | 5 | " in text
+    assert (
+        "| 256² | denoise not used; segment not used | none (left on the card) | 5 | "
+        in text
+    )
+    assert "| 256² | off | none (left on the card) | 5 | " in text
     assert "### Where the time goes (part `profile`)" in text
     assert "| 256² | " in text.split("### Where the time goes")[1]
     assert "part `sustained` did not run" in text

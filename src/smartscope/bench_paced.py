@@ -61,13 +61,18 @@ def measure_paced(
     denoise: str | None = "denoise-care",
     distinct: int = 8,
     settings: dict[str, Any] | None = None,
+    images_kept: frozenset[str] | None = None,
 ) -> dict[str, Any]:
     """Feed ``frames`` frames of ``size``² to the analysis at ``rate_hz`` and
     measure whether it keeps up (see the module's text).
 
     ``denoise``: the denoiser (None: none); the segmenter is ``nuclei-seg``.
     ``settings``: further :class:`AnalysisSettings` fields (``stages``,
-    ``batch_frames``, ``queue_size`` ...).
+    ``batch_frames``, ``queue_size`` ...). ``images_kept``: the images the
+    results carry (``FrameAnalyser.images_kept``; None: both, labels and
+    denoised, as in a run that saves them; empty: as in a run that saves
+    neither and whose reactions read neither, where on a GPU they stay
+    there).
 
     Returns
     -------
@@ -101,6 +106,8 @@ def measure_paced(
         **(settings or {}),
     )
     pipeline = AnalysisPipeline(analysis, device=on)
+    if images_kept is not None:
+        pipeline.images_kept = frozenset(images_kept)
     results: list[Any] = []
     pipeline.frame_analysed.connect(lambda r: results.append(r))
     pipeline.start(warm_up=(images[0].shape, PIXEL_SIZE_UM))
@@ -151,6 +158,7 @@ def measure_paced(
             "queue_size": analysis.queue_size,
             "stages": pipeline.stages,  # as resolved ("auto" decided)
             "batch_frames": analysis.batch_frames,
+            "images_kept": sorted(pipeline.images_kept),
             "requested": dict(settings or {}),
         },
         "device": on,

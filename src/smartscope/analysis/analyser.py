@@ -43,6 +43,10 @@ __all__ = ["FrameAnalyser"]
 logger = logging.getLogger("smartscope.analysis.pipeline")
 
 
+#: the images a :class:`FrameResult` can carry
+ALL_IMAGES = frozenset({"labels", "denoised"})
+
+
 @dataclass
 class _Front:
     """A frame after the first stage (background, denoising): what the
@@ -51,7 +55,9 @@ class _Front:
     frame: FrameInput
     t0: float
     background: float = math.nan
-    denoised: np.ndarray | None = None
+    #: a host array, or a Tensor left on the segmenter's device
+    #: (``images_kept`` without ``denoised``)
+    denoised: Any = None
     t_bg: float = 0.0
     t_dn: float = 0.0
     #: when the second stage took it (later than ``t_dn`` when pipelined)
@@ -69,10 +75,11 @@ class _Front:
 
 @dataclass
 class _Segmented:
-    """A frame's labels, and where the device path made them: its objects'
-    sums, measured there with the area filter."""
+    """A frame's labels (None: left on the device, not kept), and where the
+    device path made them: its objects' sums, measured there with the area
+    filter."""
 
-    labels: np.ndarray
+    labels: np.ndarray | None
     #: whether ``stats`` holds the measurements (made on the device)
     measured: bool = False
     stats: ObjectStats | None = None
@@ -123,6 +130,14 @@ class FrameAnalyser:
         #: ``segment``; the fastest of the calls after each thread count's
         #: first); empty before a warm-up
         self.warm_up_ms: dict[str, float] = {}
+        #: the images each result carries (``FrameResult.labels``,
+        #: ``.denoised``): by default both. One left out is None in the
+        #: results; where the models run on a GPU it then stays there (not
+        #: copied back: 16 MB a 2048² frame each). The controller keeps
+        #: what the run saves, what its reactions read
+        #: (``Reaction.reads_images``), and both while anything listens to
+        #: its ``frame_analysed``.
+        self.images_kept: frozenset[str] = ALL_IMAGES
 
     @property
     def settings(self) -> AnalysisSettings:
@@ -595,11 +610,15 @@ class FrameAnalyser:
             adapted["denoiser_version"] = f.version
             if f.update is not None:
                 adapted["denoiser_update"] = f.update.as_dict()
+        kept = self.images_kept
         return FrameResult(
             frame=frame,
             objects=objects,
-            labels=labels,
-            denoised=denoised,
+            labels=labels if "labels" in kept else None,
+            # (a Tensor: left on the device, not kept)
+            denoised=denoised
+            if "denoised" in kept and isinstance(denoised, np.ndarray)
+            else None,
             background=f.background,
             t_result=t1,
             extra={
@@ -649,24 +668,55 @@ class FrameAnalyser:
             ids=self._track_ids,
         )
 
-    def _denoise(self, image: np.ndarray, frame: FrameInput) -> np.ndarray | None:
-        """(Y, X) float32 denoised image in raw units, or None without a denoiser."""
+    def _denoise(self, image: np.ndarray, frame: FrameInput) -> Any:
+        """(Y, X) float32 denoised image in raw units, or None without a
+        denoiser; a Tensor left on the device where the result does not
+        keep it and the segmenter takes it there (:meth:`_denoised_there`)."""
         if self._denoiser is None:
             return None
         self._keep_raw_frames()
+        there = self._denoised_there([image])
+        if there is not None:
+            return there[0]
         return predict_denoised(
             self._denoiser, image, name=self._settings.denoise or "?"
         )
 
-    def _denoise_batch(self, images: list[np.ndarray]) -> list[np.ndarray] | None:
+    def _denoise_batch(self, images: list[np.ndarray]) -> list[Any] | None:
         """:meth:`_denoise` of frames of one size, in one call where the
         denoiser takes batches."""
         if self._denoiser is None or not images:
             return None
         self._keep_raw_frames()
+        there = self._denoised_there(images)
+        if there is not None:
+            return there
         return predict_denoised_batch(
             self._denoiser, images, name=self._settings.denoise or "?"
         )
+
+    def _denoised_there(self, images: list[np.ndarray]) -> list[Any] | None:
+        """The denoised frames left on the device, one (Y, X) Tensor each,
+        where no result keeps them (``images_kept``) and the segmenter
+        takes them there; else None (the host arrays are made)."""
+        den = self._denoiser
+        predict_t = getattr(den, "predict_batch_t", None)
+        if (
+            "denoised" in self.images_kept
+            or not callable(predict_t)
+            or not self._measures_on_device()
+        ):
+            return None
+        out = predict_t(images)
+        if out is None:
+            return None
+        if tuple(out.shape) != (len(images), *images[0].shape[:2]):
+            raise ValueError(
+                f"denoiser model {self._settings.denoise!r} returned shape "
+                f"{tuple(out.shape)} for {len(images)} images of shape "
+                f"{images[0].shape}"
+            )
+        return list(out)
 
     def _measures_on_device(self) -> bool:
         """Whether the segmenter makes its labels on a device (its device
@@ -710,10 +760,14 @@ class FrameAnalyser:
         name = options.pop("name")
         if self._denoiser is None:
             self._keep_raw_frames()
-        labels_t = seg.predict_batch_t(images, **options)  # type: ignore[union-attr]
+        given: list[Any] | torch.Tensor = images
+        if all(isinstance(im, torch.Tensor) for im in images):
+            # the denoiser's frames, left on the device
+            given = images[0][None] if len(images) == 1 else torch.stack(images)
+        labels_t = seg.predict_batch_t(given, **options)  # type: ignore[union-attr]
         if labels_t is None:
             return None
-        if tuple(labels_t.shape[1:]) != images[0].shape[:2]:
+        if tuple(labels_t.shape[1:]) != tuple(images[0].shape[:2]):
             raise ValueError(
                 f"segmenter model {name!r} returned shape "
                 f"{tuple(labels_t.shape[1:])} for an image of shape {images[0].shape}"
@@ -735,7 +789,11 @@ class FrameAnalyser:
             out_t, stats = filter_and_measure_t(
                 labels_t, raw_t, min_px=min_px, max_px=max_px
             )
-            labels = list(predictor.to_host(out_t))
+            labels: list[np.ndarray | None] = (
+                list(predictor.to_host(out_t))
+                if "labels" in self.images_kept
+                else [None] * len(frames)
+            )
         ms = (time.perf_counter() - t0) * 1000.0 / len(frames)
         return [
             _Segmented(lab, measured=True, stats=st, measure_ms=ms)
@@ -751,6 +809,7 @@ class FrameAnalyser:
         measured = self._segment_on_device(images, frames)
         if measured is not None:
             return measured
+        images = [_on_host(im) for im in images]
         frame = frames[0]
         if self._segmenter is None:
             return [self._segment(im, f) for im, f in zip(images, frames, strict=True)]
@@ -779,7 +838,7 @@ class FrameAnalyser:
             max_area_um2=s.max_area_um2,
         )
 
-    def _segment(self, image: np.ndarray, frame: FrameInput) -> _Segmented:
+    def _segment(self, image: Any, frame: FrameInput) -> _Segmented:
         """(Y, X) int32 instance labels of ``image`` (raw or denoised), and
         the measurements where they were made on the device."""
         s = self._settings
@@ -787,6 +846,8 @@ class FrameAnalyser:
             measured = self._segment_on_device([image], [frame])
             if measured is not None:
                 return measured[0]
+        image = _on_host(image)
+        if self._segmenter is not None:
             labels = predict_labels(
                 self._segmenter, image, **self._segmenter_options(frame)
             )
@@ -801,6 +862,16 @@ class FrameAnalyser:
                 max_area_um2=s.max_area_um2,
             )
         )
+
+
+def _on_host(image: Any) -> np.ndarray:
+    """A frame as a host array: a Tensor a model left on its device is
+    copied back (the device path turned off between the two models)."""
+    if isinstance(image, np.ndarray):
+        return image
+    if callable(getattr(image, "detach", None)):
+        return image.detach().cpu().numpy()
+    return np.asarray(image)
 
 
 def _check_adaptable(model: AnalysisModel, name: str) -> None:

@@ -151,6 +151,26 @@ def _run_meta(ctl: Controller) -> dict[str, Any]:
     return meta
 
 
+def _images_kept(ctl: Controller) -> frozenset[str]:
+    """The images the run's analysis results carry (``FrameAnalyser.images_kept``):
+    those it saves, those its reactions read (``Reaction.reads_images``;
+    both for an object that does not say), and both while anything listens
+    to ``frame_analysed``. On a GPU the others stay on the card."""
+    from smartscope.analysis.analyser import ALL_IMAGES
+
+    p = ctl.protocol
+    kept: set[str] = set()
+    if p.save.labels or p.analysis.save_labels:
+        kept.add("labels")
+    if p.analysis.denoise and (p.save.denoised or p.analysis.save_denoised):
+        kept.add("denoised")
+    for reaction in ctl.reactions.reactions:
+        kept |= getattr(reaction, "reads_images", ALL_IMAGES)
+    if len(ctl.frame_analysed):
+        kept |= ALL_IMAGES
+    return frozenset(kept)
+
+
 def _start(ctl: Controller) -> None:
     from smartscope.controller.controller import RunError, _grid_waits_for_objective
 
@@ -168,6 +188,7 @@ def _start(ctl: Controller) -> None:
                 p.analysis, on_result=ctl._on_result, device=ctl.device
             )
             ctl._pipeline.load_models()
+            ctl._pipeline.images_kept = _images_kept(ctl)
     with contextlib.suppress(SmartscopeError):
         from smartscope.sim import get_simulator
 

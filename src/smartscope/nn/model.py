@@ -253,15 +253,20 @@ class Model(ABC):
         return normalize(x, low, high), low, high
 
     def _normalized_t(
-        self, images: list[np.ndarray]
+        self, images: list[np.ndarray] | torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(Y, X) images of one shape (:func:`as_2d`'s) on the predictor's
         device in one copy (in their own dtype), each normalised by its own
         percentiles there: (B, Y, X) float32 Tensor, low and high ((B,)).
         Images another model has just brought back from this device (a
         denoiser's output) are not copied again: their twins are taken
-        (:mod:`smartscope.nn.twins`)."""
+        (:mod:`smartscope.nn.twins`). A (B, Y, X) Tensor (another model's
+        output left on the device) is taken as it is."""
         device = self.predictor.device
+        if isinstance(images, torch.Tensor):
+            x = images.to(device)
+            self._mark("transfer")
+            return self._normalized_here(x)
         kept = [twins.take(a, device) for a in images]
         missing = [i for i, t in enumerate(kept) if t is None]
         if len(missing) == len(images):
@@ -276,6 +281,12 @@ class Model(ABC):
                     kept[i] = t
             x = torch.stack([t.float() for t in kept])  # type: ignore[union-attr]
         self._mark("transfer")
+        return self._normalized_here(x)
+
+    def _normalized_here(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`_normalized_t` of a (B, Y, X) Tensor on the device."""
         x = torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0)
         n = self.card.normalization
         low, high = percentile_range_t(x, p_low=n.p_low, p_high=n.p_high)
@@ -292,9 +303,12 @@ class Model(ABC):
         for host, t in zip(images, sent, strict=True):
             twins.remember(host, t.clone() if len(images) > 1 else t)
 
-    def _batchable(self, images: list[np.ndarray]) -> bool:
-        """Whether ``images`` (:func:`as_2d`'s) go through the device path
-        together: it is on, and they have one shape."""
+    def _batchable(self, images: list[np.ndarray] | torch.Tensor) -> bool:
+        """Whether ``images`` (:func:`as_2d`'s, or a (B, Y, X) Tensor) go
+        through the device path together: it is on, and they have one
+        shape."""
+        if isinstance(images, torch.Tensor):
+            return self.on_device and images.ndim == 3
         return self.on_device and len({a.shape for a in images}) == 1
 
     def __repr__(self) -> str:
@@ -365,14 +379,42 @@ class DenoiseModel(Model):
         self._start_clock()
         return self._predict_t(arrays, tta)
 
+    def predict_batch_t(
+        self, images: list[np.ndarray], *, tta: bool | None = None
+    ) -> torch.Tensor | None:
+        """:meth:`predict_batch` with the denoised frames left on the
+        device, for a segmenter there to take (where nothing needs them on
+        the host: a 2048² frame is 16 MB of float32 to copy back); None
+        where the device path does not apply (it is off, or the images
+        have several shapes), for :meth:`predict_batch` to do.
+
+        Returns
+        -------
+        (B, Y, X) float32 Tensor on the predictor's device, in the inputs'
+        intensity units, or None
+        """
+        arrays = [as_2d(im) for im in images]
+        if not arrays or not self._batchable(arrays):
+            return None
+        if tta is None:
+            tta = self.card.test_time_augmentation
+        self._start_clock()
+        with torch.inference_mode():
+            return self._denoised_t(arrays, tta)
+
+    def _denoised_t(self, arrays: list[np.ndarray], tta: bool) -> torch.Tensor:
+        """The device path up to the denoised frames, (B, Y, X) on the device."""
+        xt, lo, hi = self._normalized_t(arrays)
+        yt = self._run_tta_t(xt) if tta else self.predictor.run_t(xt)[:, 0]
+        self._mark("network")
+        yt = yt * (hi - lo)[:, None, None] + lo[:, None, None]
+        self._mark("postprocess")
+        return yt
+
     def _predict_t(self, arrays: list[np.ndarray], tta: bool) -> list[np.ndarray]:
         """The device path of :meth:`predict_batch` (images of one shape)."""
         with torch.inference_mode():
-            xt, lo, hi = self._normalized_t(arrays)
-            yt = self._run_tta_t(xt) if tta else self.predictor.run_t(xt)[:, 0]
-            self._mark("network")
-            yt = yt * (hi - lo)[:, None, None] + lo[:, None, None]
-            self._mark("postprocess")
+            yt = self._denoised_t(arrays, tta)
             out = list(self.predictor.to_host(yt))
             for host, t in zip(out, yt, strict=True):
                 # the segmenter takes it, not the host copy; each its own
@@ -601,7 +643,7 @@ class SegmentModel(Model):
 
     def predict_batch_t(
         self,
-        images: list[np.ndarray],
+        images: list[np.ndarray] | torch.Tensor,
         *,
         diameter_px: float,
         tta: bool | None = None,
@@ -611,15 +653,21 @@ class SegmentModel(Model):
         steps that follow there (the analysis's area filter and
         measurements: :mod:`smartscope.analysis.measure_device`); None
         where the device path does not apply (it is off, or the images
-        have several shapes), for :meth:`predict_batch` to do.
+        have several shapes), for :meth:`predict_batch` to do. ``images``
+        may also be a (B, Y, X) Tensor already on the device (a denoiser's
+        frames left there: ``DenoiseModel.predict_batch_t``).
 
         Returns
         -------
         (B, Y, X) int32 Tensor on the predictor's device, or None
         """
         _check_min_size(min_size_px)
-        arrays = [as_2d(im) for im in images]
-        if not arrays or self._finds_size(diameter_px) or not self._batchable(arrays):
+        arrays = (
+            images if isinstance(images, torch.Tensor) else [as_2d(im) for im in images]
+        )
+        if len(arrays) == 0 or self._finds_size(diameter_px):
+            return None
+        if not self._batchable(arrays):
             return None
         if tta is None:
             tta = self.card.test_time_augmentation
@@ -656,7 +704,7 @@ class SegmentModel(Model):
 
     def _labels_t(
         self,
-        arrays: list[np.ndarray],
+        arrays: list[np.ndarray] | torch.Tensor,
         factor: float,
         tta: bool,
         post: Postprocess,

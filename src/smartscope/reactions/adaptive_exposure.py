@@ -52,6 +52,7 @@ class AdaptiveExposure(Reaction):
     """Exposure first, laser power second, to hold the object signal at target."""
 
     name = "adaptive_exposure"
+    reads_images = frozenset()
     Params = AdaptiveExposureParams
     params: AdaptiveExposureParams
 

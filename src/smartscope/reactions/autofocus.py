@@ -89,6 +89,7 @@ class KeepFocus(Reaction):
     """Autofocus sweeps on an adaptive schedule, drift followed in between."""
 
     name = "autofocus"
+    reads_images = frozenset()
     Params = AutofocusParams
     params: AutofocusParams
 

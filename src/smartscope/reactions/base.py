@@ -63,6 +63,12 @@ class Reaction(ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type[ReactionParams]] = ReactionParams
+    #: the images of a :class:`FrameResult` it reads (``"labels"``,
+    #: ``"denoised"``). A run keeps in its results only what it saves or
+    #: some reaction reads: on a GPU an image not kept is never copied back
+    #: (16 MB a 2048² frame). Both by default, so a reaction that does not
+    #: say gets them; one that reads neither says ``frozenset()``.
+    reads_images: ClassVar[frozenset[str]] = frozenset({"labels", "denoised"})
 
     def __init__(self, params: ReactionParams | None = None, **kwargs: Any) -> None:
         if params is None:

@@ -58,6 +58,7 @@ class CenterOn(Reaction):
     """Follow one nucleus across the sample by moving the XY stage."""
 
     name = "center_on"
+    reads_images = frozenset()
     Params = CenterOnParams
     params: CenterOnParams
 

@@ -76,6 +76,7 @@ class DoseBudget(Reaction):
     """Slow down, drop a position or stop when a light budget is spent."""
 
     name = "dose_budget"
+    reads_images = frozenset()
     Params = DoseBudgetParams
     params: DoseBudgetParams
 

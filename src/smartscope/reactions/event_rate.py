@@ -83,6 +83,7 @@ class EventRate(Reaction):
     """Switch the run between a slow and a fast interval on detected mitoses."""
 
     name = "event_rate"
+    reads_images = frozenset({"labels"})  # the mitosis detector
     Params = EventRateParams
     params: EventRateParams
 

@@ -124,6 +124,7 @@ class ScanThenZoom(Reaction):
     """Tile scan at low magnification, then the best hits at high magnification."""
 
     name = "scan_then_zoom"
+    reads_images = frozenset()
     Params = ScanThenZoomParams
     params: ScanThenZoomParams
 
