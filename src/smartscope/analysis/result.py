@@ -118,9 +118,12 @@ class FrameResult:
     objects : tuple[ObjectMeasurement, ...]
         Segmented objects with their track ids.
     labels : (Y, X) int32 ndarray or None
-        Instance labels (0 = background).
+        Instance labels (0 = background); None where the analysis failed or
+        does not keep them (``FrameAnalyser.images_kept``: a run keeps what
+        it saves and what its reactions read, ``Reaction.reads_images``).
     denoised : (Y, X) float32 ndarray or None
-        Denoised image, in the raw image's intensity units, if denoising is on.
+        Denoised image, in the raw image's intensity units, if denoising is
+        on and the analysis keeps it (as ``labels``).
     background : float
         Estimated background level (ADU) of the raw frame.
     t_result : float
