@@ -134,6 +134,25 @@ def test_the_device_filter_is_the_hosts(truth_frames, seed) -> None:
             )
 
 
+def test_sparse_numbering_is_counted_in_the_objects_not_the_ids(truth_frames):
+    """Ids far above the number of objects (a foreign segmenter's, or raster
+    keys) are numbered densely first: the bins grow with the objects, and
+    the result is the host filter's."""
+    frame, labels = truth_frames[0]
+    n = int(labels.max())
+    lut = np.zeros(n + 1, np.int64)
+    lut[1:] = np.sort(np.random.default_rng(0).choice(10**6, size=n, replace=False)) + 1
+    sparse = lut[labels]
+    out, (stats,) = _device([(frame, sparse)], min_px=30)
+    want = filter_by_area(sparse, pixel_size_um=1.0, min_area_um2=30)
+    np.testing.assert_array_equal(out[0].numpy(), want)
+    ref = object_stats(want, frame.image)
+    for name in ref.__dataclass_fields__:
+        np.testing.assert_allclose(
+            getattr(stats, name), getattr(ref, name), rtol=1e-12, atol=1e-9
+        )
+
+
 def test_a_batch_costs_the_device_the_same_launches_and_syncs(truth_frames) -> None:
     """What a GPU pays per call, counted on the CPU (every aten operation):
     the same kernels for one frame as for three, and two syncs (the

@@ -105,11 +105,11 @@ def test_the_queue_skips_as_the_local_executor_does() -> None:
     gate, started = threading.Event(), threading.Event()
     analyse = pipe.remote.analyse
 
-    def held(frame: FrameInput) -> Any:
+    def held(frame: FrameInput, *args: Any) -> Any:
         if frame.frame_index == 0:
             started.set()
             gate.wait(60)
-        return analyse(frame)
+        return analyse(frame, *args)
 
     pipe.remote.analyse = held  # type: ignore[method-assign]
     rng = np.random.default_rng(0)
@@ -144,6 +144,29 @@ def test_the_queue_skips_as_the_local_executor_does() -> None:
     assert sorted(skipped) == [1, 2, 3, 4, 5]
     assert pipe.analysed + pipe.skipped == pipe.submitted
     assert pipe.remote._actor is None  # stopped with the pipeline
+
+
+def test_the_actor_sends_back_only_the_images_kept() -> None:
+    """``images_kept`` reaches the actor: a label image no result keeps is
+    not sent back through Ray's object store; the objects always are."""
+    from frames import snap_frame
+
+    core = load_core()
+    try:
+        frame = snap_frame(core)
+    finally:
+        release_core(core)
+    pipe = AnalysisPipeline(AnalysisSettings(executor="ray"))
+    try:
+        pipe.load_models()
+        for kept in (frozenset(), frozenset({"labels"}), frozenset()):
+            pipe.images_kept = kept
+            result = pipe.analyse(frame)
+            assert result.error is None
+            assert (result.labels is None) is ("labels" not in kept)
+            assert len(result.objects) > 5
+    finally:
+        pipe.remote.close()
 
 
 def test_a_bad_model_is_refused_before_anything_moves(tmp_path: Path) -> None:

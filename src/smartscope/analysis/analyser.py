@@ -764,6 +764,8 @@ class FrameAnalyser:
         if all(isinstance(im, torch.Tensor) for im in images):
             # the denoiser's frames, left on the device
             given = images[0][None] if len(images) == 1 else torch.stack(images)
+        elif any(isinstance(im, torch.Tensor) for im in images):
+            given = [_on_host(im) for im in images]  # (no path mixes them)
         labels_t = seg.predict_batch_t(given, **options)  # type: ignore[union-attr]
         if labels_t is None:
             return None

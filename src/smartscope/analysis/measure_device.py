@@ -81,9 +81,17 @@ def filter_and_measure_t(
     # for before it is then ready.
     fg = torch.nonzero(flat).squeeze(1)
     bins = int(top) + 1
+    ids = flat[fg].to(torch.int64)
+    if bins > 2 * fg.numel() + 1024:
+        # sparse numbering (ids far above the count of objects, which sizes
+        # the bins): numbered densely first, in the same order (one sync
+        # more; the analysis's own labels are 1..N and never take it)
+        uniq, ids = torch.unique(ids, sorted=True, return_inverse=True)
+        ids = ids + 1
+        bins = int(uniq.numel()) + 1
     frame = torch.div(fg, h * w, rounding_mode="floor")
     pixel = fg - frame * (h * w)
-    idx = flat[fg].to(torch.int64) + frame * bins
+    idx = ids + frame * bins
     total = b * bins
 
     def summed(*columns: torch.Tensor) -> torch.Tensor:

@@ -175,7 +175,7 @@ class AnalysisPipeline(FrameAnalyser):
 
     def analyse(self, frame: FrameInput) -> FrameResult:
         if self.remote is not None:
-            return self.remote.analyse(frame)
+            return self.remote.analyse(frame, self.images_kept)
         return super().analyse(frame)
 
     def reset_tracks(self) -> None:

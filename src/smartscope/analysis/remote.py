@@ -52,7 +52,11 @@ class _AnalyserActor:
             return str(e), e.model, e.role
         return None
 
-    def analyse(self, frame: FrameInput) -> FrameResult:
+    def analyse(
+        self, frame: FrameInput, images_kept: frozenset[str] | None = None
+    ) -> FrameResult:
+        if images_kept is not None:  # not sent back either
+            self._analyser.images_kept = images_kept
         result = self._analyser.analyse(frame)
         # the caller has the frame (and its image): do not send it back
         return dataclasses.replace(result, frame=None)  # type: ignore[arg-type]
@@ -149,9 +153,13 @@ class RemoteAnalyser:
             return {"model": s.denoise, "role": "denoiser"}
         return {"model": "classical", "role": "segmenter"}
 
-    def analyse(self, frame: FrameInput) -> FrameResult:
+    def analyse(
+        self, frame: FrameInput, images_kept: frozenset[str] | None = None
+    ) -> FrameResult:
         """The actor's analysis of ``frame``, or an error result (the run goes
-        on) when the actor fails or takes longer than ``ray.timeout_s``."""
+        on) when the actor fails or takes longer than ``ray.timeout_s``.
+        ``images_kept``: the images the result carries back
+        (``FrameAnalyser.images_kept``; None: the actor's, both)."""
         import ray
 
         t0 = time.perf_counter()
@@ -159,7 +167,8 @@ class RemoteAnalyser:
             if self._actor is None:
                 self.load_models()
             result = ray.get(
-                self._actor.analyse.remote(frame), timeout=self._settings.ray.timeout_s
+                self._actor.analyse.remote(frame, images_kept),
+                timeout=self._settings.ray.timeout_s,
             )
         except Exception as e:
             message = f"remote analysis: {type(e).__name__}: {e}"

@@ -86,7 +86,9 @@ class Controller:
     once it is on disk. Runner thread."""
     frame_analysed = Signal(FrameResult)
     """Emits ``(result: FrameResult)`` after a frame is analysed and reacted to.
-    Analysis thread."""
+    Analysis thread. Connected before the run starts, its results carry the
+    label and denoised images; otherwise only those the run saves or its
+    reactions read (``FrameAnalyser.images_kept``), the others None."""
     action_taken = Signal(object, str)
     """Emits ``(action: Action, status: str)`` for an applied or clamped action
     (the action as applied). Runner thread."""
