@@ -65,14 +65,19 @@ def _link(
         for gr, gc, gd in zip(
             np.split(r, bounds), np.split(c, bounds), np.split(d, bounds), strict=True
         ):
-            tracks, ti = np.unique(gr, return_inverse=True)
-            objects, oi = np.unique(gc, return_inverse=True)
-            cost = np.full((tracks.size, objects.size), _FORBIDDEN)
-            cost[ti, oi] = gd
+            # a group holds a few tracks and objects: Python's set and
+            # dict number them faster than np.unique (2 calls a group were
+            # 40% of a 500-nucleus frame's linking)
+            tracks = sorted(set(gr.tolist()))
+            objects = sorted(set(gc.tolist()))
+            at_t = {t: i for i, t in enumerate(tracks)}
+            at_o = {o: i for i, o in enumerate(objects)}
+            cost = np.full((len(tracks), len(objects)), _FORBIDDEN)
+            cost[[at_t[t] for t in gr.tolist()], [at_o[o] for o in gc.tolist()]] = gd
             a, b = linear_sum_assignment(cost)
             ok = cost[a, b] < _FORBIDDEN
-            rows.append(tracks[a[ok]])
-            cols.append(objects[b[ok]])
+            rows.append(np.asarray(tracks, np.intp)[a[ok]])
+            cols.append(np.asarray(objects, np.intp)[b[ok]])
     return np.concatenate(rows), np.concatenate(cols)
 
 
