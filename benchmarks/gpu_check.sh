@@ -106,6 +106,8 @@ run_part() {
     [ "$1" = graphs ] && graphs=off
     for r in "${paced_runs[@]}"; do
       read -r size rate n keep <<< "$r"
+      # graphs off: the runs that keep the images only (device time is short)
+      [ "$1" = graphs ] && [ "$keep" = none ] && [ "$rehearse" != 1 ] && continue
       "$PY" benchmarks/paced_analysis.py --device "$dev" --size "$size" --rate "$rate" \
         --frames "$n" --cuda-graphs "$graphs" --keep-images "$keep" --json "$work/paced-$dev-graphs-$graphs.jsonl" \
         | "$PY" -c "import json, sys; r = json.loads(sys.stdin.read()); print(r['settings']['size_px'], r['settings']['rate_hz'], 'frames/s, graphs', sys.argv[1], r['cuda_graphs'], ':', r['analysed'], 'analysed', r['skipped'], 'skipped, frame->result ms', r['frame_to_result_ms'], r['stages_ms'], r['model_stages_ms'])" "$graphs" \
