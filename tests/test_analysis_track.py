@@ -76,6 +76,32 @@ def test_links_are_the_optimal_assignment_in_a_crowd() -> None:
     assert got.sum() == pytest.approx(want.sum(), rel=1e-9)
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_small_groups_solved_together_are_optimal(seed) -> None:
+    """Fields where most crowded groups are of two tracks and two objects
+    or fewer (solved all at once, not one assignment each): as many links
+    and the same total length as one dense assignment over everything."""
+    from smartscope.analysis.track import _link
+
+    rng = np.random.default_rng(seed)
+    n, m = rng.integers(20, 150, size=2)
+    span = rng.uniform(60, 400)
+    px, py = rng.uniform(0, span, n), rng.uniform(0, span, n)
+    x, y = rng.uniform(0, span, m), rng.uniform(0, span, m)
+    step = rng.uniform(5, 25)
+    rows, cols = _link(px, py, x, y, step)
+    assert len(set(rows.tolist())) == rows.size  # each track and object once
+    assert len(set(cols.tolist())) == cols.size
+    got = np.hypot(px[rows] - x[cols], py[rows] - y[cols])
+    dist = np.hypot(px[:, None] - x[None, :], py[:, None] - y[None, :])
+    allowed = dist <= step
+    r, c = linear_sum_assignment(np.where(allowed, dist, 1e9))
+    want = dist[r, c][allowed[r, c]]
+    assert got.size == want.size
+    assert got.max(initial=0.0) <= step
+    assert got.sum() == pytest.approx(want.sum(), rel=1e-9)
+
+
 def test_velocity_prediction_bridges_skipped_frames() -> None:
     # an object moving at 2 µm/s, then a frame 3 s after the last one
     times, xs = [0.0, 1.0, 2.0, 5.0], [0.0, 2.0, 4.0, 10.0]

@@ -59,6 +59,18 @@ def _link(
     crowded = ~alone
     if crowded.any():
         r, c, d, edge_group = r[crowded], c[crowded], d[crowded], edge_group[crowded]
+        # groups of at most two tracks and two objects (most of a sparse
+        # field's crowded groups) are solved all at once; the rest one by one
+        n_groups = int(group.max()) + 1
+        n_tracks = np.bincount(group[np.unique(r)], minlength=n_groups)
+        n_objects = np.bincount(group[n_trk + np.unique(c)], minlength=n_groups)
+        small = ((n_tracks <= 2) & (n_objects <= 2))[edge_group]
+        if small.any():
+            a, b = _link_pairs(r[small], c[small], d[small], edge_group[small])
+            rows.append(a)
+            cols.append(b)
+            big = ~small
+            r, c, d, edge_group = r[big], c[big], d[big], edge_group[big]
         order = np.argsort(edge_group, kind="stable")
         r, c, d, edge_group = r[order], c[order], d[order], edge_group[order]
         bounds = np.flatnonzero(np.diff(edge_group)) + 1
@@ -79,6 +91,40 @@ def _link(
             rows.append(np.asarray(tracks, np.intp)[a[ok]])
             cols.append(np.asarray(objects, np.intp)[b[ok]])
     return np.concatenate(rows), np.concatenate(cols)
+
+
+def _link_pairs(
+    r: np.ndarray, c: np.ndarray, d: np.ndarray, g: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The optimal links of groups of at most two tracks and two objects
+    (candidate links ``r`` → ``c`` of length ``d`` in group ``g``), all
+    groups at once: of the two ways to pair them, the one with the smaller
+    sum of lengths, a missing link counting ``_FORBIDDEN`` (as the
+    assignment the other groups get weighs them), then its allowed links."""
+    groups, g = np.unique(g, return_inverse=True)
+    n = groups.size
+    lo_t = np.full(n, np.iinfo(np.intp).max)
+    hi_t = np.full(n, -1)
+    lo_o, hi_o = lo_t.copy(), hi_t.copy()
+    np.minimum.at(lo_t, g, r)
+    np.maximum.at(hi_t, g, r)
+    np.minimum.at(lo_o, g, c)
+    np.maximum.at(hi_o, g, c)
+    # each group's tracks and objects numbered 0 (the lower index) and 1
+    cost = np.full((n, 2, 2), _FORBIDDEN)
+    cost[g, (r != lo_t[g]).astype(np.intp), (c != lo_o[g]).astype(np.intp)] = d
+    crossed = cost[:, 0, 1] + cost[:, 1, 0] < cost[:, 0, 0] + cost[:, 1, 1]
+    track = np.concatenate([lo_t, hi_t])
+    other = np.where(crossed, hi_o, lo_o), np.where(crossed, lo_o, hi_o)
+    obj = np.concatenate(other)
+    length = np.concatenate(
+        [
+            np.where(crossed, cost[:, 0, 1], cost[:, 0, 0]),
+            np.where(crossed, cost[:, 1, 0], cost[:, 1, 1]),
+        ]
+    )
+    ok = length < _FORBIDDEN
+    return track[ok].astype(np.intp), obj[ok].astype(np.intp)
 
 
 class TrackIdCounter:
