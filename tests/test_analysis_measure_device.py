@@ -37,10 +37,10 @@ COLUMNS = (
 
 @pytest.fixture(scope="module")
 def truth_frames() -> list:
-    """Three 10x fields of the simulated sample with their true labels."""
+    """Two 10x fields of the simulated sample with their true labels."""
     out = []
     with open_core(seed=3) as core:
-        for i, (x, y) in enumerate([(0, 0), (350, -200), (-500, 400)]):
+        for i, (x, y) in enumerate([(0, 0), (-500, 400)]):
             core.setXYPosition(float(x), float(y))
             core.waitForSystem()
             frame = snap_frame(core, i)
@@ -59,7 +59,7 @@ def _device(frames_and_labels, *, min_px=1, max_px=np.inf):
 
 
 def test_the_device_measures_what_regionprops_measures(truth_frames) -> None:
-    """The simulator's true nuclei of three fields in one batch: every
+    """The simulator's true nuclei of two fields in one batch: every
     column of the table equals scikit-image's ``regionprops_table`` of the
     same labels and raw frame, and the labels come back as they were."""
     out, stats = _device(truth_frames)
@@ -155,7 +155,7 @@ def test_sparse_numbering_is_counted_in_the_objects_not_the_ids(truth_frames):
 
 def test_a_batch_costs_the_device_the_same_launches_and_syncs(truth_frames) -> None:
     """What a GPU pays per call, counted on the CPU (every aten operation):
-    the same kernels for one frame as for three, and two syncs (the
+    the same kernels for one frame as for two, and two syncs (the
     foreground's ``nonzero``, the largest label) besides the copy back;
     no ``bincount``, whose CUDA kernel reads its input's range back first."""
     from smartscope.nn.op_count import OpCounter
@@ -188,10 +188,10 @@ def test_bad_input_is_named() -> None:
 
 @pytest.fixture(scope="module")
 def frames() -> list:
-    """Three positions of the simulated sample."""
+    """Two positions of the simulated sample."""
     out = []
     with open_core(seed=5) as core:
-        for i, (x, y) in enumerate([(0, 0), (400, 0), (0, 400)]):
+        for i, (x, y) in enumerate([(0, 0), (400, 0)]):
             core.setXYPosition(float(x), float(y))
             core.waitForSystem()
             f = snap_frame(core, i)
@@ -235,7 +235,7 @@ def test_the_analysis_measures_on_the_segmenters_device(frames, denoise) -> None
     batched = device.analyse_batch(frames_again)
     shape = frames[0].image.shape
     if denoise is None:
-        assert uploads == [(1, *shape)] * 3 + [(3, *shape)]
+        assert uploads == [(1, *shape)] * 2 + [(2, *shape)]
     else:
         assert uploads == []
     for a, b in zip(want, alone + batched, strict=True):
@@ -290,11 +290,10 @@ def test_images_no_result_keeps_stay_on_the_device(frames, kept, copied) -> None
     calls: list[str] = []
     _spy_to_host(some._denoiser, calls)
     _spy_to_host(some._segmenter, calls)
-    two = frames[:2]
-    want = [both.analyse(f) for f in two] + both.analyse_batch(two)
-    got = [some.analyse(f) for f in two]
+    want = [both.analyse(f) for f in frames] + both.analyse_batch(frames)
+    got = [some.analyse(f) for f in frames]
     assert calls == copied * 2
-    got += some.analyse_batch(two)
+    got += some.analyse_batch(frames)
     assert calls == copied * 3  # one copy each for the batch
     for a, b in zip(want, got, strict=True):
         assert b.error is None

@@ -131,14 +131,14 @@ def filter_and_measure_t(
     host = host[:-1]
     stats: list[ObjectStats | None] = []
     for i in range(b):
-        ids = np.flatnonzero(kept[i])
-        if ids.size == 0:
+        bins_kept = np.flatnonzero(kept[i])
+        if bins_kept.size == 0:
             stats.append(None)
             continue
-        s = dict(zip(_SUMS, host[:, i, ids], strict=True))
+        s = dict(zip(_SUMS, host[:, i, bins_kept], strict=True))
         stats.append(
             ObjectStats(
-                label=np.arange(1, ids.size + 1, dtype=np.int32),
+                label=np.arange(1, bins_kept.size + 1, dtype=np.int32),
                 n_px=s["n_px"],
                 row=s["row"],
                 col=s["col"],
