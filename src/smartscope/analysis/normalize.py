@@ -7,6 +7,8 @@ on a 2048 × 2048 frame.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = ["estimate_background", "normalize_percentile"]
@@ -57,7 +59,14 @@ def estimate_background(
     """
     if image.ndim != 2:
         raise ValueError(f"expected a (Y, X) image, got shape {image.shape}")
-    sample = _subsample(image, max_pixels).astype(np.float32).ravel()
+    sample = _subsample(image, max_pixels)
+    if sample.dtype in (np.uint8, np.uint16) and sample.size:
+        # a camera's frame: the same from one histogram (0.1 against 1.1-1.4
+        # ms a frame here; the analysis does this for every frame)
+        return _background_from_counts(
+            np.cumsum(np.bincount(sample.ravel())), n_iter, clip_sigma
+        )
+    sample = sample.astype(np.float32).ravel()
     median, sigma = _median_and_sigma(sample)
     for _ in range(n_iter):
         if sigma <= 0:
@@ -65,6 +74,45 @@ def estimate_background(
         sample = sample[sample < median + clip_sigma * sigma]
         median, sigma = _median_and_sigma(sample)
     return median, sigma
+
+
+def _background_from_counts(
+    cum: np.ndarray, n_iter: int, clip_sigma: float
+) -> tuple[float, float]:
+    """:func:`estimate_background` of integer pixels given their cumulative
+    histogram ``cum`` (``cum[v]``: pixels of value at most ``v``). The
+    pixels below a cut are the histogram's first values, so each clipping
+    is a count, and each percentile numpy's (linear, between the two ranks
+    around it) read off the histogram."""
+    n = int(cum[-1])
+    median, sigma = _median_and_sigma_counted(cum, n)
+    for _ in range(n_iter):
+        if sigma <= 0:
+            break
+        # the float32 sample's comparison: the cut rounded to float32 (an
+        # integer pixel is below it up to the cut's ceiling minus one)
+        cut = float(np.float32(median + clip_sigma * sigma))
+        top = min(math.ceil(cut) - 1, cum.size - 1)
+        # (each clipping keeps what the one before kept, as the sample did)
+        n = min(n, int(cum[top]) if top >= 0 else 0)
+        if n == 0:
+            break
+        median, sigma = _median_and_sigma_counted(cum, n)
+    return median, sigma
+
+
+def _median_and_sigma_counted(cum: np.ndarray, n: int) -> tuple[float, float]:
+    """:func:`_median_and_sigma` of the ``n`` smallest pixels of a
+    cumulative histogram."""
+    out = []
+    for q in (25.0, 50.0):
+        pos = (n - 1) * q / 100.0
+        below = int(pos)
+        ranks = [below, min(below + 1, n - 1)]
+        lo, hi = (float(v) for v in np.searchsorted(cum, ranks, side="right"))
+        out.append(lo + (hi - lo) * (pos - below))
+    q25, q50 = out
+    return q50, (q50 - q25) * _IQR_HALF_TO_SIGMA
 
 
 def _median_and_sigma(sample: np.ndarray) -> tuple[float, float]:
