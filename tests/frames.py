@@ -1,4 +1,5 @@
-"""Simulator frames described the way the controller describes them."""
+"""Simulator frames described the way the controller describes them, and
+the field's reference for what is measured in them."""
 
 from __future__ import annotations
 
@@ -43,3 +44,31 @@ def frame_of(image, index: int = 0, *, pixel_size_um: float = 0.65) -> FrameInpu
         t_frame=0.0,
         t_s=float(index),
     )
+
+
+def assert_regionprops(table, labels, image, pixel_size_um: float, **tol) -> None:
+    """Every column of ``table`` (an ``ObjectTable``) as scikit-image's
+    ``regionprops_table`` measures ``labels`` over ``image``; ``tol``:
+    ``rtol`` for the centroids and areas (numpy's default otherwise)."""
+    import numpy as np
+    from skimage.measure import regionprops_table
+
+    ref = regionprops_table(
+        labels,
+        intensity_image=image,
+        properties=(
+            "label",
+            "centroid",
+            "area",
+            "intensity_mean",
+            "intensity_max",
+            "eccentricity",
+        ),
+    )
+    np.testing.assert_array_equal(table.label, ref["label"])
+    np.testing.assert_allclose(table.row, ref["centroid-0"], **tol)
+    np.testing.assert_allclose(table.col, ref["centroid-1"], **tol)
+    np.testing.assert_allclose(table.area_um2, ref["area"] * pixel_size_um**2, **tol)
+    np.testing.assert_allclose(table.mean_intensity, ref["intensity_mean"])
+    np.testing.assert_allclose(table.max_intensity, ref["intensity_max"])
+    np.testing.assert_allclose(table.eccentricity, ref["eccentricity"], atol=1e-9)

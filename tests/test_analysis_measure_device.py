@@ -11,10 +11,9 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from skimage.measure import regionprops_table
 from skimage.segmentation import relabel_sequential
 
-from frames import snap_frame
+from frames import assert_regionprops, snap_frame
 from smartscope.analysis import AnalysisSettings, filter_by_area, measure_objects
 from smartscope.analysis.analyser import FrameAnalyser
 from smartscope.analysis.measure import object_stats, object_table
@@ -50,12 +49,14 @@ def truth_frames() -> list:
     return out
 
 
-def _device(frames_and_labels, *, min_px=1, max_px=np.inf):
+def _device(frames_and_labels, *, min_px=1, max_px=np.inf, relabel=True):
     labels = torch.from_numpy(np.stack([lab for _, lab in frames_and_labels]))
     images = torch.from_numpy(
         np.stack([f.image for f, _ in frames_and_labels]).astype(np.int32)
     )
-    return filter_and_measure_t(labels, images, min_px=min_px, max_px=max_px)
+    return filter_and_measure_t(
+        labels, images, min_px=min_px, max_px=max_px, relabel=relabel
+    )
 
 
 def test_the_device_measures_what_regionprops_measures(truth_frames) -> None:
@@ -67,27 +68,7 @@ def test_the_device_measures_what_regionprops_measures(truth_frames) -> None:
         np.testing.assert_array_equal(out[i].numpy(), labels)
         table = object_table(stats[i], frame)
         assert len(table) == int(labels.max()) > 20
-        ref = regionprops_table(
-            labels,
-            intensity_image=frame.image,
-            properties=(
-                "label",
-                "centroid",
-                "area",
-                "intensity_mean",
-                "intensity_max",
-                "eccentricity",
-            ),
-        )
-        np.testing.assert_array_equal(table.label, ref["label"])
-        np.testing.assert_allclose(table.row, ref["centroid-0"], rtol=1e-12)
-        np.testing.assert_allclose(table.col, ref["centroid-1"], rtol=1e-12)
-        np.testing.assert_allclose(
-            table.area_um2, ref["area"] * frame.pixel_size_um**2, rtol=1e-12
-        )
-        np.testing.assert_allclose(table.mean_intensity, ref["intensity_mean"])
-        np.testing.assert_allclose(table.max_intensity, ref["intensity_max"])
-        np.testing.assert_allclose(table.eccentricity, ref["eccentricity"], atol=1e-9)
+        assert_regionprops(table, labels, frame.image, frame.pixel_size_um, rtol=1e-12)
         # and the host's own measurement, column by column
         host = measure_objects(labels, frame.image, frame)
         for name in COLUMNS:
@@ -113,6 +94,13 @@ def test_the_device_filter_is_the_hosts(truth_frames, seed) -> None:
     sizes = np.bincount(truth_frames[0][1].ravel())[1:]
     lo, hi = int(np.percentile(sizes, 25)), float(np.percentile(sizes, 80))
     out, stats = _device(batch, min_px=lo, max_px=hi)
+    # where nothing keeps the labels: the same sums, no label image made
+    none, again = _device(batch, min_px=lo, max_px=hi, relabel=False)
+    assert none is None
+    for a, b in zip(stats, again, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            np.testing.assert_array_equal(a.mean_intensity, b.mean_intensity)
     px2 = truth_frames[0][0].pixel_size_um ** 2
     for i, (frame, labels) in enumerate(batch):
         want = filter_by_area(
@@ -199,6 +187,25 @@ def frames() -> list:
     return out
 
 
+def _on_the_device_path(denoise: str | None) -> tuple[FrameAnalyser, ...]:
+    """Two analysers of nuclei-seg (and ``denoise``), float32, with their
+    models on the device path (here the CPU)."""
+    settings = AnalysisSettings(
+        denoise=denoise,
+        segmenter="model",
+        model="nuclei-seg",
+        precision="float32",
+        min_area_um2=60.0,
+    )
+    pair = FrameAnalyser(settings), FrameAnalyser(settings)
+    for a in pair:
+        a.load_models()
+        for m in (a._denoiser, a._segmenter):
+            if m is not None:
+                m.keep_on_device = True
+    return pair
+
+
 @pytest.mark.parametrize("denoise", ["denoise-care", None])
 def test_the_analysis_measures_on_the_segmenters_device(frames, denoise) -> None:
     """With the segmenter on its device path (here the CPU), the area
@@ -208,19 +215,7 @@ def test_the_analysis_measures_on_the_segmenters_device(frames, denoise) -> None
     (with a denoiser the segmenter copies nothing; without one, each frame
     once, for its own network); the device's part is in the measure
     stage."""
-    settings = AnalysisSettings(
-        denoise=denoise,
-        segmenter="model",
-        model="nuclei-seg",
-        precision="float32",
-        min_area_um2=60.0,
-    )
-    host, device = FrameAnalyser(settings), FrameAnalyser(settings)
-    for a in (host, device):
-        a.load_models()
-        for m in (a._denoiser, a._segmenter):
-            if m is not None:
-                m.keep_on_device = True
+    host, device = _on_the_device_path(denoise)
     # the host analyser: the same labels path, measured on the host
     host._measures_on_device = lambda: False  # type: ignore[method-assign]
     uploads: list[tuple[int, ...]] = []
@@ -275,17 +270,7 @@ def test_images_no_result_keeps_stay_on_the_device(frames, kept, copied) -> None
     stay where they were measured) and the results carry None for them;
     the objects and tracks are those of an analysis that keeps both, one
     frame at a time and in a batch."""
-    settings = AnalysisSettings(
-        denoise="denoise-care",
-        segmenter="model",
-        model="nuclei-seg",
-        precision="float32",
-        min_area_um2=60.0,
-    )
-    both, some = FrameAnalyser(settings), FrameAnalyser(settings)
-    for a in (both, some):
-        a.load_models()
-        a._denoiser.keep_on_device = a._segmenter.keep_on_device = True
+    both, some = _on_the_device_path("denoise-care")
     some.images_kept = kept
     calls: list[str] = []
     _spy_to_host(some._denoiser, calls)

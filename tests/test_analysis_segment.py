@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from skimage.measure import regionprops_table
 
+from frames import assert_regionprops
 from frames import snap_frame as snap
 from smartscope.analysis import (
     estimate_background,
@@ -128,25 +128,7 @@ def test_measurements_equal_regionprops(core) -> None:
     frame = snap(core)
     labels = segment_nuclei(frame.image, pixel_size_um=frame.pixel_size_um)
     table = measure_objects(labels, frame.image, frame)
-    ref = regionprops_table(
-        labels,
-        intensity_image=frame.image,
-        properties=(
-            "label",
-            "centroid",
-            "area",
-            "intensity_mean",
-            "intensity_max",
-            "eccentricity",
-        ),
-    )
-    np.testing.assert_array_equal(table.label, ref["label"])
-    np.testing.assert_allclose(table.row, ref["centroid-0"])
-    np.testing.assert_allclose(table.col, ref["centroid-1"])
-    np.testing.assert_allclose(table.area_um2, ref["area"] * frame.pixel_size_um**2)
-    np.testing.assert_allclose(table.mean_intensity, ref["intensity_mean"])
-    np.testing.assert_allclose(table.max_intensity, ref["intensity_max"])
-    np.testing.assert_allclose(table.eccentricity, ref["eccentricity"], atol=1e-9)
+    assert_regionprops(table, labels, frame.image, frame.pixel_size_um)
     x, y = frame.pixel_to_stage(float(table.row[0]), float(table.col[0]))
     assert (table.x_um[0], table.y_um[0]) == pytest.approx((x, y))
 

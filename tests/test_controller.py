@@ -733,5 +733,21 @@ def test_a_run_keeps_in_its_results_the_images_it_saves_or_reads(
         assert _images_kept(ctl) == frozenset()
         ctl.frame_analysed.connect(lambda result: None)
         assert _images_kept(ctl) == {"labels", "denoised"}
+        # a reaction that says it wrongly is refused before anything moves
+        for bad in ("labels", frozenset({"masks"}), 3):
+            wrong = _Unspoken()
+            wrong.reads_images = bad  # type: ignore[assignment]
+            out = run_dir.parent / f"bad-{type(bad).__name__}"
+            ctl = Controller(core, _small_protocol(), out_dir=out, reactions=[wrong])
+            xy = core.getXYPosition()
+            with pytest.raises(
+                SmartscopeError,
+                match=r"reaction 'unspoken': "
+                r"reads_images must be a set of \['denoised', "
+                r"'labels'\] \(empty if it reads neither\), got",
+            ):
+                ctl.run()
+            assert core.getXYPosition() == xy
+            assert not out.exists()
     finally:
         release_core(core)

@@ -18,6 +18,7 @@ import json
 import random
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -230,6 +231,38 @@ def test_a_signal_while_models_load_is_raised_after_loading() -> None:
     assert guard.pending is None
 
 
+def _run_after_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, then: Callable[[], None]
+) -> Path:
+    """A real run of ``_protocol`` in this process, under the CLI's stop
+    signals, with ``then()`` called on the main thread right after the
+    analysis has started (models warmed up, nothing acquired yet); its
+    run folder."""
+    from smartscope.analysis import AnalysisPipeline
+    from smartscope.controller import Controller
+    from smartscope.hardware import load_core, release_core
+    from smartscope.interrupts import stop_signals
+    from smartscope.protocol import load_protocol
+
+    start = AnalysisPipeline.start
+
+    def start_then(self: AnalysisPipeline, *args: object, **kw: object) -> None:
+        start(self, *args, **kw)
+        then()
+
+    monkeypatch.setattr(AnalysisPipeline, "start", start_then)
+    proto = load_protocol(_protocol(tmp_path))
+    core = load_core(seed=proto.seed, scene=proto.scene, time_mode=proto.time_mode)
+    out = tmp_path / "run"
+    try:
+        ctl = Controller(core, proto, out_dir=out, device="cpu")
+        with stop_signals():
+            ctl.run()
+    finally:
+        release_core(core)
+    return out
+
+
 def test_a_signal_in_the_warm_up_still_leaves_events_that_begin_with_run_started(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -240,29 +273,12 @@ def test_a_signal_in_the_warm_up_still_leaves_events_that_begin_with_run_started
     process, so that it lands there every time."""
     import os
 
-    from smartscope.analysis import AnalysisPipeline
-    from smartscope.controller import Controller
-    from smartscope.hardware import load_core, release_core
-    from smartscope.interrupts import stop_signals
-    from smartscope.protocol import load_protocol
-
-    start = AnalysisPipeline.start
-
-    def start_then_signal(self: AnalysisPipeline, *args: object, **kw: object) -> None:
-        start(self, *args, **kw)
+    def signal_here() -> None:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.05)  # the handler runs here
 
-    monkeypatch.setattr(AnalysisPipeline, "start", start_then_signal)
-    proto = load_protocol(_protocol(tmp_path))
-    core = load_core(seed=proto.seed, scene=proto.scene, time_mode=proto.time_mode)
-    out = tmp_path / "run"
-    try:
-        ctl = Controller(core, proto, out_dir=out, device="cpu")
-        with stop_signals():
-            ctl.run()  # the signal ends the run: its summary says so
-    finally:
-        release_core(core)
+    # the signal ends the run: its summary says so
+    out = _run_after_start(tmp_path, monkeypatch, signal_here)
     records = _records(out)
     assert records[0]["kind"] == "run_started"
     assert records[-1]["kind"] == "run_finished"
@@ -288,11 +304,7 @@ def test_a_signal_a_library_turns_into_its_own_error_still_stops_the_run(
     from pydantic import BaseModel, field_serializer
     from pydantic_core import PydanticSerializationError
 
-    from smartscope.analysis import AnalysisPipeline
-    from smartscope.controller import Controller
-    from smartscope.hardware import load_core, release_core
-    from smartscope.interrupts import interrupt_behind, stop_signals
-    from smartscope.protocol import load_protocol
+    from smartscope.interrupts import interrupt_behind
 
     class Serialised(BaseModel):
         x: int
@@ -303,29 +315,16 @@ def test_a_signal_a_library_turns_into_its_own_error_still_stops_the_run(
             time.sleep(0.05)  # the handler runs here, inside pydantic-core
             return v
 
-    start = AnalysisPipeline.start
     hidden: list[BaseException] = []
 
-    def start_then_serialise(
-        self: AnalysisPipeline, *args: object, **kw: object
-    ) -> None:
-        start(self, *args, **kw)
+    def serialise() -> None:
         try:
             Serialised(x=1).model_dump_json()
         except PydanticSerializationError as e:  # what pydantic makes of it
             hidden.append(e)
             raise
 
-    monkeypatch.setattr(AnalysisPipeline, "start", start_then_serialise)
-    proto = load_protocol(_protocol(tmp_path))
-    core = load_core(seed=proto.seed, scene=proto.scene, time_mode=proto.time_mode)
-    out = tmp_path / "run"
-    try:
-        ctl = Controller(core, proto, out_dir=out, device="cpu")
-        with stop_signals():
-            ctl.run()
-    finally:
-        release_core(core)
+    out = _run_after_start(tmp_path, monkeypatch, serialise)
     (error,) = hidden
     assert "Interrupted: SIGINT" in str(error)
     assert interrupt_behind(error) is not None

@@ -788,12 +788,13 @@ class FrameAnalyser:
         )
         with torch.inference_mode():
             raw_t = raw[0][None] if len(raw) == 1 else torch.stack(raw)  # type: ignore[arg-type]
+            keep = "labels" in self.images_kept
             out_t, stats = filter_and_measure_t(
-                labels_t, raw_t, min_px=min_px, max_px=max_px
+                labels_t, raw_t, min_px=min_px, max_px=max_px, relabel=keep
             )
             labels: list[np.ndarray | None] = (
                 list(predictor.to_host(out_t))
-                if "labels" in self.images_kept
+                if out_t is not None
                 else [None] * len(frames)
             )
         ms = (time.perf_counter() - t0) * 1000.0 / len(frames)

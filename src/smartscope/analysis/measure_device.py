@@ -42,7 +42,8 @@ def filter_and_measure_t(
     *,
     min_px: int,
     max_px: float,
-) -> tuple[torch.Tensor, list[ObjectStats | None]]:
+    relabel: bool = True,
+) -> tuple[torch.Tensor | None, list[ObjectStats | None]]:
     """Drop the objects outside ``[min_px, max_px]`` pixels, renumber the
     rest 1..N in their order, and sum up each kept object.
 
@@ -53,10 +54,12 @@ def filter_and_measure_t(
     images : (B, Y, X) Tensor on the same device
         The intensities measured under the labels (the raw frames).
     min_px, max_px : object sizes kept, pixels (inclusive; ``min_px`` ≥ 1)
+    relabel : make the filtered label image (False: the sums only, where
+        nothing keeps the labels)
 
     Returns
     -------
-    labels : (B, Y, X) int32 Tensor on the device
+    labels : (B, Y, X) int32 Tensor on the device, or None (``relabel``)
         As :func:`~smartscope.analysis.segment.filter_by_area` numbers them.
     stats : list of ObjectStats or None (no object), one per frame
         For :func:`~smartscope.analysis.measure.object_table`.
@@ -118,12 +121,14 @@ def filter_and_measure_t(
     peak.scatter_reduce_(0, idx, values, reduce="amax", include_self=True)
     keep = (counts >= min_px) & (counts <= max_px)
     keep.view(b, bins)[:, 0] = False
-    # each kept label's new number within its frame: 1..N in the old order
-    new = torch.cumsum(keep.view(b, bins).to(torch.int32), dim=1)
-    lut = (new * keep.view(b, bins)).reshape(-1).to(torch.int32)
-    out = torch.zeros(b * h * w, device=device, dtype=torch.int32)
-    out[fg] = lut[idx]
-    out = out.view(b, h, w)
+    out = None
+    if relabel:
+        # each kept label's new number within its frame: 1..N in the old order
+        new = torch.cumsum(keep.view(b, bins).to(torch.int32), dim=1)
+        lut = (new * keep.view(b, bins)).reshape(-1).to(torch.int32)
+        out = torch.zeros(b * h * w, device=device, dtype=torch.int32)
+        out[fg] = lut[idx]
+        out = out.view(b, h, w)
     # one copy back for the sums and what is kept
     sums = torch.stack([counts, row, col, m_rr, m_cc, m_rc, mean, peak, keep.to(f64)])
     host = sums.view(len(_SUMS) + 1, b, bins).cpu().numpy()

@@ -165,10 +165,28 @@ def _images_kept(ctl: Controller) -> frozenset[str]:
     if p.analysis.denoise and (p.save.denoised or p.analysis.save_denoised):
         kept.add("denoised")
     for reaction in ctl.reactions.reactions:
-        kept |= getattr(reaction, "reads_images", ALL_IMAGES)
+        reads = getattr(reaction, "reads_images", ALL_IMAGES)
+        if isinstance(reads, str) or not _names_of(reads) <= ALL_IMAGES:
+            from smartscope.controller.controller import RunError
+
+            name = getattr(reaction, "name", type(reaction).__name__)
+            raise RunError(
+                f"reaction {name!r}: reads_images must be a set of "
+                f"{sorted(ALL_IMAGES)} (empty if it reads neither), got {reads!r}"
+            )
+        kept |= set(reads)
     if len(ctl.frame_analysed):
         kept |= ALL_IMAGES
     return frozenset(kept)
+
+
+def _names_of(reads: Any) -> set[Any]:
+    """The names in a reaction's ``reads_images`` (a bad value: one no
+    image has)."""
+    try:
+        return set(reads)
+    except TypeError:
+        return {reads}
 
 
 def _start(ctl: Controller) -> None:
