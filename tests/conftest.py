@@ -24,6 +24,20 @@ from smartscope.sim import Simulator, get_simulator
 os.environ["PYMM_SIGNALS_BACKEND"] = "psygnal"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """With as many test workers as cores (``-n auto``), each worker's torch
+    calls get one intra-op thread: torch's default, one per core, on cores
+    the other workers also use, runs several times slower than one (a tiny
+    training step 20x). The analysis sets its own threads on its own
+    threads, as in a run; only what a test calls on its own thread is
+    concerned. Results do not depend on it."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and workers >= (os.cpu_count() or 1):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 @pytest.fixture
 def core() -> Iterator[UniMMCore]:
     """A freshly loaded demo microscope (the simulator), released afterwards."""

@@ -502,8 +502,11 @@ def test_stopping_two_stages_without_draining_skips_what_waits(frames) -> None:
     for frame in series(frames, 8):
         p.submit(frame)
     deadline = time.monotonic() + 30
-    while p.pending > 5 and time.monotonic() < deadline:  # the stages took some
+    # the stages hold two frames: the second stage one (waiting at the gate),
+    # the first stage the next, denoised, until the second takes it
+    while p.pending > 6 and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert p.pending == 6
     threading.Timer(0.2, gate.set).start()
     assert p.stop(drain=False)
     # every frame is accounted for once: analysed (those the stages held) or skipped

@@ -1,25 +1,18 @@
-"""``smartscope run`` and ``smartscope demo`` as real processes: exit codes,
-Ctrl-C, a killed process, and refused protocols."""
+"""``smartscope run`` as a real process: exit codes, Ctrl-C, a killed process,
+refused protocols and a run that falls behind its plan (``smartscope demo``:
+tests/test_demo.py)."""
 
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import time
-from collections import Counter
 from pathlib import Path
-
-import numpy as np
-import pytest
-import yaml
-import zarr
-from scipy import ndimage as ndi
 
 from processes import frames_logged, run_smartscope, start_smartscope
 from smartscope._data import data_dir
-from smartscope.io.read_images import frames_on_disk, list_images, read_frames
+from smartscope.io.read_images import frames_on_disk, read_frames
 
 
 def _wait_for_frames(
@@ -43,94 +36,6 @@ def _slow_protocol(tmp_path: Path) -> Path:
     p = tmp_path / "slow.yaml"
     p.write_text(text)
     return p
-
-
-def _number(pattern: str, text: str) -> list[float]:
-    found = re.search(pattern, text)
-    assert found, f"{pattern!r} not in the printout:\n{text}"
-    return [float(g) for g in found.groups()]
-
-
-def _saved_images(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
-    """The demo's raw frames, label images and denoised frames, each (n, y, x)
-    in frame order, read with zarr, and the pixel size (µm)."""
-    raw_image, den_image = list_images(run)
-    assert (den_image.kind, den_image.source) == ("denoised", raw_image.series)
-    root = zarr.open_group(str(run / "data.ome.zarr"), mode="r")
-    raw = root[f"{raw_image.series}/0"][:, 0, 0]
-    np.testing.assert_array_equal(raw, read_frames(run))  # frame i is t = i
-    labels = root[f"{raw_image.series}/labels/nuclei/0"][:, 0, 0]
-    denoised = root[f"{den_image.series}/0"][:, 0, 0]
-    return raw, labels, denoised, raw_image.scale[-1]
-
-
-def _snr(img: np.ndarray, nuclei: np.ndarray, far: np.ndarray) -> float:
-    bg = img[far].astype(np.float64)
-    return (img[nuclei].astype(np.float64).mean() - bg.mean()) / bg.std()
-
-
-def test_demo_command_runs_and_prints_the_run_folder(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    proc = run_smartscope("demo", "--out", str(out), cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert "FATAL" not in proc.stderr
-    text = proc.stdout.replace("\n", " ")
-    assert str(out.resolve()) in proc.stdout.replace("\n", "")
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "completed"
-    assert frames_on_disk(out) == summary["frames_acquired"] == frames_logged(out)
-    # virtual time: every frame began on its planned time
-    assert summary["frame_late_ms"]["max"] == 0.0
-    assert "fell behind" not in text
-
-    # what the models did, as printed, against the run's own files
-    assert "what the models did" in text
-    assert "model nuclei-seg" in text
-    assert "denoise-care" in text
-    events = [
-        json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()
-    ]
-    analysed = [e for e in events if e["kind"] == "analysis" and not e["error"]]
-    raw, labels, denoised, pixel_um = _saved_images(out)
-    per_frame = [len(np.unique(labels[e["index"]])) - 1 for e in analysed]
-    assert per_frame == [e["n_objects"] for e in analysed]
-    med, lo, hi, n = _number(
-        r"median (\S+) per frame \(min (\d+), max (\d+)\) in (\d+) frames", text
-    )
-    assert (med, lo, hi, n) == (
-        np.median(per_frame),
-        min(per_frame),
-        max(per_frame),
-        150,
-    )
-    assert med >= 1  # the nucleus it follows, at least
-
-    # nuclei: the stored labels; background: farther than half the
-    # protocol's nucleus diameter from all of them
-    proto = yaml.safe_load((out / "protocol.yaml").read_text())
-    margin_px = proto["analysis"]["diameter_um"] / 2 / pixel_um
-    raw_snr, den_snr = [], []
-    for r, lab, d in zip(raw, labels, denoised, strict=True):
-        far = ndi.distance_transform_edt(lab == 0) > margin_px
-        raw_snr.append(_snr(r, lab != 0, far))
-        den_snr.append(_snr(d, lab != 0, far))
-    snr_raw, snr_den, gain = _number(r"SNR (\S+) raw → (\S+) denoised, ×(\S+) ", text)
-    assert snr_raw == pytest.approx(np.median(raw_snr), abs=0.5)
-    assert snr_den == pytest.approx(np.median(den_snr), abs=0.5)
-    ratios = np.asarray(den_snr) / np.asarray(raw_snr)
-    assert gain == pytest.approx(np.median(ratios), abs=0.05)
-    assert gain > 3  # the denoiser did something a user would see
-    assert _number(r"median of (\d+) frames", text) == [150]
-
-    actions = Counter((e["type"], e["status"]) for e in events if e["kind"] == "action")
-    assert actions[("MoveStage", "applied")] > 0
-    assert actions[("SetExposure", "applied")] > 0
-    for (kind, status), count in actions.items():
-        said = _number(rf"{kind} (?:[^;]*?, )?(\d+) {status.replace('_', ' ')}", text)
-        assert said == [count], (kind, status)
-    refused, clamped = _number(r"(\d+) refused, (\d+) clamped", text)
-    assert refused == sum(c for (_, st), c in actions.items() if st == "refused")
-    assert clamped == sum(c for (_, st), c in actions.items() if st == "clamped")
 
 
 def test_ctrl_c_stops_cleanly_and_says_so(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ Everything is checked from the run folder and against the simulator's truth
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import zarr
 
 from smartscope._data import data_dir
 from smartscope.actions import (
@@ -32,7 +30,6 @@ from smartscope.hardware import load_core, release_core
 from smartscope.io.read_images import list_images, read_frames
 from smartscope.protocol import Protocol, ProtocolError, load_protocol
 from smartscope.reactions.base import Reaction, RunView
-from smartscope.run import run_protocol
 from smartscope.sim import get_simulator
 
 
@@ -40,14 +37,6 @@ def _events(run: Path) -> list[dict[str, Any]]:
     return [
         json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()
     ]
-
-
-def _truth(run: Path) -> dict[int, list[dict[str, str]]]:
-    by: dict[int, list[dict[str, str]]] = {}
-    with (run / "truth" / "cells.csv").open() as fh:
-        for r in csv.DictReader(fh):
-            by.setdefault(int(r["frame"]), []).append(r)
-    return by
 
 
 def _small_protocol(**overrides: Any) -> Protocol:
@@ -70,174 +59,6 @@ def _small_protocol(**overrides: Any) -> Protocol:
     }
     data.update(overrides)
     return Protocol.model_validate(data)
-
-
-# ------------------------------------------------------------------ the demo
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
-    out = tmp_path_factory.mktemp("demo") / "run"
-    return run_protocol(
-        data_dir("protocols") / "demo.yaml", out_dir=out, progress=False
-    )
-
-
-def test_demo_writes_a_complete_run_folder(
-    demo_run: tuple[Path, dict[str, Any]],
-) -> None:
-    run, summary = demo_run
-    for name in (
-        "data.ome.zarr",
-        "events.jsonl",
-        "measurements.csv",
-        "summary.json",
-        "truth/cells.csv",
-        "protocol.yaml",
-    ):
-        assert (run / name).exists(), name
-    on_disk = json.loads((run / "summary.json").read_text())
-    assert on_disk["frames_acquired"] == summary["frames_acquired"] == 150
-    assert on_disk["status"] == "completed"
-    # one image for the one position, axes t, c, z, y, x; labels alongside,
-    # and the denoiser's output as an image of its own
-    image, denoised = list_images(run)
-    assert (denoised.kind, denoised.source) == ("denoised", image.series)
-    assert denoised.shape == image.shape
-    assert (image.kind, image.position) == ("raw", "cell")
-    assert image.shape[:3] == (summary["frames_acquired"], 1, 1)
-    assert image.scale[0] == 60.0  # the planned interval, s
-    assert image.scale[3:] == pytest.approx((0.325, 0.325))  # 20x
-    assert image.channels == ("DAPI",)
-    assert image.has_labels
-    root = zarr.open_group(str(run / "data.ome.zarr"), mode="r")
-    raw = root["0/0"]
-    assert raw.dtype == np.uint16
-    assert raw.metadata.dimension_names == ("t", "c", "z", "y", "x")
-    labels = root["0/labels/nuclei/0"]
-    assert labels.shape == raw.shape
-    assert labels[10, 0, 0].max() > 0
-    np.testing.assert_array_equal(read_frames(run)[:, None, None], raw[:])
-
-
-def test_demo_log_agrees_with_the_zarr(demo_run: tuple[Path, dict[str, Any]]) -> None:
-    run, summary = demo_run
-    events = _events(run)
-    kinds = {e["kind"] for e in events}
-    assert {"run_started", "frame", "analysis", "action", "run_finished"} <= kinds
-    frames = [e for e in events if e["kind"] == "frame"]
-    assert [f["index"] for f in frames] == list(range(summary["frames_acquired"]))
-    assert len(frames) == len(read_frames(run))
-    assert [f["image"]["t"] for f in frames] == list(range(len(frames)))
-    for f in frames:
-        assert {
-            "x_um",
-            "y_um",
-            "z_um",
-            "exposure_ms",
-            "laser_mw",
-            "t_s",
-            "t_frame",
-        } <= f.keys()
-    actions = [e for e in events if e["kind"] == "action"]
-    assert actions
-    for a in actions:
-        assert a["status"] in ("applied", "clamped", "refused", "not_applied")
-        assert "reason" in a
-        assert "t_action" in a
-    with (run / "measurements.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
-    assert rows
-    assert set(rows[0]) >= {
-        "frame",
-        "position",
-        "label",
-        "track_id",
-        "x_um",
-        "y_um",
-        "area_um2",
-        "mean_intensity",
-        "channel",
-        "z_um",
-        "t_index",
-    }
-    assert {r["channel"] for r in rows} == {"DAPI"}
-    assert {int(r["t_index"]) for r in rows} == set(
-        range(len({r["frame"] for r in rows}))
-    )
-    assert summary["latency_frame_to_result_ms"]["n"] == summary["frames_analysed"]
-    # the reactions decided on every analysed frame, and that is timed
-    assert summary["reaction_ms"]["n"] == summary["frames_analysed"]
-    assert 0 <= summary["reaction_ms"]["p50"] <= summary["reaction_ms"]["max"]
-
-
-def test_center_on_keeps_the_nucleus_centred_by_the_truth(
-    demo_run: tuple[Path, dict[str, Any]],
-) -> None:
-    run, _ = demo_run
-    frames = [e for e in _events(run) if e["kind"] == "frame"]
-    truth = _truth(run)
-    f0 = frames[0]
-    target = min(
-        truth[0],
-        key=lambda r: np.hypot(
-            float(r["x_um"]) - f0["x_um"], float(r["y_um"]) - f0["y_um"]
-        ),
-    )
-    tid = target["cell_id"]
-    half_fov = 512 * 0.325 / 2
-    dist = []
-    for f in frames:
-        cell = [r for r in truth.get(f["index"], []) if r["cell_id"] == tid]
-        dist.append(
-            np.hypot(
-                float(cell[0]["x_um"]) - f["x_um"], float(cell[0]["y_um"]) - f["y_um"]
-            )
-            if cell
-            else np.inf
-        )
-    dist = np.asarray(dist)
-    assert np.mean(dist <= 0.25 * half_fov) >= 0.9
-    xy = np.array([(f["x_um"], f["y_um"]) for f in frames])
-    travel = np.max(np.hypot(*(xy - xy[0]).T))
-    # the nucleus crawled more than a field of view, out of where it started,
-    # and the stage went with it (how far depends on the run's exposures: the
-    # scene steps with the frames' timing, so a slightly different
-    # segmentation gives another walk: the stage went 1.75 fields with the
-    # int8 segmenter, 2.1 with float32)
-    cell_xy = np.array(
-        [
-            (float(r["x_um"]), float(r["y_um"]))
-            for f in frames
-            for r in truth.get(f["index"], [])
-            if r["cell_id"] == tid
-        ]
-    )
-    cell_travel = np.max(np.hypot(*(cell_xy - cell_xy[0]).T))
-    assert cell_travel > 2 * half_fov
-    assert travel > cell_travel - 0.25 * half_fov
-
-
-def test_adaptive_exposure_holds_the_signal_while_it_bleaches(
-    demo_run: tuple[Path, dict[str, Any]],
-) -> None:
-    run, _ = demo_run
-    events = _events(run)
-    frames = {e["index"]: e for e in events if e["kind"] == "frame"}
-    target = 1500.0
-    signal = []
-    for e in events:
-        if e["kind"] == "analysis" and e["objects"]:
-            signal.append(np.median([o[5] for o in e["objects"]]) - e["background"])
-    signal = np.asarray(signal)
-    settled = signal[10:]
-    assert np.mean(np.abs(settled / target - 1) <= 0.2) >= 0.9
-    # it had to work for it: the dye bleached, so the exposure went up
-    truth = _truth(run)
-    doses = [max(float(r["dose"]) for r in truth[i]) for i in (0, len(frames) - 1)]
-    assert doses[1] > doses[0]
-    exposures = [frames[i]["exposure_ms"] for i in sorted(frames)]
-    assert exposures[-1] > min(exposures[2:20])
 
 
 # ------------------------------------------------------------------ limits
@@ -456,28 +277,6 @@ def test_corrupt_model_is_refused_before_hardware_moves(tmp_path: Path) -> None:
         assert not (tmp_path / "r").exists()
     finally:
         release_core(core)
-
-
-def test_demo_zarr_opens_with_ome_zarr(demo_run: tuple[Path, dict[str, Any]]) -> None:
-    from ome_zarr.io import parse_url
-    from ome_zarr.reader import Reader
-
-    run, summary = demo_run
-    nodes = list(Reader(parse_url(str(run / "data.ome.zarr" / "0")))())
-    image = nodes[0]
-    assert image.data[0].shape[0] == summary["frames_acquired"]
-    axes = image.metadata["axes"]
-    assert [a["name"] for a in axes] == ["t", "c", "z", "y", "x"]
-    assert [a.get("unit") for a in axes] == [
-        "second",
-        None,
-        "micrometer",
-        "micrometer",
-        "micrometer",
-    ]
-    labels = [n for n in nodes if "labels/nuclei" in str(n)]
-    assert labels
-    assert labels[0].data[0].shape == image.data[0].shape
 
 
 def test_pause_holds_acquisition_and_resume_continues(run_dir: Path) -> None:

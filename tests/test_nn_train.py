@@ -32,9 +32,15 @@ TINY = {
     "val_patches": 4,
     "train_fields": 2,
     "val_fields": 1,
+    # one thread: two on two cores the suite's other worker also uses run
+    # 20x slower (8 s for 40 steps against 0.4 s)
+    "threads": 1,
 }
 #: the train commands' options for the same tiny network, in-process data
-TINY_CLI = ("--patch", "32", "--width", "8", "--depth", "2", "--workers", "0")
+TINY_CLI = (
+    *("--patch", "32", "--width", "8", "--depth", "2", "--workers", "0"),
+    *("--threads", "1"),
+)
 
 
 def _blobs(
@@ -188,7 +194,7 @@ def test_train_cli_names_a_bad_folder(tmp_path):
 
 def test_same_config_same_weights():
     # what makes a card's command reproduce its model: seeded data, init and order
-    cfg = TrainConfig(method="n2v", steps=5, val_every=5, threads=1, **TINY)
+    cfg = TrainConfig(method="n2v", steps=5, val_every=5, **TINY)
     a, b = train(cfg), train(cfg)
     for (k, va), vb in zip(
         a.network.state_dict().items(), b.network.state_dict().values(), strict=False

@@ -494,7 +494,9 @@ def analysis_time_panel(data: RunData) -> Panel:
     all_ms = np.array(
         [[a.stages_ms.get(k, 0.0) for k in stages] for _, a in done], dtype=float
     )
-    medians = np.median(all_ms, axis=0)
+    # rounded as summary.json rounds its p50 (io.summary.percentiles), so the
+    # two print the same figure
+    medians = [round(float(m), 3) for m in np.median(all_ms, axis=0)]
     keep = _thin(len(done))
     index = np.array([i for i, _ in done], dtype=float)[keep]
     ms = all_ms[keep]

@@ -2,13 +2,15 @@
 
 Each case starts a real ``smartscope run`` of the demo protocol in real time
 on the simulator, sends SIGINT or SIGTERM (sometimes a second one soon after)
-at a seeded moment between start-up and the middle of the run, and judges the
+at a moment between start-up and the middle of the run (by default once the
+run logged a given frame, so the moment does not depend on the host's speed;
+behind ``-m slow`` at seeded times after the start), and judges the
 result from the files alone: the exit status names the signal, there is never
 a traceback, and either nothing was left behind (interrupted during start-up)
 or the run folder is complete: ``summary.json`` says ``interrupted`` and which
 signal, and the summary, ``events.jsonl`` and the raw zarr agree frame for
-frame, every frame readable and not blank. Five cases run by default (SIGHUP, a closed terminal, among them), 24
-behind ``-m slow``; and a SIGHUP under ``nohup`` is ignored. A signal in the
+frame, every frame readable and not blank. Five cases run by default (SIGHUP,
+a closed terminal, among them), 24 behind ``-m slow``; and a SIGHUP under ``nohup`` is ignored. A signal in the
 models' warm-up, after the run folder is made, is sent from inside it.
 """
 
@@ -48,12 +50,24 @@ def _records(out: Path) -> list[dict]:
 
 
 def _interrupt(
-    tmp_path: Path, sig: signal.Signals, delay_s: float, second: float | None
+    tmp_path: Path,
+    sig: signal.Signals,
+    delay_s: float,
+    second: float | None,
+    after_frames: int = 0,
 ):
+    """Start the run; once it logged ``after_frames`` frames (the moment is
+    then one of the run's own, whatever the host's speed), wait ``delay_s``
+    and send ``sig``, and ``second`` s later the same again if it still runs."""
     out = tmp_path / "run"
     proc = start_smartscope(
         "run", str(_protocol(tmp_path)), "--out", str(out), cwd=tmp_path
     )
+    t0 = time.monotonic()
+    while frames_logged(out) < after_frames:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - t0 < 120, "no frames in time"
+        time.sleep(0.02)
     time.sleep(delay_s)
     proc.send_signal(sig)
     if second is not None:
@@ -103,21 +117,28 @@ def _cases(n: int, seed: int) -> list[tuple[signal.Signals, float, float | None]
     return cases
 
 
+#: (signal, frames logged before it, then seconds, a second signal after)
 DEFAULT = [
-    (signal.SIGINT, 0.8, None),  # during start-up (imports, models, core)
-    (signal.SIGTERM, 7.0, 0.05),  # mid-run, then a second SIGTERM while finishing
-    (signal.SIGINT, 7.0, None),
-    (signal.SIGINT, 6.0, 0.02),
-    (signal.SIGHUP, 5.0, None),  # the terminal or SSH session closed
+    (signal.SIGINT, 0, 0.8, None),  # during start-up (imports, models, core)
+    (signal.SIGTERM, 12, 0.0, 0.05),  # mid-run, then a second one while finishing
+    (signal.SIGINT, 20, 0.07, None),  # mid-run, between two frames
+    (signal.SIGINT, 1, 0.0, 0.02),  # at the first frame
+    (signal.SIGHUP, 5, 0.0, None),  # the terminal or SSH session closed
 ]
 
 
-@pytest.mark.parametrize(("sig", "delay_s", "second"), DEFAULT)
+@pytest.mark.parametrize(("sig", "after_frames", "delay_s", "second"), DEFAULT)
 def test_an_interrupted_run_leaves_a_true_and_complete_folder(
-    tmp_path: Path, sig: signal.Signals, delay_s: float, second: float | None
+    tmp_path: Path,
+    sig: signal.Signals,
+    after_frames: int,
+    delay_s: float,
+    second: float | None,
 ) -> None:
-    out, code, stdout, stderr = _interrupt(tmp_path, sig, delay_s, second)
-    _check(out, sig, code, stdout, stderr)
+    out, code, stdout, stderr = _interrupt(tmp_path, sig, delay_s, second, after_frames)
+    where = _check(out, sig, code, stdout, stderr)
+    if after_frames:
+        assert where == "running"
 
 
 @pytest.mark.slow
