@@ -147,8 +147,12 @@ _compiled_lock = threading.Lock()
 _compiled_shapes: set[tuple[tuple[int, ...], str]] = set()
 
 
+@functools.cache
 def _one_call_failures() -> tuple[type[BaseException], ...]:
-    """Failures of a compiled call that say nothing about later calls."""
+    """Failures of a compiled call that say nothing about later calls.
+    Looked up when a compiled call failed (an ``except`` clause's classes
+    are evaluated then): importing ``torch._dynamo`` costs about a second,
+    which a process that never compiles does not pay."""
     out: list[type[BaseException]] = [torch.OutOfMemoryError]
     try:
         from torch._dynamo.exc import FailOnRecompileLimitHit
@@ -157,9 +161,6 @@ def _one_call_failures() -> tuple[type[BaseException], ...]:
     except ImportError:  # another torch: such a failure turns compiling off
         pass
     return tuple(out)
-
-
-_ONE_CALL_FAILURES = _one_call_failures()
 
 
 def compiled_spreading() -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
@@ -220,7 +221,7 @@ def _spread_compiled(
             _compiled_shapes.add(shape)
             return done
         return _spread_loop(block, keys, open_key, wall)
-    except _ONE_CALL_FAILURES as exc:
+    except _one_call_failures() as exc:
         # a size past torch's recompile limit, or the device out of memory:
         # this frame spreads eagerly, the sizes compiled so far stay so
         log.debug("compiled spreading not used for this frame: %s", exc)
