@@ -10,8 +10,9 @@ a traceback, and either nothing was left behind (interrupted during start-up)
 or the run folder is complete: ``summary.json`` says ``interrupted`` and which
 signal, and the summary, ``events.jsonl`` and the raw zarr agree frame for
 frame, every frame readable and not blank. Five cases run by default (SIGHUP,
-a closed terminal, among them), 24 behind ``-m slow``; and a SIGHUP under ``nohup`` is ignored. A signal in the
-models' warm-up, after the run folder is made, is sent from inside it.
+a closed terminal, among them), 24 behind ``-m slow``; and a SIGHUP under
+``nohup`` is ignored. A signal in the models' warm-up, after the run folder
+is made, is sent from inside it.
 """
 
 from __future__ import annotations
