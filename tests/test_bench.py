@@ -103,6 +103,20 @@ def test_positions_runs_the_controller_at_each_number_of_positions() -> None:
     assert positions_table(r).row_count == 2
 
 
+def test_the_memory_run_samples_the_protocol_s_own_sample() -> None:
+    """``measure_memory`` (``smartscope bench --long``) runs its protocol's
+    scene and seed (they were the configuration's default until 2026-12-04:
+    the controller never sets them), samples every 5% of the run and
+    analyses every frame."""
+    from smartscope.overhead import measure_memory
+
+    r = measure_memory(n_frames=40)
+    assert r["simulator"] == {"seed": 3, "scene": "migration"}
+    assert r["n_frames"] == r["frames_analysed"] == 40
+    assert [i for i, _ in r["rss_mb"]] == list(range(0, 40, 2))
+    assert all(mb > 0 for _, mb in r["rss_mb"])
+
+
 def test_median_ci_brackets_the_median_and_narrows_with_more_repeats() -> None:
     import numpy as np
 

@@ -49,6 +49,7 @@ def measure_memory(
     from smartscope.controller import Controller
     from smartscope.hardware import load_core, release_core
     from smartscope.protocol import Protocol
+    from smartscope.sim import get_simulator
 
     proto = Protocol.model_validate(
         {
@@ -78,7 +79,11 @@ def measure_memory(
             ),
         }
     )
-    core = load_core(time_mode="virtual")
+    # the protocol's sample, as run_protocol loads it (the controller never
+    # sets the simulator's scene or seed itself)
+    core = load_core(time_mode="virtual", seed=proto.seed, scene=proto.scene)
+    sim = get_simulator(core)
+    sample = {"seed": sim.seed, "scene": sim.preset_name}
     core.setProperty("Camera", "SensorWidth_px", sensor_px)
     core.setProperty("Camera", "SensorHeight_px", sensor_px)
     samples: list[tuple[int, float]] = []
@@ -112,6 +117,7 @@ def measure_memory(
         "rss_mb": [(i, round(m, 1)) for i, m in samples],
         "rss_growth_mb_per_1000_frames_after_warmup": round(growth, 3),
         "frames_analysed": summary["frames_analysed"],
+        "simulator": sample,
     }
 
 
