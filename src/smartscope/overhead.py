@@ -42,7 +42,8 @@ def measure_memory(
     *, n_frames: int = 10_000, sensor_px: int = 256, models: bool = False
 ) -> dict[str, Any]:
     """Run ``n_frames`` through the controller with analysis and a reaction on
-    (virtual time, a small sensor to keep it quick) and sample the process
+    (virtual time, a small sensor to keep it quick; the migration scene,
+    seed 3, named in ``simulator`` of the result) and sample the process
     memory every 5% of the run. ``models``: the demo's models in the loop
     (denoise-care, nuclei-seg; denoised images saved) instead of the classical
     segmenter."""
