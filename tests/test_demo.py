@@ -21,6 +21,7 @@ import zarr
 from scipy import ndimage as ndi
 
 from processes import frames_logged, run_smartscope
+from smartscope.io.measurements import MEASUREMENT_COLUMNS
 from smartscope.io.read_images import frames_on_disk, list_images, read_frames
 
 #: the demo's process, its run folder and its summary.json
@@ -40,6 +41,14 @@ def _events(run: Path) -> list[dict[str, Any]]:
     return [
         json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()
     ]
+
+
+def _documented_measurement_columns() -> tuple[str, ...]:
+    """The columns docs/controller.md lists for ``measurements.csv``."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "controller.md").read_text()
+    start = doc.index("`measurements.csv` has one row per object")
+    paragraph = doc[start : doc.index("\n\n", start)]
+    return tuple(re.findall(r"`([a-z0-9_]+)`", paragraph))
 
 
 def _truth(run: Path) -> dict[int, list[dict[str, str]]]:
@@ -200,21 +209,13 @@ def test_demo_log_agrees_with_the_zarr(demo: _Demo) -> None:
         assert "reason" in a
         assert "t_action" in a
     with (run / "measurements.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
+        reader = csv.DictReader(fh)
+        rows = list(reader)
     assert rows
-    assert set(rows[0]) >= {
-        "frame",
-        "position",
-        "label",
-        "track_id",
-        "x_um",
-        "y_um",
-        "area_um2",
-        "mean_intensity",
-        "channel",
-        "z_um",
-        "t_index",
-    }
+    # every column, in the order readers by position rely on: the writer's,
+    # as docs/controller.md promises them
+    assert tuple(reader.fieldnames or ()) == MEASUREMENT_COLUMNS
+    assert _documented_measurement_columns() == MEASUREMENT_COLUMNS
     assert {r["channel"] for r in rows} == {"DAPI"}
     assert {int(r["t_index"]) for r in rows} == set(
         range(len({r["frame"] for r in rows}))

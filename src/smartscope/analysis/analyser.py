@@ -28,7 +28,12 @@ from smartscope.analysis.models import (
     predict_labels_batch,
 )
 from smartscope.analysis.normalize import estimate_background
-from smartscope.analysis.result import FrameInput, FrameResult, ObjectMeasurement
+from smartscope.analysis.result import (
+    ALL_IMAGES,
+    FrameInput,
+    FrameResult,
+    ObjectMeasurement,
+)
 from smartscope.analysis.segment import area_limits_px, filter_by_area, segment_nuclei
 from smartscope.analysis.settings import AnalysisSettings
 from smartscope.analysis.threads import ThreadTuner, thread_candidates
@@ -41,10 +46,6 @@ if TYPE_CHECKING:
 __all__ = ["FrameAnalyser"]
 
 logger = logging.getLogger("smartscope.analysis.pipeline")
-
-
-#: the images a :class:`FrameResult` can carry
-ALL_IMAGES = frozenset({"labels", "denoised"})
 
 
 @dataclass

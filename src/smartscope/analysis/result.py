@@ -11,7 +11,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FrameInput", "FrameResult", "ObjectMeasurement"]
+__all__ = ["ALL_IMAGES", "FrameInput", "FrameResult", "ObjectMeasurement"]
+
+#: the images a :class:`FrameResult` can carry (``labels``, ``denoised``)
+ALL_IMAGES = frozenset({"labels", "denoised"})
 
 
 @dataclass(frozen=True)

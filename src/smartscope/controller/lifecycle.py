@@ -156,7 +156,7 @@ def _images_kept(ctl: Controller) -> frozenset[str]:
     those it saves, those its reactions read (``Reaction.reads_images``;
     both for an object that does not say), and both while anything listens
     to ``frame_analysed``. On a GPU the others stay on the card."""
-    from smartscope.analysis.analyser import ALL_IMAGES
+    from smartscope.analysis.result import ALL_IMAGES
 
     p = ctl.protocol
     kept: set[str] = set()

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from smartscope.actions import Action
-from smartscope.analysis.result import FrameResult
+from smartscope.analysis.result import ALL_IMAGES, FrameResult
 from smartscope.limits import HardwareState
 
 __all__ = [
@@ -68,7 +68,7 @@ class Reaction(ABC):
     #: some reaction reads: on a GPU an image not kept is never copied back
     #: (16 MB a 2048² frame). Both by default, so a reaction that does not
     #: say gets them; one that reads neither says ``frozenset()``.
-    reads_images: ClassVar[frozenset[str]] = frozenset({"labels", "denoised"})
+    reads_images: ClassVar[frozenset[str]] = ALL_IMAGES
 
     def __init__(self, params: ReactionParams | None = None, **kwargs: Any) -> None:
         if params is None:
