@@ -527,6 +527,7 @@ def _finish(ctl: Controller, error: BaseException | None) -> dict[str, Any]:
             )
     _stop_analysis(ctl)
     if rec is not None:
+        _store_results(ctl)  # before the status reads whether the disk filled
         _save_adapted(ctl)
     # frames whose analysis never ended (a dead analysis thread): say so
     for index in sorted(ctl._views):
@@ -594,6 +595,22 @@ def _stop_analysis(ctl: Controller) -> None:
             logger.warning("waiting for the analysis of the current frame to end")
         except KeyboardInterrupt as e:
             drain = False
+            name = signal_name(e)
+            ctl.gate.request_stop(f"interrupted ({name})", "interrupted", signal=name)
+
+
+def _store_results(ctl: Controller) -> None:
+    """Wait for the analysed frames handed to the recorder to be stored (a
+    few frames' measurements and images at most: its queue is bounded)."""
+    rec = ctl._recorder
+    if rec is None:
+        return
+    while True:
+        try:
+            if rec.drain_results(timeout_s=10.0):
+                return
+            logger.warning("waiting for the analysed frames to be stored")
+        except KeyboardInterrupt as e:
             name = signal_name(e)
             ctl.gate.request_stop(f"interrupted ({name})", "interrupted", signal=name)
 

@@ -6,7 +6,8 @@ the runner announces the frame), writes every :class:`~.records.Record` the
 controller emits and every analysis result, and counts them for the summary
 (so the summary is what the log says, not a second bookkeeping).
 Thread-safe: frames and records arrive from the runner and the analysis
-threads.
+threads; the analysed frames' measurements and images are written on a
+thread of the recorder's own (:class:`~.result_writer.ResultWriter`).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from typing import Any
 
 import yaml
 
-from smartscope.analysis.result import FrameResult
+from smartscope.analysis.result import FrameResult, ObjectMeasurement
 from smartscope.controller import records as R
+from smartscope.controller.result_writer import ResultWriter
 from smartscope.errors import SmartscopeError
 from smartscope.io import EventLog, MeasurementsWriter, percentiles
 from smartscope.io.disk import SpaceReserve, disk_full_error, disk_full_message
@@ -58,6 +60,39 @@ def store_mda_frame(
 
 
 logger = logging.getLogger("smartscope.controller")
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """What is stored of one analysed frame (not its raw image, which is
+    stored already and need not wait in the queue)."""
+
+    index: int
+    position: str
+    t_s: float
+    channel: str
+    z_um: float
+    t_index: int | str
+    objects: tuple[ObjectMeasurement, ...]
+    image_at: dict[str, Any] | None
+    labels: Any
+    denoised: Any
+
+    @classmethod
+    def of(cls, result: FrameResult) -> _Stored:
+        f = result.frame
+        return cls(
+            index=f.frame_index,
+            position=f.position,
+            t_s=f.t_s,
+            channel=f.channel,
+            z_um=f.z_um,
+            t_index=f.event_index.get("t", ""),
+            objects=result.objects,
+            image_at=f.image_at,
+            labels=result.labels,
+            denoised=result.denoised,
+        )
 
 
 @dataclass
@@ -192,6 +227,8 @@ class Recorder:
             raise
         self._closers: list[Any] = []
         self.summary: dict[str, Any] | None = None
+        #: stores the analysed frames (:meth:`on_result`) on a thread of its own
+        self.results: ResultWriter[_Stored] = ResultWriter(self._store)
 
     def disk_filled(self, error: OSError, what: str) -> bool:
         """A write failed for want of space: give the reserve back (so the
@@ -228,23 +265,41 @@ class Recorder:
         self.log.write_line(rec.model_dump_json())
 
     def on_result(self, result: FrameResult) -> None:
-        """Store an analysed frame's measurements and images (analysis thread)."""
+        """Hand an analysed frame's measurements and images over to be
+        stored (analysis thread; written on :attr:`results`' thread, in
+        order, so that the reactions need not wait for the disk)."""
         if result.error is not None or self.disk_full:
             return  # a full disk: what space is left is for the raw frames' log
-        f = result.frame
+        self.results.put(_Stored.of(result))
+
+    def drain_results(self, timeout_s: float | None = None) -> bool:
+        """Store every result handed over; whether all are (False:
+        ``timeout_s`` passed first). Results handed over after this are
+        stored at once, on the caller's thread."""
+        return self.results.close(timeout_s)
+
+    def _store(self, s: _Stored) -> None:
+        if self.disk_full:
+            return
         try:
-            self.measurements.write(result)
-            if f.image_at is not None:
+            self.measurements.write_rows(
+                index=s.index,
+                position=s.position,
+                t_s=s.t_s,
+                channel=s.channel,
+                z_um=s.z_um,
+                t_index=s.t_index,
+                objects=s.objects,
+            )
+            if s.image_at is not None:
                 self.images.store_derived(
-                    Where.from_dict(f.image_at),
-                    labels=result.labels,
-                    denoised=result.denoised,
+                    Where.from_dict(s.image_at), labels=s.labels, denoised=s.denoised
                 )
         except OSError as e:
             full = disk_full_error(e)
             if full is None:
                 raise
-            self.disk_filled(full, f"the analysis of frame {f.frame_index}")
+            self.disk_filled(full, f"the analysis of frame {s.index}")
 
     # ------------------------------------------------------------ finish
 
@@ -254,8 +309,9 @@ class Recorder:
         step runs even if one before it failed, and the summary is always
         written."""
         c = self.counts
-        self.reserve.release_half()
         errors: list[str] = []
+        self.drain_results()  # before the images are sized and the files closed
+        self.reserve.release_half()
         try:
             self.images.finish()
         except Exception as e:  # the summary must still be written

@@ -26,7 +26,7 @@ Label images (``<series>/labels/nuclei``) and denoised images (a series of
 their own, ``kind: denoised``) have their raw image's shape and are written
 at the frame's place once it is analysed; frames not analysed stay zero.
 Thread-safe: raw frames come from the runner thread, derived images from
-the analysis thread.
+the recorder's results thread.
 
 Every array is compressed with Blosc LZ4 + bit-shuffle (level 1): on noisy
 512 × 512 uint16 frames it wrote a plane in 1.8 ms against 6.6 ms for zarr's

@@ -1,0 +1,189 @@
+"""Storing analysed frames off the analysis thread (``ResultWriter``) and the
+rows of ``measurements.csv`` (``MeasurementsWriter``).
+
+The writer must keep the order it was handed, never hold more than its
+bound, write everything queued before ``close`` returns, go on past an
+item whose write raises, and write on the caller's thread once closed. The
+measurements file must read as the csv module wrote it before (the same
+bytes), whatever a position or channel name holds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import threading
+import zlib
+
+import numpy as np
+import pytest
+
+from smartscope.analysis.result import FrameInput, FrameResult, ObjectMeasurement
+from smartscope.controller.result_writer import ResultWriter
+from smartscope.io.measurements import MEASUREMENT_COLUMNS, MeasurementsWriter
+
+
+def test_items_are_written_in_order_and_all_before_close_returns() -> None:
+    seen: list[int] = []
+    gate = threading.Event()
+    high = []
+    writer: ResultWriter[int] = ResultWriter(
+        lambda i: (gate.wait(), high.append(writer.pending), seen.append(i)),
+        max_queued=3,
+    )
+    done = threading.Event()
+
+    def hand_over() -> None:
+        for i in range(50):
+            writer.put(i)
+        done.set()
+
+    t = threading.Thread(target=hand_over)
+    t.start()
+    gate.set()
+    t.join()
+    assert done.is_set()
+    assert writer.close()
+    assert seen == list(range(50))
+    assert writer.written == 50
+    assert max(high) <= 3  # never more queued than the bound
+
+
+def test_a_write_that_raises_is_logged_and_the_next_one_written(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[int] = []
+
+    def write(i: int) -> None:
+        if i == 2:
+            raise OSError("the disk said no")
+        seen.append(i)
+
+    writer: ResultWriter[int] = ResultWriter(write)
+    with caplog.at_level(logging.ERROR, logger="smartscope.controller"):
+        for i in range(5):
+            writer.put(i)
+        assert writer.close()
+    assert seen == [0, 1, 3, 4]
+    assert "storing an analysis result failed" in caplog.text
+    assert "the disk said no" in caplog.text
+
+
+def test_after_close_items_are_written_on_the_caller_s_thread() -> None:
+    threads: list[str] = []
+    writer: ResultWriter[int] = ResultWriter(
+        lambda i: threads.append(threading.current_thread().name)
+    )
+    writer.put(0)
+    assert writer.close()
+    writer.put(1)
+    assert threads == ["smartscope-results", threading.current_thread().name]
+    assert writer.close()  # again: nothing to wait for
+
+
+def test_no_thread_is_started_for_a_writer_never_used() -> None:
+    before = {t.name for t in threading.enumerate()}
+    writer: ResultWriter[int] = ResultWriter(lambda i: None)
+    assert writer.close()
+    assert "smartscope-results" not in {t.name for t in threading.enumerate()} - before
+
+
+def test_the_bound_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_queued must be at least 1, got 0"):
+        ResultWriter(lambda i: None, max_queued=0)
+
+
+# ------------------------------------------------------------ measurements.csv
+
+
+def _csv_module_rows(result: FrameResult) -> str:
+    """The rows as the writer wrote them with the csv module (before it
+    formatted them itself)."""
+    f = result.frame
+    out = io.StringIO()
+    csv.writer(out).writerows(
+        (
+            f.frame_index,
+            f.position,
+            f"{f.t_s:.3f}",
+            o.label,
+            o.track_id,
+            f"{o.x_um:.3f}",
+            f"{o.y_um:.3f}",
+            f"{o.area_um2:.2f}",
+            f"{o.mean_intensity:.2f}",
+            f.channel,
+            f"{f.z_um:.3f}",
+            f.event_index.get("t", ""),
+        )
+        for o in result.objects
+    )
+    return out.getvalue()
+
+
+def _result(
+    k: int, position: str, channel: str, rng: np.random.Generator
+) -> FrameResult:
+    n = int(rng.integers(0, 6))
+    values = rng.normal(0, 1e3, (n, 6)) * rng.choice([1e-4, 1, 1e3], (n, 6))
+    values[rng.random((n, 6)) < 0.05] = np.nan
+    objects = tuple(
+        ObjectMeasurement(
+            label=int(rng.integers(1, 70000)),
+            track_id=int(rng.integers(-1, 10**6)),
+            x_um=float(v[0]),
+            y_um=np.float64(v[1]),  # numpy scalars, as a reaction may make them
+            row=0.0,
+            col=0.0,
+            area_um2=float(abs(v[2])),
+            mean_intensity=float(v[3]),
+        )
+        for v in values
+    )
+    frame = FrameInput(
+        image=np.zeros((4, 4), np.uint16),
+        frame_index=k,
+        position=position,
+        stage_x_um=0.0,
+        stage_y_um=0.0,
+        z_um=float(rng.normal(0, 50)),
+        pixel_size_um=1.0,
+        exposure_ms=10.0,
+        t_frame=0.0,
+        t_s=float(rng.uniform(0, 1e5)),
+        channel=channel,
+        event_index={"t": k} if k % 3 else {"p": 1},
+    )
+    return FrameResult(
+        frame=frame,
+        objects=objects,
+        labels=None,
+        denoised=None,
+        background=0.0,
+        t_result=0.0,
+    )
+
+
+@pytest.mark.parametrize(
+    "position",
+    ["p0", "well A,1", 'the "left" one', "two\nlines", "100%", "tab\there", ""],
+)
+def test_measurements_are_the_bytes_the_csv_module_wrote(tmp_path, position) -> None:
+    rng = np.random.default_rng(zlib.crc32(position.encode()))
+    channels = ["DAPI", "GFP, 488", '"Cy5"', "a\r\nb", "%d"]
+    results = [_result(k, position, channels[k % 5], rng) for k in range(40)]
+    path = tmp_path / "measurements.csv"
+    w = MeasurementsWriter(path)
+    for r in results:
+        w.write(r)
+    w.close()
+    header = io.StringIO()
+    csv.writer(header).writerow(MEASUREMENT_COLUMNS)
+    expected = header.getvalue() + "".join(_csv_module_rows(r) for r in results)
+    assert path.read_bytes() == expected.encode("utf-8")
+    assert w.rows == sum(len(r.objects) for r in results) > 0
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    assert len(rows) == 1 + w.rows
+    assert {row[1] for row in rows[1:]} == {position}
