@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -130,8 +129,10 @@ def main() -> None:
     ap.add_argument("--pace", type=float, default=2.0)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    from smartscope.bench import machine_info
+
     out: dict[str, Any] = {
-        "machine": platform.processor() or platform.machine(),
+        "machine": {k: v for k, v in machine_info().items() if k != "date"},
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "sizes": {},
     }
