@@ -204,6 +204,20 @@ def test_skipped_frames_are_explained_with_the_analysis_time_and_the_pace() -> N
     with_af = analysis_behind({**summary, "frames_acquired": 14, "frames_autofocus": 4})
     assert with_af is not None
     assert "3 of 10 frames were not analysed" in with_af
+    # the disk held the analysis back: said, with what a frame took to store
+    assert "stored" not in text
+    stored = {"n": 7, "p50": 53.1, "p95": 56.0, "p99": 57.0, "max": 60.0}
+    held = analysis_behind({**summary, "storage_ms": stored, "storage_waited_s": 2.04})
+    assert held is not None
+    assert "waited 2.0 s in all for the analysed frames to be stored" in held
+    assert "(53 ms a frame): the disk held it back" in held
+    assert "save.denoised" in held
+    printed = _printed({**summary, "storage_ms": stored, "storage_waited_s": 2.04})
+    assert "storing a frame" in printed
+    assert "p50 53.1 / p99 57.0 ms; the analysis waited 2.0 s for it" in printed
+    # a wait too short to matter is not news
+    brief = {**summary, "storage_ms": stored, "storage_waited_s": 0.01}
+    assert "stored" not in (analysis_behind(brief) or "")
 
 
 def _printed(summary: dict[str, Any]) -> str:

@@ -224,6 +224,10 @@ def test_demo_log_agrees_with_the_zarr(demo: _Demo) -> None:
     # the reactions decided on every analysed frame, and that is timed
     assert summary["reaction_ms"]["n"] == summary["frames_analysed"]
     assert 0 <= summary["reaction_ms"]["p50"] <= summary["reaction_ms"]["max"]
+    # every analysed frame was stored, on the results thread, and that is timed
+    assert summary["storage_ms"]["n"] == summary["frames_analysed"]
+    assert 0 < summary["storage_ms"]["p50"] <= summary["storage_ms"]["max"]
+    assert summary["storage_waited_s"] >= 0
 
 
 def test_center_on_keeps_the_nucleus_centred_by_the_truth(

@@ -119,7 +119,9 @@ def measure_positions(
         ``frames``, ``frames_analysed``, ``frames_skipped_analysis``,
         ``wall_s``, ``analysed_per_s``, ``frame_to_result_ms`` and
         ``frame_to_action_ms`` (n, p50, p95, p99, max), ``reaction_ms`` (the
-        reactions' decision time, the same percentiles), ``stages_ms``
+        reactions' decision time, the same percentiles), ``storage_ms`` and
+        ``storage_waited_s`` (the summary's: storing the analysed frames),
+        ``stages_ms``
         (medians), ``model_stages_ms`` (the models' steps, as in
         :mod:`smartscope.bench_scaling`), ``peak_rss_mb`` and ``rss_mb``.
     """
@@ -185,6 +187,8 @@ def measure_positions(
             "frame_to_result_ms": summary["latency_frame_to_result_ms"],
             "frame_to_action_ms": summary["latency_frame_to_action_ms"],
             "reaction_ms": summary.get("reaction_ms"),
+            "storage_ms": summary.get("storage_ms"),
+            "storage_waited_s": summary.get("storage_waited_s"),
             "actions": summary.get("actions", {}),
             "stages_ms": {
                 k: round(float(np.median(v)), 1) for k, v in sorted(stages.items())

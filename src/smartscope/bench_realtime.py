@@ -161,6 +161,8 @@ def measure_realtime(
         ``rate_held``, ``frames_analysed``, ``frames_skipped_analysis``,
         ``frame_to_result_ms`` and ``frame_to_action_ms`` (n, p50, p95, p99,
         max; from the run's ``summary.json``), ``reaction_ms``,
+        ``storage_ms`` and ``storage_waited_s`` (the summary's: storing the
+        analysed frames, on the results thread),
         ``analysis_stages_ms`` (per stage, the same percentiles) and
         ``analysis_warm_up_ms`` (the summary's), ``wall_s``, ``p99_bound_ms``
         and ``met`` (the rate held, 0 skipped and frame→action p99 within
@@ -211,6 +213,8 @@ def measure_realtime(
             "frame_to_result_ms": s["latency_frame_to_result_ms"],
             "frame_to_action_ms": f2a,
             "reaction_ms": s.get("reaction_ms"),
+            "storage_ms": s.get("storage_ms"),
+            "storage_waited_s": s.get("storage_waited_s"),
             "analysis_stages_ms": s.get("analysis_stages_ms"),
             "analysis_warm_up_ms": s.get("analysis_warm_up_ms"),
             "wall_s": s["wall_time_s"],

@@ -235,15 +235,39 @@ def analysis_behind(summary: dict[str, Any]) -> str | None:
     acquired = int(summary.get("frames_acquired") or 0) - int(
         summary.get("frames_autofocus") or 0
     )
+    waited = float(summary.get("storage_waited_s") or 0.0)
+    stored = summary.get("storage_ms") or {}
+    disk = (
+        f"; it also waited {waited:.1f} s in all for the analysed frames to be "
+        f"stored ({readable_ms(stored['p50'])} ms a frame): the disk held it "
+        "back, and saving fewer images (save.denoised, save.labels) or a "
+        "faster disk keep up"
+        if waited >= 0.05 and stored.get("p50") is not None
+        else ""
+    )
     return (
         f"the analysis did not keep up: {skipped} of "
         f"{acquired} frames were not analysed (the queue was full, or they "
         "had waited longer than analysis.max_wait_ms; every frame is on "
-        f"disk); its stages took {took}{pace}. A "
+        f"disk); its stages took {took}{pace}{disk}. A "
         "longer interval, fewer positions or channels, a faster model or a "
         "GPU keep up; analysis.queue_size absorbs longer bursts, and "
         "analysis.max_wait_ms keeps the reactions on the newest frames"
     )
+
+
+def storage_time(summary: dict[str, Any]) -> str:
+    """What storing an analysed frame took (its rows, label and denoised
+    planes, on the results thread), and how long the analysis waited for
+    it; "-" when nothing was stored."""
+    d = summary.get("storage_ms") or {}
+    if not d.get("n"):
+        return "-"
+    text = f"p50 {d['p50']:.1f} / p99 {d['p99']:.1f} ms"
+    waited = float(summary.get("storage_waited_s") or 0.0)
+    if waited >= 0.05:
+        text += f"; the analysis waited {waited:.1f} s for it"
+    return text
 
 
 def summary_table(summary: dict[str, Any]) -> Any:
@@ -283,6 +307,7 @@ def summary_table(summary: dict[str, Any]) -> Any:
         ("reaction errors", str(summary.get("reaction_errors", 0))),
         ("device errors", str(summary.get("device_errors", 0))),
         ("analysis a frame", analysis_time(summary)),
+        ("storing a frame", storage_time(summary)),
         ("frame → result", _lat(lat_r)),
         ("frame → action", _lat(lat_a)),
         ("frames late for the time plan", _late(summary.get("frame_late_ms"))),

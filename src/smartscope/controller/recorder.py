@@ -333,7 +333,13 @@ class Recorder:
                 closable.close()
             except Exception as e:
                 errors.append(f"closing {closable!r:.80}: {type(e).__name__}: {e}")
-        summary = c.summary(finish_errors=errors or None, **fields)
+        stored = self.results
+        summary = c.summary(
+            finish_errors=errors or None,
+            storage_ms=percentiles(stored.write_ms) if stored.written else None,
+            storage_waited_s=round(stored.waited_s, 3),
+            **fields,
+        )
         with contextlib.suppress(Exception):
             self.on_record(
                 R.RunFinishedRecord(

@@ -272,6 +272,13 @@ class Summary(BaseModel):
     #: where the analysed frames' time went, ms: per stage (background,
     #: denoise, segment, measure, track) n/p50/p95/p99/max
     analysis_stages_ms: dict[str, dict[str, int | float | None]] | None = None
+    #: what storing an analysed frame (its measurements.csv rows, label and
+    #: denoised planes, on the recorder's results thread) took, ms
+    #: (n/p50/p95/p99/max; None without frames stored)
+    storage_ms: dict[str, int | float | None] | None = None
+    #: how long the analysis waited for room in that thread's queue in all, s
+    #: (above 0: the disk, not the analysis, held the analysis back)
+    storage_waited_s: float | None = None
     light_dose_mj: float
     light_dose_counts: str
     light_dose_mj_simulator: float | None = None
