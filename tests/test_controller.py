@@ -7,6 +7,7 @@ Everything is checked from the run folder and against the simulator's truth
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -550,3 +551,37 @@ def test_a_run_keeps_in_its_results_the_images_it_saves_or_reads(
             assert not out.exists()
     finally:
         release_core(core)
+
+
+def test_a_frame_s_time_is_when_it_was_in_hand_before_it_was_written(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """frame→result and frame→action start when the frame is in hand, so
+    that they count the frame's own write (7-14 ms a 2048² frame): each
+    frame's ``t_frame`` comes before the real writer took it, and the
+    ``frame`` records say the same times."""
+    from smartscope.controller.recorder import Recorder
+
+    entered: list[float] = []
+    store = Recorder.store_frame
+
+    def timed(self: Recorder, image: Any, event: Any, meta: dict) -> Any:
+        entered.append(time.perf_counter())
+        return store(self, image, event, meta)
+
+    monkeypatch.setattr(Recorder, "store_frame", timed)
+    core = load_core()
+    try:
+        ctl = Controller(core, _small_protocol(), out_dir=run_dir)
+        frames: list[float] = []
+        ctl.frame_acquired.connect(lambda f: frames.append(f.t_frame))
+        ctl.run()
+    finally:
+        release_core(core)
+    assert len(frames) == len(entered) == 8
+    assert all(t < w for t, w in zip(frames, entered, strict=True))
+    records = [e for e in _events(run_dir) if e["kind"] == "frame"]
+    t0 = frames[0] - records[0]["t_frame"]
+    assert [r["t_frame"] for r in records] == pytest.approx(
+        [t - t0 for t in frames], abs=2e-6
+    )

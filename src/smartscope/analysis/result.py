@@ -37,7 +37,9 @@ class FrameInput:
         Image pixel size at the sample, µm.
     exposure_ms : float
     t_frame : float
-        Wall-clock time (``time.perf_counter()``, s) when the frame was received.
+        Wall-clock time (``time.perf_counter()``, s) when the frame was
+        received (in a run: just after ``core.getImage()``, before the frame
+        is written).
     t_s : float
         Sample time of the frame (s since the run started; virtual in virtual mode).
     channel : str

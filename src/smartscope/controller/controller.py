@@ -39,6 +39,7 @@ from smartscope.controller.engine import (
     IMAGE_META_KEY,
     LASER_META_KEY,
     LATE_META_KEY,
+    RECEIVED_META_KEY,
     DeviceFailure,
 )
 from smartscope.controller.executor import Executor, Outcome
@@ -279,7 +280,8 @@ class Controller:
 
     def _on_frame(self, img: np.ndarray, event: useq.MDAEvent, meta: dict) -> None:
         """A frame is on disk: count its light, log it, hand it on (runner thread)."""
-        t_frame = time.perf_counter()
+        # when it was in hand, before it was written (the engine's stamp)
+        t_frame = meta.get(RECEIVED_META_KEY) or time.perf_counter()
         index = self._frames
         self._frames += 1
         power = meta.get(LASER_META_KEY)  # counted by the engine at the snap

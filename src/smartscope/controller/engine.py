@@ -32,6 +32,7 @@ __all__ = [
     "IMAGE_META_KEY",
     "LASER_META_KEY",
     "LATE_META_KEY",
+    "RECEIVED_META_KEY",
     "ControllerEngine",
     "DeviceFailure",
 ]
@@ -50,6 +51,10 @@ IMAGE_META_KEY = "smartscope_image"
 #: frame-metadata key of how late the frame's event began for its time plan,
 #: ms (the event clock when its setup began minus its ``min_start_time``)
 LATE_META_KEY = "smartscope_late_ms"
+#: frame-metadata key of when the frame was in hand (``time.perf_counter()``
+#: s, just after ``core.getImage()``, before it is stored): the "frame" of
+#: frame→result and frame→action, so that they count the frame's write too
+RECEIVED_META_KEY = "smartscope_t_received"
 
 
 def late_ms(core: CMMCorePlus, event: useq.MDAEvent) -> float | None:
@@ -181,6 +186,7 @@ class ControllerEngine(MDAEngine):
             exposure = float(meta.get("exposure_ms", event.exposure or 0.0))
             meta[LASER_META_KEY] = self._on_exposed(exposure)
         img = core.getImage()
+        meta[RECEIVED_META_KEY] = time.perf_counter()
         if self._on_image is not None:
             meta[IMAGE_META_KEY] = self._on_image(img, event, meta)
         if self._on_frame is not None:

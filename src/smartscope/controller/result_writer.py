@@ -110,7 +110,10 @@ class ResultWriter(Generic[T]):
             item = self._queue.get()
             if item is _CLOSE:
                 return
-            self._write_one(item)  # type: ignore[arg-type]
+            try:
+                self._write_one(item)  # type: ignore[arg-type]
+            except BaseException:  # the thread never ends with items behind it
+                logger.exception("storing an analysis result failed")
 
     def _write_one(self, item: T) -> None:
         t0 = time.perf_counter()
