@@ -6,11 +6,11 @@
 #
 #   bash benchmarks/gpu_check.sh OUT [PART ...] [--rehearse]
 #
-# PART: tests, paced, profile, graphs, labels, ops, bench, sustained, stages
-# (default: all, in that order). Where one command may run at most 10
+# PART: tests, paced, profile, graphs, labels, ops, bench, sustained, stages,
+# store (default: all, in that order). Where one command may run at most 10
 # minutes, run it in two:
 #   bash benchmarks/gpu_check.sh OUT tests paced profile labels ops
-#   bash benchmarks/gpu_check.sh OUT graphs bench sustained stages
+#   bash benchmarks/gpu_check.sh OUT graphs bench sustained stages store
 #
 # On the device tool's machine (Python 3.12 with torch and CUDA, but not
 # smartscope's other dependencies, and nothing can be fetched there): run
@@ -47,7 +47,10 @@
 #    compiled (the default on CUDA) and eager (benchmarks/device_ops.py);
 # 6. the pipeline at 2048², one analysis stage against two
 #    (benchmarks/stages_2048.py: whether the two stages' overlap of host
-#    and device work pays on a GPU, where `stages: auto` keeps one).
+#    and device work pays on a GPU, where `stages: auto` keeps one);
+# 7. what storing an analysed frame costs on that machine's CPU and disk
+#    (benchmarks/result_store.py: 512² and 2048², rows and labels, and with
+#    the denoised plane): whether the results thread keeps up at 100/s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rehearse=0
@@ -57,7 +60,7 @@ for a in "$@"; do
 done
 out="${args[0]:-${OUT:-gpu-results}}"
 parts="${args[*]:1}"
-parts="${parts:-tests paced profile graphs labels ops bench sustained stages}"
+parts="${parts:-tests paced profile graphs labels ops bench sustained stages store}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 exec > >(tee -a "$out/gpu-check.log") 2>&1
@@ -83,6 +86,7 @@ if [ "$rehearse" = 1 ]; then
   stages_args=(--frames 5 --repeats 1 --size 512)
   paced_runs=("256 5 10 none")
   profile_args=(--sizes 256 --frames 3)
+  store_args=(--sizes 256 --frames 4)
 else
   dev=cuda
   ops_args=(--repeats 30)
@@ -92,6 +96,7 @@ else
   # size, frames/s, frames, images the results keep (none: they stay on the card)
   paced_runs=("2048 100 1000 all" "2048 100 1000 none" "512 100 1000 all")
   profile_args=(--sizes 512 2048 --frames 20)
+  store_args=(--sizes 512 2048 --frames 30)
 fi
 echo "gpu_check: parts: $parts; device $dev; results in $out/gpu-check.tar.gz"
 nvidia-smi > "$work/nvidia-smi.txt" 2>&1 || true
@@ -152,8 +157,14 @@ PY
   stages)
     "$PY" benchmarks/stages_2048.py --device "$dev" "${stages_args[@]}" \
       --json "$work/stages-2048-$dev.json" ;;
+  store)  # the host's side: the frame is analysed once (on the CPU), then stored
+    local rc=0
+    "$PY" benchmarks/result_store.py "${store_args[@]}" --json "$work/result-store.json" || rc=1
+    "$PY" benchmarks/result_store.py "${store_args[@]}" --denoised \
+      --json "$work/result-store-denoised.json" || rc=1
+    return $rc ;;
   *)
-    echo "unknown part: $1 (tests, paced, profile, graphs, labels, ops, bench, sustained, stages)" >&2
+    echo "unknown part: $1 (tests, paced, profile, graphs, labels, ops, bench, sustained, stages, store)" >&2
     return 2 ;;
   esac
 }

@@ -235,6 +235,30 @@ def report(files: dict[str, bytes]) -> str:
         lines.append("part `ops` did not run")
     lines.append("")
 
+    lines += ["### Storing an analysed frame (part `store`)", ""]
+    stores = [
+        (name, json.loads(files[name]))
+        for name in sorted(files)
+        if name.startswith("result-store") and name.endswith(".json")
+    ]
+    if stores:
+        lines += [
+            "| size (objects) | stored | on the analysis thread: median (p95) ms "
+            "| handed over: median (p95) ms |",
+            "|---|---|---:|---:|",
+        ]
+        for _, st in stores:
+            for size, e in st["sizes"].items():
+                what = "rows + labels" + (" + denoised" if e["denoised_stored"] else "")
+                on, off = e["ms"]["on_thread"], e["ms"]["handed_over"]
+                lines.append(
+                    f"| {size}² ({e['objects']}) | {what} | {on['median']} "
+                    f"({on['p95']}) | {off['median']} ({off['p95']}) |"
+                )
+    else:
+        lines.append("part `store` did not run")
+    lines.append("")
+
     lines += ["### Device labels against the host's (part `labels`)", ""]
     lab = _json(files, "device-labels-")
     lines.append(

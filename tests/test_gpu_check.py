@@ -176,8 +176,17 @@ def test_every_part_rehearses_on_the_cpu(tmp_path: Path) -> None:
         "bench-cpu.json",
         "scaling-5-cpu.json",
         "stages-2048-cpu.json",
+        "result-store.json",
+        "result-store-denoised.json",
     ):
         assert name in files, sorted(files)
     bench = json.loads(files["bench-cpu.json"])
     assert {"scaling", "positions"} <= set(bench)
     assert "controller" not in bench
+    gpu_report = _gpu_report()
+    text = gpu_report.report(gpu_report.read_results(out / "gpu-check.tar.gz"))
+    store = text.split("### Storing an analysed frame (part `store`)")[1]
+    store = store.split("###")[0]
+    assert "| 256² (" in store
+    assert "| rows + labels |" in store
+    assert "| rows + labels + denoised |" in store
