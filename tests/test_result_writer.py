@@ -1,5 +1,6 @@
-"""Storing analysed frames off the analysis thread (``ResultWriter``) and the
-rows of ``measurements.csv`` (``MeasurementsWriter``).
+"""Storing analysed frames off the analysis thread (``ResultWriter``), the
+rows of ``measurements.csv`` (``MeasurementsWriter``) and the numbers of an
+``analysis`` record (``records.rounded``).
 
 The writer must keep the order it was handed, never hold more than its
 bound, write everything queued before ``close`` returns, go on past an
@@ -20,6 +21,7 @@ import numpy as np
 import pytest
 
 from smartscope.analysis.result import FrameInput, FrameResult, ObjectMeasurement
+from smartscope.controller.records import rounded
 from smartscope.controller.result_writer import ResultWriter
 from smartscope.io.measurements import MEASUREMENT_COLUMNS, MeasurementsWriter
 
@@ -187,3 +189,27 @@ def test_measurements_are_the_bytes_the_csv_module_wrote(tmp_path, position) -> 
         rows = list(csv.reader(fh))
     assert len(rows) == 1 + w.rows
     assert {row[1] for row in rows[1:]} == {position}
+
+
+# ------------------------------------------------------------ the analysis record
+
+
+@pytest.mark.parametrize("digits", [1, 2, 3])
+def test_rounded_is_python_s_round_float_for_float(digits: int) -> None:
+    rng = np.random.default_rng(digits)
+    values = np.concatenate(
+        [
+            rng.normal(0, 1, 20000) * 10.0 ** rng.integers(-4, 7, 20000),
+            # decimal ties, where multiplying by 10**digits can land either side
+            (rng.integers(-(10**7), 10**7, 20000) + 0.5) / 10**digits,
+            # areas: pixel counts times a pixel's area (0.65 µm, 0.325 µm)
+            rng.integers(1, 50000, 10000) * 0.4225,
+            rng.integers(1, 50000, 10000) * 0.105625,
+            [0.0, -0.0, 0.0005, 0.0015, 2.675, 1e12, -1e12, 5e-324],
+            [np.nan, np.inf, -np.inf],
+        ]
+    ).tolist()
+    got = rounded(values, digits)
+    want = [round(v, digits) for v in values]
+    assert [repr(v) for v in got] == [repr(v) for v in want]
+    assert rounded([], digits) == []

@@ -12,6 +12,7 @@ field.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -342,24 +343,56 @@ def jsonable(v: Any) -> Any:
     return f"{v!r:.200}"
 
 
+def rounded(values: Sequence[float], digits: int) -> list[float]:
+    """``[round(v, digits) for v in values]``, the same floats, a sixth of
+    the time for many values (numpy's multiply, round and divide; Python's
+    ``round`` where the product lies within 1e-6 of a tie, where the
+    multiply's own rounding could have moved it across, and for values
+    beyond 1e9 once multiplied, infinities and NaN)."""
+    a = np.asarray(values, dtype=np.float64)
+    scale = 10.0**digits
+    with np.errstate(invalid="ignore", over="ignore"):
+        y = a * scale
+        out: list[float] = (np.rint(y) / scale).tolist()
+        exact = (np.abs(y - np.floor(y) - 0.5) > 1e-6) & (np.abs(y) < 1e9)
+    if not exact.all():
+        for i in np.flatnonzero(~exact).tolist():
+            out[i] = round(values[i], digits)
+    return out
+
+
 def analysis_record(result: Any, *, t0: float) -> AnalysisRecord:
     """The record of one analysed frame (``t0``: the run's start, perf_counter s)."""
     f = result.frame
+    objs = result.objects
+    objects: list[list[float]] = []
+    if objs:
+        label, track, x, y, area, mean = zip(
+            *[
+                (o.label, o.track_id, o.x_um, o.y_um, o.area_um2, o.mean_intensity)
+                for o in objs
+            ],
+            strict=True,
+        )
+        objects = list(
+            map(
+                list,
+                zip(
+                    label,
+                    track,
+                    rounded(x, 3),
+                    rounded(y, 3),
+                    rounded(area, 2),
+                    rounded(mean, 1),
+                    strict=True,
+                ),
+            )
+        )
     return AnalysisRecord(
         index=f.frame_index,
         position=f.position,
-        n_objects=len(result.objects),
-        objects=[
-            [
-                o.label,
-                o.track_id,
-                round(o.x_um, 3),
-                round(o.y_um, 3),
-                round(o.area_um2, 2),
-                round(o.mean_intensity, 1),
-            ]
-            for o in result.objects
-        ],
+        n_objects=len(objs),
+        objects=objects,
         background=round(result.background, 2),
         error=result.error,
         t_result=round(result.t_result - t0, 6),
