@@ -218,6 +218,11 @@ def analysis_time(
     return f"{sum(medians.values()):.{digits}f} ms{per} (medians: {parts})"
 
 
+#: the analysis' wait for the results thread (s in all) from which a run's
+#: printout says the disk held it back (shorter ones are noise)
+STORAGE_WAIT_NOTED_S = 0.05
+
+
 def analysis_behind(summary: dict[str, Any]) -> str | None:
     """Why frames were skipped from analysis, in one sentence (None when
     none was): what the analysis took a frame against the plan's pace."""
@@ -242,7 +247,7 @@ def analysis_behind(summary: dict[str, Any]) -> str | None:
         f"stored ({readable_ms(stored['p50'])} ms a frame): the disk held it "
         "back, and saving fewer images (save.denoised, save.labels) or a "
         "faster disk keep up"
-        if waited >= 0.05 and stored.get("p50") is not None
+        if waited >= STORAGE_WAIT_NOTED_S and stored.get("p50") is not None
         else ""
     )
     return (
@@ -265,7 +270,7 @@ def storage_time(summary: dict[str, Any]) -> str:
         return "-"
     text = f"p50 {d['p50']:.1f} / p99 {d['p99']:.1f} ms"
     waited = float(summary.get("storage_waited_s") or 0.0)
-    if waited >= 0.05:
+    if waited >= STORAGE_WAIT_NOTED_S:
         text += f"; the analysis waited {waited:.1f} s for it"
     return text
 
