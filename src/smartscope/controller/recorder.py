@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from smartscope.analysis.result import FrameResult, ObjectMeasurement
+from smartscope.analysis.result import FrameResult
 from smartscope.controller import records as R
 from smartscope.controller.result_writer import ResultWriter
 from smartscope.errors import SmartscopeError
@@ -35,6 +35,7 @@ from smartscope.io import EventLog, MeasurementsWriter, percentiles
 from smartscope.io.disk import SpaceReserve, disk_full_error, disk_full_message
 from smartscope.io.image_repair import repair_images
 from smartscope.io.images import RunImages, Where
+from smartscope.io.measurements import FrameRows
 
 __all__ = ["Counts", "Recorder", "store_mda_frame"]
 
@@ -67,29 +68,16 @@ class _Stored:
     """What is stored of one analysed frame (not its raw image, which is
     stored already and need not wait in the queue)."""
 
-    index: int
-    position: str
-    t_s: float
-    channel: str
-    z_um: float
-    t_index: int | str
-    objects: tuple[ObjectMeasurement, ...]
+    rows: FrameRows
     image_at: dict[str, Any] | None
     labels: Any
     denoised: Any
 
     @classmethod
     def of(cls, result: FrameResult) -> _Stored:
-        f = result.frame
         return cls(
-            index=f.frame_index,
-            position=f.position,
-            t_s=f.t_s,
-            channel=f.channel,
-            z_um=f.z_um,
-            t_index=f.event_index.get("t", ""),
-            objects=result.objects,
-            image_at=f.image_at,
+            rows=FrameRows.of(result),
+            image_at=result.frame.image_at,
             labels=result.labels,
             denoised=result.denoised,
         )
@@ -282,15 +270,7 @@ class Recorder:
         if self.disk_full:
             return
         try:
-            self.measurements.write_rows(
-                index=s.index,
-                position=s.position,
-                t_s=s.t_s,
-                channel=s.channel,
-                z_um=s.z_um,
-                t_index=s.t_index,
-                objects=s.objects,
-            )
+            self.measurements.write_rows(s.rows)
             if s.image_at is not None:
                 self.images.store_derived(
                     Where.from_dict(s.image_at), labels=s.labels, denoised=s.denoised
@@ -299,7 +279,7 @@ class Recorder:
             full = disk_full_error(e)
             if full is None:
                 raise
-            self.disk_filled(full, f"the analysis of frame {s.index}")
+            self.disk_filled(full, f"the analysis of frame {s.rows.index}")
 
     # ------------------------------------------------------------ finish
 

@@ -6,11 +6,12 @@ import csv
 import io
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from smartscope.analysis.result import FrameResult, ObjectMeasurement
 
-__all__ = ["MEASUREMENT_COLUMNS", "MeasurementsWriter"]
+__all__ = ["MEASUREMENT_COLUMNS", "FrameRows", "MeasurementsWriter"]
 
 MEASUREMENT_COLUMNS = (
     "frame",
@@ -43,6 +44,35 @@ def _csv_fields(*values: object) -> str:
     return out.getvalue()[:-2]
 
 
+@dataclass(frozen=True)
+class FrameRows:
+    """What ``measurements.csv`` holds of one analysed frame: its own columns
+    and its objects (not its images, so that it can wait to be written
+    without holding them)."""
+
+    index: int
+    position: str
+    t_s: float
+    channel: str
+    z_um: float
+    #: useq's time-point index ("" without a time axis)
+    t_index: int | str
+    objects: Sequence[ObjectMeasurement]
+
+    @classmethod
+    def of(cls, result: FrameResult) -> FrameRows:
+        f = result.frame
+        return cls(
+            index=f.frame_index,
+            position=f.position,
+            t_s=f.t_s,
+            channel=f.channel,
+            z_um=f.z_um,
+            t_index=f.event_index.get("t", ""),
+            objects=result.objects,
+        )
+
+
 class MeasurementsWriter:
     """Writes rows as results arrive; flushed per frame."""
 
@@ -55,35 +85,18 @@ class MeasurementsWriter:
 
     def write(self, result: FrameResult) -> None:
         """The rows of one analysed frame."""
-        f = result.frame
-        self.write_rows(
-            index=f.frame_index,
-            position=f.position,
-            t_s=f.t_s,
-            channel=f.channel,
-            z_um=f.z_um,
-            t_index=f.event_index.get("t", ""),
-            objects=result.objects,
-        )
+        self.write_rows(FrameRows.of(result))
 
-    def write_rows(
-        self,
-        *,
-        index: int,
-        position: str,
-        t_s: float,
-        channel: str,
-        z_um: float,
-        t_index: int | str,
-        objects: Sequence[ObjectMeasurement],
-    ) -> None:
-        """The rows of frame ``index``: one per object. The frame's own
-        columns are quoted once, the objects' formatted as numbers (a third
-        of the time the csv module took per row: 0.34 against 1.05 ms for
-        519 objects), the bytes the same as the csv module's."""
+    def write_rows(self, frame: FrameRows) -> None:
+        """The rows of one frame: one per object. The frame's own columns
+        are quoted once, the objects' formatted as numbers (0.39 against
+        1.00 ms for 519 objects with the csv module per row), the bytes the
+        same as the csv module's."""
+        objects = frame.objects
         if objects:
-            head = _csv_fields(index, position, f"{t_s:.3f}") + ","
-            tail = "," + _csv_fields(channel, f"{z_um:.3f}", t_index) + "\r\n"
+            head = _csv_fields(frame.index, frame.position, f"{frame.t_s:.3f}")
+            tail = _csv_fields(frame.channel, f"{frame.z_um:.3f}", frame.t_index)
+            head, tail = head + ",", "," + tail + "\r\n"
             text = "".join(
                 [
                     head
