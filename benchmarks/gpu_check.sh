@@ -30,7 +30,10 @@
 #    labels; the controller analysing on CUDA);
 # 2. the targets: frames fed to the analysis at a camera's pace
 #    (benchmarks/paced_analysis.py): 2048² and 512² at 100 frames/s, 1000
-#    frames each: frames skipped, frame→result p50/p95/p99/max;
+#    frames each: frames skipped, frame→result p50/p95/p99/max; and 2048²
+#    once more with every frame and result written to a run folder as a run
+#    does (--store: the frame's write counted in frame→result, the labels
+#    stored on the results thread);
 # 2a. where a frame's time goes on the card (benchmarks/gpu_profile.py:
 #    torch.profiler over 20 frames at 512² and 2048²: device time per frame
 #    and its share of the wall time, launches, graph replays, copies and
@@ -84,7 +87,7 @@ if [ "$rehearse" = 1 ]; then
   host_args=(--sizes 256 --repeats 2)
   sustained_frames=5; sustained_sizes="256, 512"
   stages_args=(--frames 5 --repeats 1 --size 512)
-  paced_runs=("256 5 10 none")
+  paced_runs=("256 5 10 none" "256 5 10 all store")
   profile_args=(--sizes 256 --frames 3)
   store_args=(--sizes 256 --frames 4)
 else
@@ -93,8 +96,10 @@ else
   host_args=(--repeats 30)
   sustained_frames=500; sustained_sizes="512, 2048"
   stages_args=(--frames 200 --repeats 2)
-  # size, frames/s, frames, images the results keep (none: they stay on the card)
-  paced_runs=("2048 100 1000 all" "2048 100 1000 none" "512 100 1000 all")
+  # size, frames/s, frames, images the results keep (none: they stay on the
+  # card), and "store": frames and results written to a run folder as a run does
+  paced_runs=("2048 100 1000 all" "2048 100 1000 none" "512 100 1000 all"
+    "2048 100 1000 labels store")
   profile_args=(--sizes 512 2048 --frames 20)
   store_args=(--sizes 512 2048 --frames 30)
 fi
@@ -110,11 +115,13 @@ run_part() {
     local rc=0 graphs=on
     [ "$1" = graphs ] && graphs=off
     for r in "${paced_runs[@]}"; do
-      read -r size rate n keep <<< "$r"
-      # graphs off: the runs that keep the images only (device time is short)
-      [ "$1" = graphs ] && [ "$keep" = none ] && [ "$rehearse" != 1 ] && continue
+      read -r size rate n keep store <<< "$r"
+      # graphs off: the runs that keep both images only (device time is short)
+      [ "$1" = graphs ] && [ "$keep" != all ] && [ "$rehearse" != 1 ] && continue
+      [ "$1" = graphs ] && [ -n "$store" ] && continue
       "$PY" benchmarks/paced_analysis.py --device "$dev" --size "$size" --rate "$rate" \
-        --frames "$n" --cuda-graphs "$graphs" --keep-images "$keep" --json "$work/paced-$dev-graphs-$graphs.jsonl" \
+        --frames "$n" --cuda-graphs "$graphs" --keep-images "$keep" ${store:+--store} \
+        --json "$work/paced-$dev-graphs-$graphs.jsonl" \
         | "$PY" -c "import json, sys; r = json.loads(sys.stdin.read()); print(r['settings']['size_px'], r['settings']['rate_hz'], 'frames/s, graphs', sys.argv[1], r['cuda_graphs'], ':', r['analysed'], 'analysed', r['skipped'], 'skipped, frame->result ms', r['frame_to_result_ms'], r['stages_ms'], r['model_stages_ms'])" "$graphs" \
         || rc=1
     done

@@ -73,9 +73,11 @@ def _graphs(run: dict[str, Any]) -> str:
 
 
 def _kept(settings: dict[str, Any]) -> str:
-    """The images the results carried (older results: both)."""
+    """The images the results carried (older results: both), and whether
+    the run stored the frames and results as a run does."""
     kept = settings.get("images_kept", ["denoised", "labels"])
-    return ", ".join(kept) if kept else "none (left on the card)"
+    text = ", ".join(kept) if kept else "none (left on the card)"
+    return text + (", all stored" if settings.get("store") else "")
 
 
 def target_verdict(run: dict[str, Any]) -> str:
@@ -130,6 +132,13 @@ def report(files: dict[str, bytes]) -> str:
                 f"- {r['settings']['size_px']}², CUDA graphs {_graphs(r)}, "
                 "stages (ms, medians): "
                 f"{r['stages_ms']}; inside the models: {r['model_stages_ms']}"
+                + (
+                    f"; the frame's write {_q(r['raw_write_ms'])} ms, storing a "
+                    f"result {_q(r['storage_ms'])} ms, the analysis waited "
+                    f"{r['storage_waited_s']} s for it"
+                    if r["settings"].get("store")
+                    else ""
+                )
             )
     else:
         lines.append("part `paced` did not run")

@@ -42,6 +42,12 @@ def main() -> None:
         default="all",
         help="the images the results carry (none: on a GPU they stay there)",
     )
+    ap.add_argument(
+        "--store",
+        action="store_true",
+        help="write each frame to a run folder before handing it over, and "
+        "store the results (rows, the images kept), as a run does",
+    )
     ap.add_argument("--json", type=Path, help="append the result here (JSON lines)")
     args = ap.parse_args()
     settings: dict[str, object] = {}
@@ -70,6 +76,7 @@ def main() -> None:
             "labels": frozenset({"labels"}),
             "denoised": frozenset({"denoised"}),
         }[args.keep_images],
+        store=args.store,
     )
     r["machine"] = machine_info()
     line = json.dumps(r)

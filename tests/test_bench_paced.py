@@ -3,7 +3,9 @@ GPU targets' measurement, run here on the CPU through the same code."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import zarr
 
 from smartscope.bench_paced import measure_paced, render_frames
 
@@ -45,3 +47,38 @@ def test_the_frames_move_and_the_truth_counts_them() -> None:
 def test_a_pace_that_cannot_be_kept_is_refused(rate: float, frames: int) -> None:
     with pytest.raises(ValueError, match="must be"):
         measure_paced(rate_hz=rate, frames=frames, device="cpu")
+
+
+def test_with_store_every_frame_and_result_is_written_as_in_a_run(tmp_path) -> None:
+    """``store``: each frame written before it is handed over (its time taken
+    before the write), each result's rows and images by the results thread;
+    all of it on disk, where a run would put it."""
+    import csv
+
+    from smartscope.io.read_images import frames_on_disk
+
+    out = tmp_path / "run"
+    r = measure_paced(
+        size=256,
+        rate_hz=4,
+        frames=5,
+        device="cpu",
+        denoise="denoise-care-fast",
+        distinct=2,
+        store=True,
+        store_dir=out,
+    )
+    assert r["settings"]["store"] is True
+    assert r["saved"] == ["denoised", "labels"]
+    assert r["raw_write_ms"]["n"] == 5
+    assert r["storage_ms"]["n"] == r["analysed"] >= 1
+    assert r["storage_waited_s"] >= 0
+    assert frames_on_disk(out) == 5
+    with (out / "measurements.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {int(row["frame"]) for row in rows} <= set(range(5))
+    assert len(rows) >= r["analysed"]  # every analysed frame finds nuclei here
+    root = zarr.open_group(str(out / "data.ome.zarr"), mode="r")
+    labels = root["0/labels/nuclei/0"]
+    assert labels.shape[0] == 5
+    assert int(np.asarray(labels[r["analysed"] - 1]).max()) > 0

@@ -84,14 +84,24 @@ def test_the_paced_part_packs_its_results_where_the_device_tool_returns_them(
     assert size["wall_ms_per_frame"] > 0
     assert size["top_host"]  # the torch operators of the analysis
     for graphs in ("on", "off"):
-        (line,) = files[f"paced-cpu-graphs-{graphs}.jsonl"].decode().splitlines()
-        r = json.loads(line)
-        assert r["device"] == "cpu"
-        assert r["submitted"] == r["analysed"] + r["skipped"] == 10
-        assert r["settings"]["requested"]["cuda_graphs"] is (graphs == "on")
-        assert r["settings"]["images_kept"] == []  # the rehearsal keeps none
-        # the CPU records none
-        assert {m["used"] for m in r["cuda_graphs"].values()} == {False}
+        lines = files[f"paced-cpu-graphs-{graphs}.jsonl"].decode().splitlines()
+        # graphs on: the run that keeps none, and the one that stores both
+        # images as a run does; graphs off: the first only
+        assert len(lines) == (2 if graphs == "on" else 1)
+        runs = [json.loads(line) for line in lines]
+        for r in runs:
+            assert r["device"] == "cpu"
+            assert r["submitted"] == r["analysed"] + r["skipped"] == 10
+            assert r["settings"]["requested"]["cuda_graphs"] is (graphs == "on")
+            # the CPU records none
+            assert {m["used"] for m in r["cuda_graphs"].values()} == {False}
+        assert runs[0]["settings"]["images_kept"] == []
+        assert runs[0]["settings"]["store"] is False
+    stored = json.loads(files["paced-cpu-graphs-on.jsonl"].decode().splitlines()[1])
+    assert stored["settings"]["store"] is True
+    assert stored["saved"] == ["denoised", "labels"]
+    assert stored["raw_write_ms"]["n"] == 10
+    assert stored["storage_ms"]["n"] == stored["analysed"]
 
 
 def _gpu_report():
@@ -116,6 +126,10 @@ def test_the_report_reads_the_pack_and_judges_the_targets(
         in text
     )
     assert "| 256² | off | none (left on the card) | 5 | " in text
+    # the run that stores its frames and results as a run does
+    assert "| denoised, labels, all stored | 5 | " in text
+    assert "the frame's write" in text
+    assert "storing a result" in text
     assert "### Where the time goes (part `profile`)" in text
     assert "| 256² | " in text.split("### Where the time goes")[1]
     assert "part `sustained` did not run" in text

@@ -23,8 +23,11 @@ analysis').
 
 from __future__ import annotations
 
+import dataclasses
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,6 +65,8 @@ def measure_paced(
     distinct: int = 8,
     settings: dict[str, Any] | None = None,
     images_kept: frozenset[str] | None = None,
+    store: bool = False,
+    store_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Feed ``frames`` frames of ``size``² to the analysis at ``rate_hz`` and
     measure whether it keeps up (see the module's text).
@@ -72,7 +77,13 @@ def measure_paced(
     results carry (``FrameAnalyser.images_kept``; None: both, labels and
     denoised, as in a run that saves them; empty: as in a run that saves
     neither and whose reactions read neither, where on a GPU they stay
-    there).
+    there). ``store``: as in a run, each frame is written to a run folder
+    (a real :class:`~smartscope.controller.recorder.Recorder` in a
+    temporary folder) by the clock's thread before it is handed over (its
+    time taken before the write, so frame→result counts it), and each
+    result handed to the recorder's results thread, which stores its rows
+    and the images it carries; ``store_dir``: the run folder to create and
+    keep (default: a temporary one, removed after).
 
     Returns
     -------
@@ -85,7 +96,11 @@ def measure_paced(
         ``truth_nuclei_per_frame`` (the simulator's count, median);
         ``tick_late_ms`` (the clock's lateness: p99, max); ``device``;
         ``cuda_graphs`` (per model: replayed from CUDA graphs, the shapes
-        recorded, why they were turned off).
+        recorded, why they were turned off). With ``store``: ``store``,
+        ``raw_write_ms`` (the clock thread's write of each frame) and
+        ``storage_ms`` (the results thread's time a frame; n, p50, p95,
+        p99, max), ``storage_waited_s`` (the analysis' wait for room in its
+        queue) and ``saved`` (the images the run folder kept).
     """
     from smartscope.analysis import AnalysisPipeline, AnalysisSettings
     from smartscope.bench_scaling import PIXEL_SIZE_UM, demo_frame_input
@@ -110,8 +125,26 @@ def measure_paced(
         pipeline.images_kept = frozenset(images_kept)
     results: list[Any] = []
     pipeline.frame_analysed.connect(lambda r: results.append(r))
+    folder = None
+    rec = None
+    if store:
+        from smartscope.controller.recorder import Recorder
+
+        if store_dir is None:
+            folder = tempfile.TemporaryDirectory(prefix="smartscope-paced-")
+            store_dir = Path(folder.name) / "run"
+        rec = Recorder(
+            Path(store_dir),
+            protocol_yaml="name: paced\n",
+            save_labels="labels" in pipeline.images_kept,
+            save_denoised="denoised" in pipeline.images_kept,
+            interval_s=1.0 / rate_hz,
+            z_step_um=1.0,
+        )
+        pipeline.frame_analysed.connect(rec.on_result)  # as the controller does
     pipeline.start(warm_up=(images[0].shape, PIXEL_SIZE_UM))
     late: list[float] = []
+    raw_ms: list[float] = []
     period = 1.0 / rate_hz
 
     def feed() -> None:
@@ -121,7 +154,17 @@ def measure_paced(
             while (wait := due - time.perf_counter()) > 0:
                 time.sleep(wait)
             frame = demo_frame_input(images[k % distinct], k, t_s=k * period)
-            late.append((frame.t_frame - due) * 1000.0)  # stamped as handed over
+            late.append((frame.t_frame - due) * 1000.0)  # stamped as in hand
+            if rec is not None:  # written before it is handed over, as in a run
+                where = rec.images.store_frame(
+                    frame.image,
+                    position=frame.position,
+                    index={"t": k},
+                    channel=frame.channel,
+                    pixel_um=frame.pixel_size_um,
+                )
+                raw_ms.append((time.perf_counter() - frame.t_frame) * 1000.0)
+                frame = dataclasses.replace(frame, image_at=where.as_dict())
             pipeline.submit(frame)
 
     clock = threading.Thread(target=feed, name="paced-camera")
@@ -132,6 +175,14 @@ def measure_paced(
         t_fed = time.perf_counter()
     finally:  # the worker drains what waits; its counts are final after it
         stopped = pipeline.stop(drain=True, timeout_s=600)
+        if rec is not None:  # the folder finished as a run's (no summary)
+            rec.drain_results()
+            rec.images.finish()
+            rec.measurements.close()
+            rec.log.close()
+            rec.reserve.release()
+        if folder is not None:
+            folder.cleanup()
     if not stopped:
         raise RuntimeError(
             f"the analysis was still busy 600 s after the last of {frames} "
@@ -147,6 +198,22 @@ def measure_paced(
             model_stages.setdefault(name, []).append(ms)
     t_results = sorted(r.t_result for r in results)
     span = t_results[-1] - t_results[0] if len(t_results) > 1 else 0.0
+    stored: dict[str, Any] = {}
+    if rec is not None:
+        written = rec.results
+        stored = {
+            "raw_write_ms": percentiles(raw_ms),
+            "storage_ms": percentiles(written.write_ms),
+            "storage_waited_s": round(written.waited_s, 3),
+            "saved": sorted(
+                k
+                for k, on in (
+                    ("labels", rec.images.save_labels),
+                    ("denoised", rec.images.save_denoised),
+                )
+                if on
+            ),
+        }
     return {
         "settings": {
             "size_px": size,
@@ -159,8 +226,10 @@ def measure_paced(
             "stages": pipeline.stages,  # as resolved ("auto" decided)
             "batch_frames": analysis.batch_frames,
             "images_kept": sorted(pipeline.images_kept),
+            "store": store,
             "requested": dict(settings or {}),
         },
+        **stored,
         "device": on,
         "submitted": pipeline.submitted,
         "analysed": pipeline.analysed,
