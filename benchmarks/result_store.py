@@ -101,11 +101,8 @@ def measure(size: int, frames: int, denoised: bool, pace: float) -> dict[str, An
             t0 = time.perf_counter()
             rec.drain_results()
             drain_ms = (time.perf_counter() - t0) * 1000.0
-        finally:  # the files closed (a summary is not what this measures)
-            rec.drain_results()
-            rec.measurements.close()
-            rec.log.close()
-            rec.reserve.release()
+        finally:
+            rec.close()  # the files closed (a summary is not what this measures)
     return {
         "objects": len(result.objects),
         "frames_each": frames,

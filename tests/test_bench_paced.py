@@ -9,16 +9,12 @@ import zarr
 
 from smartscope.bench_paced import measure_paced, render_frames
 
+#: a small run on the CPU: 256² frames, 4 a second, the fast denoiser
+SMALL = {"size": 256, "rate_hz": 4, "device": "cpu", "denoise": "denoise-care-fast"}
+
 
 def test_frames_fed_at_a_pace_are_all_accounted_for_and_their_nuclei_found() -> None:
-    r = measure_paced(
-        size=256,
-        rate_hz=4,
-        frames=6,
-        device="cpu",
-        denoise="denoise-care-fast",
-        distinct=3,
-    )
+    r = measure_paced(frames=6, distinct=3, **SMALL)
     assert r["device"] == "cpu"
     assert r["submitted"] == 6
     assert r["analysed"] + r["skipped"] == 6  # none lost without a count
@@ -55,21 +51,13 @@ def test_with_store_every_frame_and_result_is_written_as_in_a_run(tmp_path) -> N
     all of it on disk, where a run would put it."""
     import csv
 
-    from smartscope.io.read_images import frames_on_disk
+    from smartscope.io.read_images import frames_on_disk, list_images
 
     out = tmp_path / "run"
-    r = measure_paced(
-        size=256,
-        rate_hz=4,
-        frames=5,
-        device="cpu",
-        denoise="denoise-care-fast",
-        distinct=2,
-        store=True,
-        store_dir=out,
-    )
+    r = measure_paced(frames=5, distinct=2, store=True, store_dir=out, **SMALL)
     assert r["settings"]["store"] is True
-    assert r["saved"] == ["denoised", "labels"]
+    assert r["settings"]["images_kept"] == ["denoised", "labels"]
+    assert sorted(i.kind for i in list_images(out)) == ["denoised", "raw"]
     assert r["raw_write_ms"]["n"] == 5
     assert r["storage_ms"]["n"] == r["analysed"] >= 1
     assert r["storage_waited_s"] >= 0

@@ -99,7 +99,7 @@ def test_the_paced_part_packs_its_results_where_the_device_tool_returns_them(
         assert runs[0]["settings"]["store"] is False
     stored = json.loads(files["paced-cpu-graphs-on.jsonl"].decode().splitlines()[1])
     assert stored["settings"]["store"] is True
-    assert stored["saved"] == ["denoised", "labels"]
+    assert stored["settings"]["images_kept"] == ["denoised", "labels"]
     assert stored["raw_write_ms"]["n"] == 10
     assert stored["storage_ms"]["n"] == stored["analysed"]
 

@@ -12,6 +12,7 @@ bytes), whatever a position or channel name holds.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import threading
@@ -20,7 +21,8 @@ import zlib
 import numpy as np
 import pytest
 
-from smartscope.analysis.result import FrameInput, FrameResult, ObjectMeasurement
+from frames import frame_of
+from smartscope.analysis.result import FrameResult, ObjectMeasurement
 from smartscope.controller.records import rounded
 from smartscope.controller.result_writer import ResultWriter
 from smartscope.io.measurements import MEASUREMENT_COLUMNS, MeasurementsWriter
@@ -96,6 +98,105 @@ def test_the_bound_must_be_positive() -> None:
         ResultWriter(lambda i: None, max_queued=0)
 
 
+def test_a_recorder_stores_every_result_handed_over_before_it_finishes(
+    tmp_path,
+) -> None:
+    """The real recorder and writer: 30 results handed over as fast as they
+    come; once ``finish`` returns, every one's rows, labels and denoised
+    plane are on disk, in order, and the summary says they were stored."""
+    from smartscope.controller.recorder import Recorder
+    from smartscope.io.read_images import read_derived
+
+    out = tmp_path / "run"
+    rec = Recorder(
+        out,
+        protocol_yaml="name: t\n",
+        save_labels=True,
+        save_denoised=True,
+        interval_s=1.0,
+        z_step_um=1.0,
+    )
+    rng = np.random.default_rng(0)
+    image = rng.integers(100, 4000, (128, 128), dtype=np.uint16)
+    handed = []
+    for k in range(30):
+        where = rec.images.store_frame(
+            image, position="a", index={"t": k}, channel="DAPI", pixel_um=0.65
+        )
+        rec.on_record(_frame_record(k, where.as_dict()))
+        labels = np.zeros((128, 128), np.int32)
+        labels[10 : 20 + k, 10:20] = 1
+        labels[50:60, 50 : 60 + k] = 2
+        objects = tuple(
+            ObjectMeasurement(
+                label=i,
+                track_id=i,
+                x_um=k,
+                y_um=i,
+                row=0,
+                col=0,
+                area_um2=1.0,
+                mean_intensity=2.0,
+            )
+            for i in (1, 2)
+        )
+        result = FrameResult(
+            frame=dataclasses.replace(frame_of(image, k), image_at=where.as_dict()),
+            objects=objects,
+            labels=labels,
+            denoised=image.astype(np.float32) + k,
+            background=0.0,
+            t_result=0.0,
+        )
+        rec.on_result(result)
+        handed.append(result)
+    summary = rec.finish(
+        protocol="t",
+        status="completed",
+        finish_reason="completed",
+        interrupted=False,
+        light_dose_mj=0.0,
+        light_dose_counts="",
+        wall_time_s=0.0,
+        sample_time_s=0.0,
+        positions=[],
+        time_mode="virtual",
+    )
+    assert summary["storage_ms"]["n"] == 30
+    with (out / "measurements.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(int(r["frame"]), int(r["label"])) for r in rows] == [
+        (k, i) for k in range(30) for i in (1, 2)
+    ]
+    for r in handed:
+        k = r.frame.frame_index
+        np.testing.assert_array_equal(read_derived(out, k, "labels"), r.labels)
+        np.testing.assert_array_equal(read_derived(out, k, "denoised"), r.denoised)
+
+
+def _frame_record(k: int, image_at: dict) -> object:
+    from smartscope.controller.records import FrameRecord
+
+    return FrameRecord(
+        index=k,
+        role="acquisition",
+        position="a",
+        event_index={"t": k},
+        channel="DAPI",
+        x_um=0.0,
+        y_um=0.0,
+        z_um=0.0,
+        exposure_ms=20.0,
+        laser_mw=1.0,
+        dose_mj=0.0,
+        t_s=float(k),
+        t_frame=0.0,
+        image=image_at,
+        objective=None,
+        pixel_size_um=0.65,
+    )
+
+
 # ------------------------------------------------------------ measurements.csv
 
 
@@ -143,16 +244,10 @@ def _result(
         )
         for v in values
     )
-    frame = FrameInput(
-        image=np.zeros((4, 4), np.uint16),
-        frame_index=k,
+    frame = dataclasses.replace(
+        frame_of(np.zeros((4, 4), np.uint16), k, pixel_size_um=1.0),
         position=position,
-        stage_x_um=0.0,
-        stage_y_um=0.0,
         z_um=float(rng.normal(0, 50)),
-        pixel_size_um=1.0,
-        exposure_ms=10.0,
-        t_frame=0.0,
         t_s=float(rng.uniform(0, 1e5)),
         channel=channel,
         event_index={"t": k} if k % 3 else {"p": 1},

@@ -99,8 +99,8 @@ def measure_paced(
         recorded, why they were turned off). With ``store``: ``store``,
         ``raw_write_ms`` (the clock thread's write of each frame) and
         ``storage_ms`` (the results thread's time a frame; n, p50, p95,
-        p99, max), ``storage_waited_s`` (the analysis' wait for room in its
-        queue) and ``saved`` (the images the run folder kept).
+        p99, max) and ``storage_waited_s`` (the analysis' wait for room in
+        its queue); the images stored are those kept (``images_kept``).
     """
     from smartscope.analysis import AnalysisPipeline, AnalysisSettings
     from smartscope.bench_scaling import PIXEL_SIZE_UM, demo_frame_input
@@ -147,7 +147,15 @@ def measure_paced(
     raw_ms: list[float] = []
     period = 1.0 / rate_hz
 
+    failed: list[BaseException] = []
+
     def feed() -> None:
+        try:
+            _feed()
+        except BaseException as e:  # raised again on the caller's thread
+            failed.append(e)
+
+    def _feed() -> None:
         t0 = time.perf_counter() + period
         for k in range(frames):
             due = t0 + k * period
@@ -173,14 +181,15 @@ def measure_paced(
         clock.start()
         clock.join()
         t_fed = time.perf_counter()
+        if failed:  # e.g. a full disk under store: no figures from half a run
+            raise RuntimeError(
+                f"feeding the frames failed after {len(late)} of {frames}: "
+                f"{type(failed[0]).__name__}: {failed[0]}"
+            ) from failed[0]
     finally:  # the worker drains what waits; its counts are final after it
         stopped = pipeline.stop(drain=True, timeout_s=600)
-        if rec is not None:  # the folder finished as a run's (no summary)
-            rec.drain_results()
-            rec.images.finish()
-            rec.measurements.close()
-            rec.log.close()
-            rec.reserve.release()
+        if rec is not None:
+            rec.close()
         if folder is not None:
             folder.cleanup()
     if not stopped:
@@ -205,14 +214,6 @@ def measure_paced(
             "raw_write_ms": percentiles(raw_ms),
             "storage_ms": percentiles(written.write_ms),
             "storage_waited_s": round(written.waited_s, 3),
-            "saved": sorted(
-                k
-                for k, on in (
-                    ("labels", rec.images.save_labels),
-                    ("denoised", rec.images.save_denoised),
-                )
-                if on
-            ),
         }
     return {
         "settings": {

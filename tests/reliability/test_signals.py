@@ -17,18 +17,21 @@ is made, is sent from inside it.
 
 from __future__ import annotations
 
+import csv
 import json
 import random
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from processes import frames_logged, start_smartscope
 from smartscope._data import data_dir
-from smartscope.io.read_images import frames_on_disk, read_frames
+from smartscope.io.read_images import frames_on_disk, read_derived, read_frames
 
 EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 
@@ -104,6 +107,24 @@ def _check(out: Path, sig: signal.Signals, code: int, stdout: str, stderr: str) 
     assert n_raw == len(raw) == len(frames), (n_raw, len(frames))
     assert not list(out.rglob("*.partial"))
     assert not (out / ".space-reserve").exists()
+    # every frame analysed was stored before the folder was finished (the
+    # results thread writes behind the analysis, and is drained at a stop
+    # too): its rows in measurements.csv, its label and denoised planes
+    with (out / "measurements.csv").open(newline="") as fh:
+        rows = Counter(int(row["frame"]) for row in csv.DictReader(fh))
+    analysed = [r for r in records if r["kind"] == "analysis" and not r["error"]]
+    assert summary["storage_ms"] is None or (
+        summary["storage_ms"]["n"] == len(analysed)
+    )
+    for r in analysed:
+        i = r["index"]
+        assert rows[i] == r["n_objects"], i
+        labels = read_derived(out, i, "labels")
+        assert labels is not None, i
+        assert len(np.unique(labels[labels > 0])) == r["n_objects"], i
+        denoised = read_derived(out, i, "denoised")
+        assert denoised is not None, i
+        assert denoised.any(), i  # written, not the array's zero fill
     return "running" if frames else "before the first frame"
 
 

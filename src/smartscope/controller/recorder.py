@@ -283,6 +283,16 @@ class Recorder:
 
     # ------------------------------------------------------------ finish
 
+    def close(self) -> None:
+        """Store what is queued, size the images and close the files, with no
+        summary: a folder written for a measurement (the benchmarks), not a
+        run's (:meth:`finish`)."""
+        self.drain_results()
+        self.images.finish()
+        self.log.close()
+        self.measurements.close()
+        self.reserve.release()
+
     def finish(self, **fields: Any) -> dict[str, Any]:
         """Size the label and denoised images as their raw images, close every
         file and write ``summary.json`` from the counts and ``fields``; each
