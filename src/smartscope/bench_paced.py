@@ -185,6 +185,8 @@ def measure_paced(
             raise RuntimeError(
                 f"feeding the frames failed after {len(late)} of {frames}: "
                 f"{type(failed[0]).__name__}: {failed[0]}"
+                + (f" (writing to {store_dir})" if store else "")
+                + "; no figures from part of a run"
             ) from failed[0]
     finally:  # the worker drains what waits; its counts are final after it
         stopped = pipeline.stop(drain=True, timeout_s=600)
